@@ -1,0 +1,1 @@
+"""Chest X-ray classification: the pipeline steps, each one typed function."""

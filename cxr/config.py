@@ -1,0 +1,357 @@
+"""The one place that reads ``params.yaml``: typed, validated settings for every step."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+#: Class folders of the Kaggle COVID-19 Radiography Database (v5), in the project's label order.
+DATASET_CLASSES: tuple[str, ...] = ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia")
+
+#: Images per class in the real dataset (v5); the synthetic ``full`` size matches it.
+FULL_COUNTS: dict[str, int] = {"COVID": 3616, "Normal": 10192, "Lung_Opacity": 6012, "Viral Pneumonia": 1345}
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the file and the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(_Section):
+    """Every file and folder the pipeline reads or writes, relative to the project root."""
+
+    raw: str = "data/raw"
+    cache: str = "data/cache"
+    manifest: str = "data/split/manifest.csv"
+    data_report: str = "data/split/report.json"
+    model_dir: str = "models"
+    train_reports: str = "reports/train"
+    eval_reports: str = "reports/eval"
+    gradcam_reports: str = "reports/gradcam"
+    metrics: str = "reports/metrics.json"
+
+    def resolve(self, root: Path) -> "ResolvedPaths":
+        """Absolute paths under ``root``."""
+        return ResolvedPaths(root=root, **{k: root / v for k, v in self.model_dump().items()})
+
+
+class ResolvedPaths(BaseModel):
+    """``Paths`` made absolute; steps receive this."""
+
+    model_config = ConfigDict(frozen=True)
+    root: Path
+    raw: Path
+    cache: Path
+    manifest: Path
+    data_report: Path
+    model_dir: Path
+    train_reports: Path
+    eval_reports: Path
+    gradcam_reports: Path
+    metrics: Path
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.model_dir / "best.pt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.model_dir / "last.pt"
+
+
+class Base(_Section):
+    """Settings every step shares."""
+
+    seed: int = Field(42, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: A list of class folders (one label each), or a mapping label -> class folders merged into it.
+    classes: list[str] | dict[str, list[str]] = Field(default_factory=lambda: list(DATASET_CLASSES))
+    experiment: str = "cxr"
+    model_name: str = "cxr-classifier"
+    paths: Paths = Field(default_factory=Paths)
+
+    @field_validator("classes")
+    @classmethod
+    def _check_classes(cls, v: list[str] | dict[str, list[str]]) -> list[str] | dict[str, list[str]]:
+        mapping = {c: [c] for c in v} if isinstance(v, list) else v
+        if len(mapping) < 2:
+            raise ValueError("at least two classes are needed")
+        if isinstance(v, list) and len(set(v)) != len(v):
+            raise ValueError(f"duplicate class names: {v}")
+        seen: set[str] = set()
+        for label, folders in mapping.items():
+            if not folders:
+                raise ValueError(f"class {label!r} has no source folders")
+            for folder in folders:
+                if folder not in DATASET_CLASSES:
+                    raise ValueError(f"unknown class folder {folder!r}; known: {list(DATASET_CLASSES)}")
+                if folder in seen:
+                    raise ValueError(f"class folder {folder!r} is used twice")
+                seen.add(folder)
+        return v
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The ordered class names: the only source of label indices."""
+        return tuple(self.classes) if isinstance(self.classes, list) else tuple(self.classes.keys())
+
+    @property
+    def folder_to_label(self) -> dict[str, str]:
+        """Dataset class folder -> label."""
+        if isinstance(self.classes, list):
+            return {c: c for c in self.classes}
+        return {folder: label for label, folders in self.classes.items() for folder in folders}
+
+    @property
+    def folders(self) -> tuple[str, ...]:
+        """Dataset class folders this task reads, in dataset order."""
+        used = self.folder_to_label
+        return tuple(c for c in DATASET_CLASSES if c in used)
+
+
+class SyntheticSource(_Section):
+    """The embedded default: a generated dataset in the Kaggle v5 layout."""
+
+    #: Images per class folder; ``full`` gives the real dataset's 21,165.
+    per_class: int | Literal["full"] = 500
+    size: int = Field(299, ge=64, le=1024)
+    workers: int = Field(2, ge=1)
+
+    def counts(self, folders: tuple[str, ...]) -> dict[str, int]:
+        """Images per class folder."""
+        if self.per_class == "full":
+            return {f: FULL_COUNTS[f] for f in folders}
+        return {f: self.per_class for f in folders}
+
+    @field_validator("per_class")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+
+class KaggleSource(_Section):
+    """The real dataset through kagglehub."""
+
+    handle: str = "tawsifurrahman/covid19-radiography-database"
+    version: int | None = Field(5, ge=1)
+    cache_dir: str = "~/.cache/kagglehub"
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class LocalSource(_Section):
+    """A folder or the downloaded zip, in any of the dataset's layouts."""
+
+    path: str | None = None
+
+
+class Download(_Section):
+    """Where ``data/raw`` comes from."""
+
+    source: Literal["synthetic", "kaggle", "local"] = "synthetic"
+    policy: Literal["fail", "skip"] = "fail"
+    workers: int = Field(2, ge=1)
+    synthetic: SyntheticSource = Field(default_factory=SyntheticSource)
+    kaggle: KaggleSource = Field(default_factory=KaggleSource)
+    local: LocalSource = Field(default_factory=LocalSource)
+
+    @model_validator(mode="after")
+    def _local_needs_path(self) -> "Download":
+        if self.source == "local" and not self.local.path:
+            raise ValueError("source 'local' needs download.local.path")
+        return self
+
+
+class Split(_Section):
+    """The valid/test split; the rest is training."""
+
+    mode: Literal["stratified", "balanced"] = "stratified"
+    valid: int = Field(400, ge=1)
+    test: int = Field(400, ge=1)
+    #: Hamming distance (of the 256-bit difference hash) within which two images are near duplicates.
+    near_duplicate_bits: int = Field(10, ge=0, le=256)
+
+
+class Augment(_Section):
+    """Train-time augmentation (Albumentations); eval preprocessing is fixed."""
+
+    rotate_deg: float = Field(10.0, ge=0, le=45)
+    shift: float = Field(0.05, ge=0, le=0.3)
+    scale: float = Field(0.10, ge=0, le=0.5)
+    brightness: float = Field(0.15, ge=0, le=1)
+    contrast: float = Field(0.15, ge=0, le=1)
+    gamma: tuple[float, float] = (0.85, 1.15)
+    clahe: float = Field(0.0, ge=0, le=1)
+    #: Off by default: a flip moves the heart to the wrong side.
+    hflip: float = Field(0.0, ge=0, le=1)
+    p: float = Field(0.8, ge=0, le=1)
+
+    @field_validator("gamma")
+    @classmethod
+    def _gamma(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("gamma must be (low, high) with 0 < low <= high")
+        return v
+
+
+class Train(_Section):
+    """Model and optimisation."""
+
+    arch: str = "resnet18"
+    #: ``null`` trains from scratch; ``DEFAULT`` or a torchvision enum name loads ImageNet weights; or a file path.
+    weights: str | None = None
+    image_size: int = Field(128, ge=32, le=1024)
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(0.5, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    class_balance: Literal["none", "loss", "sampler"] = "loss"
+    grad_clip: float | None = Field(1.0, gt=0)
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = True
+    num_workers: int = Field(1, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    monitor: Literal["val_accuracy", "val_loss", "val_macro_f1"] = "val_accuracy"
+    patience: int | None = Field(None, ge=1)
+    augment: Augment = Field(default_factory=Augment)
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, v: str) -> str:
+        from cxr.models import SUPPORTED_ARCHS
+
+        if v not in SUPPORTED_ARCHS:
+            raise ValueError(f"unknown arch {v!r}; supported: {sorted(SUPPORTED_ARCHS)}")
+        return v
+
+
+class Evaluate(_Section):
+    """Metrics with bootstrap intervals."""
+
+    n_boot: int = Field(1000, ge=0)
+    ci: float = Field(0.95, gt=0, lt=1)
+    positive_class: str | None = "COVID"
+    batch_size: int = Field(64, ge=1)
+
+
+class GradCam(_Section):
+    """Explanations on test images."""
+
+    method: Literal["gradcam", "gradcam++", "eigencam"] = "gradcam"
+    per_class: int = Field(4, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class Registry(_Section):
+    """What the registration step logs and registers."""
+
+    enabled: bool = True
+
+
+class Settings(_Section):
+    """All of ``params.yaml``."""
+
+    base: Base = Field(default_factory=Base)
+    download: Download = Field(default_factory=Download)
+    split: Split = Field(default_factory=Split)
+    train: Train = Field(default_factory=Train)
+    evaluate: Evaluate = Field(default_factory=Evaluate)
+    gradcam: GradCam = Field(default_factory=GradCam)
+    registry: Registry = Field(default_factory=Registry)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Settings":
+        labels = self.base.labels
+        pos = self.evaluate.positive_class
+        if pos is not None and pos not in labels:
+            raise ValueError(f"evaluate.positive_class {pos!r} is not one of base.classes {list(labels)}")
+        if self.download.source == "synthetic":
+            counts = self.download.synthetic.counts(self.base.folders)
+            per_label: dict[str, int] = {}
+            for folder, n in counts.items():
+                label = self.base.folder_to_label[folder]
+                per_label[label] = per_label.get(label, 0) + n
+            check_split_fits(self.split, per_label)
+        return self
+
+    def paths(self, root: Path) -> ResolvedPaths:
+        """Absolute paths under the project root."""
+        return self.base.paths.resolve(root)
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short stable hash of the named sections (all when none)."""
+        data = self.model_dump(mode="json")
+        if sections:
+            data = {s: data[s] for s in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class SplitTooLarge(ConfigError):
+    """The valid/test split asks for more images than a class has."""
+
+
+def check_split_fits(split: Split, per_label: dict[str, int]) -> None:
+    """Raise naming ``split.valid``/``split.test`` when a class cannot fill its share and keep a training image."""
+    total = sum(per_label.values())
+    k = len(per_label)
+    for label, n in per_label.items():
+        if split.mode == "balanced":
+            need_v, need_t = -(-split.valid // k), -(-split.test // k)
+        else:
+            need_v = max(1, round(split.valid * n / total))
+            need_t = max(1, round(split.test * n / total))
+        if need_v + need_t >= n:
+            raise SplitTooLarge(
+                f"split.valid={split.valid} and split.test={split.test} ({split.mode}) need "
+                f"{need_v}+{need_t} images of class {label!r}, which has {n}: at least one must be left to train on"
+            )
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid params"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_settings(data: dict[str, Any] | None, source: str = "params") -> Settings:
+    """Validate a params mapping; errors name ``source`` and every bad key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_settings(path: Path | str = "params.yaml") -> Settings:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_settings(data, str(path))

@@ -1,0 +1,83 @@
+"""Shared fixtures: the real params, shrunk, and a throw-away project to run the pipeline in."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO.parent / "shared" / "cxr-sample"
+
+for _key, _value in {
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "MLFLOW_ENABLE_TELEMETRY": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+
+def real_params() -> dict:
+    """The project's params.yaml as a mapping."""
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def deep_update(base: dict, changes: dict) -> dict:
+    """A copy of ``base`` with ``changes`` merged in (nested)."""
+    out = copy.deepcopy(base)
+    for k, v in changes.items():
+        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+TINY = {
+    "download": {"synthetic": {"per_class": 20, "workers": 1}, "workers": 1},
+    "split": {"valid": 16, "test": 16},
+    "train": {"image_size": 48, "epochs": 2, "batch_size": 16, "num_workers": 0, "channels_last": False},
+    "evaluate": {"n_boot": 50, "batch_size": 32},
+    "gradcam": {"per_class": 2, "batch_size": 16},
+}
+
+
+def tiny_params(**changes) -> dict:
+    """The real params shrunk to a seconds-long pipeline."""
+    return deep_update(deep_update(real_params(), TINY), changes)
+
+
+def make_project(root: Path, params: dict) -> Path:
+    """A git + DVC project in ``root`` with the pipeline's code, dvc.yaml and the given params."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("cxr", "tasks", "flows"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True, env=env)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True, env=env)
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "init"], cwd=root, check=True, env=env)
+    return root
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path) -> Path:
+    """A fresh project with tiny params, ready for ``cxr`` steps or the flow."""
+    return make_project(tmp_path / "project", tiny_params())
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """The real chest X-ray sample beside the repository."""
+    if not SAMPLE.is_dir():
+        pytest.skip(f"real sample not found at {SAMPLE}")
+    return SAMPLE

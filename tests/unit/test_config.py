@@ -1,0 +1,106 @@
+"""The one validated config: real params load; bad keys, types and values fail naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, deep_update, real_params
+from cxr.config import DATASET_CLASSES, ConfigError, SplitTooLarge, load_settings, parse_settings
+
+
+def test_real_params_load_with_four_classes() -> None:
+    s = load_settings(REPO / "params.yaml")
+    assert s.base.labels == DATASET_CLASSES
+    assert s.split.valid == 400 and s.split.test == 400
+    assert s.download.source == "synthetic"
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"train": {"epochs": -1}}, "train.epochs"),
+        ({"train": {"epochs": "ten"}}, "train.epochs"),
+        ({"train": {"learning_rate": 0.1}}, "train.learning_rate"),
+        ({"bogus": 1}, "bogus"),
+        ({"split": {"valid": 0}}, "split.valid"),
+        ({"train": {"augment": {"gamma": [1.2, 0.8]}}}, "train.augment.gamma"),
+        ({"train": {"arch": "resnet9000"}}, "train.arch"),
+        ({"base": {"classes": ["COVID", "Pneumonia"]}}, "base.classes"),
+        ({"evaluate": {"positive_class": "Covid"}}, "positive_class"),
+        ({"download": {"source": "local"}}, "download.local.path"),
+    ],
+)
+def test_bad_values_name_the_key(change: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_settings(deep_update(real_params(), change), "params.yaml")
+    assert key in str(err.value)
+    assert "params.yaml" in str(err.value)
+
+
+def test_split_larger_than_a_class_is_refused_before_any_work() -> None:
+    params = deep_update(real_params(), {"download": {"synthetic": {"per_class": 150}}})
+    with pytest.raises(ConfigError) as err:
+        parse_settings(params)
+    assert "split.valid" in str(err.value) and "class" in str(err.value)
+    assert isinstance(err.value, ConfigError)
+
+
+def test_split_check_balanced_mode() -> None:
+    from cxr.config import Split, check_split_fits
+
+    check_split_fits(Split(mode="balanced", valid=8, test=8), {"a": 10, "b": 10})
+    with pytest.raises(SplitTooLarge, match="'b'"):
+        check_split_fits(Split(mode="balanced", valid=8, test=8), {"a": 50, "b": 4})
+
+
+def test_three_class_and_binary_tasks_are_params_changes() -> None:
+    three = parse_settings(deep_update(real_params(), {"base": {"classes": ["COVID", "Normal", "Viral Pneumonia"]}}))
+    assert three.base.labels == ("COVID", "Normal", "Viral Pneumonia")
+    assert three.base.folders == ("COVID", "Normal", "Viral Pneumonia")
+    binary = parse_settings(
+        deep_update(
+            real_params(),
+            {"base": {"classes": {"COVID": ["COVID"], "non-COVID": ["Normal", "Lung_Opacity", "Viral Pneumonia"]}}},
+        )
+    )
+    assert binary.base.labels == ("COVID", "non-COVID")
+    assert binary.base.folder_to_label["Lung_Opacity"] == "non-COVID"
+    assert set(binary.base.folders) == set(DATASET_CLASSES)
+
+
+def test_a_folder_used_twice_is_refused() -> None:
+    with pytest.raises(ConfigError, match="used twice"):
+        parse_settings(deep_update(real_params(), {"base": {"classes": {"a": ["COVID"], "b": ["COVID", "Normal"]}}}))
+
+
+def test_missing_or_broken_params_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("base: [unclosed")
+    with pytest.raises(ConfigError, match="YAML"):
+        load_settings(bad)
+
+
+def test_cli_rejects_unknown_key_before_writing_anything(tmp_path: Path) -> None:
+    params = deep_update(real_params(), {"train": {"epochz": 3}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr", "split", "--params", str(tmp_path / "params.yaml")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "train.epochz" in proc.stderr and "unknown key" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_fingerprint_changes_with_the_section() -> None:
+    a = parse_settings(real_params())
+    b = parse_settings(deep_update(real_params(), {"evaluate": {"n_boot": 10}}))
+    assert a.fingerprint("train") == b.fingerprint("train")
+    assert a.fingerprint("evaluate") != b.fingerprint("evaluate")
