@@ -1,0 +1,247 @@
+"""Grad-CAM explanations (pytorch-grad-cam) and localisation scores against lung/lesion masks.
+
+``compute_cams`` wraps the library's CAM classes in their context manager so the
+hooks are always released; it leaves the caller's input tensor, the model's
+train/eval flags and the parameters' ``.grad`` untouched. CAMs are float32 in
+[0, 1], one (H, W) map per image at the input resolution. The mask scores take
+CAMs (B, h, w) and binary masks (B, H, W) (masks are resized to the CAM size with
+nearest-neighbour interpolation) and return one float per image, NaN where the
+mask is empty (or the score is otherwise undefined).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import matplotlib.figure
+    import torch
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("gradcam", "gradcam++", "eigencam")
+
+
+def target_layers(model: "torch.nn.Module", arch: str) -> list["torch.nn.Module"]:
+    """Last conv block by family: resnet* -> layer4[-1]; densenet*/efficientnet*/convnext* -> features[-1]; ValueError otherwise."""
+    name = arch.lower().strip()
+    try:
+        if name.startswith(("resnet", "resnext", "wide_resnet")):
+            return [model.layer4[-1]]
+        if name.startswith(("densenet", "efficientnet", "convnext")):
+            return [model.features[-1]]
+    except (AttributeError, IndexError, TypeError) as exc:
+        raise ValueError(f"model does not have the expected layout for arch {arch!r}: {exc}") from exc
+    raise ValueError(
+        f"unsupported arch {arch!r} for Grad-CAM; expected resnet*, densenet*, efficientnet* or convnext*"
+    )
+
+
+def _cam_class(method: str) -> type:
+    """Map a method name to the pytorch_grad_cam class."""
+    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus
+
+    classes = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "gradcampp": GradCAMPlusPlus, "eigencam": EigenCAM}
+    key = method.lower().strip()
+    if key not in classes:
+        raise ValueError(f"unknown CAM method {method!r}; expected one of {METHODS}")
+    return classes[key]
+
+
+def compute_cams(
+    model: "torch.nn.Module",
+    images: "torch.Tensor",
+    targets: Sequence[int] | None,
+    arch: str,
+    method: str = "gradcam",
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Batched CAMs (B,H,W) float32 in [0,1] for the given class indices (None: predicted class) via the library's context manager."""
+    import torch
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cam_cls = _cam_class(method)
+    layers = target_layers(model, arch)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    n = int(images.shape[0])
+    if targets is not None:
+        targets = [int(t) for t in targets]
+        if len(targets) != n:
+            raise ValueError(f"got {len(targets)} targets for {n} images")
+        if any(t < 0 for t in targets):
+            raise ValueError(f"targets must be non-negative class indices, got {targets}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    h, w = int(images.shape[-2]), int(images.shape[-1])
+    if n == 0:
+        return np.zeros((0, h, w), dtype=np.float32)
+
+    params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
+    modes = {m: m.training for m in model.modules()}
+    saved_grads = [p.grad for p in params]
+    out = np.empty((n, h, w), dtype=np.float32)
+    try:
+        with torch.enable_grad():
+            for start in range(0, n, batch_size):
+                stop = min(start + batch_size, n)
+                # A detached copy that requires grad: the caller's tensor is never touched, and
+                # gradients reach the target layer even when the backbone is frozen.
+                batch = images[start:stop].detach().to(device=device, dtype=dtype, copy=True).requires_grad_(True)
+                cam_targets = None if targets is None else [ClassifierOutputTarget(t) for t in targets[start:stop]]
+                result = None
+                with cam_cls(model=model, target_layers=layers) as cam:
+                    result = cam(input_tensor=batch, targets=cam_targets)
+                if result is None:  # the library's __exit__ swallows IndexError (e.g. a bad target index)
+                    raise ValueError(f"CAM computation failed for images {start}:{stop} (target index out of range?)")
+                out[start:stop] = np.asarray(result, dtype=np.float32).reshape(stop - start, h, w)
+                del batch
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+        for p, g in zip(params, saved_grads):
+            p.grad = g
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+    np.clip(out, 0.0, 1.0, out=out)
+    logger.debug("computed %d %s CAMs (%s) at %dx%d", n, method, arch, h, w)
+    return out
+
+
+def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """(H,W) or (H,W,1|3) uint8 or float in [0,1] (or [0,255]) to (H,W,3) uint8 RGB."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim == 2:
+        img = np.stack([img] * 3, axis=-1)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"image must be (H,W) or (H,W,3), got shape {np.asarray(image).shape}")
+    if img.dtype != np.uint8:
+        img = img.astype(np.float64)
+        if img.size and np.nanmax(img) <= 1.0:
+            img = img * 255.0
+        img = np.clip(np.nan_to_num(img), 0, 255).round().astype(np.uint8)
+    return img
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """uint8 RGB overlay of a (H,W) gray or (H,W,3) RGB image and a CAM in [0,1] (resized with cv2), jet colormap."""
+    import cv2
+
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    img = _to_rgb_uint8(image)
+    c = np.nan_to_num(np.asarray(cam, dtype=np.float32).squeeze())
+    if c.ndim != 2:
+        raise ValueError(f"cam must be 2-D, got shape {np.asarray(cam).shape}")
+    if c.shape != img.shape[:2]:
+        c = cv2.resize(c, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
+    heat = cv2.applyColorMap(np.uint8(np.clip(c, 0.0, 1.0) * 255), cv2.COLORMAP_JET)
+    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+    blended = (1.0 - alpha) * img.astype(np.float32) + alpha * heat.astype(np.float32)
+    return np.clip(blended, 0, 255).round().astype(np.uint8)
+
+
+def _prepare(cams: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return float64 CAMs (B,h,w) and bool masks resized (nearest) to (B,h,w)."""
+    import cv2
+
+    c = np.asarray(cams, dtype=np.float64)
+    m = np.asarray(masks)
+    if c.ndim == 2:
+        c = c[None]
+    if m.ndim == 2:
+        m = m[None]
+    if c.ndim != 3 or m.ndim != 3 or c.shape[0] != m.shape[0]:
+        raise ValueError(f"expected cams (B,h,w) and masks (B,H,W), got {c.shape} and {m.shape}")
+    h, w = c.shape[1:]
+    mb = m > 0
+    if mb.shape[1:] != (h, w):
+        mb = np.stack(
+            [cv2.resize(x.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0 for x in mb]
+        )
+    return np.nan_to_num(c), mb
+
+
+def energy_inside(cams: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per image share of (non-negative) CAM energy inside the mask; NaN where the mask or the CAM is empty."""
+    c, m = _prepare(cams, masks)
+    c = np.clip(c, 0.0, None)
+    total = c.sum(axis=(1, 2))
+    inside = (c * m).sum(axis=(1, 2))
+    out = np.full(c.shape[0], np.nan)
+    ok = (m.any(axis=(1, 2))) & (total > 0)
+    out[ok] = inside[ok] / total[ok]
+    return out
+
+
+def pointing_game(cams: np.ndarray, masks: np.ndarray, tolerance_px: int = 0) -> np.ndarray:
+    """Per image 1.0/0.0: the CAM's argmax falls in the mask (dilated by tolerance_px); NaN where the mask is empty."""
+    import cv2
+
+    if tolerance_px < 0:
+        raise ValueError("tolerance_px must be >= 0")
+    c, m = _prepare(cams, masks)
+    out = np.full(c.shape[0], np.nan)
+    kernel = None
+    if tolerance_px > 0:
+        size = 2 * int(tolerance_px) + 1
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    for i in range(c.shape[0]):
+        if not m[i].any():
+            continue
+        mask = m[i]
+        if kernel is not None:
+            mask = cv2.dilate(mask.astype(np.uint8), kernel) > 0
+        r, col = np.unravel_index(int(np.argmax(c[i])), c[i].shape)
+        out[i] = float(mask[r, col])
+    return out
+
+
+def iou_at_top(cams: np.ndarray, masks: np.ndarray, quantile: float = 0.8) -> np.ndarray:
+    """IoU between the CAM's top (1-quantile) region (cam >= its quantile) and the mask; NaN where the mask is empty."""
+    if not 0.0 <= quantile < 1.0:
+        raise ValueError(f"quantile must be in [0, 1), got {quantile}")
+    c, m = _prepare(cams, masks)
+    thr = np.quantile(c.reshape(c.shape[0], -1), quantile, axis=1)
+    top = c >= thr[:, None, None]
+    inter = (top & m).sum(axis=(1, 2)).astype(np.float64)
+    union = (top | m).sum(axis=(1, 2)).astype(np.float64)
+    out = np.full(c.shape[0], np.nan)
+    ok = m.any(axis=(1, 2))
+    out[ok] = inter[ok] / union[ok]
+    return out
+
+
+def gallery(
+    images: Sequence[np.ndarray],
+    cams: Sequence[np.ndarray],
+    titles: Sequence[str],
+    ncols: int = 4,
+    alpha: float = 0.45,
+) -> "matplotlib.figure.Figure":
+    """Grid of CAM overlays with titles as a matplotlib Figure (no pyplot state); save with fig.savefig."""
+    from matplotlib.figure import Figure
+
+    if not (len(images) == len(cams) == len(titles)):
+        raise ValueError(f"images ({len(images)}), cams ({len(cams)}) and titles ({len(titles)}) differ in length")
+    if ncols < 1:
+        raise ValueError("ncols must be >= 1")
+    n = len(images)
+    ncols = max(1, min(ncols, n)) if n else 1
+    nrows = max(1, math.ceil(n / ncols))
+    fig = Figure(figsize=(3.0 * ncols, 3.2 * nrows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, img, cam, title in zip(axes, images, cams, titles):
+        ax.imshow(overlay(img, cam, alpha=alpha))
+        ax.set_title(str(title), fontsize=8)
+    return fig

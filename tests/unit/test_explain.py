@@ -1,0 +1,158 @@
+"""Unit tests for cxr.explain (Grad-CAM wrappers and localisation scores)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+pytest.importorskip("pytorch_grad_cam")
+
+from cxr.explain import (  # noqa: E402
+    compute_cams,
+    energy_inside,
+    gallery,
+    iou_at_top,
+    overlay,
+    pointing_game,
+    target_layers,
+)
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, "torch.nn.Module"]:
+    """Tiny-input torchvision models with random weights, one per family tested."""
+    torch.manual_seed(0)
+    return {
+        "resnet18": torchvision.models.resnet18(weights=None, num_classes=4),
+        "densenet121": torchvision.models.densenet121(weights=None, num_classes=4),
+    }
+
+
+@pytest.fixture(scope="module")
+def images() -> "torch.Tensor":
+    """Three random 64x64 RGB images."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(3, 3, SIZE, SIZE, generator=g)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("arch", ["resnet18", "densenet121"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "eigencam"])
+def test_compute_cams(models, images, method, arch, batch) -> None:
+    model = models[arch]
+    training = batch == 3  # exercise restoring both modes
+    model.train(training)
+    x = images[:batch]
+    before = x.clone()
+    cams = compute_cams(model, x, targets=[i % 4 for i in range(batch)], arch=arch, method=method, batch_size=2)
+    assert cams.shape == (batch, SIZE, SIZE)
+    assert cams.dtype == np.float32
+    assert np.isfinite(cams).all()
+    assert cams.min() >= 0.0 and cams.max() <= 1.0
+    assert torch.equal(x, before)
+    assert not x.requires_grad
+    assert model.training is training
+    assert all(m.training is training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_compute_cams_default_targets_and_no_grad_context(models, images) -> None:
+    model = models["resnet18"].eval()
+    with torch.no_grad():
+        cams = compute_cams(model, images, targets=None, arch="resnet18")
+        predicted = model(images).argmax(1).tolist()
+    assert cams.shape == (3, SIZE, SIZE)
+    np.testing.assert_allclose(cams, compute_cams(model, images, predicted, arch="resnet18"), atol=1e-5)
+    with pytest.raises(ValueError):  # the library swallows IndexError; we must not return garbage
+        compute_cams(model, images[:1], [7], arch="resnet18")
+
+
+def test_unknown_arch_and_method(models, images) -> None:
+    with pytest.raises(ValueError, match="vit_b_16"):
+        target_layers(models["resnet18"], "vit_b_16")
+    with pytest.raises(ValueError, match="vit_b_16"):
+        compute_cams(models["resnet18"], images[:1], [0], arch="vit_b_16")
+    with pytest.raises(ValueError, match="scorecam"):
+        compute_cams(models["resnet18"], images[:1], [0], arch="resnet18", method="scorecam")
+    with pytest.raises(ValueError):
+        compute_cams(models["resnet18"], images[:2], [0], arch="resnet18")
+
+
+def test_target_layers_families(models) -> None:
+    assert target_layers(models["resnet18"], "resnet18") == [models["resnet18"].layer4[-1]]
+    assert target_layers(models["densenet121"], "densenet121") == [models["densenet121"].features[-1]]
+
+
+def _square_mask(h: int = 10, w: int = 10) -> np.ndarray:
+    """A 10x10 mask with a 4x4 square of ones at rows/cols 2..5."""
+    m = np.zeros((h, w), dtype=np.uint8)
+    m[2:6, 2:6] = 1
+    return m
+
+
+def test_energy_and_pointing_known_answers() -> None:
+    mask = _square_mask()
+    inside = np.zeros((10, 10))
+    inside[3, 3] = 1.0
+    outside = np.zeros((10, 10))
+    outside[8, 8] = 1.0
+    half = np.zeros((10, 10))
+    half[3, 3] = 1.0
+    half[8, 8] = 1.0
+    uniform = np.ones((10, 10))
+    cams = np.stack([inside, outside, half, uniform, inside])
+    masks = np.stack([mask, mask, mask, mask, np.zeros_like(mask)])
+    e = energy_inside(cams, masks)
+    np.testing.assert_allclose(e[:4], [1.0, 0.0, 0.5, 16 / 100])
+    assert np.isnan(e[4])
+    pg = pointing_game(cams, masks)
+    np.testing.assert_array_equal(pg[:3], [1.0, 0.0, 1.0])
+    assert np.isnan(pg[4])
+    # tolerance: argmax at (7, 3) is 2 px below the mask's last row (5)
+    near = np.zeros((1, 10, 10))
+    near[0, 7, 3] = 1.0
+    assert pointing_game(near, mask[None])[0] == 0.0
+    assert pointing_game(near, mask[None], tolerance_px=2)[0] == 1.0
+
+
+def test_masks_resized_to_cam() -> None:
+    mask = np.kron(_square_mask(), np.ones((4, 4), dtype=np.uint8))  # 40x40 version of the same mask
+    cam = np.zeros((1, 10, 10))
+    cam[0, 3, 3] = 1.0
+    assert energy_inside(cam, mask[None])[0] == pytest.approx(1.0)
+    assert pointing_game(cam, mask[None])[0] == 1.0
+
+
+def test_bump_inside_mask() -> None:
+    h = w = 64
+    yy, xx = np.mgrid[:h, :w]
+    mask = ((yy - 40) ** 2 + (xx - 24) ** 2 <= 15**2).astype(np.uint8)
+    cam = np.exp(-((yy - 40) ** 2 + (xx - 24) ** 2) / (2 * 4.0**2))
+    assert pointing_game(cam[None], mask[None])[0] == 1.0
+    assert energy_inside(cam[None], mask[None])[0] > 0.8
+    assert iou_at_top(cam[None], mask[None], quantile=0.9)[0] > 0.4
+
+
+def test_iou_at_top_known() -> None:
+    mask = _square_mask()
+    cam = mask.astype(float) + 0.01 * np.random.default_rng(0).random((10, 10)) * (1 - mask)
+    # top 16% (quantile 0.84) of the CAM is exactly the 16-pixel square
+    assert iou_at_top(cam[None], mask[None], quantile=0.84)[0] == pytest.approx(1.0)
+    assert np.isnan(iou_at_top(cam[None], np.zeros((1, 10, 10)))[0])
+
+
+def test_overlay_and_gallery(tmp_path) -> None:
+    gray = (np.random.default_rng(0).random((48, 40)) * 255).astype(np.uint8)
+    cam = np.random.default_rng(1).random((6, 5)).astype(np.float32)
+    out = overlay(gray, cam)
+    assert out.shape == (48, 40, 3) and out.dtype == np.uint8
+    rgb = np.stack([gray] * 3, axis=-1)
+    assert overlay(rgb, cam, alpha=0.0).tolist() == rgb.tolist()
+    fig = gallery([gray, rgb, gray], [cam, cam, cam], ["a", "b", "c"], ncols=2)
+    path = tmp_path / "gallery.png"
+    fig.savefig(path, dpi=60)
+    assert path.exists() and path.stat().st_size > 1024

@@ -1,0 +1,298 @@
+"""Unit tests for cxr.metrics and cxr.figures."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
+
+from cxr import figures
+from cxr.metrics import (
+    _weighted_auc,
+    calibration,
+    choose_threshold,
+    classification_metrics,
+    fit_temperature,
+    flat_metrics,
+)
+
+CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax."""
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _synthetic(n: int, k: int = 4, signal: float = 1.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and noisy-but-informative probabilities."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, size=n)
+    z = rng.normal(size=(n, k))
+    z[np.arange(n), y] += signal
+    return y, _softmax(z)
+
+
+def _probs_from_preds(pred: np.ndarray, k: int, conf: float = 0.7) -> np.ndarray:
+    """Probabilities whose argmax is pred."""
+    p = np.full((pred.size, k), (1 - conf) / (k - 1))
+    p[np.arange(pred.size), pred] = conf
+    return p
+
+
+def _iter_values(obj):
+    """Yield all leaf values of nested dicts/lists."""
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _iter_values(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _iter_values(v)
+    else:
+        yield obj
+
+
+def test_perfect_predictions_all_one() -> None:
+    y = np.repeat(np.arange(4), 25)
+    p = _probs_from_preds(y, 4, conf=0.9)
+    m = classification_metrics(y, p, CLASSES, n_boot=200)
+    keys = ["accuracy", "macro_precision", "macro_sensitivity", "macro_specificity", "macro_f1", "weighted_f1", "macro_auc"]
+    for key in keys:
+        for suffix in ("", "_ci_low", "_ci_high"):
+            assert m[key + suffix] == pytest.approx(1.0), key + suffix
+    for name in CLASSES:
+        block = m["per_class"][name]
+        assert block["support"] == 25
+        for metric in ("precision", "sensitivity", "specificity", "f1", "auc"):
+            for suffix in ("", "_ci_low", "_ci_high"):
+                assert block[metric + suffix] == pytest.approx(1.0)
+    assert m["confusion_matrix"] == (np.eye(4, dtype=int) * 25).tolist()
+    assert m["n"] == 100
+    assert m["binary"]["sensitivity"] == 1.0 and m["binary"]["specificity"] == 1.0
+
+
+def test_known_confusion_matrix() -> None:
+    # rows: true, cols: predicted
+    cm = np.array([[8, 1, 1], [2, 6, 2], [0, 3, 7]])
+    y = np.concatenate([np.full(cm[i].sum(), i) for i in range(3)])
+    pred = np.concatenate([np.repeat(np.arange(3), cm[i]) for i in range(3)])
+    m = classification_metrics(y, _probs_from_preds(pred, 3), ["a", "b", "c"], positive=None, n_boot=50)
+    assert m["confusion_matrix"] == cm.tolist()
+    assert "binary" not in m
+    # hand-computed: class a: tp=8, fp=2, fn=2, tn=18
+    a = m["per_class"]["a"]
+    assert a["precision"] == pytest.approx(8 / 10)
+    assert a["sensitivity"] == pytest.approx(8 / 10)
+    assert a["specificity"] == pytest.approx(18 / 20)
+    assert a["f1"] == pytest.approx(0.8)
+    # class b: tp=6, fp=4, fn=4, tn=16
+    b = m["per_class"]["b"]
+    assert b["precision"] == pytest.approx(0.6)
+    assert b["sensitivity"] == pytest.approx(0.6)
+    assert b["specificity"] == pytest.approx(16 / 20)
+    # class c: tp=7, fp=3, fn=3, tn=17
+    c = m["per_class"]["c"]
+    assert c["precision"] == pytest.approx(0.7)
+    assert c["specificity"] == pytest.approx(17 / 20)
+    assert m["accuracy"] == pytest.approx(21 / 30)
+    assert m["macro_precision"] == pytest.approx(precision_score(y, pred, average="macro"))
+    assert m["macro_sensitivity"] == pytest.approx(recall_score(y, pred, average="macro"))
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert m["weighted_f1"] == pytest.approx(f1_score(y, pred, average="weighted"))
+    assert m["macro_specificity"] == pytest.approx(np.mean([0.9, 0.8, 0.85]))
+
+
+def test_matches_sklearn_on_random_data() -> None:
+    y, p = _synthetic(300, seed=3)
+    m = classification_metrics(y, p, CLASSES, n_boot=10)
+    pred = p.argmax(1)
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    for c, name in enumerate(CLASSES):
+        assert m["per_class"][name]["auc"] == pytest.approx(roc_auc_score(y == c, p[:, c]))
+    assert m["macro_auc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
+
+
+def test_weighted_auc_handles_ties_and_weights() -> None:
+    rng = np.random.default_rng(1)
+    s = rng.integers(0, 5, size=60).astype(float)  # many ties
+    pos = rng.random(60) < 0.4
+    assert _weighted_auc(s, pos, np.ones((1, 60)))[0] == pytest.approx(roc_auc_score(pos, s))
+    idx = rng.integers(0, 60, size=60)
+    w = np.bincount(idx, minlength=60)[None].astype(float)
+    assert _weighted_auc(s, pos, w)[0] == pytest.approx(roc_auc_score(pos[idx], s[idx]))
+
+
+def test_ci_contains_point_and_narrows() -> None:
+    widths = []
+    for n in (100, 1600):
+        y, p = _synthetic(n, seed=5)
+        m = classification_metrics(y, p, CLASSES, n_boot=300, seed=1)
+        for key in ("accuracy", "macro_f1", "macro_auc", "weighted_f1"):
+            assert m[f"{key}_ci_low"] <= m[key] <= m[f"{key}_ci_high"]
+        for block in m["per_class"].values():
+            assert block["sensitivity_ci_low"] <= block["sensitivity"] <= block["sensitivity_ci_high"]
+        widths.append(m["accuracy_ci_high"] - m["accuracy_ci_low"])
+    assert widths[1] < widths[0] / 2
+
+
+def test_deterministic_with_seed() -> None:
+    y, p = _synthetic(200, seed=2)
+    a = classification_metrics(y, p, CLASSES, n_boot=100, seed=7)
+    b = classification_metrics(y, p, CLASSES, n_boot=100, seed=7)
+    c = classification_metrics(y, p, CLASSES, n_boot=100, seed=8)
+    assert a == b
+    assert a["macro_auc_ci_low"] != c["macro_auc_ci_low"] or a["accuracy_ci_low"] != c["accuracy_ci_low"]
+
+
+def test_plain_bootstrap_runs() -> None:
+    y, p = _synthetic(60, seed=2)
+    m = classification_metrics(y, p, CLASSES, n_boot=100, stratified=False)
+    assert m["accuracy_ci_low"] <= m["accuracy"] <= m["accuracy_ci_high"]
+    assert m["bootstrap"]["stratified"] is False
+
+
+def test_zero_support_class() -> None:
+    y, p = _synthetic(80, seed=4)
+    y = np.where(y == 3, 0, y)  # class 3 absent
+    m = classification_metrics(y, p, CLASSES, n_boot=50)
+    block = m["per_class"]["Viral Pneumonia"]
+    assert block["support"] == 0
+    assert block["auc"] is None and block["auc_ci_low"] is None and block["auc_ci_high"] is None
+    assert block["sensitivity"] is None
+    assert m["macro_auc"] is not None
+    assert not any(isinstance(v, float) and not np.isfinite(v) for v in _iter_values(m))
+    json.dumps(m, allow_nan=False)
+
+
+def test_json_serialisable_and_plain_types() -> None:
+    y, p = _synthetic(100)
+    m = classification_metrics(y, p, CLASSES, n_boot=50)
+    json.dumps(m, allow_nan=False)
+    for v in _iter_values(m):
+        assert v is None or type(v) in (int, float, str, bool)
+
+
+def test_binary_block_from_four_class_probs() -> None:
+    y, p = _synthetic(200, seed=9)
+    m = classification_metrics(y, p, CLASSES, positive="COVID", threshold=0.3, n_boot=100)
+    b = m["binary"]
+    assert b["positive"] == "COVID" and b["threshold"] == 0.3
+    ybin, score = y == 0, p[:, 0]
+    pbin = score >= 0.3
+    assert b["sensitivity"] == pytest.approx((pbin & ybin).sum() / ybin.sum())
+    assert b["specificity"] == pytest.approx((~pbin & ~ybin).sum() / (~ybin).sum())
+    assert b["auc"] == pytest.approx(roc_auc_score(ybin, score))
+    assert b["auc_ci_low"] <= b["auc"] <= b["auc_ci_high"]
+    default = classification_metrics(y, p, CLASSES, n_boot=0)["binary"]
+    assert default["threshold"] == 0.5
+    assert default["sensitivity_ci_low"] is None  # no resamples, no CI
+    assert "binary" not in classification_metrics(y, p, CLASSES, positive="absent", n_boot=0)
+
+
+def test_bootstrap_speed() -> None:
+    y, p = _synthetic(400, seed=0)
+    t0 = time.perf_counter()
+    classification_metrics(y, p, CLASSES, n_boot=1000)
+    assert time.perf_counter() - t0 < 3.0
+
+
+def test_invalid_inputs() -> None:
+    y, p = _synthetic(20)
+    with pytest.raises(ValueError):
+        classification_metrics(y, p[:, :3], CLASSES)
+    with pytest.raises(ValueError):
+        classification_metrics(y + 4, p, CLASSES)
+
+
+def test_choose_threshold() -> None:
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+    # Youden: threshold 0.7 -> tpr 0.75 fpr 0 (J=.75); 0.4 -> tpr 1, fpr .25 (J=.75); argmax first -> 0.7
+    assert choose_threshold(y, s) == pytest.approx(0.7)
+    assert choose_threshold(y, s, min_sensitivity=1.0) == pytest.approx(0.4)
+    assert choose_threshold(y, s, min_sensitivity=0.5) == pytest.approx(0.8)
+    with pytest.raises(ValueError):
+        choose_threshold(np.ones(4), np.arange(4.0))
+
+
+def test_fit_temperature_recovers_two() -> None:
+    rng = np.random.default_rng(0)
+    n, k = 4000, 4
+    z = rng.normal(scale=2.0, size=(n, k))
+    p = _softmax(z)
+    y = (p.cumsum(1) > rng.random((n, 1))).argmax(1)
+    t = fit_temperature(2.0 * z, y)
+    assert t == pytest.approx(2.0, rel=0.15)
+    assert fit_temperature(z, y) == pytest.approx(1.0, rel=0.15)
+
+
+def test_calibration_ece() -> None:
+    rng = np.random.default_rng(0)
+    n, k = 5000, 4
+    z = rng.normal(scale=2.0, size=(n, k))
+    p = _softmax(z)
+    y = (p.cumsum(1) > rng.random((n, 1))).argmax(1)
+    good = calibration(y, p)
+    over = calibration(y, _softmax(3.0 * z))
+    assert good["ece"] < 0.03
+    assert over["ece"] > good["ece"] + 0.05
+    assert over["brier"] > good["brier"]
+    assert len(good["bin_count"]) == 15 and sum(good["bin_count"]) == n
+    assert len(good["bin_confidence"]) == len(good["bin_accuracy"]) == 15
+    json.dumps(good, allow_nan=False)
+
+
+def test_flat_metrics() -> None:
+    y, p = _synthetic(100)
+    y = np.where(y == 3, 0, y)
+    m = classification_metrics(y, p, CLASSES, n_boot=20)
+    flat = flat_metrics(m, prefix="test")
+    assert flat["test/accuracy"] == m["accuracy"]
+    assert flat["test/COVID/sensitivity"] == m["per_class"]["COVID"]["sensitivity"]
+    assert flat["test/binary/auc"] == m["binary"]["auc"]
+    assert "test/Viral Pneumonia/auc" not in flat  # None dropped
+    assert all(type(v) is float for v in flat.values())
+    assert not any("per_class" in k for k in flat)
+    assert flat_metrics({"a": {"b": 1}}) == {"a/b": 1.0}
+
+
+# ------------------------------------------------------------------ figures
+
+
+@pytest.fixture(scope="module")
+def fig_data() -> tuple[np.ndarray, np.ndarray]:
+    """Small synthetic evaluation set."""
+    return _synthetic(120, seed=11)
+
+
+@pytest.mark.parametrize("kind", ["cm", "roc", "pr", "reliability"])
+def test_figures_written(tmp_path, fig_data, kind) -> None:
+    y, p = fig_data
+    if kind == "cm":
+        fig = figures.plot_confusion_matrix(classification_metrics(y, p, CLASSES, n_boot=0)["confusion_matrix"], CLASSES)
+    elif kind == "roc":
+        fig = figures.plot_roc(y, p, CLASSES)
+    elif kind == "pr":
+        fig = figures.plot_pr(y, p, CLASSES)
+    else:
+        fig = figures.plot_reliability(y, p)
+    assert fig.axes
+    path = figures.save_figure(fig, tmp_path / "sub" / f"{kind}.png", dpi=80)
+    assert path.exists() and path.stat().st_size > 1024
+
+
+def test_roc_points(fig_data) -> None:
+    y, p = fig_data
+    rows = figures.roc_points(y, p, CLASSES)
+    assert {r["class"] for r in rows} == set(CLASSES)
+    assert set(rows[0]) == {"class", "fpr", "tpr", "threshold"}
+    json.dumps(rows, allow_nan=False)
+    covid = [r for r in rows if r["class"] == "COVID"]
+    assert covid[0]["fpr"] == 0.0 and covid[-1]["tpr"] == 1.0
+    pr = figures.pr_points(y, p, CLASSES)
+    json.dumps(pr, allow_nan=False)
