@@ -1,0 +1,409 @@
+"""Training: one epoch, validation, checkpoints with resume, and the loop that ties them (DDP-aware)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cxr.config import Base, ResolvedPaths, Train
+from cxr.data import CachedImages, SeededSampler, decoded_cache, read_manifest, to_input, train_transform
+from cxr.models import build_model
+
+log = logging.getLogger(__name__)
+
+HISTORY_FIELDS = ("epoch", "lr", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "images_per_s", "seconds")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished training run left behind."""
+
+    best_checkpoint: Path
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    images_per_s: float
+    resumed_from: int | None
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def pick_device(choice: str) -> torch.device:
+    """``auto`` takes the GPU when there is one."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def lr_lambda(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up then cosine decay to zero, as a factor of the base rate."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def class_weights(labels: np.ndarray, k: int) -> np.ndarray:
+    """Inverse-frequency weights, mean 1 over classes."""
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / k, 0.0)
+    return w
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+class Progress:
+    """A tqdm bar on a terminal; plain log lines otherwise (CI)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        self.total, self.desc, self.count, self.start = total, desc, 0, time.perf_counter()
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
+
+    def update(self, n: int, loss: float) -> None:
+        self.count += n
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+
+    def close(self) -> float:
+        seconds = time.perf_counter() - self.start
+        if self.bar is not None:
+            self.bar.close()
+        return seconds
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    cfg: Train,
+    desc: str = "train",
+    show: bool = True,
+) -> tuple[float, float, float]:
+    """One pass over ``loader``; returns (mean loss, images/s, seconds)."""
+    model.train()
+    total_loss, total_n = torch.zeros((), device=device), 0
+    progress = Progress(len(loader.sampler), desc, show)
+    for images, labels in loader:
+        x = to_input(images, device, cfg.channels_last)
+        y = labels.to(device, non_blocking=True)
+        with _autocast(device, cfg.amp):
+            loss = criterion(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.detach() * len(y)
+        total_n += len(y)
+        progress.update(len(y), float(loss) if progress.bar is not None else 0.0)
+    seconds = progress.close()
+    return float(total_loss) / max(1, total_n), total_n / max(seconds, 1e-9), seconds
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False, channels_last: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N, K) and labels (N,) for a deterministic loader."""
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for images, y in loader:
+        with _autocast(device, amp):
+            out = model(to_input(images, device, channels_last))
+        logits.append(out.float().cpu())
+        labels.append(y)
+    model.train(was_training)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def validation_scores(logits: np.ndarray, labels: np.ndarray, k: int) -> dict[str, float]:
+    """Loss, accuracy and macro F1 on the validation split (model selection uses nothing else)."""
+    from sklearn.metrics import f1_score
+
+    t = torch.from_numpy(logits)
+    loss = float(nn.functional.cross_entropy(t, torch.from_numpy(labels)))
+    pred = logits.argmax(1)
+    return {
+        "val_loss": loss,
+        "val_accuracy": float((pred == labels).mean()),
+        "val_macro_f1": float(f1_score(labels, pred, labels=list(range(k)), average="macro", zero_division=0)),
+    }
+
+
+def _better(monitor: str, new: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return new < best if monitor == "val_loss" else new > best
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write atomically: a crash mid-write never leaves a broken checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint safely (tensors and plain containers only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+    }
+    state["python"] = torch.tensor(list(map(int, random.getstate()[1])), dtype=torch.int64)
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(state["numpy_pos"]), 0, 0.0))
+    random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_history(path: Path, rows: Sequence[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+    os.replace(tmp, path)
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def train(cfg: Train, base: Base, paths: ResolvedPaths, resume: bool = True) -> TrainResult:
+    """Train on the manifest's train split, select on valid, write checkpoints, history and metrics."""
+    rank, local_rank, world = _dist_info()
+    distributed = world > 1
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
+    main = rank == 0
+    device = pick_device(cfg.device)
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    seed_everything(base.seed, cfg.deterministic)
+
+    classes = base.labels
+    k = len(classes)
+    manifest = read_manifest(paths.manifest)
+    train_m, valid_m = manifest.select("train"), manifest.select("valid")
+    if len(train_m) == 0 or len(valid_m) == 0:
+        raise ValueError(f"{paths.manifest}: the train and valid splits must both be non-empty")
+    y_train, y_valid = train_m.labels(classes), valid_m.labels(classes)
+    workers = max(1, cfg.num_workers)
+    x_train = decoded_cache(train_m, paths.raw, paths.cache, cfg.image_size, workers=workers)
+    x_valid = decoded_cache(valid_m, paths.raw, paths.cache, cfg.image_size, workers=workers)
+
+    weights = class_weights(y_train, k)
+    sampler_weights = weights[y_train] if cfg.class_balance == "sampler" else None
+    sampler = SeededSampler(len(y_train), base.seed, True, sampler_weights, rank, world)
+    loader_kw = dict(
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+        prefetch_factor=4 if cfg.num_workers > 0 else None,
+    )
+    train_loader = DataLoader(
+        CachedImages(x_train, y_train, train_transform(cfg.augment, base.seed)),
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        drop_last=len(y_train) // world > cfg.batch_size,
+        **loader_kw,
+    )
+    valid_loader = DataLoader(CachedImages(x_valid, y_valid), batch_size=cfg.batch_size * 2, shuffle=False)
+
+    model = build_model(cfg.arch, k, cfg.weights).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(train_loader)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, total_steps, warmup))
+    # bf16 autocast needs no loss scaling; the scaler is kept (disabled) so checkpoints have one shape.
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    loss_weight = torch.tensor(weights, dtype=torch.float32, device=device) if cfg.class_balance == "loss" else None
+    criterion = nn.CrossEntropyLoss(weight=loss_weight, label_smoothing=cfg.label_smoothing)
+
+    fingerprint = {
+        "train": cfg.model_dump(mode="json"),
+        "seed": base.seed,
+        "classes": list(classes),
+        "data": manifest_hash(manifest),
+        "world": world,
+    }
+    start_epoch, best_score, best_epoch, history, resumed_from, stale = 0, None, 0, [], None, 0
+    last, best = paths.last_checkpoint, paths.best_checkpoint
+    if resume and last.exists():
+        state = load_checkpoint(last)
+        if state.get("fingerprint") == fingerprint and not state.get("complete"):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"])
+            start_epoch = int(state["epoch"]) + 1
+            best_score, best_epoch, stale = state["best_score"], int(state["best_epoch"]), int(state["stale"])
+            history = json.loads(state["history"])
+            resumed_from = start_epoch
+            if main:
+                log.info("resuming from %s after epoch %d", last, start_epoch)
+    net: nn.Module = model
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+
+    speeds = []
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        desc = f"epoch {epoch + 1}/{cfg.epochs}"
+        train_loss, speed, seconds = train_one_epoch(
+            net, train_loader, criterion, optimizer, scheduler, device, cfg, desc, main
+        )
+        if distributed:
+            t = torch.tensor([train_loss], device=device)
+            dist.all_reduce(t)
+            train_loss = float(t) / world
+        speeds.append(speed * world)
+        logits, labels = predict(model, valid_loader, device, cfg.amp, cfg.channels_last)
+        scores = validation_scores(logits, labels, k)
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, **scores}
+        row.update(images_per_s=speed * world, seconds=seconds)
+        history.append(row)
+        score = scores[cfg.monitor]
+        improved = _better(cfg.monitor, score, best_score)
+        if improved:
+            best_score, best_epoch, stale = score, epoch + 1, 0
+        else:
+            stale += 1
+        stop = cfg.patience is not None and stale >= cfg.patience
+        done = stop or epoch + 1 == cfg.epochs
+        if main:
+            log.info(
+                "%s train_loss=%.4f val_loss=%.4f val_acc=%.4f val_f1=%.4f %.0f img/s%s",
+                desc, train_loss, scores["val_loss"], scores["val_accuracy"], scores["val_macro_f1"],
+                speed * world, " *" if improved else "",
+            )
+            meta = {"arch": cfg.arch, "classes": list(classes), "image_size": cfg.image_size,
+                    "params": cfg.model_dump(mode="json"), "epoch": epoch, "val": scores}
+            if improved:
+                save_checkpoint(best, {"model": model.state_dict(), **meta})
+            save_checkpoint(
+                last,
+                {
+                    **meta,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "rng": _rng_state(),
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "stale": stale,
+                    "history": json.dumps(history),
+                    "fingerprint": fingerprint,
+                    "complete": done,
+                },
+            )
+            _write_history(paths.train_reports / "history.csv", history)
+        if stop:
+            if main:
+                log.info("early stop: %s did not improve for %d epochs", cfg.monitor, cfg.patience)
+            break
+
+    mean_speed = float(np.mean(speeds)) if speeds else 0.0
+    result = TrainResult(best, best_epoch, float(best_score or 0.0), len(history), mean_speed, resumed_from)
+    if main:
+        best_row = history[best_epoch - 1] if best_epoch else {}
+        summary = {f"best_{k_}": v for k_, v in best_row.items() if k_.startswith("val_")}
+        summary.update(best_epoch=best_epoch, epochs_run=len(history), train_images_per_s=round(mean_speed, 2))
+        out = paths.train_reports / "metrics.json"
+        out.write_text(json.dumps(summary, indent=2) + "\n")
+    if distributed:
+        dist.barrier()
+    return result
+
+
+def manifest_hash(manifest) -> str:
+    """The identity of the data a checkpoint was trained on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for r in manifest.rows:
+        h.update(f"{r['path']}|{r['sha256']}|{r['label']}|{r['split']}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def load_trained(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """The model of a checkpoint, in eval mode, with its metadata (classes, arch, image size)."""
+    state = load_checkpoint(path)
+    model = build_model(state["arch"], len(state["classes"]), None)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    meta = {k: v for k, v in state.items() if k != "model"}
+    return model, meta
+
+
+__all__ = ["TrainResult", "train", "train_one_epoch", "predict", "load_trained", "asdict"]
