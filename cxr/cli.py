@@ -1,0 +1,133 @@
+"""The ``cxr`` command: one subcommand per pipeline step, each a thin call into the step's function."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cxr.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chest X-ray classification pipeline.")
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="The params file.")]
+RootOpt = Annotated[Path, typer.Option("--root", help="Project root: paths in params are relative to it.")]
+
+
+def quiet_telemetry() -> None:
+    """Offline-friendly defaults: no analytics calls from DVC, Prefect, MLflow or Albumentations."""
+    for key, value in {
+        "DO_NOT_TRACK": "1",
+        "DVC_NO_ANALYTICS": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "NO_ALBUMENTATIONS_UPDATE": "1",
+        "MLFLOW_ENABLE_TELEMETRY": "false",
+    }.items():
+        os.environ.setdefault(key, value)
+
+
+def setup(params: Path, root: Path | None) -> tuple[Settings, Path]:
+    """Validate params before any work and configure logging; exits with the error on bad params."""
+    quiet_telemetry()
+    try:
+        settings = load_settings(params)
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    logging.basicConfig(
+        level=settings.base.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return settings, (root or params.resolve().parent).resolve()
+
+
+def _run(fn, *args):
+    try:
+        return fn(*args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        logging.getLogger("cxr").debug("step failed", exc_info=True)
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def download(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
+    """Fetch or generate the raw data and version it in data.dvc."""
+    from cxr.download import download as step
+
+    s, r = setup(params, root)
+    res = _run(step, s.base, s.download, s.paths(r))
+    typer.echo(f"data version {res.data_version} ({'unchanged' if res.skipped else 'new'}): {res.counts}")
+
+
+@app.command()
+def split(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
+    """Write the seeded valid/test/train manifest and the data report."""
+    from cxr.split import make_split
+
+    s, r = setup(params, root)
+    res = _run(make_split, s.base, s.split, s.paths(r), s.download.workers)
+    typer.echo(f"manifest {res.manifest}: {res.counts}")
+
+
+@app.command()
+def train(
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint when it matches.")] = True,
+) -> None:
+    """Train and keep the best checkpoint on validation."""
+    from cxr.train import train as step
+
+    s, r = setup(params, root)
+    res = _run(step, s.train, s.base, s.paths(r), resume)
+    typer.echo(f"best epoch {res.best_epoch}: {s.train.monitor}={res.best_score:.4f} ({res.images_per_s:.0f} img/s)")
+
+
+@app.command()
+def evaluate(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
+    """Score the best checkpoint on the test split."""
+    from cxr.evaluate import evaluate as step
+
+    s, r = setup(params, root)
+    res = _run(step, s.base, s.evaluate, s.paths(r), s.train.device)
+    typer.echo(f"test accuracy {res.accuracy:.4f}, macro AUC {res.macro_auc}")
+
+
+@app.command()
+def gradcam(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
+    """Grad-CAM overlays and explanation metrics on the test split."""
+    from cxr.gradcam import run_gradcam
+
+    s, r = setup(params, root)
+    res = _run(run_gradcam, s.base, s.gradcam, s.paths(r), s.train.device)
+    typer.echo(f"{res.images} overlays in {res.folder}")
+
+
+@app.command()
+def register(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
+    """Log the pipeline run to MLflow and register the model."""
+    from cxr.register import register as step
+
+    s, r = setup(params, root)
+    res = _run(step, s, s.paths(r))
+    typer.echo(f"MLflow run {res.run_id}: {res.model_name} version {res.version}")
+
+
+@app.command()
+def run(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
+    """The whole pipeline as a Prefect flow: download, the DVC stages, register."""
+    from flows.pipeline import pipeline
+
+    s, r = setup(params, root)
+    res = _run(pipeline, str(params.resolve()), str(r))
+    typer.echo(f"pipeline done: {res}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

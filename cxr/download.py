@@ -1,0 +1,130 @@
+"""The download step: synthetic, Kaggle or local data into the canonical ``data/raw``, versioned by DVC."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxr.config import Base, Download, ResolvedPaths
+from cxr.dvcops import DATA_DVC, DvcError, has_remote, read_data_dvc, run_dvc, stage_status, track_raw
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """The raw data folder, its DVC version, and whether any work was done."""
+
+    raw: Path
+    data_version: str
+    fingerprint: str
+    skipped: bool
+    counts: dict[str, int]
+
+
+def source_description(base: Base, cfg: Download) -> dict:
+    """What defines the raw data: the source, its settings and the class folders (not the label mapping)."""
+    desc: dict = {"source": cfg.source, "folders": list(base.folders)}
+    if cfg.source == "synthetic":
+        desc.update(per_class=cfg.synthetic.per_class, size=cfg.synthetic.size, seed=base.seed)
+    elif cfg.source == "kaggle":
+        desc.update(handle=cfg.kaggle.handle, version=cfg.kaggle.version, policy=cfg.policy)
+    else:
+        desc.update(path=str(Path(cfg.local.path).expanduser().resolve()), policy=cfg.policy)
+    return desc
+
+
+def _fingerprint(desc: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _counts(raw: Path, folders) -> dict[str, int]:
+    return {f: sum(1 for _ in (raw / f / "images").glob("*")) for f in folders if (raw / f / "images").is_dir()}
+
+
+def _up_to_date(root: Path, raw: Path, fingerprint: str) -> bool:
+    """The recorded data matches the params and the folder matches the record (restored from the cache if needed)."""
+    meta = read_data_dvc(root).get("meta") or {}
+    if meta.get("fingerprint") != fingerprint:
+        return False
+    try:
+        if raw.exists() and not stage_status(root, DATA_DVC):
+            return True
+        # Missing or edited by hand: the recorded version is restored from the DVC cache.
+        run_dvc(["checkout", "--force", "--quiet", DATA_DVC], root)
+        restored = raw.exists() and not stage_status(root, DATA_DVC)
+        if restored:
+            log.info("restored %s from the DVC cache", raw)
+        return restored
+    except DvcError as err:
+        log.info("recorded data cannot be restored, fetching again: %s", str(err).splitlines()[0])
+        return False
+
+
+def _fill(staging: Path, base: Base, cfg: Download, root: Path) -> None:
+    """Write the dataset into the empty folder ``staging`` (canonical v5 layout)."""
+    if cfg.source == "synthetic":
+        from cxr.synthetic import generate
+
+        counts = cfg.synthetic.counts(base.folders)
+        generate(staging, counts, size=cfg.synthetic.size, seed=base.seed, workers=cfg.synthetic.workers)
+        return
+    from cxr.ingest import download_kaggle, ingest
+
+    if cfg.source == "kaggle":
+        src = download_kaggle(
+            cfg.kaggle.handle, cfg.kaggle.version, Path(cfg.kaggle.cache_dir).expanduser(), cfg.kaggle.timeout_s
+        )
+        expected = None
+        if cfg.kaggle.version == 5:
+            from cxr.config import FULL_COUNTS
+
+            expected = {f: FULL_COUNTS[f] for f in base.folders}
+    else:
+        src = Path(cfg.local.path).expanduser()
+        if not src.is_absolute():
+            src = root / src
+        expected = None
+    staging.rmdir()  # ingest builds its destination atomically and refuses to overwrite a half-made one
+    report = ingest(src, staging, list(base.folders), policy=cfg.policy, expected_counts=expected, workers=cfg.workers)
+    if report.bad:
+        log.warning("%d bad files skipped (policy 'skip'), e.g. %s", len(report.bad), report.bad[0])
+
+
+def download(base: Base, cfg: Download, paths: ResolvedPaths) -> DownloadResult:
+    """Make ``data/raw`` match the params, then version it in ``data.dvc`` (and push when a remote is set)."""
+    root, raw = paths.root, paths.raw
+    desc = source_description(base, cfg)
+    fingerprint = _fingerprint(desc)
+    if _up_to_date(root, raw, fingerprint):
+        log.info("data/raw is up to date with the params (%s); nothing to download", fingerprint)
+        return DownloadResult(raw, read_data_dvc(root)["outs"][0]["md5"], fingerprint, True, _counts(raw, base.folders))
+
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".raw-", dir=raw.parent))
+    try:
+        _fill(staging, base, cfg, root)
+        old = None
+        if raw.exists():
+            old = raw.with_name(f".raw-old-{os.getpid()}")
+            os.replace(raw, old)
+        os.replace(staging, raw)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    version = track_raw(root, raw.relative_to(root).as_posix(), {**desc, "fingerprint": fingerprint})
+    if has_remote(root):
+        run_dvc(["push", "--quiet", DATA_DVC], root)
+        log.info("pushed data version %s to the default DVC remote", version)
+    counts = _counts(raw, base.folders)
+    log.info("data/raw now holds %s (data version %s)", counts, version)
+    return DownloadResult(raw, version, fingerprint, False, counts)

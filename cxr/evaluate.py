@@ -1,0 +1,122 @@
+"""The evaluation step: the only reader of the test split; metrics with intervals, calibration and figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from cxr.config import Base, Evaluate, ResolvedPaths
+from cxr.data import CachedImages, Manifest, decoded_cache, read_manifest
+from cxr.train import load_trained, pick_device, predict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Where the metrics went and the headline numbers."""
+
+    metrics: Path
+    accuracy: float
+    macro_auc: float | None
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature``."""
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def split_logits(
+    model: torch.nn.Module, manifest: Manifest, classes, paths: ResolvedPaths, size: int, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels of one split, from the decoded cache."""
+    images = decoded_cache(manifest, paths.raw, paths.cache, size)
+    loader = DataLoader(CachedImages(images, manifest.labels(classes)), batch_size=batch_size, shuffle=False)
+    device = next(model.parameters()).device
+    return predict(model, loader, device)
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "auto") -> EvalResult:
+    """Score the best checkpoint on the test split; calibrate and choose thresholds on valid only."""
+    from cxr import figures
+    from cxr.metrics import calibration, choose_threshold, classification_metrics, fit_temperature
+
+    model, meta = load_trained(paths.best_checkpoint, pick_device(device))
+    classes = tuple(meta["classes"])
+    if classes != base.labels:
+        raise ValueError(
+            f"{paths.best_checkpoint}: trained for classes {list(classes)} but base.classes is {list(base.labels)}"
+        )
+    size = int(meta["image_size"])
+    manifest = read_manifest(paths.manifest)
+    valid, test = manifest.select("valid"), manifest.select("test")
+    if len(test) == 0:
+        raise ValueError(f"{paths.manifest}: the test split is empty")
+    v_logits, v_labels = split_logits(model, valid, classes, paths, size, cfg.batch_size)
+    t_logits, t_labels = split_logits(model, test, classes, paths, size, cfg.batch_size)
+
+    temperature = float(fit_temperature(v_logits, v_labels))
+    v_probs, t_probs = softmax(v_logits, temperature), softmax(t_logits, temperature)
+    threshold = None
+    pos = cfg.positive_class
+    if pos is not None and len(classes) > 2:
+        idx = classes.index(pos)
+        threshold = float(choose_threshold((v_labels == idx).astype(int), v_probs[:, idx]))
+    m = classification_metrics(t_labels, t_probs, classes, pos, threshold, cfg.n_boot, base.seed, cfg.ci)
+    cal = calibration(t_labels, t_probs)
+    uncal = calibration(t_labels, softmax(t_logits))
+    cm = m.pop("confusion_matrix")
+    metrics = {
+        **m,
+        "calibration": {
+            "temperature": temperature,
+            "ece": cal["ece"],
+            "brier": cal["brier"],
+            "ece_uncalibrated": uncal["ece"],
+        },
+        "valid_accuracy": float((v_probs.argmax(1) == v_labels).mean()),
+    }
+    out = paths.eval_reports
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(paths.metrics, metrics)
+    _write_json(out / "confusion_matrix.json", {"classes": list(classes), "counts": cm})
+    _write_json(out / "calibration.json", {"temperature": temperature, "positive_class": pos, "threshold": threshold})
+
+    with (out / "predictions.csv").open("w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["path", "actual", "predicted", *[f"p_{c}" for c in classes]])
+        for r, y, p in zip(test.rows, t_labels, t_probs):
+            w.writerow([r["path"], classes[y], classes[int(p.argmax())], *[f"{v:.6f}" for v in p]])
+    with (out / "roc.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["class", "fpr", "tpr", "threshold"], lineterminator="\n")
+        w.writeheader()
+        w.writerows(figures.roc_points(t_labels, t_probs, classes))
+
+    figs = {
+        "confusion_matrix.png": figures.plot_confusion_matrix(np.asarray(cm), classes),
+        "roc.png": figures.plot_roc(t_labels, t_probs, classes),
+        "precision_recall.png": figures.plot_pr(t_labels, t_probs, classes),
+        "reliability.png": figures.plot_reliability(t_labels, t_probs),
+    }
+    for name, fig in figs.items():
+        fig.savefig(out / name, dpi=110, bbox_inches="tight")
+    log.info("test accuracy %.4f (n=%d), macro AUC %s", m["accuracy"], len(t_labels), m.get("macro_auc"))
+    return EvalResult(paths.metrics, float(m["accuracy"]), m.get("macro_auc"))

@@ -1,0 +1,129 @@
+"""The Grad-CAM step: batched CAMs on the test split, overlays per class, and where the model looks, measured."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from cxr.config import Base, GradCam, ResolvedPaths
+from cxr.data import decoded_cache, read_manifest, to_input
+from cxr.evaluate import softmax
+from cxr.train import load_trained, pick_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GradCamResult:
+    """Where the overlays and the explanation metrics went."""
+
+    folder: Path
+    metrics: Path
+    images: int
+
+
+def _mask(path: Path, size: int) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if m is None:
+        return None
+    return cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST) > 127
+
+
+def _mean(values: np.ndarray) -> float | None:
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else None
+
+
+def select_cases(labels: np.ndarray, probs: np.ndarray, k: int, per_class: int) -> dict[int, list[tuple[int, str]]]:
+    """Per true class: the most confident correct cases and the most confident mistakes."""
+    pred = probs.argmax(1)
+    conf = probs.max(1)
+    out: dict[int, list[tuple[int, str]]] = {}
+    for c in range(k):
+        idx = np.flatnonzero(labels == c)
+        right = idx[pred[idx] == c]
+        wrong = idx[pred[idx] != c]
+        right = right[np.argsort(-conf[right], kind="stable")][:per_class]
+        wrong = wrong[np.argsort(-conf[wrong], kind="stable")][:per_class]
+        out[c] = [(int(i), "correct") for i in right] + [(int(i), "wrong") for i in wrong]
+    return out
+
+
+def run_gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "auto") -> GradCamResult:
+    """CAMs for every test image; overlays and a gallery per class; lung-energy and lesion-pointing metrics."""
+    from cxr.explain import compute_cams, energy_inside, gallery, iou_at_top, overlay, pointing_game
+
+    model, meta = load_trained(paths.best_checkpoint, pick_device(device))
+    classes, size, arch = tuple(meta["classes"]), int(meta["image_size"]), meta["arch"]
+    test = read_manifest(paths.manifest).select("test")
+    labels = test.labels(classes)
+    images = np.array(decoded_cache(test, paths.raw, paths.cache, size))
+    dev = next(model.parameters()).device
+
+    logits = []
+    with torch.no_grad():
+        for s in range(0, len(images), cfg.batch_size):
+            logits.append(model(to_input(torch.from_numpy(images[s : s + cfg.batch_size]).unsqueeze(1), dev)).cpu())
+    probs = softmax(torch.cat(logits).numpy())
+    pred = probs.argmax(1)
+    x = to_input(torch.from_numpy(images).unsqueeze(1), dev)
+    cams = compute_cams(model, x, pred.tolist(), arch, cfg.method, cfg.batch_size)
+
+    lungs = [_mask(paths.raw / r["folder"] / "masks" / Path(r["path"]).name, size) for r in test.rows]
+    lesions = [_mask(paths.raw / r["folder"] / "lesions" / Path(r["path"]).name, size) for r in test.rows]
+    metrics: dict = {"method": cfg.method, "images": len(test)}
+    has_lung = np.array([m is not None for m in lungs])
+    if has_lung.any():
+        m = np.stack([lm for lm in lungs if lm is not None])
+        energy = energy_inside(cams[has_lung], m)
+        area = m.reshape(len(m), -1).mean(1)
+        metrics["lung_energy"] = _mean(energy)
+        metrics["lung_area_fraction"] = _mean(area)
+        metrics["lung_energy_per_class"] = {
+            c: _mean(energy[labels[has_lung] == i]) for i, c in enumerate(classes)
+        }
+    has_lesion = np.array([m is not None and m.any() for m in lesions])
+    if has_lesion.any():
+        m = np.stack([lm for lm, h in zip(lesions, has_lesion) if h])
+        hits = pointing_game(cams[has_lesion], m)
+        metrics["pointing_game"] = _mean(hits.astype(float))
+        metrics["pointing_game_chance"] = _mean(m.reshape(len(m), -1).mean(1))
+        metrics["lesion_iou"] = _mean(iou_at_top(cams[has_lesion], m))
+        metrics["lesion_energy"] = _mean(energy_inside(cams[has_lesion], m))
+
+    out = paths.gradcam_reports
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    written = 0
+    for c, cases in select_cases(labels, probs, len(classes), cfg.per_class).items():
+        folder = out / classes[c].replace(" ", "_")
+        folder.mkdir()
+        raw, maps, titles = [], [], []
+        for rank, (i, kind) in enumerate(cases):
+            tile = overlay(images[i], cams[i])
+            name = f"{kind}-{rank:02d}-{Path(test.rows[i]['path']).stem}.png"
+            cv2.imwrite(str(folder / name), cv2.cvtColor(tile, cv2.COLOR_RGB2BGR))
+            raw.append(images[i])
+            maps.append(cams[i])
+            titles.append(f"{kind}: {classes[pred[i]]} {probs[i, pred[i]]:.2f}")
+            written += 1
+        if raw:
+            gallery(raw, maps, titles).savefig(
+                out / f"gallery-{classes[c].replace(' ', '_')}.png", dpi=90, bbox_inches="tight"
+            )
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    os.replace(tmp, out / "metrics.json")
+    log.info("Grad-CAM: %d overlays in %s; %s", written, out, {k: v for k, v in metrics.items() if "per_class" not in k})
+    return GradCamResult(out, out / "metrics.json", written)

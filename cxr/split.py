@@ -1,0 +1,178 @@
+"""The split step: fingerprint every image, group duplicates, and write the seeded valid/test/train manifest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cxr.config import Base, ResolvedPaths, Split, check_split_fits
+from cxr.data import write_manifest
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """Where the manifest went and how many images each split got."""
+
+    manifest: Path
+    report: Path
+    counts: dict[str, dict[str, int]]
+    duplicate_groups: int
+
+
+def list_images(raw: Path, base: Base) -> list[tuple[str, str]]:
+    """(relative path, class folder) of every image in the canonical layout, sorted; errors name the folder."""
+    if not raw.is_dir():
+        raise FileNotFoundError(f"{raw}: raw data folder not found; run the download step first")
+    items: list[tuple[str, str]] = []
+    for folder in base.folders:
+        images = raw / folder / "images"
+        if not images.is_dir():
+            raise FileNotFoundError(f"{images}: class folder {folder!r} is missing from the raw data")
+        files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise ValueError(f"{images}: class folder {folder!r} holds no images")
+        items.extend((p.relative_to(raw).as_posix(), folder) for p in files)
+    return items
+
+
+def _sources(raw: Path, base: Base) -> dict[str, str]:
+    """Image file stem -> source archive, from the dataset's metadata sheets where present."""
+    from cxr.ingest import read_metadata
+
+    out: dict[str, str] = {}
+    for folder in base.folders:
+        sheet = raw / f"{folder}.metadata.xlsx"
+        if sheet.is_file():
+            out.update({k.lower(): v for k, v in read_metadata(sheet).items()})
+    return out
+
+
+def _targets(sizes: dict[str, int], total: int, mode: str) -> dict[str, int]:
+    """Per-class share of ``total``: proportional (largest remainder) or equal."""
+    labels = sorted(sizes)
+    if mode == "balanced":
+        base_n, extra = divmod(total, len(labels))
+        return {c: base_n + (i < extra) for i, c in enumerate(labels)}
+    n = sum(sizes.values())
+    exact = {c: total * sizes[c] / n for c in labels}
+    out = {c: int(exact[c]) for c in labels}
+    for c in sorted(labels, key=lambda c: (-(exact[c] - out[c]), c))[: total - sum(out.values())]:
+        out[c] += 1
+    return out
+
+
+def assign_splits(labels: list[str], groups: list[int], cfg: Split, seed: int) -> list[str]:
+    """Seeded stratified assignment of whole duplicate groups to valid, test and train."""
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    # A group belongs to the label of its first member; a group that mixes labels is reported by the caller.
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for g in sorted(members):
+        by_label[labels[members[g][0]]].append(g)
+    sizes = Counter(labels)
+    want = {"valid": _targets(sizes, cfg.valid, cfg.mode), "test": _targets(sizes, cfg.test, cfg.mode)}
+    out = ["train"] * len(labels)
+    rng = np.random.default_rng(seed)
+    for label in sorted(by_label):
+        order = [by_label[label][i] for i in rng.permutation(len(by_label[label]))]
+        need = {s: want[s][label] for s in ("valid", "test")}
+        for g in order:
+            size = len(members[g])
+            target = next((s for s in ("valid", "test") if 0 < size <= need[s]), None)
+            if target is None:
+                continue
+            need[target] -= size
+            for i in members[g]:
+                out[i] = target
+    return out
+
+
+def make_split(base: Base, cfg: Split, paths: ResolvedPaths, workers: int = 2) -> SplitResult:
+    """Write the manifest (path, folder, label, split, sha256, group, source) and the data report."""
+    from cxr.dedup import group_duplicates, image_fingerprint
+
+    items = list_images(paths.raw, base)
+    to_label = base.folder_to_label
+    labels = [to_label[folder] for _, folder in items]
+    per_label = Counter(labels)
+    check_split_fits(cfg, dict(per_label))
+
+    def fingerprint(rel: str):
+        try:
+            return image_fingerprint(paths.raw / rel)
+        except Exception as err:  # the message names the file
+            raise ValueError(f"{paths.raw / rel}: cannot be read as an image ({err})") from None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        prints = list(pool.map(fingerprint, [rel for rel, _ in items]))
+    shas = [p[0] for p in prints]
+    groups = group_duplicates(shas, [p[1] for p in prints], cfg.near_duplicate_bits)
+    splits = assign_splits(labels, groups, cfg, base.seed)
+    sources = _sources(paths.raw, base)
+
+    rows = [
+        {
+            "path": rel,
+            "folder": folder,
+            "label": label,
+            "split": split,
+            "sha256": sha,
+            "group": str(group),
+            "source": sources.get(Path(rel).stem.lower(), ""),
+        }
+        for (rel, folder), label, split, sha, group in zip(items, labels, splits, shas, groups)
+    ]
+    write_manifest(rows, paths.manifest)
+    report = data_report(rows, prints)
+    paths.data_report.parent.mkdir(parents=True, exist_ok=True)
+    tmp = paths.data_report.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, paths.data_report)
+    log.info("split %d images: %s", len(rows), report["counts"])
+    return SplitResult(paths.manifest, paths.data_report, report["counts"], report["duplicates"]["groups"])
+
+
+def data_report(rows: list[dict[str, str]], prints: list[tuple]) -> dict:
+    """Counts per class and split, sizes and modes, duplicate groups, label conflicts and sources."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: {"train": 0, "valid": 0, "test": 0})
+    for r in rows:
+        counts[r["label"]][r["split"]] += 1
+    group_rows: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for r in rows:
+        group_rows[r["group"]].append(r)
+    dup_groups = {g: rs for g, rs in group_rows.items() if len(rs) > 1}
+    exact = Counter(r["sha256"] for r in rows)
+    crossing = [g for g, rs in dup_groups.items() if len({r["split"] for r in rs}) > 1]
+    conflicts = sorted(g for g, rs in dup_groups.items() if len({r["label"] for r in rs}) > 1)
+    sizes = Counter(f"{w}x{h}" for _, _, (w, h), _ in prints)
+    modes = Counter(mode for _, _, _, mode in prints)
+    sources: dict[str, dict[str, int]] = defaultdict(dict)
+    for r in rows:
+        src = r["source"] or "unknown"
+        sources[r["label"]][src] = sources[r["label"]].get(src, 0) + 1
+    return {
+        "images": len(rows),
+        "counts": {k: dict(v) for k, v in sorted(counts.items())},
+        "sizes": dict(sizes.most_common()),
+        "modes": dict(modes.most_common()),
+        "duplicates": {
+            "groups": len(dup_groups),
+            "images_in_groups": sum(len(rs) for rs in dup_groups.values()),
+            "exact_copies": sum(n - 1 for n in exact.values() if n > 1),
+            "groups_crossing_splits": len(crossing),
+            "label_conflicts": [[r["path"] for r in dup_groups[g]] for g in conflicts],
+        },
+        "sources": {k: dict(sorted(v.items())) for k, v in sorted(sources.items())},
+    }

@@ -1,0 +1,86 @@
+"""The split: stratified or balanced, seeded, duplicate groups kept on one side, byte-identical output."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cxr.config import Base, Paths, Split
+from cxr.split import assign_splits, make_split
+
+
+def _labels() -> list[str]:
+    return ["a"] * 300 + ["b"] * 100 + ["c"] * 50
+
+
+def test_stratified_sizes_keep_class_proportions() -> None:
+    labels = _labels()
+    out = assign_splits(labels, list(range(len(labels))), Split(valid=90, test=45), seed=1)
+    counts = Counter(zip(labels, out))
+    assert sum(v for (l, s), v in counts.items() if s == "valid") == 90
+    assert sum(v for (l, s), v in counts.items() if s == "test") == 45
+    assert (counts[("a", "valid")], counts[("b", "valid")], counts[("c", "valid")]) == (60, 20, 10)
+    assert (counts[("a", "test")], counts[("b", "test")], counts[("c", "test")]) == (30, 10, 5)
+
+
+def test_balanced_mode_takes_equal_shares() -> None:
+    labels = _labels()
+    out = assign_splits(labels, list(range(len(labels))), Split(mode="balanced", valid=30, test=30), seed=1)
+    counts = Counter(zip(labels, out))
+    assert {counts[(c, "valid")] for c in "abc"} == {10}
+    assert {counts[(c, "test")] for c in "abc"} == {10}
+
+
+def test_seed_decides_and_groups_never_straddle() -> None:
+    labels = _labels()
+    groups = [i // 3 for i in range(len(labels))]  # triples of near-copies
+    a = assign_splits(labels, groups, Split(valid=60, test=60), seed=7)
+    b = assign_splits(labels, groups, Split(valid=60, test=60), seed=7)
+    c = assign_splits(labels, groups, Split(valid=60, test=60), seed=8)
+    assert a == b and a != c
+    for g in set(groups):
+        assert len({a[i] for i, gg in enumerate(groups) if gg == g}) == 1
+
+
+def _raw(root: Path, n: int = 12) -> None:
+    rng = np.random.default_rng(0)
+    for cls in ("COVID", "Normal"):
+        d = root / cls / "images"
+        d.mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(d / f"{cls}-{i + 1}.png"), rng.integers(0, 255, (80, 80), dtype=np.uint8))
+    # An exact copy across sides must land on one side with its original.
+    (root / "COVID" / "images" / "COVID-99.png").write_bytes((root / "COVID" / "images" / "COVID-1.png").read_bytes())
+
+
+def test_make_split_writes_identical_manifests_and_keeps_copies_together(tmp_path: Path) -> None:
+    base = Base(classes=["COVID", "Normal"], seed=3)
+    manifests = []
+    for run in ("one", "two"):
+        root = tmp_path / run
+        _raw(root / "data" / "raw")
+        paths = Paths().resolve(root)
+        res = make_split(base, Split(valid=4, test=4), paths)
+        manifests.append(paths.manifest.read_bytes())
+        assert res.duplicate_groups == 1
+    assert manifests[0] == manifests[1]
+    rows = [line.split(",") for line in manifests[0].decode().splitlines()[1:]]
+    by_path = {r[0]: r for r in rows}
+    assert by_path["COVID/images/COVID-1.png"][3] == by_path["COVID/images/COVID-99.png"][3]
+    assert by_path["COVID/images/COVID-1.png"][5] == by_path["COVID/images/COVID-99.png"][5]
+
+
+def test_missing_class_folder_and_bad_image_are_named(tmp_path: Path) -> None:
+    root = tmp_path
+    _raw(root / "data" / "raw")
+    paths = Paths().resolve(root)
+    with pytest.raises(FileNotFoundError, match="Lung_Opacity"):
+        make_split(Base(classes=["COVID", "Lung_Opacity"]), Split(valid=2, test=2), paths)
+    (root / "data" / "raw" / "Normal" / "images" / "Normal-3.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="Normal-3.png"):
+        make_split(Base(classes=["COVID", "Normal"]), Split(valid=2, test=2), paths)
+    assert not paths.manifest.exists()
