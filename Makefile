@@ -1,0 +1,49 @@
+# Set-up is part of every target: the virtual environment is made in .venv when missing or stale.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export DO_NOT_TRACK := 1
+export DVC_NO_ANALYTICS := 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+export MLFLOW_ENABLE_TELEMETRY := false
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help venv run repro test test-fast bench ui clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+venv: $(VENV)/.installed  ## create .venv and install the project
+
+run: venv  ## the whole pipeline as a Prefect flow on the embedded synthetic data
+	$(PY) -m cxr run
+
+repro: venv  ## fetch the data, then reproduce the DVC stages
+	$(PY) -m cxr download
+	$(PY) -m dvc repro
+
+test: venv  ## every test that runs on a CPU (CI runs this)
+	$(PY) -m pytest
+
+test-fast: venv  ## the tests not marked slow
+	$(PY) -m pytest -m "not slow"
+
+bench: venv  ## benchmarks: writes benchmarks/results.json
+	$(PY) -m benchmarks
+
+ui: venv  ## the MLflow UI on the project's store (http://127.0.0.1:5000)
+	$(PY) -m mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean:  ## remove pipeline outputs (keeps .venv, data and the stores)
+	rm -rf data/split data/cache models reports

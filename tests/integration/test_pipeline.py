@@ -1,0 +1,148 @@
+"""End to end: the Prefect flow, `dvc repro` and the CLI run one implementation and agree."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import make_project, tiny_params
+from cxr.dvcops import dvc_env
+
+pytestmark = pytest.mark.slow
+
+METRIC_KEYS = ("accuracy", "macro_auc", "macro_f1", "macro_precision", "macro_sensitivity", "macro_specificity")
+PER_CLASS_KEYS = ("precision", "sensitivity", "specificity", "f1", "auc")
+
+
+def dvc(root: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True, env=dvc_env())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def cxr(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cxr", *args], cwd=root, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def test_flow_then_dvc_agree(tmp_path: Path, prefect_harness, monkeypatch) -> None:
+    import mlflow
+
+    from flows.pipeline import pipeline
+
+    root = make_project(tmp_path / "p", tiny_params())
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    result = pipeline(params="params.yaml", root=str(root))
+    assert all(result["stages_ran"].values())
+
+    # dvc.lock is true: nothing to do, and `dvc repro` reruns nothing.
+    assert "up to date" in dvc(root, "status")
+    out = dvc(root, "repro")
+    assert "Running stage" not in out
+
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert key in metrics and f"{key}_ci_low" in metrics
+    for cls in ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia"):
+        assert set(PER_CLASS_KEYS) <= set(metrics["per_class"][cls])
+    assert "binary" in metrics and "temperature" in metrics["calibration"]
+    shown = dvc(root, "metrics", "show", "--json")
+    assert "accuracy" in shown
+    for fig in ("confusion_matrix.png", "roc.png", "precision_recall.png", "reliability.png"):
+        assert (root / "reports" / "eval" / fig).stat().st_size > 1000
+    overlays = list((root / "reports" / "gradcam").glob("*/*.png"))
+    assert {p.parent.name for p in overlays} == {"COVID", "Normal", "Lung_Opacity", "Viral_Pneumonia"}
+
+    # One MLflow run with lineage, per-epoch metrics and the registered model version.
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    run = client.get_run(result["registered"]["run_id"])
+    data_md5 = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+    assert run.data.tags["data_version"] == data_md5
+    assert len(run.data.tags["git_commit"]) == 40
+    assert "test/accuracy" in run.data.metrics
+    history = client.get_metric_history(run.info.run_id, "epoch/val_accuracy")
+    assert [m.step for m in history] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"evaluation", "gradcam", "pipeline"} <= artifacts
+    version = client.get_model_version("cxr-classifier", result["registered"]["version"])
+    assert version.run_id == run.info.run_id
+
+    # After `dvc repro`, a second flow run repeats no stage work (and no download).
+    again = pipeline(params="params.yaml", root=str(root))
+    assert not any(again["stages_ran"].values())
+    assert again["data"]["skipped"]
+    assert again["registered"]["version"] == str(int(result["registered"]["version"]) + 1)
+
+
+def test_cli_steps_and_dvc_repro_share_the_stages(tmp_path: Path) -> None:
+    """A params change to evaluation re-runs evaluation only."""
+    root = make_project(tmp_path / "p", tiny_params())
+    assert cxr(root, "download").returncode == 0
+    out = dvc(root, "repro")
+    assert out.count("Running stage") == 4
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["evaluate"]["n_boot"] = 20
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc(root, "repro")
+    assert "Running stage 'evaluate'" in out
+    assert "Running stage 'train'" not in out and "Running stage 'gradcam'" not in out
+
+
+def test_local_sample_ingests_and_trains_or_says_why(tmp_path: Path, sample_dir: Path) -> None:
+    # Four classes: Lung_Opacity has a single image, so the split refuses, naming the class and the keys.
+    four = tiny_params(download={"source": "local", "local": {"path": str(sample_dir)}})
+    root = make_project(tmp_path / "four", four)
+    proc = cxr(root, "download")
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "data" / "raw" / "Viral Pneumonia" / "images").is_dir()
+    proc = cxr(root, "split")
+    assert proc.returncode == 1
+    assert "Lung_Opacity" in proc.stderr and "split.valid" in proc.stderr
+    assert not (root / "data" / "split" / "manifest.csv").exists()
+
+    # Three classes (a params change): the real PNG/JPEG, RGB/gray images train end to end.
+    three = tiny_params(
+        base={"classes": ["COVID", "Normal", "Viral Pneumonia"]},
+        download={"source": "local", "local": {"path": str(sample_dir)}},
+        split={"valid": 24, "test": 24},
+        train={"epochs": 1},
+    )
+    root = make_project(tmp_path / "three", three)
+    assert cxr(root, "download").returncode == 0
+    out = dvc(root, "repro")
+    assert out.count("Running stage") == 4
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    assert metrics["n"] == 24 and set(metrics["per_class"]) == {"COVID", "Normal", "Viral Pneumonia"}
+
+
+def test_bad_input_stops_before_training_and_leaves_nothing(tmp_path: Path) -> None:
+    root = make_project(tmp_path / "p", tiny_params())
+    assert cxr(root, "download").returncode == 0
+    victim = root / "data" / "raw" / "Normal" / "images" / "Normal-3.png"
+    victim.write_bytes(victim.read_bytes()[:100])  # truncated
+    # Restores from the DVC cache when the recorded data was tampered with.
+    proc = cxr(root, "download")
+    assert proc.returncode == 0
+    assert "unchanged" in proc.stdout
+    # A missing class folder: the split names it, and no manifest or model appears.
+    import shutil
+
+    shutil.rmtree(root / "data" / "raw" / "Viral Pneumonia")
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, capture_output=True, text=True, env=dvc_env())
+    assert proc.returncode != 0
+    assert "Viral Pneumonia" in proc.stdout + proc.stderr
+    assert not (root / "data" / "split" / "manifest.csv").exists()
+    assert not (root / "models" / "best.pt").exists()
