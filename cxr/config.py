@@ -256,9 +256,21 @@ class GradCam(_Section):
 
 
 class Registry(_Section):
-    """What the registration step logs and registers."""
+    """What the registration step logs and registers, and the gate that promotes a version to champion."""
 
     enabled: bool = True
+    #: Absolute floors on the challenger's test metrics.
+    min_accuracy: float = Field(0.0, ge=0, le=1)
+    min_macro_auc: float = Field(0.0, ge=0, le=1)
+    #: Per-class sensitivity floors, e.g. {COVID: 0.98}.
+    min_sensitivity: dict[str, float] = Field(default_factory=dict)
+    #: Non-inferiority against the champion on the same test manifest: accuracy may drop by at most this margin.
+    margin: float = Field(0.01, ge=0, lt=1)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    test: Literal["mcnemar", "bootstrap"] = "mcnemar"
+    n_boot: int = Field(2000, ge=100)
+    #: Promote automatically when the gate passes (a new version always gets the challenger alias).
+    auto_promote: bool = True
 
 
 class Settings(_Section):
@@ -278,6 +290,9 @@ class Settings(_Section):
         pos = self.evaluate.positive_class
         if pos is not None and pos not in labels:
             raise ValueError(f"evaluate.positive_class {pos!r} is not one of base.classes {list(labels)}")
+        for cls in self.registry.min_sensitivity:
+            if cls not in labels:
+                raise ValueError(f"registry.min_sensitivity names {cls!r}, which is not one of base.classes")
         if self.download.source == "synthetic":
             counts = self.download.synthetic.counts(self.base.folders)
             per_label: dict[str, int] = {}
