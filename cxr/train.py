@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -263,11 +263,16 @@ def train(cfg: Train, base: Base, paths: ResolvedPaths, resume: bool = True) -> 
         persistent_workers=cfg.num_workers > 0,
         prefetch_factor=4 if cfg.num_workers > 0 else None,
     )
+    if cfg.batch_size % world:
+        raise ValueError(f"train.batch_size={cfg.batch_size} must be a multiple of the {world} processes")
+    # Each rank takes an interleaved share of every global batch, so the global batch (and the
+    # gradient DDP averages) is the one a single process would see.
+    per_rank = cfg.batch_size // world
     train_loader = DataLoader(
         CachedImages(x_train, y_train, train_transform(cfg.augment, base.seed)),
-        batch_size=cfg.batch_size,
+        batch_size=per_rank,
         sampler=sampler,
-        drop_last=len(y_train) // world > cfg.batch_size,
+        drop_last=len(sampler) > per_rank,
         **loader_kw,
     )
     valid_loader = DataLoader(CachedImages(x_valid, y_valid), batch_size=cfg.batch_size * 2, shuffle=False)
@@ -406,4 +411,3 @@ def load_trained(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Mod
     return model, meta
 
 
-__all__ = ["TrainResult", "train", "train_one_epoch", "predict", "load_trained", "asdict"]
