@@ -26,7 +26,13 @@ class DownloadResult:
     counts: dict[str, int]
 
 
-def source_description(base: Base, cfg: Download) -> dict:
+def local_path(cfg: Download, root: Path) -> Path:
+    """The local source's folder or zip; relative paths are relative to the project root."""
+    path = Path(cfg.local.path).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def source_description(base: Base, cfg: Download, root: Path) -> dict:
     """What defines the raw data: the source, its settings and the class folders (not the label mapping)."""
     desc: dict = {"source": cfg.source, "folders": list(base.folders)}
     if cfg.source == "synthetic":
@@ -34,7 +40,7 @@ def source_description(base: Base, cfg: Download) -> dict:
     elif cfg.source == "kaggle":
         desc.update(handle=cfg.kaggle.handle, version=cfg.kaggle.version, policy=cfg.policy)
     else:
-        desc.update(path=str(Path(cfg.local.path).expanduser().resolve()), policy=cfg.policy)
+        desc.update(path=str(local_path(cfg, root).resolve()), policy=cfg.policy)
     return desc
 
 
@@ -88,9 +94,7 @@ def _fill(staging: Path, base: Base, cfg: Download, root: Path) -> None:
 
             expected = {f: FULL_COUNTS[f] for f in base.folders}
     else:
-        src = Path(cfg.local.path).expanduser()
-        if not src.is_absolute():
-            src = root / src
+        src = local_path(cfg, root)
         expected = None
     staging.rmdir()  # ingest builds its destination atomically and refuses to overwrite a half-made one
     report = ingest(src, staging, list(base.folders), policy=cfg.policy, expected_counts=expected, workers=cfg.workers)
@@ -101,7 +105,7 @@ def _fill(staging: Path, base: Base, cfg: Download, root: Path) -> None:
 def download(base: Base, cfg: Download, paths: ResolvedPaths) -> DownloadResult:
     """Make ``data/raw`` match the params, then version it in ``data.dvc`` (and push when a remote is set)."""
     root, raw = paths.root, paths.raw
-    desc = source_description(base, cfg)
+    desc = source_description(base, cfg, root)
     fingerprint = _fingerprint(desc)
     if _up_to_date(root, raw, fingerprint):
         log.info("data/raw is up to date with the params (%s); nothing to download", fingerprint)
