@@ -8,14 +8,18 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cxr.config import Base, Evaluate, ResolvedPaths
-from cxr.data import CachedImages, Manifest, decoded_cache, read_manifest
+from cxr.config import Augment, Base, Evaluate, ResolvedPaths
+from cxr.data import CachedImages, Manifest, decoded_cache, load_image, read_manifest
 from cxr.train import load_trained, pick_device, predict
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +58,29 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "auto") -> EvalResult:
-    """Score the best checkpoint on the test split; calibrate and choose thresholds on valid only."""
+def augmentation_preview(
+    manifest: Manifest, paths: ResolvedPaths, augment: Augment, size: int, seed: int
+) -> Figure | None:
+    """The augmentation grid on the first training image (test images stay unseen), or None without one."""
     from cxr import figures
-    from cxr.metrics import calibration, choose_threshold, classification_metrics, fit_temperature
+
+    train_rows = manifest.select("train").rows
+    if not train_rows:
+        log.warning("%s: no training image for the augmentation preview", paths.manifest)
+        return None
+    first = min(train_rows, key=lambda r: r["path"])
+    return figures.plot_augmentations(load_image(paths.raw / first["path"], size), augment, seed=seed)
+
+
+def evaluate(
+    base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "auto", augment: Augment | None = None
+) -> EvalResult:
+    """Score the best checkpoint on the test split; calibrate and choose thresholds on valid only.
+
+    With ``augment`` (the train section's), also draws the augmentation preview ``augmentations.png``.
+    """
+    from cxr import figures
+    from cxr.metrics import calibration, choose_threshold, classification_metrics, fit_temperature, per_source_metrics
 
     model, meta = load_trained(paths.best_checkpoint, pick_device(device))
     classes = tuple(meta["classes"])
@@ -94,6 +117,12 @@ def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "aut
         },
         "valid_accuracy": float((v_probs.argmax(1) == v_labels).mean()),
     }
+    # The shortcut audit: a model that keys on the source archive scores very differently per source.
+    by_source = per_source_metrics(
+        t_labels, t_probs, [r.get("source") or "" for r in test.rows], classes, cfg.n_boot, base.seed, cfg.ci
+    )
+    if by_source:
+        metrics["per_source"] = by_source
     out = paths.eval_reports
     out.mkdir(parents=True, exist_ok=True)
     _write_json(paths.metrics, metrics)
@@ -116,6 +145,10 @@ def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "aut
         "precision_recall.png": figures.plot_pr(t_labels, t_probs, classes),
         "reliability.png": figures.plot_reliability(t_labels, t_probs),
     }
+    if augment is not None:
+        preview = augmentation_preview(manifest, paths, augment, size, base.seed)
+        if preview is not None:
+            figs["augmentations.png"] = preview
     for name, fig in figs.items():
         fig.savefig(out / name, dpi=110, bbox_inches="tight")
     log.info("test accuracy %.4f (n=%d), macro AUC %s", m["accuracy"], len(t_labels), m.get("macro_auc"))

@@ -4,7 +4,7 @@ Every ``plot_*`` function returns a new :class:`matplotlib.figure.Figure` and ne
 touches pyplot's global state, so it is safe in worker processes and threads. The
 caller saves it, e.g. ``fig.savefig(path, dpi=150)`` or :func:`save_figure`, which
 also creates the parent directory. ``roc_points``/``pr_points`` return plain rows
-for DVC plots files.
+for DVC plots files. ``plot_augmentations`` previews the train augmentations on one image.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from cxr.config import Augment
 
 logger = logging.getLogger(__name__)
 
@@ -216,3 +218,37 @@ def pr_points(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> 
             for r, pr, h in zip(recall, precision, thr)
         )
     return rows
+
+
+def plot_augmentations(image: np.ndarray, augment: Augment, n: int = 11, seed: int = 0, cols: int = 4) -> Figure:
+    """A grid: the original 2-D uint8 image, then ``n`` draws of the train augmentations (seeded, reproducible)."""
+    from matplotlib.figure import Figure
+
+    from cxr.data import train_transform
+
+    image = np.asarray(image)
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise ValueError(f"expected a 2-D uint8 image, got shape {image.shape} and dtype {image.dtype}")
+    if n < 1 or cols < 1:
+        raise ValueError(f"n and cols must be >= 1, got n={n}, cols={cols}")
+    transform = train_transform(augment, seed)
+    tiles = [("original", image)]
+    for i in range(n):
+        # One seed per tile, as the training loader does per sample: the grid does not depend on draw order.
+        transform.set_random_seed(seed + i)
+        tiles.append((f"augmented #{i + 1}", transform(image=image.copy())["image"]))
+    rows = -(-len(tiles) // cols)
+    fig = Figure(figsize=(2.2 * cols, 2.4 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, (title, tile) in zip(axes, tiles):
+        ax.imshow(tile, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(title, fontsize=8)
+    fig.suptitle(
+        f"Train augmentations (p={augment.p}, rotate ±{augment.rotate_deg}°, shift ±{augment.shift}, "
+        f"scale ±{augment.scale}, brightness ±{augment.brightness}, contrast ±{augment.contrast}, "
+        f"gamma {augment.gamma[0]}-{augment.gamma[1]})",
+        fontsize=8,
+    )
+    return fig

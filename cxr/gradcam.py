@@ -96,8 +96,17 @@ def run_gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "a
     if has_lesion.any():
         m = np.stack([lm for lm, h in zip(lesions, has_lesion) if h])
         hits = pointing_game(cams[has_lesion], m)
+        area = m.reshape(len(m), -1).mean(1)
+        lesion_labels = labels[has_lesion]
         metrics["pointing_game"] = _mean(hits.astype(float))
-        metrics["pointing_game_chance"] = _mean(m.reshape(len(m), -1).mean(1))
+        # A uniformly random peak lands in the lesion with probability equal to its area fraction.
+        metrics["pointing_game_chance"] = _mean(area)
+        metrics["pointing_game_per_class"] = {
+            c: _mean(hits[lesion_labels == i].astype(float)) for i, c in enumerate(classes) if (lesion_labels == i).any()
+        }
+        metrics["pointing_game_chance_per_class"] = {
+            c: _mean(area[lesion_labels == i]) for i, c in enumerate(classes) if (lesion_labels == i).any()
+        }
         metrics["lesion_iou"] = _mean(iou_at_top(cams[has_lesion], m))
         metrics["lesion_energy"] = _mean(energy_inside(cams[has_lesion], m))
 

@@ -400,3 +400,55 @@ def flat_metrics(m: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     base = [s for s in prefix.strip("/").split("/") if s] if prefix else []
     walk(m, base)
     return out
+
+
+#: Below this many test images a source gets point estimates only: a bootstrap CI on a handful is noise.
+MIN_N_FOR_CI = 30
+
+UNKNOWN_SOURCE = "unknown"
+_SOURCE_CLASS_KEYS = ("support", "sensitivity", "sensitivity_ci_low", "sensitivity_ci_high")
+
+
+def per_source_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    sources: Sequence[str],
+    classes: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+    ci: float = 0.95,
+    min_n_for_ci: int = MIN_N_FOR_CI,
+) -> dict[str, dict]:
+    """Accuracy and per-class sensitivity per image source, with bootstrap CIs where n >= min_n_for_ci.
+
+    Empty sources are grouped as ``unknown``; when no source is known the result is ``{}``
+    (nothing to audit). Each block: ``n``, ``accuracy`` (+ CI), ``ci`` (whether intervals were
+    computed) and ``per_class`` {class: {support, sensitivity (+ CI)}}.
+    """
+    classes = [str(c) for c in classes]
+    y, p = _validate(y_true, probs, len(classes))
+    src = np.asarray([str(s).strip() if s is not None else "" for s in sources], dtype=object)
+    if src.shape[0] != y.shape[0]:
+        raise ValueError(f"sources has {src.shape[0]} items but y_true has {y.shape[0]}")
+    src[src == ""] = UNKNOWN_SOURCE
+    if np.all(src == UNKNOWN_SOURCE):
+        return {}
+    out: dict[str, dict] = {}
+    # Largest sources first: the table reads as "where most of the test set comes from".
+    names, counts = np.unique(src.astype(str), return_counts=True)
+    for name in [str(n) for _, n in sorted(zip(-counts, names))]:
+        idx = np.flatnonzero(src == name)
+        with_ci = idx.size >= min_n_for_ci
+        m = classification_metrics(
+            y[idx], p[idx], classes, positive=None, n_boot=n_boot if with_ci else 0, seed=seed, ci=ci
+        )
+        block: dict[str, Any] = {
+            "n": int(idx.size),
+            "ci": bool(with_ci and n_boot > 0),
+            "accuracy": m["accuracy"],
+            "accuracy_ci_low": m["accuracy_ci_low"],
+            "accuracy_ci_high": m["accuracy_ci_high"],
+            "per_class": {c: {k: m["per_class"][c][k] for k in _SOURCE_CLASS_KEYS} for c in classes},
+        }
+        out[name] = block
+    return out

@@ -17,6 +17,7 @@ from cxr.metrics import (
     classification_metrics,
     fit_temperature,
     flat_metrics,
+    per_source_metrics,
 )
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
@@ -261,6 +262,39 @@ def test_flat_metrics() -> None:
     assert flat_metrics({"a": {"b": 1}}) == {"a/b": 1.0}
 
 
+def test_per_source_separates_a_shortcut() -> None:
+    # Source "a" is predicted perfectly, source "b" always as class 0: a per-source table must show it.
+    y = np.tile(np.arange(4), 30)
+    src = np.array(["a"] * 80 + ["b"] * 40)
+    pred = np.where(src == "a", y, 0)
+    m = per_source_metrics(y, _probs_from_preds(pred, 4), src, CLASSES, n_boot=200, seed=1)
+    assert list(m) == ["a", "b"]  # largest source first
+    assert m["a"]["n"] == 80 and m["b"]["n"] == 40
+    assert m["a"]["accuracy"] == 1.0
+    assert m["b"]["accuracy"] == pytest.approx(0.25)
+    assert m["b"]["per_class"]["COVID"]["sensitivity"] == 1.0
+    assert m["b"]["per_class"]["Normal"]["sensitivity"] == 0.0
+    assert m["b"]["per_class"]["Normal"]["support"] == 10
+    assert m["a"]["ci"] and m["a"]["accuracy_ci_low"] == 1.0
+    assert m["b"]["accuracy_ci_low"] <= 0.25 <= m["b"]["accuracy_ci_high"]
+    json.dumps(m, allow_nan=False)
+    flat = flat_metrics({"per_source": m}, "test")
+    assert flat["test/per_source/b/Normal/sensitivity"] == 0.0
+
+
+def test_per_source_small_and_unknown_sources() -> None:
+    y, p = _synthetic(60, seed=3)
+    src = ["x"] * 10 + [""] * 50
+    m = per_source_metrics(y, p, src, CLASSES, n_boot=100, min_n_for_ci=30)
+    assert list(m) == ["unknown", "x"]
+    assert m["x"]["ci"] is False and m["x"]["accuracy_ci_low"] is None  # too few for an interval
+    assert m["unknown"]["ci"] is True and m["unknown"]["accuracy_ci_low"] is not None
+    assert m["x"]["accuracy"] == pytest.approx(float((p[:10].argmax(1) == y[:10]).mean()))
+    assert per_source_metrics(y, p, [""] * 60, CLASSES) == {}  # nothing known: no audit
+    with pytest.raises(ValueError, match="sources has 3 items"):
+        per_source_metrics(y, p, ["a"] * 3, CLASSES)
+
+
 # ------------------------------------------------------------------ figures
 
 
@@ -296,3 +330,22 @@ def test_roc_points(fig_data) -> None:
     assert covid[0]["fpr"] == 0.0 and covid[-1]["tpr"] == 1.0
     pr = figures.pr_points(y, p, CLASSES)
     json.dumps(pr, allow_nan=False)
+
+
+def test_augmentation_preview_grid(tmp_path) -> None:
+    from cxr.config import Augment
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((64, 64)) * 255).astype(np.uint8)
+    aug = Augment(rotate_deg=20, p=1.0)
+    fig = figures.plot_augmentations(image, aug, n=5, seed=3, cols=3)
+    shown = [ax.images[0].get_array() for ax in fig.axes if ax.images]
+    assert len(shown) == 6
+    assert np.array_equal(np.asarray(shown[0]), image)
+    assert all(not np.array_equal(np.asarray(t), image) for t in shown[1:])  # p=1: every tile is changed
+    again = figures.plot_augmentations(image, aug, n=5, seed=3, cols=3)
+    assert all(np.array_equal(np.asarray(a.images[0].get_array()), np.asarray(b.images[0].get_array()))
+               for a, b in zip(fig.axes, again.axes) if a.images)
+    assert figures.save_figure(fig, tmp_path / "aug.png", dpi=60).stat().st_size > 1024
+    with pytest.raises(ValueError, match="2-D uint8"):
+        figures.plot_augmentations(image.astype(np.float32), aug)

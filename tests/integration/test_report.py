@@ -1,0 +1,166 @@
+"""The evaluation report: one self-contained HTML page that a headless browser renders with every image."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_project, tiny_params
+from cxr.config import load_settings, parse_settings
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-default-apps", "--virtual-time-budget=5000",
+)
+# Appended to a copy of the page only: the report itself has no script.
+IMAGE_PROBE = """<script>window.addEventListener('load', function () {
+  var all = Array.from(document.images);
+  var ok = all.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+  var d = document.createElement('div'); d.id = 'probe';
+  d.textContent = 'LOADED=' + ok + ';TOTAL=' + all.length; document.body.appendChild(d);
+});</script>"""
+EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
+PNG_1PX = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+
+
+def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True, text=True, timeout=180,
+    )
+
+
+def _fake_outputs(root: Path) -> tuple:
+    """Settings and paths with hand-written step outputs, some text hostile to HTML."""
+    settings = parse_settings(tiny_params(base={"model_name": "m<script>alert(1)</script>"}))
+    paths = settings.paths(root)
+    metrics = {
+        "n": 4, "classes": ["COVID", "Normal"], "accuracy": 0.75, "accuracy_ci_low": 0.5, "accuracy_ci_high": 1.0,
+        "per_class": {"COVID": {"support": 2, "sensitivity": 0.5, "sensitivity_ci_low": None,
+                                "sensitivity_ci_high": None}},
+        "calibration": {"temperature": 1.5, "ece": 0.1, "brier": 0.2, "ece_uncalibrated": 0.3},
+        "per_source": {"<b>site</b>": {"n": 4, "ci": False, "accuracy": 0.75, "accuracy_ci_low": None,
+                                       "accuracy_ci_high": None,
+                                       "per_class": {"COVID": {"support": 2, "sensitivity": 0.5}}}},
+        "bootstrap": {"n_boot": 10, "ci": 0.95, "stratified": True},
+    }
+    paths.metrics.parent.mkdir(parents=True)
+    paths.metrics.write_text(json.dumps(metrics))
+    paths.eval_reports.mkdir(parents=True)
+    (paths.eval_reports / "roc.png").write_bytes(PNG_1PX)
+    paths.gradcam_reports.mkdir(parents=True)
+    (paths.gradcam_reports / "gallery-COVID.png").write_bytes(PNG_1PX)
+    (paths.gradcam_reports / "metrics.json").write_text(
+        json.dumps({"method": "gradcam", "images": 4, "pointing_game": 0.3, "pointing_game_chance": 0.05})
+    )
+    return settings, paths
+
+
+def test_report_is_self_contained_and_escaped(tmp_path: Path) -> None:
+    from cxr.report import build_report, metrics_markdown
+
+    settings, paths = _fake_outputs(tmp_path)
+    out = build_report(settings, paths)
+    assert out == tmp_path / "reports" / "report.html"
+    page = out.read_text()
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
+    assert "<b>site</b>" not in page and "&lt;b&gt;site&lt;/b&gt;" in page
+    assert page.count('src="data:image/png;base64,') == 2
+    assert not EXTERNAL.search(page)
+    assert "6.0x chance" in page  # pointing game 0.3 against chance 0.05
+    assert "0.750 <span class=\"ci\">[0.500, 1.000]</span>" in page
+    assert "No data report" in page  # a missing input says so instead of failing
+    md = metrics_markdown(json.loads(paths.metrics.read_text()))
+    assert "| Accuracy | 0.750 [0.500, 1.000] |" in md and "| <b>site</b> | 4 | 0.750 |" in md
+    assert not list(out.parent.glob(".*.tmp"))
+
+
+def test_report_without_metrics_names_the_file_and_writes_nothing(tmp_path: Path) -> None:
+    from cxr.report import build_report
+
+    settings = parse_settings(tiny_params())
+    paths = settings.paths(tmp_path)
+    with pytest.raises(FileNotFoundError, match="metrics.json"):
+        build_report(settings, paths)
+    assert not (tmp_path / "reports").exists()
+
+
+def _run_pipeline(root: Path) -> None:
+    """download, split, train, evaluate and gradcam on tiny params; test images get two fake sources."""
+    from cxr.evaluate import evaluate
+
+    for step in ("download", "split", "train"):
+        proc = subprocess.run([sys.executable, "-m", "cxr", step], cwd=root, capture_output=True, text=True)
+        assert proc.returncode == 0, f"cxr {step}: {proc.stderr}"
+    # Synthetic data has no source metadata; two made-up archives exercise the per-source audit end to end.
+    manifest = root / "data" / "split" / "manifest.csv"
+    with manifest.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for i, r in enumerate(rows):
+        r["source"] = "archive-A" if i % 3 else "archive-B"
+    with manifest.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    s = load_settings(root / "params.yaml")
+    # In process with the train augmentations, so the preview is drawn whether or not the CLI passes them.
+    evaluate(s.base, s.evaluate, s.paths(root), s.train.device, s.train.augment)
+    proc = subprocess.run([sys.executable, "-m", "cxr", "gradcam"], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, f"cxr gradcam: {proc.stderr}"
+
+
+@pytest.mark.slow
+def test_report_from_a_pipeline_run_renders_in_chromium(tmp_path: Path) -> None:
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (apt-get install -y --no-install-recommends chromium)")
+    from cxr.report import build_report
+
+    root = make_project(tmp_path / "p", tiny_params())
+    _run_pipeline(root)
+    s = load_settings(root / "params.yaml")
+    paths = s.paths(root)
+    metrics = json.loads(paths.metrics.read_text())
+    assert set(metrics["per_source"]) == {"archive-A", "archive-B"}
+    assert sum(b["n"] for b in metrics["per_source"].values()) == metrics["n"]
+    assert (paths.eval_reports / "augmentations.png").stat().st_size > 5000
+
+    out = build_report(s, paths)
+    assert out == root / "reports" / "report.html"
+    page = out.read_text()
+    assert not EXTERNAL.search(page), EXTERNAL.search(page)
+    assert "<script" not in page.lower()
+    data_md5 = __import__("yaml").safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+    for needle in (data_md5, "archive-A", "Pointing game".lower(), "augmentations", "ECE", "COVID vs rest"):
+        assert needle.lower() in page.lower(), needle
+    expected = len(list(paths.eval_reports.glob("*.png"))) + len(list(paths.gradcam_reports.glob("gallery-*.png")))
+    assert page.count('<img src="data:image/png;base64,') == expected >= 9
+
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", IMAGE_PROBE + "</body>"))
+    proc = _chromium(["--dump-dom", probe.as_uri()], tmp_path / "profile")
+    found = re.search(r"LOADED=(\d+);TOTAL=(\d+)", proc.stdout)
+    assert found, f"no probe result from chromium: {proc.stderr[-2000:]}"
+    loaded, total = int(found[1]), int(found[2])
+    assert loaded == total == expected
+
+    shot = tmp_path / "report.png"
+    proc = _chromium(["--window-size=1280,2400", f"--screenshot={shot}", out.as_uri()], tmp_path / "profile2")
+    assert shot.is_file(), proc.stderr[-2000:]
+    import cv2
+
+    image = cv2.imread(str(shot), cv2.IMREAD_GRAYSCALE)
+    assert image is not None and image.shape == (2400, 1280)
+    assert shot.stat().st_size > 30_000 and float(np.std(image)) > 10  # text, tables and figures, not a blank page
