@@ -14,7 +14,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv run repro test test-fast bench ui clean
+.PHONY: help venv sysdeps run repro test test-fast bench ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -26,6 +26,16 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed  ## create .venv and install the project
 
+# PostgreSQL (the MLflow server test) and Chromium (the report test) from Debian; tests skip without them.
+sysdeps:  ## install PostgreSQL and Chromium when missing (Debian, as root)
+	@need=""; ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
+	command -v chromium >/dev/null 2>&1 || need="$$need chromium"; \
+	if [ -z "$$need" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing$$need"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$need >/dev/null; \
+	else echo "sysdeps: cannot install$$need (needs root and apt-get); the tests that use them will be skipped"; fi
+
 run: venv  ## the whole pipeline as a Prefect flow on the embedded synthetic data
 	$(PY) -m cxr run
 
@@ -33,7 +43,7 @@ repro: venv  ## fetch the data, then reproduce the DVC stages
 	$(PY) -m cxr download
 	$(PY) -m dvc repro
 
-test: venv  ## every test that runs on a CPU (CI runs this)
+test: venv sysdeps  ## every test that runs on a CPU (CI runs this)
 	$(PY) -m pytest
 
 test-fast: venv  ## the tests not marked slow
