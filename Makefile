@@ -14,7 +14,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv sysdeps run repro test test-fast bench ui clean
+.PHONY: help venv sysdeps run repro test test-fast bench ui serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -54,6 +54,10 @@ bench: venv  ## benchmarks: writes benchmarks/results.json
 
 ui: venv  ## the MLflow UI on the project's store (http://127.0.0.1:5000)
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+serve: venv  ## serve the champion model over HTTP (http://127.0.0.1:5001/invocations)
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} $(PY) -m mlflow models serve \
+	  -m models:/cxr-classifier@champion --env-manager local --host 127.0.0.1 -p 5001
 
 clean:  ## remove pipeline outputs (keeps .venv, data and the stores)
 	rm -rf data/split data/cache models reports

@@ -120,6 +120,26 @@ def register(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> N
 
 
 @app.command()
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output table: .csv or .json.")] = Path("predictions.csv"),
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="MLflow model URI (default models:/<base.model_name>@champion).")
+    ] = None,
+    gradcam: Annotated[Path | None, typer.Option("--gradcam", help="Folder for Grad-CAM overlays.")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = None,
+) -> None:
+    """Classify image files with a registered model (the champion by default)."""
+    from cxr.predict import predict as step
+    from cxr.register import tracking_uri
+
+    s, r = setup(params, root)
+    res = _run(step, model or f"models:/{s.base.model_name}@champion", inputs, out, gradcam, tracking_uri(r))
+    typer.echo(f"predictions in {res}")
+
+
+@app.command()
 def run(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
     """The whole pipeline as a Prefect flow: download, the DVC stages, register."""
     from flows.pipeline import pipeline

@@ -1,0 +1,179 @@
+"""A registered version served by `mlflow models serve` as a real process, asked over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_params
+from cxr.config import parse_settings
+from cxr.models import build_model
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+CLASSES = ["COVID", "Normal", "Lung_Opacity", "Viral Pneumonia"]
+SERVER_START_S = 240  # imports torch and loads the model; slow on a shared 2-core machine
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop the process group of ``proc`` (SIGTERM, then SIGKILL): the server's workers go with it."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def tail(log: Path, n: int = 60) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-n:]) if log.is_file() else "(no log)"
+
+
+def post(url: str, payload: dict) -> tuple[int, dict]:
+    """POST JSON; the status and the decoded answer (errors included)."""
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def registered_project(root: Path, tracking: str) -> tuple[str, str]:
+    """Register a random-weight checkpoint through cxr.register (the pipeline's own path); return (name, version)."""
+    from cxr.register import register
+
+    settings = parse_settings(tiny_params())
+    paths = settings.paths(root)
+    root.mkdir(parents=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    torch.manual_seed(0)
+    model = build_model("resnet18", len(CLASSES), None)
+    with torch.no_grad():
+        model.fc.weight.mul_(5.0)
+    paths.model_dir.mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "arch": "resnet18", "classes": CLASSES, "image_size": 48, "epoch": 0},
+               paths.best_checkpoint)
+    paths.eval_reports.mkdir(parents=True)
+    (paths.eval_reports / "calibration.json").write_text(json.dumps({"temperature": 1.7}))
+    paths.metrics.write_text(json.dumps({"n": 16, "accuracy": 0.5, "accuracy_ci_low": 0.3, "accuracy_ci_high": 0.7}))
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = tracking
+    try:
+        result = register(settings, paths)
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+    return result.model_name, result.version
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[dict]:
+    """`mlflow models serve -m models:/<name>@champion --env-manager local` on a free 127.0.0.1 port."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("serve")
+    tracking = f"sqlite:///{root / 'mlflow.db'}"
+    name, version = registered_project(root / "project", tracking)
+    client = mlflow.MlflowClient(tracking)
+    client.set_registered_model_alias(name, "champion", version)
+
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "1",
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = root / "serve.log"
+    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local",
+           "--host", "127.0.0.1", "-p", str(port), "-w", "1"]
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{tail(log)}")
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"{url}/ping did not answer within {SERVER_START_S}s:\n{tail(log)}")
+            time.sleep(1)
+        mlflow.set_tracking_uri(tracking)
+        yield {"url": url, "model": mlflow.pyfunc.load_model(f"models:/{name}@champion"), "root": root, "log": log}
+    finally:
+        stop(proc)
+        assert proc.poll() is not None, "the server did not stop"
+
+
+def png_images(n: int = 3) -> list[bytes]:
+    """Distinct encoded PNGs (gray and colour)."""
+    rng = np.random.default_rng(3)
+    out = []
+    for i in range(n):
+        image = rng.integers(0, 256, (50 + 10 * i, 60, 3) if i % 2 else (70, 64), dtype=np.uint8)
+        ok, buf = cv2.imencode(".png", image)
+        assert ok
+        out.append(buf.tobytes())
+    return out
+
+
+def test_served_model_answers_like_the_loaded_one(server) -> None:
+    images = png_images()
+    b64 = [base64.b64encode(b).decode("ascii") for b in images]
+    expected = server["model"].predict(pd.DataFrame({"image": images}))
+
+    status, body = post(server["url"] + "/invocations",
+                        {"dataframe_split": {"columns": ["image"], "data": [[s] for s in b64]}})
+    assert status == 200, body
+    got = pd.DataFrame(body["predictions"])
+    assert list(got.columns) == [f"p_{c}" for c in CLASSES] + ["label"]
+    np.testing.assert_allclose(got.filter(like="p_").sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(got.filter(like="p_").to_numpy(), expected.filter(like="p_").to_numpy(), atol=1e-5)
+    assert list(got["label"]) == list(expected["label"])
+
+    status, body = post(server["url"] + "/invocations", {"inputs": b64[:2]})
+    assert status == 200, body
+    assert [r["label"] for r in body["predictions"]] == list(expected["label"][:2])
+
+
+def test_served_model_rejects_a_bad_image_by_position(server) -> None:
+    good = base64.b64encode(png_images(1)[0]).decode("ascii")
+    bad = base64.b64encode(b"this is not an image, only text").decode("ascii")
+    status, body = post(server["url"] + "/invocations", {"inputs": [good, bad]})
+    assert status >= 400
+    assert "image[1]" in json.dumps(body)
