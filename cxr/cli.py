@@ -119,6 +119,70 @@ def register(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> N
     typer.echo(f"MLflow run {res.run_id}: {res.model_name} version {res.version}")
 
 
+def _registry(params: Path, root: Path | None):
+    """Settings, project root and an MLflow client on the project's tracking store."""
+    from mlflow import MlflowClient
+
+    from cxr.register import check_tracking, tracking_uri
+
+    s, r = setup(params, root)
+    uri = tracking_uri(r)
+    _run(check_tracking, uri)
+    return s, r, MlflowClient(uri)
+
+
+ActorOpt = Annotated[str, typer.Option("--actor", help="Who does it (recorded).")]
+
+
+@app.command()
+def gate(
+    version: Annotated[str, typer.Argument(help="Model version to put through the gate.")],
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = None,
+) -> None:
+    """Make a version the challenger and run the promotion gate (promotes when it passes and auto_promote is on)."""
+    from cxr.promote import register_challenger
+
+    s, r, client = _registry(params, root)
+    p = s.paths(r)
+    res = _run(register_challenger, client, s.base.model_name, version, s.registry, p.manifest, p.raw)
+    verdict = "promoted to champion" if res.promotion else ("passes" if res.decision.promote else "refused")
+    typer.echo(f"{s.base.model_name} version {version}: {verdict}")
+    for reason in res.decision.reasons:
+        typer.echo(f"  - {reason}")
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Model version to make champion.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded on the version).")],
+    actor: ActorOpt = os.environ.get("USER", "unknown"),
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = None,
+) -> None:
+    """Manual promotion to champion, recorded with its reason."""
+    from cxr.promote import promote as step
+
+    s, r, client = _registry(params, root)
+    res = _run(step, client, s.base.model_name, version, reason, actor)
+    typer.echo(f"{s.base.model_name}: champion is version {res.version} (was {res.previous})")
+
+
+@app.command()
+def rollback(
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded).")],
+    actor: ActorOpt = os.environ.get("USER", "unknown"),
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = None,
+) -> None:
+    """Move champion back to the previous champion, recorded."""
+    from cxr.promote import rollback as step
+
+    s, r, client = _registry(params, root)
+    res = _run(step, client, s.base.model_name, reason, actor)
+    typer.echo(f"{s.base.model_name}: champion is version {res.version} again (was {res.previous})")
+
+
 @app.command()
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],

@@ -131,9 +131,10 @@ def evaluate(
 
     with (out / "predictions.csv").open("w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["path", "actual", "predicted", *[f"p_{c}" for c in classes]])
+        # The content hash lets the promotion gate pair two models' answers image by image.
+        w.writerow(["path", "sha256", "actual", "predicted", *[f"p_{c}" for c in classes]])
         for r, y, p in zip(test.rows, t_labels, t_probs):
-            w.writerow([r["path"], classes[y], classes[int(p.argmax())], *[f"{v:.6f}" for v in p]])
+            w.writerow([r["path"], r["sha256"], classes[y], classes[int(p.argmax())], *[f"{v:.6f}" for v in p]])
     with (out / "roc.csv").open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["class", "fpr", "tpr", "threshold"], lineterminator="\n")
         w.writeheader()

@@ -1,0 +1,304 @@
+"""Real servers for integration tests: free loopback ports, readiness checks, start and stop by PID.
+
+Every server binds 127.0.0.1 on a free port, runs in its own process group (so a stop reaches the workers
+it forks) and is stopped by PID, never by name. Generic helpers first (any HTTP server: MLflow, Prefect),
+then a throw-away PostgreSQL cluster and an MLflow tracking server on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+TELEMETRY_OFF = {
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_ENABLE_TELEMETRY": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+# ----------------------------------------------------------------------------------------------- generic
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def closed_port() -> int:
+    """A loopback port with no listener (for tests of an unreachable server)."""
+    return free_port()
+
+
+def tail(path: Path | None, chars: int = 3000) -> str:
+    """The end of a log file, for failure messages."""
+    if path is None or not Path(path).is_file():
+        return ""
+    return Path(path).read_text(errors="replace")[-chars:]
+
+
+@dataclass
+class Process:
+    """A started server process: its PID (also its process group) and its log."""
+
+    name: str
+    popen: subprocess.Popen
+    log: Path
+    url: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+def start_process(name: str, cmd: Sequence[str], log: Path, env: dict[str, str] | None = None,
+                  cwd: Path | None = None) -> Process:
+    """Start ``cmd`` in a new session (its own process group), stdout and stderr to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as fh:
+        popen = subprocess.Popen(list(cmd), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env={**os.environ, **TELEMETRY_OFF, **(env or {})}, cwd=cwd,
+                                 start_new_session=True)
+    return Process(name, popen, log)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (and is not a zombie of ours)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A daemon's zombie (parent is init, not yet reaped) has exited for our purposes.
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout_s: float = 15.0, group: bool = True) -> None:
+    """Signal a PID (its whole process group when ``group``), wait, then SIGKILL what is left."""
+    def send(s: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group:
+                os.killpg(pid, s)
+            else:
+                os.kill(pid, s)
+
+    send(sig)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return
+        time.sleep(0.1)
+    send(signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.1)
+
+
+def stop_process(proc: Process, timeout_s: float = 15.0) -> None:
+    """Stop a process started by :func:`start_process` and every process in its group."""
+    stop_pid(proc.pid, signal.SIGTERM, timeout_s, group=True)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.popen.wait(timeout=5)
+    # Workers that ignored SIGTERM may outlive their parent; they are still in its process group.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_for_http(url: str, timeout_s: float = 120.0, proc: Process | None = None, expect: int = 200) -> None:
+    """Poll ``url`` until it answers ``expect``; fail early (with the log's tail) when ``proc`` exits."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} before {url} answered:\n"
+                               f"{tail(proc.log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                if resp.status == expect:
+                    return
+                last = f"HTTP {resp.status}"
+        except (urllib.error.URLError, OSError) as err:
+            last = str(err)
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer {expect} within {timeout_s:.0f} s (last: {last})\n"
+                       f"{tail(proc.log) if proc else ''}")
+
+
+# ------------------------------------------------------------------------------------------------ PostgreSQL
+
+
+def postgres_bin() -> Path | None:
+    """The newest Debian PostgreSQL binary folder holding ``initdb``, or one on PATH; None when absent."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3])
+                   if p.parts[-3].isdigit() else 0)
+    if found:
+        return found[-1].parent
+    on_path = shutil.which("initdb")
+    return Path(on_path).parent if on_path else None
+
+
+def postgres_unavailable() -> str | None:
+    """Why a PostgreSQL cluster cannot be started here, or None when it can."""
+    if postgres_bin() is None:
+        return ("PostgreSQL is not installed (no initdb); install it with: "
+                "apt-get update && apt-get install -y postgresql")
+    if os.geteuid() == 0:
+        try:
+            import pwd
+
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root and there is no 'postgres' user to run the cluster as (postgres refuses root)"
+        if shutil.which("runuser") is None:
+            return "running as root and runuser is missing: cannot start postgres as the 'postgres' user"
+    return None
+
+
+@dataclass
+class PostgresCluster:
+    """A throw-away cluster: data folder, loopback port, postmaster PID; trust auth for user ``postgres``."""
+
+    bin: Path
+    data: Path
+    port: int
+    pid: int
+    log: Path
+    user: str = "postgres"
+    as_user: list[str] = field(default_factory=list)
+
+    def url(self, database: str = "postgres", driver: str = "postgresql") -> str:
+        """A SQLAlchemy URL for a database of this cluster."""
+        return f"{driver}://{self.user}@{LOOPBACK}:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """Create a database; returns its URL."""
+        subprocess.run([str(self.bin / "createdb"), "-h", LOOPBACK, "-p", str(self.port), "-U", self.user, name],
+                       check=True, capture_output=True, text=True, timeout=60)
+        return self.url(name)
+
+
+def _run_as(as_user: list[str], cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*as_user, *cmd], capture_output=True, text=True, **kw)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def start_postgres(timeout_s: float = 120.0) -> PostgresCluster:
+    """initdb a cluster in a fresh temporary folder and start it with pg_ctl on a free loopback port.
+
+    As root the cluster belongs to the ``postgres`` user (postgres refuses to run as root): the folder is made
+    in the system temporary folder (pytest's tmp folders are private to root) and chowned to it, and
+    initdb/pg_ctl run through ``runuser -u postgres``.
+    """
+    why = postgres_unavailable()
+    if why:
+        raise RuntimeError(why)
+    bin_dir = postgres_bin()
+    assert bin_dir is not None
+    root = Path(tempfile.mkdtemp(prefix="cxr-pg-", dir="/tmp" if Path("/tmp").is_dir() else None))
+    as_user: list[str] = []
+    user = "postgres"
+    if os.geteuid() == 0:
+        import pwd
+
+        pw = pwd.getpwnam("postgres")
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, log = root / "data", root / "postgres.log"
+    try:
+        _run_as(as_user, [str(bin_dir / "initdb"), "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8",
+                          "--no-sync"], timeout=timeout_s)
+        port = free_port()
+        opts = f"-p {port} -c listen_addresses={LOOPBACK} -k {root} -c fsync=off -c max_connections=100"
+        _run_as(as_user, [str(bin_dir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(log), "-w", "-t",
+                          str(int(timeout_s)), "start"], timeout=timeout_s + 10)
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+    except BaseException:
+        stop_postgres_folder(root)
+        raise
+    return PostgresCluster(bin_dir, data, port, pid, log, user, as_user)
+
+
+def stop_postgres_folder(root: Path, pid: int | None = None) -> None:
+    """Fast-shutdown the postmaster by PID (SIGINT) and remove the cluster's folder."""
+    pid_file = root / "data" / "postmaster.pid"
+    if pid is None and pid_file.is_file():
+        with contextlib.suppress(ValueError, IndexError, OSError):
+            pid = int(pid_file.read_text().split()[0])
+    if pid is not None:
+        # SIGINT is postgres's "fast" shutdown; the postmaster stops its own backends. Not a process group:
+        # pg_ctl daemonised it into a session of its own.
+        stop_pid(pid, signal.SIGINT, timeout_s=30, group=False)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def stop_postgres(cluster: PostgresCluster) -> None:
+    """Stop the cluster by its postmaster PID and delete it."""
+    stop_postgres_folder(cluster.data.parent, cluster.pid)
+
+
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A running throw-away cluster, stopped and removed on exit."""
+    cluster = start_postgres()
+    try:
+        yield cluster
+    finally:
+        stop_postgres(cluster)
+
+
+# ------------------------------------------------------------------------------------------------ MLflow
+
+
+def start_mlflow(backend_uri: str, artifacts: Path, log: Path, port: int | None = None,
+                 timeout_s: float = 180.0) -> Process:
+    """``mlflow server`` on 127.0.0.1 with a database backend and proxied artifacts; returns once /health is OK."""
+    port = port or free_port()
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    cmd = [str(mlflow_cli) if mlflow_cli.exists() else "mlflow", "server",
+           "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts),
+           "--host", LOOPBACK, "--port", str(port), "--workers", "1"]
+    proc = start_process("mlflow server", cmd, log)
+    proc.url = f"http://{LOOPBACK}:{port}"
+    try:
+        wait_for_http(proc.url + "/health", timeout_s, proc)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, artifacts: Path, log: Path) -> Iterator[Process]:
+    """A running MLflow tracking server, stopped by PID on exit."""
+    proc = start_mlflow(backend_uri, artifacts, log)
+    try:
+        yield proc
+    finally:
+        # uvicorn's graceful shutdown waits on clients' keep-alive connections; the database has committed.
+        stop_process(proc, timeout_s=5)
