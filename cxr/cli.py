@@ -110,6 +110,16 @@ def gradcam(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> No
 
 
 @app.command()
+def report(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
+    """One self-contained HTML page: metrics with intervals, figures, Grad-CAM, data and params."""
+    from cxr.report import build_report
+
+    s, r = setup(params, root)
+    res = _run(build_report, s, s.paths(r))
+    typer.echo(f"report in {res}")
+
+
+@app.command()
 def register(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
     """Log the pipeline run to MLflow and register the model."""
     from cxr.register import register as step

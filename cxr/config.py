@@ -37,6 +37,7 @@ class Paths(_Section):
     eval_reports: str = "reports/eval"
     gradcam_reports: str = "reports/gradcam"
     metrics: str = "reports/metrics.json"
+    report: str = "reports/report.html"
 
     def resolve(self, root: Path) -> "ResolvedPaths":
         """Absolute paths under ``root``."""
@@ -57,6 +58,7 @@ class ResolvedPaths(BaseModel):
     eval_reports: Path
     gradcam_reports: Path
     metrics: Path
+    report: Path
 
     @property
     def best_checkpoint(self) -> Path:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
+import re
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -20,6 +25,20 @@ class DvcError(RuntimeError):
     """A DVC command failed; the message holds its output."""
 
 
+class DvcLockBusy(DvcError):
+    """Another DVC process holds the repository lock (worth retrying)."""
+
+
+class StageKilled(DvcError):
+    """A stage's process was killed by a signal (worth retrying: training resumes from its last checkpoint)."""
+
+
+# DVC refuses to run while another process holds the repository lock; that clears when the other run ends.
+_DVC_LOCK = re.compile(r"Unable to acquire lock|lock is held|is busy", re.IGNORECASE)
+# DVC reports a stage killed by SIGKILL/SIGTERM as a negative exit code (or 128+N through a shell).
+_KILLED = re.compile(r"exited with (-\d+|137|143)\b")
+
+
 def dvc_env() -> dict[str, str]:
     """The environment for DVC and its stages: this interpreter's scripts first on PATH, telemetry off."""
     env = dict(os.environ)
@@ -30,15 +49,83 @@ def dvc_env() -> dict[str, str]:
     return env
 
 
-def run_dvc(args: list[str], root: Path, capture: bool = True) -> str:
-    """Run ``dvc ARGS`` in ``root`` with this interpreter; raise DvcError with its output on failure."""
+def stream_command(
+    cmd: list[str], cwd: Path, env: dict[str, str] | None, on_line: Callable[[str], None]
+) -> tuple[int, str]:
+    """Run ``cmd``, passing each output line to ``on_line`` as it comes; return (exit code, full output).
+
+    The child runs in its own process group, killed on any interruption (a Prefect task timeout, a
+    cancellation, Ctrl-C), so a timed-out stage leaves no training process behind.
+    """
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        # Bytes, split on newlines only: progress bars redraw with carriage returns, and only the
+        # last drawing of a line is worth logging (text mode would make each redraw a line).
+        for raw in proc.stdout:
+            lines.put(raw.decode("utf-8", "replace").rstrip("\r\n").rsplit("\r", 1)[-1])
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, name=f"stream-{proc.pid}", daemon=True)
+    reader.start()
+    out: list[str] = []
+    try:
+        while True:
+            try:
+                # A short poll keeps this thread running Python code, so an injected timeout lands promptly.
+                line = lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            out.append(line)
+            on_line(line)
+        code = proc.wait()
+    except BaseException:
+        _kill_group(proc)
+        raise
+    finally:
+        reader.join(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    return code, "\n".join(out)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Terminate the child's process group (DVC and the stage it started), then make sure it is gone."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_dvc(args: list[str], root: Path, on_line: Callable[[str], None] | None = None) -> str:
+    """Run ``dvc ARGS`` in ``root`` with this interpreter, optionally streaming lines; raise DvcError on failure."""
     cmd = [sys.executable, "-m", "dvc", *args]
     log.debug("running %s", " ".join(cmd))
-    proc = subprocess.run(cmd, cwd=root, env=dvc_env(), text=True, capture_output=capture)
-    if proc.returncode != 0:
-        out = (proc.stdout or "") + (proc.stderr or "")
-        raise DvcError(f"`dvc {' '.join(args)}` failed in {root} (exit {proc.returncode}):\n{out.strip()}")
-    return proc.stdout or ""
+    if on_line is None:
+        proc = subprocess.run(cmd, cwd=root, env=dvc_env(), text=True, capture_output=True)
+        code, out, shown = proc.returncode, proc.stdout or "", (proc.stdout or "") + (proc.stderr or "")
+    else:
+        code, out = stream_command(cmd, root, dvc_env(), on_line)
+        shown = out
+    if code != 0:
+        tail = "\n".join(shown.strip().splitlines()[-40:])
+        err_type = DvcLockBusy if _DVC_LOCK.search(shown) else StageKilled if _KILLED.search(shown) else DvcError
+        raise err_type(f"`dvc {' '.join(args)}` failed in {root} (exit {code}):\n{tail}")
+    return out
 
 
 def read_data_dvc(root: Path) -> dict:

@@ -360,7 +360,7 @@ def register(settings: Settings, paths: ResolvedPaths) -> RegisterResult:
         if paths.gradcam_reports.is_dir():
             mlflow.log_artifacts(str(paths.gradcam_reports), "gradcam")
         # The manifest lets the promotion gate (cxr.promote) map predictions to image hashes later.
-        for extra in (paths.data_report, paths.manifest, paths.train_reports / "history.csv", root / "params.yaml",
+        for extra in (paths.report, paths.data_report, paths.manifest, paths.train_reports / "history.csv", root / "params.yaml",
                       root / "dvc.lock"):
             if extra.is_file():
                 mlflow.log_artifact(str(extra), "pipeline")

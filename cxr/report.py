@@ -20,7 +20,6 @@ from cxr.config import ResolvedPaths, Settings
 log = logging.getLogger(__name__)
 
 #: Where the report goes when no path is given, relative to the project root.
-DEFAULT_REPORT = Path("reports") / "report.html"
 
 #: Known evaluation figures, in reading order, with captions; other PNGs in the folder follow, by name.
 EVAL_FIGURES: tuple[tuple[str, str], ...] = (
@@ -286,8 +285,8 @@ def _data_section(paths: ResolvedPaths) -> str:
 
 
 def build_report(settings: Settings, paths: ResolvedPaths, out: Path | None = None) -> Path:
-    """Write the self-contained HTML report (default ``reports/report.html`` under the root); return its path."""
-    out = Path(out) if out is not None else paths.root / DEFAULT_REPORT
+    """Write the self-contained HTML report (default ``base.paths.report``); return its path."""
+    out = Path(out) if out is not None else paths.report
     metrics = _read_json(paths.metrics, required=True) or {}
     params = json.dumps(settings.model_dump(mode="json"), indent=2, sort_keys=False)
     sections = [
@@ -341,8 +340,8 @@ def _md_cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def metrics_markdown(metrics: Mapping[str, Any]) -> str:
-    """The headline test metrics as Markdown tables (a Prefect artifact): overall, per class, binary, sources."""
+def metrics_markdown(metrics: Mapping[str, Any], cam: Mapping[str, Any] | None = None) -> str:
+    """The headline test metrics as Markdown tables (a Prefect artifact): overall, per class, binary, sources, CAM."""
     lines = [f"## Test metrics (n = {metrics.get('n', 'n/a')}, 95% bootstrap CI)", "", "| metric | value |", "|---|---|"]
     lines += [f"| {label} | {_md_ci(metrics, key)} |" for key, label in _OVERALL_KEYS if key in metrics]
     cal = metrics.get("calibration") or {}
@@ -363,4 +362,16 @@ def metrics_markdown(metrics: Mapping[str, Any]) -> str:
     if by_source:
         lines += ["", "| source | n | accuracy |", "|---|---|---|"]
         lines += [f"| {_md_cell(s)} | {b.get('n')} | {_md_ci(b, 'accuracy')} |" for s, b in by_source.items()]
+    cam_rows = [(label, (cam or {}).get(key)) for key, label in _CAM_KEYS]
+    if any(v is not None for _, v in cam_rows):
+        lines += ["", "| Grad-CAM | value |", "|---|---|"]
+        lines += [f"| {label} | {value:.3f} |" for label, value in cam_rows if value is not None]
     return "\n".join(lines) + "\n"
+
+
+_CAM_KEYS = (
+    ("lung_energy", "share of CAM energy inside the lungs"),
+    ("lung_area_fraction", "lung share of the image (the energy share of a uniform map)"),
+    ("pointing_game", "pointing game: peak inside the lesion"),
+    ("pointing_game_chance", "pointing game by chance"),
+)

@@ -9,25 +9,62 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from cxr.config import load_settings
+from cxr.notify import notify_failure
 from cxr.register import check_tracking, tracking_uri
-from tasks.pipeline_tasks import STAGES, download_data, register_model, repro_stage
+from cxr.report import metrics_markdown
+from tasks.pipeline_tasks import FLOW_TIMEOUT_S, STAGES, download_data, gate_version, register_model, repro_stage
+
+#: Fixed artifact keys: each run adds a version, so the UI shows the history of each.
+METRICS_ARTIFACT = "cxr-test-metrics"
+DATA_REPORT_ARTIFACT = "cxr-data-report"
 
 
-def metrics_markdown(metrics: dict, cam: dict) -> str:
-    """A Markdown table of the headline test metrics with their intervals."""
-    rows = ["| metric | value | 95% CI |", "| --- | ---: | --- |"]
-    for key in ("accuracy", "macro_auc", "macro_f1", "macro_sensitivity", "macro_specificity"):
-        if metrics.get(key) is not None:
-            lo, hi = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
-            ci = f"{lo:.3f} to {hi:.3f}" if lo is not None and hi is not None else ""
-            rows.append(f"| {key} | {metrics[key]:.4f} | {ci} |")
-    for key in ("lung_energy", "pointing_game", "pointing_game_chance"):
-        if cam.get(key) is not None:
-            rows.append(f"| Grad-CAM {key} | {cam[key]:.3f} | |")
-    return "\n".join(rows)
+def data_report_markdown(report: dict) -> str:
+    """The split's data report as Markdown: images per class and split, duplicates, image sizes and modes."""
+    counts: dict[str, dict[str, int]] = report.get("counts") or {}
+    splits = ("train", "valid", "test")
+    lines = ["| class | train | valid | test | total |", "| --- | ---: | ---: | ---: | ---: |"]
+    totals = dict.fromkeys(splits, 0)
+    for cls, per in counts.items():
+        for s in splits:
+            totals[s] += int(per.get(s, 0))
+        lines.append(f"| {cls} | " + " | ".join(str(per.get(s, 0)) for s in splits) + f" | {sum(per.values())} |")
+    lines.append("| **all** | " + " | ".join(str(totals[s]) for s in splits) + f" | {sum(totals.values())} |")
+    dup = report.get("duplicates") or {}
+    if dup:
+        conflicts = dup.get("label_conflicts")
+        n_conflicts = len(conflicts) if isinstance(conflicts, list) else conflicts
+        lines += [
+            "",
+            f"Near-duplicate groups: {dup.get('groups', 0)} ({dup.get('images_in_groups', 0)} images), "
+            f"exact copies: {dup.get('exact_copies', 0)}, groups crossing splits: "
+            f"{dup.get('groups_crossing_splits', 0)}, groups with conflicting labels: {n_conflicts or 0}.",
+        ]
+    for key, title in (("sizes", "Image sizes"), ("modes", "Image modes")):
+        if report.get(key):
+            lines.append(f"{title}: " + ", ".join(f"{k} ({v})" for k, v in report[key].items()) + ".")
+    return "\n".join(lines)
 
 
-@flow(name="cxr-pipeline")
+def publish_data_report(report_path: Path, data_version: str | None) -> bool:
+    """Publish the split's data report as a Markdown artifact; False when the split wrote none."""
+    if not report_path.is_file():
+        return False
+    report = json.loads(report_path.read_text())
+    create_markdown_artifact(
+        key=DATA_REPORT_ARTIFACT,
+        markdown=data_report_markdown(report),
+        description=f"Split and data checks of data version {data_version}",
+    )
+    return True
+
+
+@flow(
+    name="cxr-pipeline",
+    timeout_seconds=FLOW_TIMEOUT_S,
+    on_failure=[notify_failure],
+    on_crashed=[notify_failure],
+)
 def pipeline(params: str = "params.yaml", root: str = ".") -> dict:
     """Run every step; stages already up to date in ``dvc.lock`` do no work."""
     logger = get_run_logger()
@@ -35,17 +72,25 @@ def pipeline(params: str = "params.yaml", root: str = ".") -> dict:
     params_path = str((root_path / params) if not Path(params).is_absolute() else Path(params))
     settings = load_settings(params_path)  # bad params fail here, before any work
     check_tracking(tracking_uri(root_path))  # an unreachable tracking server fails before training
-    data = download_data(params_path, str(root_path))
-    ran = {stage: repro_stage(stage, str(root_path)) for stage in STAGES}
-    result: dict = {"data": data, "stages_ran": ran}
     paths = settings.paths(root_path)
+    data = download_data(params_path, str(root_path))
+    ran: dict[str, bool] = {}
+    # Stages run one at a time, in order: a failed stage raises here, so later stages and the
+    # registration never run, and DVC records nothing for the failed stage.
+    for stage in STAGES:
+        ran[stage] = repro_stage(stage, str(root_path))
+        if stage == "split":
+            publish_data_report(paths.data_report, data["data_version"])
+    result: dict = {"data": data, "stages_ran": ran}
     metrics = json.loads(paths.metrics.read_text())
     cam_file = paths.gradcam_reports / "metrics.json"
     cam = json.loads(cam_file.read_text()) if cam_file.is_file() else {}
     if settings.registry.enabled:
-        result["registered"] = register_model(params_path, str(root_path))
+        registered = register_model(params_path, str(root_path))
+        result["registered"] = registered
+        result["gate"] = gate_version(params_path, str(root_path), registered["version"])
     create_markdown_artifact(
-        key="cxr-test-metrics",
+        key=METRICS_ARTIFACT,
         markdown=metrics_markdown(metrics, cam),
         description=f"Test metrics of data version {data['data_version']}",
     )

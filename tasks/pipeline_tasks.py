@@ -2,34 +2,60 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
 from prefect import get_run_logger, task
 
 from cxr.config import load_settings
-from cxr.dvcops import DvcError, run_dvc
+from cxr.dvcops import DvcError, DvcLockBusy, StageKilled, run_dvc, stream_command
 
 #: The DVC stages in pipeline order (dvc.yaml owns their commands, deps and outs).
-STAGES: tuple[str, ...] = ("split", "train", "evaluate", "gradcam")
+STAGES: tuple[str, ...] = ("split", "train", "evaluate", "gradcam", "report")
+
+# Time limits (seconds). Generous on purpose: they exist to free a hung worker (a stalled download,
+# a deadlocked DataLoader), not to police slow hardware. Full data on a CPU is the slow case.
+DOWNLOAD_TIMEOUT_S = 2 * 3600  # 1.8 GB from Kaggle, then every image decoded and checked
+STAGE_TIMEOUT_S = 8 * 3600  # one DVC stage; training on the full dataset dominates
+REGISTER_TIMEOUT_S = 15 * 60  # one MLflow run and a ~50 MB model upload
+FLOW_TIMEOUT_S = 24 * 3600  # the whole run; below the weekly schedule so runs cannot pile up
+
+#: Errors that can heal by themselves when tried again (network, a busy server, a flaky disk).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
+#: OSErrors that say the input is wrong, not that the world is flaky: retrying cannot help.
+PERMANENT_OS_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+)
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is worth a retry: network or I/O trouble, an unreachable tracker, a busy DVC lock."""
+    from cxr.config import ConfigError
+    from cxr.register import TrackingUnavailable
+
+    if isinstance(exc, (ConfigError, ValueError, *PERMANENT_OS_ERRORS)):
+        return False
+    return isinstance(exc, (*TRANSIENT_ERRORS, TrackingUnavailable, DvcLockBusy, StageKilled))
 
 
 def _transient(task, task_run, state) -> bool:
-    """Retry only what can heal by itself (network, I/O), never a deterministic failure."""
-    from cxr.config import ConfigError
-
+    """Prefect retry condition: retry only what can heal by itself, never a deterministic failure."""
     try:
         state.result()
-    except ConfigError:
-        return False
-    except (ValueError, FileNotFoundError):
-        return False
-    except Exception:
-        return True
+    except Exception as exc:  # noqa: BLE001 - we classify, Prefect re-raises
+        return is_transient(exc)
     return False
 
 
-@task(name="download", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_transient)
+def stream_dvc(args: list[str], root: Path, logger: logging.Logger | logging.LoggerAdapter) -> str:
+    """``run_dvc`` with DVC's output streamed line by line into ``logger``."""
+    logger.info("running `dvc %s` in %s", " ".join(args), root)
+    return run_dvc(args, root, on_line=lambda line: logger.info("%s", line) if line.strip() else None)
+
+
+@task(
+    name="download", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_transient,
+    timeout_seconds=DOWNLOAD_TIMEOUT_S,
+)
 def download_data(params: str, root: str) -> dict:
     """Fetch or generate ``data/raw`` and version it in ``data.dvc``."""
     from cxr.download import download
@@ -40,16 +66,28 @@ def download_data(params: str, root: str) -> dict:
     return {"raw": str(res.raw), "data_version": res.data_version, "skipped": res.skipped, "counts": res.counts}
 
 
-@task(name="dvc-stage", retries=1, retry_delay_seconds=[5], task_run_name="dvc repro {stage}")
+@task(
+    name="dvc-stage", retries=1, retry_delay_seconds=[30], retry_condition_fn=_transient,
+    timeout_seconds=STAGE_TIMEOUT_S, task_run_name="dvc repro {stage}",
+)
 def repro_stage(stage: str, root: str) -> bool:
-    """Run one ``dvc.yaml`` stage through DVC (which skips it when nothing changed); True when it ran."""
-    out = run_dvc(["repro", "--single-item", stage], Path(root))
+    """Run one ``dvc.yaml`` stage through DVC (which skips it when nothing changed); True when it ran.
+
+    A stage that failed on its own is not retried. One whose process was killed (out of memory, a
+    pre-empted machine) is: training then resumes from ``last.pt``, which DVC keeps (``persist``).
+    A busy DVC repository lock is retried too. DVC records nothing in ``dvc.lock`` for a failed stage.
+    """
+    logger = get_run_logger()
+    out = stream_dvc(["repro", "--single-item", stage], Path(root), logger)
     ran = bool(re.search(rf"Running stage '{re.escape(stage)}'", out))
-    get_run_logger().info("stage %s: %s", stage, "ran" if ran else "up to date, skipped")
+    logger.info("stage %s: %s", stage, "ran" if ran else "up to date, skipped")
     return ran
 
 
-@task(name="register", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient)
+@task(
+    name="register", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient,
+    timeout_seconds=REGISTER_TIMEOUT_S,
+)
 def register_model(params: str, root: str) -> dict:
     """Log the run to MLflow and register a new model version."""
     from cxr.register import register
@@ -59,4 +97,36 @@ def register_model(params: str, root: str) -> dict:
     return {"run_id": res.run_id, "model": res.model_name, "version": res.version, "tracking_uri": res.tracking_uri}
 
 
-__all__ = ["STAGES", "download_data", "repro_stage", "register_model", "DvcError"]
+@task(
+    name="gate", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient,
+    timeout_seconds=REGISTER_TIMEOUT_S,
+)
+def gate_version(params: str, root: str, version: str) -> dict:
+    """Make the new version the challenger and run the promotion gate; record the decision."""
+    from mlflow import MlflowClient
+    from prefect.artifacts import create_markdown_artifact
+
+    from cxr.promote import register_challenger
+    from cxr.register import tracking_uri
+
+    s = load_settings(params)
+    paths = s.paths(Path(root))
+    res = register_challenger(
+        MlflowClient(tracking_uri(Path(root))), s.base.model_name, version, s.registry, paths.manifest, paths.raw
+    )
+    verdict = "promoted to champion" if res.promotion else ("passed" if res.decision.promote else "refused")
+    reasons = "\n".join(f"- {r}" for r in res.decision.reasons)
+    create_markdown_artifact(
+        key="cxr-promotion",
+        markdown=f"**{s.base.model_name} version {version}: {verdict}**\n\n{reasons}\n",
+        description="Promotion gate decision",
+    )
+    get_run_logger().info("%s version %s: %s", s.base.model_name, version, verdict)
+    return {"version": version, "promote": res.decision.promote, "promoted": res.promotion is not None,
+            "reasons": res.decision.reasons}
+
+
+__all__ = [
+    "STAGES", "download_data", "repro_stage", "register_model", "gate_version", "DvcError", "DvcLockBusy", "StageKilled",
+    "is_transient", "stream_command", "stream_dvc",
+]

@@ -88,16 +88,18 @@ def test_flow_then_dvc_agree(tmp_path: Path, prefect_harness, monkeypatch) -> No
 
 
 def test_cli_steps_and_dvc_repro_share_the_stages(tmp_path: Path) -> None:
-    """A params change to evaluation re-runs evaluation only."""
+    """A params change to evaluation re-runs evaluation (and the report that shows it) only."""
     root = make_project(tmp_path / "p", tiny_params())
     assert cxr(root, "download").returncode == 0
     out = dvc(root, "repro")
-    assert out.count("Running stage") == 4
+    assert out.count("Running stage") == 5
+    assert (root / "reports" / "report.html").stat().st_size > 10_000
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["evaluate"]["n_boot"] = 20
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = dvc(root, "repro")
-    assert "Running stage 'evaluate'" in out
+    assert "Running stage 'evaluate'" in out and "Running stage 'report'" in out
+    assert "Running stage 'split'" not in out
     assert "Running stage 'train'" not in out and "Running stage 'gradcam'" not in out
 
 
@@ -123,7 +125,7 @@ def test_local_sample_ingests_and_trains_or_says_why(tmp_path: Path, sample_dir:
     root = make_project(tmp_path / "three", three)
     assert cxr(root, "download").returncode == 0
     out = dvc(root, "repro")
-    assert out.count("Running stage") == 4
+    assert out.count("Running stage") == 5
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
     assert metrics["n"] == 24 and set(metrics["per_class"]) == {"COVID", "Normal", "Viral Pneumonia"}
 
