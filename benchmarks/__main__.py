@@ -1,0 +1,74 @@
+"""``python -m benchmarks [NAME ...] [--size tiny|full]``: run benchmarks, print tables, record results."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+from benchmarks import BENCHMARKS
+from benchmarks.common import RESULTS_JSON, RESULTS_MD, SIZES, WORK, command_line, quiet_env, record_lines, table
+from benchmarks.common import write_results
+
+#: Other names accepted on the command line.
+ALIASES: dict[str, str] = {"train": "input", "cam": "gradcam", "serving": "pyfunc"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the named benchmarks (all by default); exit 1 when one fails."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
+    parser.add_argument("--size", choices=SIZES, default="full", help="full (make bench) or tiny (smoke test)")
+    parser.add_argument("--results", type=Path, default=RESULTS_JSON, help="results JSON to merge into")
+    parser.add_argument("--notes", type=Path, default=RESULTS_MD, help="RESULTS.md to append dated lines to")
+    parser.add_argument("--no-record", action="store_true", help="do not append lines to RESULTS.md")
+    parser.add_argument("--work", type=Path, default=WORK, help="work folder (caches, throw-away projects)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch/OpenMP threads per process (default: torch's choice); also passed to subprocesses")
+    args = parser.parse_args(argv)
+
+    names = []
+    for n in args.names or BENCHMARKS:
+        n = ALIASES.get(n, n)
+        if n not in BENCHMARKS:
+            parser.error(f"unknown benchmark {n!r}; choose from {', '.join(BENCHMARKS)}")
+        if n not in names:
+            names.append(n)
+    quiet_env()
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be >= 1")
+        # Before torch is imported (the benchmark modules import it lazily), and inherited by subprocesses.
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        os.environ["MKL_NUM_THREADS"] = str(args.threads)
+        import torch
+
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    failed = []
+    for name in names:
+        module = importlib.import_module(f"benchmarks.{name}")
+        try:
+            outcome = module.run(args.size, args.work)
+        except Exception as err:  # one failing benchmark must not hide the others' figures
+            logging.getLogger("benchmarks").exception("benchmark %s failed", name)
+            failed.append(f"{name}: {err}")
+            continue
+        print(table(outcome), flush=True)
+        print(flush=True)
+        # Written after each benchmark, so a later failure keeps the earlier figures.
+        write_results(args.results, [outcome])
+        if args.size == "full" and not args.no_record:
+            record_lines(args.notes, [outcome], command_line())
+    if failed:
+        print("failed: " + "; ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The served MLflow pyfunc (``cxr.serving``) vs the bare torch model on the same preprocessed images.
+
+A ResNet-18 checkpoint (random weights: speed does not depend on them) is logged the project's way
+(``cxr.serving.log_pyfunc`` into a throw-away SQLite tracking store) and loaded back with
+``mlflow.pyfunc.load_model``. Inputs are uint8 arrays already at the model's resolution, so both sides
+do the same work apart from the wrapper: DataFrame in, normalisation, batching, softmax, DataFrame out.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import Figure, Outcome, Row, synthetic_dataset
+
+CLASSES: list[str] = ["COVID", "Normal", "Lung_Opacity", "Viral Pneumonia"]
+SIZES: dict[str, dict[str, int]] = {
+    "full": {"px": 224, "batch": 64, "single_calls": 20, "batch_calls": 3},
+    "tiny": {"px": 64, "batch": 4, "single_calls": 2, "batch_calls": 1},
+}
+
+
+def _median_s(fn, calls: int) -> float:
+    """Median wall-clock seconds of ``calls`` calls of ``fn`` (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run(size: str, work: Path) -> Outcome:
+    """Run the pyfunc benchmark at ``size`` with scratch space under ``work``; skipped without cxr.serving."""
+    out = Outcome("pyfunc")
+    try:
+        from cxr import serving
+    except ImportError as err:
+        out.skipped = f"cxr.serving is not available ({err})"
+        return out
+    import mlflow
+    import torch
+
+    from cxr.data import load_image, to_input
+    from cxr.models import build_model
+
+    sz = SIZES[size]
+    px, n = sz["px"], sz["batch"]
+    scratch = work / "pyfunc"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = build_model("resnet18", len(CLASSES)).eval()
+    ckpt = scratch / "best.pt"
+    torch.save({"model": model.state_dict(), "arch": "resnet18", "classes": CLASSES, "image_size": px}, ckpt)
+
+    src = synthetic_dataset(work, size)
+    paths = sorted(src.glob("*/images/*.png"))
+    paths = paths[:: max(1, len(paths) // n)][:n]
+    images = np.stack([load_image(p, px) for p in paths])
+
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{scratch / 'mlflow.db'}")
+    try:
+        mlflow.set_experiment("bench-pyfunc")
+        with mlflow.start_run():
+            info = serving.log_pyfunc(ckpt, None, name="model")
+        loaded = mlflow.pyfunc.load_model(info.model_uri)
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+
+    one = serving.to_frame([images[0]])
+    batch = serving.to_frame(list(images))
+    by_path = serving.to_frame([str(p) for p in paths])
+    x1 = torch.from_numpy(images[:1]).unsqueeze(1)
+    xb = torch.from_numpy(images).unsqueeze(1)
+
+    def bare(x: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.softmax(model(to_input(x, "cpu")).float(), dim=1).numpy()
+
+    # Same probabilities either way, else the comparison is void (temperature is 1 without calibration).
+    got = loaded.predict(batch)[[serving.prob_column(c) for c in CLASSES]].to_numpy()
+    max_diff = float(np.abs(got - bare(xb)).max())
+    if max_diff > 1e-4:
+        raise RuntimeError(f"pyfunc and bare model disagree by {max_diff:.2e}")
+
+    t_py1 = _median_s(lambda: loaded.predict(one), sz["single_calls"])
+    t_bare1 = _median_s(lambda: bare(x1), sz["single_calls"])
+    t_pyb = _median_s(lambda: loaded.predict(batch), sz["batch_calls"])
+    t_bareb = _median_s(lambda: bare(xb), sz["batch_calls"])
+    t_paths = _median_s(lambda: loaded.predict(by_path), sz["batch_calls"])
+    overhead = t_pyb / t_bareb
+
+    out.rows = [
+        Row(f"pyfunc, 1 image ({px} px array)", t_py1 * 1000, "ms", t_bare1 * 1000, t_py1 / t_bare1),
+        Row(f"pyfunc, batch of {n} arrays", n / t_pyb, "img/s", n / t_bareb, (n / t_pyb) / (n / t_bareb)),
+        Row(f"pyfunc, batch of {n} file paths (decode included)", n / t_paths, "img/s", n / t_bareb,
+            (n / t_paths) / (n / t_bareb)),
+        Row("bare model, 1 image", t_bare1 * 1000, "ms"),
+        Row(f"bare model, batch of {n}", n / t_bareb, "img/s"),
+    ]
+    out.figures = [Figure("pyfunc_batch_overhead", overhead, ("<", 1.3))]
+    out.extra = {
+        "pyfunc_single_latency_ms": t_py1 * 1000,
+        "pyfunc_bare_single_latency_ms": t_bare1 * 1000,
+        "pyfunc_single_overhead": t_py1 / t_bare1,
+        "pyfunc_batch_images_per_s": n / t_pyb,
+        "pyfunc_bare_batch_images_per_s": n / t_bareb,
+        "pyfunc_paths_images_per_s": n / t_paths,
+        "pyfunc_batch_size": n,
+        "pyfunc_image_size": px,
+    }
+    out.notes.append(
+        f"pyfunc_batch_overhead = pyfunc time / bare time for {n} images; the pyfunc runs the model in its "
+        f"logged batch size (model_config batch_size, default {serving.DEFAULT_BATCH_SIZE}), the bare model "
+        f"in one call; medians of {sz['batch_calls']} calls"
+    )
+    return out
