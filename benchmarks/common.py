@@ -31,15 +31,9 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 
 def quiet_env() -> None:
     """Telemetry off for everything the benchmarks start (DVC, Prefect, MLflow, Albumentations)."""
-    for key, value in {
-        "DO_NOT_TRACK": "1",
-        "DVC_NO_ANALYTICS": "1",
-        "NO_ALBUMENTATIONS_UPDATE": "1",
-        "MLFLOW_ENABLE_TELEMETRY": "false",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-    }.items():
-        os.environ.setdefault(key, value)
+    from cxr.cli import quiet_telemetry
+
+    quiet_telemetry()
 
 
 @dataclass(frozen=True)

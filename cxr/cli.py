@@ -18,15 +18,21 @@ ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="The params file
 RootOpt = Annotated[Path, typer.Option("--root", help="Project root: paths in params are relative to it.")]
 
 
+#: Offline-friendly defaults for every entry point (CLI, tests, benchmarks); the user's own values win.
+QUIET_ENV: dict[str, str] = {
+    "DO_NOT_TRACK": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "NO_ALBUMENTATIONS_UPDATE": "1",
+    "MLFLOW_ENABLE_TELEMETRY": "false",
+    # A first Prefect run in a new PREFECT_HOME builds its database, which can exceed the 20 s default.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+}
+
+
 def quiet_telemetry() -> None:
-    """Offline-friendly defaults: no analytics calls from DVC, Prefect, MLflow or Albumentations."""
-    for key, value in {
-        "DO_NOT_TRACK": "1",
-        "DVC_NO_ANALYTICS": "1",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "NO_ALBUMENTATIONS_UPDATE": "1",
-        "MLFLOW_ENABLE_TELEMETRY": "false",
-    }.items():
+    """No analytics calls from DVC, Prefect, MLflow or Albumentations; a patient Prefect start."""
+    for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)
 
 

@@ -12,18 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cxr.cli import quiet_telemetry
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "cxr-sample"
 
-for _key, _value in {
-    "DO_NOT_TRACK": "1",
-    "DVC_NO_ANALYTICS": "1",
-    "NO_ALBUMENTATIONS_UPDATE": "1",
-    "MLFLOW_ENABLE_TELEMETRY": "false",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-}.items():
-    os.environ.setdefault(_key, _value)
+quiet_telemetry()
 
 
 def real_params() -> dict:
@@ -81,3 +75,19 @@ def sample_dir() -> Path:
     if not SAMPLE.is_dir():
         pytest.skip(f"real sample not found at {SAMPLE}")
     return SAMPLE
+
+
+def label_reading_model(classes: tuple[str, ...]):
+    """A pyfunc under the cxr.serving contract (``image`` paths in; ``p_<class>`` and ``label`` out) that reads
+    the label written in each image file: a champion stand-in whose answers a test controls."""
+    import mlflow
+    import pandas as pd
+
+    class _Model(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            labels = [Path(p).read_text().strip() for p in model_input["image"]]
+            out = pd.DataFrame({f"p_{c}": [float(lab == c) for lab in labels] for c in classes})
+            out["label"] = labels
+            return out
+
+    return _Model()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import label_reading_model
 from integration.servers import closed_port, mlflow_server, postgres_cluster, postgres_unavailable
 
 pytestmark = pytest.mark.slow
@@ -80,20 +81,6 @@ def manifest(tmp: Path) -> tuple[Path, Path, list[dict[str, str]]]:
     return out, raw, rows
 
 
-def label_model():
-    """A pyfunc under the cxr.serving contract: it reads the label written in each image file."""
-    import mlflow
-    import pandas as pd
-
-    class _Model(mlflow.pyfunc.PythonModel):
-        def predict(self, context, model_input, params=None):
-            labels = [Path(p).read_text().strip() for p in model_input["image"]]
-            out = pd.DataFrame({f"p_{c}": [float(lab == c) for lab in labels] for c in CLASSES})
-            out["label"] = labels
-            return out
-
-    return _Model()
-
 
 def register_version(tmp: Path, rows, n_right: int, tags: dict[str, str] | None = None, metrics=GOOD,
                      model: bool = False, name: str = NAME) -> str:
@@ -114,7 +101,7 @@ def register_version(tmp: Path, rows, n_right: int, tags: dict[str, str] | None 
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(preds), "evaluation")
         if model:
-            uri = mlflow.pyfunc.log_model(name="model", python_model=label_model(), pip_requirements=["mlflow"]).model_uri
+            uri = mlflow.pyfunc.log_model(name="model", python_model=label_reading_model(CLASSES), pip_requirements=["mlflow"]).model_uri
             return str(mlflow.register_model(uri, name, tags=tags).version)
     # No model needed where only the recorded predictions are compared: a version pointing at the run's files.
     client = mlflow.MlflowClient()

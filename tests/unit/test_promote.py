@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import label_reading_model
 from cxr.config import Registry
 from cxr.promote import (
     CHALLENGER,
@@ -75,24 +76,6 @@ def predictions(rows: list[dict[str, str]], n_right: int, with_hash: bool = Fals
             row["sha256"] = r["sha256"]
         out.append(row)
     return out
-
-
-class LabelFromFile:
-    """A champion stand-in following the cxr.serving contract: ``image`` paths in, ``p_<class>`` and ``label`` out."""
-
-    @staticmethod
-    def build():
-        import mlflow
-        import pandas as pd
-
-        class _Model(mlflow.pyfunc.PythonModel):
-            def predict(self, context, model_input, params=None):
-                labels = [Path(p).read_text().strip() for p in model_input["image"]]
-                out = pd.DataFrame({f"p_{c}": [float(lab == c) for lab in labels] for c in CLASSES})
-                out["label"] = labels
-                return out
-
-        return _Model()
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +237,7 @@ def test_champion_on_another_split_is_rescored_on_the_challengers_test_images(st
     client, add = store
     old_rows = manifest_rows("old")
     # The champion was scored on another split; as a model it reads the label written in each image "file".
-    champ = add(preds=predictions(old_rows, 180, with_hash=True), model=LabelFromFile.build(),
+    champ = add(preds=predictions(old_rows, 180, with_hash=True), model=label_reading_model(CLASSES),
                 tags={"data_version": "dv0"})
     promote(client, NAME, champ, "baseline", "alice")
     rows = manifest_rows("new")
