@@ -279,7 +279,7 @@ def run(size: str, work: Path) -> Outcome:
         Row("(b) reference: whole steps", ref_step_ips, "img/s"),
     ]
     out.figures = [
-        Figure("input_pipeline_speedup_vs_reference", speedup_per_core),
+        Figure("input_pipeline_speedup_vs_reference", speedup_per_core, (">=", 3)),
         Figure("train_step_overhead", overhead, ("<=", 1.10)),
     ]
     out.extra = {
