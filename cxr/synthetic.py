@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import zlib
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -462,7 +463,11 @@ def generate(
                 if bar is not None:
                     bar.update(done)
         else:
-            with ProcessPoolExecutor(max_workers=min(int(workers), len(tasks)), initializer=_init_worker) as ex:
+            # Spawned, not forked: a fork of a process whose OpenMP/torch threads are running can deadlock.
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(
+                max_workers=min(int(workers), len(tasks)), initializer=_init_worker, mp_context=ctx
+            ) as ex:
                 for done in ex.map(_write_chunk, tasks):
                     if bar is not None:
                         bar.update(done)
