@@ -10,7 +10,6 @@ the first time), against the three commands in a row. A trivial one-task-free fl
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import subprocess
 import sys

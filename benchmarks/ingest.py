@@ -13,7 +13,6 @@ import hashlib
 import io
 import os
 import pstats
-import sys
 import time
 from pathlib import Path
 
