@@ -75,6 +75,16 @@ def write_manifest(rows: Sequence[dict[str, str]], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def write_json(path: Path, data, sort_keys: bool = False) -> None:
+    """Write JSON atomically: a crash never leaves a half-written metrics or report file."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+    os.replace(tmp, path)
+
+
 def to_gray(image: np.ndarray) -> np.ndarray:
     """Any decoded image (gray, RGB, RGBA, 8 or 16 bit) as 2-D uint8: the one place grayscale is handled."""
     if image.ndim == 3:

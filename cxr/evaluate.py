@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cxr.config import Augment, Base, Evaluate, ResolvedPaths
-from cxr.data import CachedImages, Manifest, decoded_cache, load_image, read_manifest
+from cxr.data import CachedImages, Manifest, decoded_cache, load_image, read_manifest, write_json
 from cxr.train import load_trained, pick_device, predict
 
 if TYPE_CHECKING:
@@ -49,13 +47,6 @@ def split_logits(
     loader = DataLoader(CachedImages(images, manifest.labels(classes)), batch_size=batch_size, shuffle=False)
     device = next(model.parameters()).device
     return predict(model, loader, device)
-
-
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def augmentation_preview(
@@ -125,9 +116,9 @@ def evaluate(
         metrics["per_source"] = by_source
     out = paths.eval_reports
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(paths.metrics, metrics)
-    _write_json(out / "confusion_matrix.json", {"classes": list(classes), "counts": cm})
-    _write_json(out / "calibration.json", {"temperature": temperature, "positive_class": pos, "threshold": threshold})
+    write_json(paths.metrics, metrics)
+    write_json(out / "confusion_matrix.json", {"classes": list(classes), "counts": cm})
+    write_json(out / "calibration.json", {"temperature": temperature, "positive_class": pos, "threshold": threshold})
 
     with (out / "predictions.csv").open("w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +12,7 @@ import numpy as np
 import torch
 
 from cxr.config import Base, GradCam, ResolvedPaths
-from cxr.data import decoded_cache, read_manifest, to_input
+from cxr.data import decoded_cache, read_manifest, to_input, write_json
 from cxr.evaluate import softmax
 from cxr.train import load_trained, pick_device
 
@@ -131,8 +129,6 @@ def run_gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "a
             gallery(raw, maps, titles).savefig(
                 out / f"gallery-{classes[c].replace(' ', '_')}.png", dpi=90, bbox_inches="tight"
             )
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, out / "metrics.json")
+    write_json(out / "metrics.json", metrics)
     log.info("Grad-CAM: %d overlays in %s; %s", written, out, {k: v for k, v in metrics.items() if "per_class" not in k})
     return GradCamResult(out, out / "metrics.json", written)

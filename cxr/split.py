@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -13,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.config import Base, ResolvedPaths, Split, check_split_fits
-from cxr.data import write_manifest
+from cxr.data import write_json, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +134,7 @@ def make_split(base: Base, cfg: Split, paths: ResolvedPaths, workers: int = 2) -
     ]
     write_manifest(rows, paths.manifest)
     report = data_report(rows, prints)
-    paths.data_report.parent.mkdir(parents=True, exist_ok=True)
-    tmp = paths.data_report.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, paths.data_report)
+    write_json(paths.data_report, report, sort_keys=True)
     log.info("split %d images: %s", len(rows), report["counts"])
     return SplitResult(paths.manifest, paths.data_report, report["counts"], report["duplicates"]["groups"])
 

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cxr.config import Base, ResolvedPaths, Train
-from cxr.data import CachedImages, SeededSampler, decoded_cache, read_manifest, to_input, train_transform
+from cxr.data import CachedImages, SeededSampler, decoded_cache, read_manifest, to_input, train_transform, write_json
 from cxr.models import build_model
 
 log = logging.getLogger(__name__)
@@ -384,8 +384,7 @@ def train(cfg: Train, base: Base, paths: ResolvedPaths, resume: bool = True) -> 
         best_row = history[best_epoch - 1] if best_epoch else {}
         summary = {f"best_{k_}": v for k_, v in best_row.items() if k_.startswith("val_")}
         summary.update(best_epoch=best_epoch, epochs_run=len(history), train_images_per_s=round(mean_speed, 2))
-        out = paths.train_reports / "metrics.json"
-        out.write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(paths.train_reports / "metrics.json", summary)
     if distributed:
         dist.barrier()
     return result
