@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,13 +25,38 @@ import yaml
 from conftest import tiny_params
 from cxr.config import parse_settings
 from cxr.models import build_model
-from integration.servers import free_port, stop_pid, tail
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 CLASSES = ["COVID", "Normal", "Lung_Opacity", "Viral Pneumonia"]
 SERVER_START_S = 240  # imports torch and loads the model; slow on a shared 2-core machine
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop the process group of ``proc`` (SIGTERM, then SIGKILL): the server's workers go with it."""
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def tail(log: Path, n: int = 60) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-n:]) if log.is_file() else "(no log)"
 
 
 def post(url: str, payload: dict) -> tuple[int, dict]:
@@ -110,7 +136,7 @@ def server(tmp_path_factory) -> Iterator[dict]:
         mlflow.set_tracking_uri(tracking)
         yield {"url": url, "model": mlflow.pyfunc.load_model(f"models:/{name}@champion"), "root": root, "log": log}
     finally:
-        stop_pid(proc.pid, signal.SIGTERM, 20, group=True)
+        stop(proc)
         assert proc.poll() is not None, "the server did not stop"
 
 
