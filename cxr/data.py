@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Sampler
 
 from cxr.config import Augment
 from cxr.models import GRAY_MEAN, GRAY_STD
+from cxr.rawstore import RawStore
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,6 @@ class Manifest:
             return np.array([index[r["label"]] for r in self.rows], dtype=np.int64)
         except KeyError as err:
             raise ValueError(f"manifest label {err.args[0]!r} is not one of {list(classes)}") from None
-
-    def paths(self, raw: Path) -> list[Path]:
-        """Absolute image paths."""
-        return [raw / r["path"] for r in self.rows]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -129,6 +126,11 @@ def load_image(path: Path, size: int) -> np.ndarray:
     return decode(data, size, str(path))
 
 
+def load_raw(store: RawStore, rel: str, size: int) -> np.ndarray:
+    """Read and decode one image of the raw data (packed or loose) at training resolution."""
+    return decode(store.read(rel), size, store.describe(rel))
+
+
 def cache_key(manifest: Manifest, size: int) -> str:
     """Hash of the images' contents and the resolution: the cache is rebuilt when either changes."""
     h = hashlib.sha256(f"v1:{size}".encode())
@@ -139,28 +141,30 @@ def cache_key(manifest: Manifest, size: int) -> str:
 
 
 def decoded_cache(manifest: Manifest, raw: Path, cache_dir: Path, size: int, workers: int = 2) -> np.ndarray:
-    """A read-only memory map (N, size, size) uint8 of the manifest's images, decoded once."""
+    """A read-only memory map (N, size, size) uint8 of the manifest's images (in ``raw``), decoded once."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{cache_key(manifest, size)}.npy"
     if path.exists():
         return np.load(path, mmap_mode="r")
-    paths = manifest.paths(raw)
+    rels = [r["path"] for r in manifest.rows]
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rels), size, size))
     try:
+        store = RawStore(raw)
 
         def fill(i: int) -> None:
-            out[i] = load_image(paths[i], size)
+            out[i] = load_raw(store, rels[i], size)
 
-        # OpenCV releases the GIL while decoding, so threads scale.
+        # OpenCV releases the GIL while decoding, so threads scale (archive reads are short and locked).
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            list(pool.map(fill, range(len(paths))))
+            list(pool.map(fill, range(len(rels))))
+        store.close()
         out.flush()
         del out
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    log.info("decoded %d images at %d px into %s", len(paths), size, path)
+    log.info("decoded %d images at %d px into %s", len(rels), size, path)
     return np.load(path, mmap_mode="r")
 
 

@@ -11,8 +11,11 @@ from pathlib import Path
 
 from cxr.config import Base, Download, ResolvedPaths
 from cxr.dvcops import DATA_DVC, DvcError, has_remote, read_data_dvc, run_dvc, stage_status, track_raw
+from cxr.rawstore import RawStore, pack
 
 log = logging.getLogger(__name__)
+
+LAYOUT = "zip-per-class"  # how data/raw is stored (cxr.rawstore); part of the fingerprint, so a change re-packs
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ def local_path(cfg: Download, root: Path) -> Path:
 
 def source_description(base: Base, cfg: Download, root: Path) -> dict:
     """What defines the raw data: the source, its settings and the class folders (not the label mapping)."""
-    desc: dict = {"source": cfg.source, "folders": list(base.folders)}
+    desc: dict = {"source": cfg.source, "folders": list(base.folders), "layout": LAYOUT}
     if cfg.source == "synthetic":
         desc.update(per_class=cfg.synthetic.per_class, size=cfg.synthetic.size, seed=base.seed)
     elif cfg.source == "kaggle":
@@ -52,7 +55,8 @@ def _fingerprint(desc: dict) -> str:
 
 
 def _counts(raw: Path, folders) -> dict[str, int]:
-    return {f: sum(1 for _ in (raw / f / "images").glob("*")) for f in folders if (raw / f / "images").is_dir()}
+    with RawStore(raw) as store:
+        return {f: len(store.list(f, "images")) for f in folders if store.has_folder(f)}
 
 
 def _up_to_date(root: Path, raw: Path, fingerprint: str) -> bool:
@@ -75,7 +79,7 @@ def _up_to_date(root: Path, raw: Path, fingerprint: str) -> bool:
 
 
 def _fill(staging: Path, base: Base, cfg: Download, root: Path) -> None:
-    """Write the dataset into the empty folder ``staging`` (canonical v5 layout)."""
+    """Write the dataset into the empty folder ``staging`` (canonical v5 layout, loose files)."""
     if cfg.source == "synthetic":
         from cxr.synthetic import generate
 
@@ -113,8 +117,12 @@ def download(base: Base, cfg: Download, paths: ResolvedPaths) -> DownloadResult:
 
     raw.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".raw-", dir=raw.parent))
+    loose = Path(tempfile.mkdtemp(prefix=".raw-loose-", dir=raw.parent))
     try:
-        _fill(staging, base, cfg, root)
+        _fill(loose, base, cfg, root)
+        archives = pack(loose, staging)
+        shutil.rmtree(loose)
+        log.info("packed %d class folders into %s", len(archives), ", ".join(a.name for a in archives))
         old = None
         if raw.exists():
             old = raw.with_name(f".raw-old-{os.getpid()}")
@@ -123,8 +131,9 @@ def download(base: Base, cfg: Download, paths: ResolvedPaths) -> DownloadResult:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        for tmp in (loose, staging):
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     version = track_raw(root, raw.relative_to(root).as_posix(), {**desc, "fingerprint": fingerprint})
     if has_remote(root):
         run_dvc(["push", "--quiet", DATA_DVC], root)

@@ -13,7 +13,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from cxr.config import Augment, Base, Evaluate, ResolvedPaths
-from cxr.data import CachedImages, Manifest, decoded_cache, load_image, read_manifest, write_json
+from cxr.data import CachedImages, Manifest, decoded_cache, load_raw, read_manifest, write_json
+from cxr.rawstore import RawStore
 from cxr.train import load_trained, pick_device, predict
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def augmentation_preview(
         log.warning("%s: no training image for the augmentation preview", paths.manifest)
         return None
     first = min(train_rows, key=lambda r: r["path"])
-    return figures.plot_augmentations(load_image(paths.raw / first["path"], size), augment, seed=seed)
+    return figures.plot_augmentations(load_raw(RawStore(paths.raw), first["path"], size), augment, seed=seed)
 
 
 def evaluate(

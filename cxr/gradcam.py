@@ -14,6 +14,7 @@ import torch
 from cxr.config import Base, GradCam, ResolvedPaths
 from cxr.data import decoded_cache, read_manifest, to_input, write_json
 from cxr.evaluate import softmax
+from cxr.rawstore import RawStore
 from cxr.train import load_trained, pick_device
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,13 @@ class GradCamResult:
     images: int
 
 
-def _mask(path: Path, size: int) -> np.ndarray | None:
-    if not path.is_file():
+def _mask(store: RawStore, rel: str, size: int) -> np.ndarray | None:
+    """A mask of the raw data (``<FOLDER>/masks|lesions/<name>``) at ``size``, or None when there is none."""
+    if not store.exists(rel):
         return None
-    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    m = cv2.imdecode(np.frombuffer(store.read(rel), np.uint8), cv2.IMREAD_GRAYSCALE)
     if m is None:
+        log.warning("%s: mask cannot be decoded, ignored", store.describe(rel))
         return None
     return cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST) > 127
 
@@ -77,8 +80,10 @@ def run_gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "a
     x = to_input(torch.from_numpy(images).unsqueeze(1), dev)
     cams = compute_cams(model, x, pred.tolist(), arch, cfg.method, cfg.batch_size)
 
-    lungs = [_mask(paths.raw / r["folder"] / "masks" / Path(r["path"]).name, size) for r in test.rows]
-    lesions = [_mask(paths.raw / r["folder"] / "lesions" / Path(r["path"]).name, size) for r in test.rows]
+    store = RawStore(paths.raw)
+    lungs = [_mask(store, f'{r["folder"]}/masks/{Path(r["path"]).name}', size) for r in test.rows]
+    lesions = [_mask(store, f'{r["folder"]}/lesions/{Path(r["path"]).name}', size) for r in test.rows]
+    store.close()
     metrics: dict = {"method": cfg.method, "images": len(test)}
     has_lung = np.array([m is not None for m in lungs])
     if has_lung.any():

@@ -31,13 +31,14 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from cxr.config import Registry
+from cxr.rawstore import RawStore
 
 log = logging.getLogger(__name__)
 
@@ -404,8 +405,8 @@ def _test_rows(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
     return {r["path"]: r for r in rows if r.get("split") == "test"}
 
 
-def rescore(model_uri: str, client, images: list[Path]) -> list[str]:
-    """Predicted labels of a registered pyfunc model (cxr.serving contract: ``image`` paths in, ``label`` out)."""
+def rescore(model_uri: str, client, images: Sequence[str | bytes]) -> list[str]:
+    """Predicted labels of a registered pyfunc model (cxr.serving contract: ``image`` paths or bytes in, ``label`` out)."""
     import mlflow
     import pandas as pd
 
@@ -413,7 +414,7 @@ def rescore(model_uri: str, client, images: list[Path]) -> list[str]:
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=model_uri, dst_path=tmp, tracking_uri=client.tracking_uri, registry_uri=_registry_uri(client))
         model = mlflow.pyfunc.load_model(local)
-        out = model.predict(pd.DataFrame({"image": [str(p) for p in images]}))
+        out = model.predict(pd.DataFrame({"image": [p if isinstance(p, bytes) else str(p) for p in images]}))
     if "label" not in getattr(out, "columns", ()):
         raise ValueError(f"{model_uri}: prediction has no 'label' column")
     labels = [str(x) for x in out["label"]]
@@ -547,7 +548,9 @@ def _compare(client, name, mv, champ, cfg: Registry, manifest, raw, seed) -> tup
         if not keys:
             return [f"{where}: its predictions share no test image with its manifest"], [], checks
         try:
-            labels = rescore(f"models:/{name}/{champ.version}", client, [Path(raw) / by_hash[k]["path"] for k in keys])
+            with RawStore(Path(raw)) as store:
+                images = [store.model_input(by_hash[k]["path"]) for k in keys]
+            labels = rescore(f"models:/{name}/{champ.version}", client, images)
         except Exception as err:  # noqa: BLE001 - any load or predict failure means no comparison: refuse
             return [f"{where}: could not re-score champion version {champ.version} on the challenger's test "
                     f"split: {type(err).__name__}: {err}"], [], checks

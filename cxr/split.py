@@ -12,6 +12,7 @@ import numpy as np
 
 from cxr.config import Base, ResolvedPaths, Split, check_split_fits
 from cxr.data import write_json, write_manifest
+from cxr.rawstore import RawStore, archive_path
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +33,17 @@ def list_images(raw: Path, base: Base) -> list[tuple[str, str]]:
     """(relative path, class folder) of every image in the canonical layout, sorted; errors name the folder."""
     if not raw.is_dir():
         raise FileNotFoundError(f"{raw}: raw data folder not found; run the download step first")
+    store = RawStore(raw)
     items: list[tuple[str, str]] = []
     for folder in base.folders:
-        images = raw / folder / "images"
-        if not images.is_dir():
-            raise FileNotFoundError(f"{images}: class folder {folder!r} is missing from the raw data")
-        files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not store.has_folder(folder):
+            raise FileNotFoundError(f"{raw / folder}: class folder {folder!r} is missing from the raw data "
+                                    f"(neither {archive_path(raw, folder).name} nor a folder)")
+        files = store.list(folder, "images", IMAGE_SUFFIXES)
         if not files:
-            raise ValueError(f"{images}: class folder {folder!r} holds no images")
-        items.extend((p.relative_to(raw).as_posix(), folder) for p in files)
+            where = archive_path(raw, folder) if store.is_packed(folder) else raw / folder / "images"
+            raise ValueError(f"{where}: class folder {folder!r} holds no images")
+        items.extend((rel, folder) for rel in files)
     return items
 
 
@@ -99,7 +102,7 @@ def assign_splits(labels: list[str], groups: list[int], cfg: Split, seed: int) -
 
 def make_split(base: Base, cfg: Split, paths: ResolvedPaths, workers: int = 2) -> SplitResult:
     """Write the manifest (path, folder, label, split, sha256, group, source) and the data report."""
-    from cxr.dedup import group_duplicates, image_fingerprint
+    from cxr.dedup import fingerprint_bytes, group_duplicates
 
     items = list_images(paths.raw, base)
     to_label = base.folder_to_label
@@ -107,11 +110,13 @@ def make_split(base: Base, cfg: Split, paths: ResolvedPaths, workers: int = 2) -
     per_label = Counter(labels)
     check_split_fits(cfg, dict(per_label))
 
+    store = RawStore(paths.raw)
+
     def fingerprint(rel: str):
         try:
-            return image_fingerprint(paths.raw / rel)
+            return fingerprint_bytes(store.read(rel))
         except Exception as err:  # the message names the file
-            raise ValueError(f"{paths.raw / rel}: cannot be read as an image ({err})") from None
+            raise ValueError(f"{store.describe(rel)}: cannot be read as an image ({err})") from None
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         prints = list(pool.map(fingerprint, [rel for rel, _ in items]))

@@ -109,7 +109,8 @@ def test_local_sample_ingests_and_trains_or_says_why(tmp_path: Path, sample_dir:
     root = make_project(tmp_path / "four", four)
     proc = cxr(root, "download")
     assert proc.returncode == 0, proc.stderr
-    assert (root / "data" / "raw" / "Viral Pneumonia" / "images").is_dir()
+    assert (root / "data" / "raw" / "Viral Pneumonia.zip").is_file()  # one uncompressed zip per class folder
+    assert not (root / "data" / "raw" / "Viral Pneumonia").exists()
     proc = cxr(root, "split")
     assert proc.returncode == 1
     assert "Lung_Opacity" in proc.stderr and "split.valid" in proc.stderr
@@ -133,16 +134,14 @@ def test_local_sample_ingests_and_trains_or_says_why(tmp_path: Path, sample_dir:
 def test_bad_input_stops_before_training_and_leaves_nothing(tmp_path: Path) -> None:
     root = make_project(tmp_path / "p", tiny_params())
     assert cxr(root, "download").returncode == 0
-    victim = root / "data" / "raw" / "Normal" / "images" / "Normal-3.png"
+    victim = root / "data" / "raw" / "Normal.zip"
     victim.write_bytes(victim.read_bytes()[:100])  # truncated
     # Restores from the DVC cache when the recorded data was tampered with.
     proc = cxr(root, "download")
     assert proc.returncode == 0
     assert "unchanged" in proc.stdout
-    # A missing class folder: the split names it, and no manifest or model appears.
-    import shutil
-
-    shutil.rmtree(root / "data" / "raw" / "Viral Pneumonia")
+    # A missing class archive: the split names it, and no manifest or model appears.
+    (root / "data" / "raw" / "Viral Pneumonia.zip").unlink()
     proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, capture_output=True, text=True, env=dvc_env())
     assert proc.returncode != 0
     assert "Viral Pneumonia" in proc.stdout + proc.stderr
