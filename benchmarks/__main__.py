@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("names", nargs="*", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
     parser.add_argument("--size", choices=SIZES, default="full", help="full (make bench) or tiny (smoke test)")
-    parser.add_argument("--results", type=Path, default=RESULTS_JSON, help="results JSON to merge into")
+    parser.add_argument("--results", type=Path, default=None,
+                        help=f"results JSON to merge into (default: {RESULTS_JSON.name} at full size, "
+                             "results-tiny.json in the work folder at tiny size)")
     parser.add_argument("--notes", type=Path, default=RESULTS_MD, help="RESULTS.md to append dated lines to")
     parser.add_argument("--no-record", action="store_true", help="do not append lines to RESULTS.md")
     parser.add_argument("--work", type=Path, default=WORK, help="work folder (caches, throw-away projects)")
@@ -30,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch/OpenMP threads per process (default: torch's choice); also passed to subprocesses")
     args = parser.parse_args(argv)
 
+    if args.results is None:  # a smoke run never overwrites the recorded full-size figures
+        args.results = RESULTS_JSON if args.size == "full" else args.work / "results-tiny.json"
     names = []
     for n in args.names or BENCHMARKS:
         n = ALIASES.get(n, n)
