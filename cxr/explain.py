@@ -53,6 +53,28 @@ def _cam_class(method: str) -> type:
     return classes[key]
 
 
+def _target_is_leaf(module: "torch.nn.Module", inputs, output):
+    """Forward hook on a target layer: its output becomes a fresh leaf that requires grad.
+
+    With every parameter frozen and an input that needs no gradient, nothing below the target layer
+    is recorded by autograd, so the backward pass runs through the head only: Grad-CAM needs the
+    gradient at the target layer's output, never below it. The clone keeps in-place operations
+    after the layer (DenseNet's final ReLU) legal on a non-leaf tensor.
+    """
+    import torch
+
+    if isinstance(output, torch.Tensor) and output.is_floating_point():
+        return output.detach().requires_grad_(True).clone()
+    return None
+
+
+def _is_channels_last(model: "torch.nn.Module") -> bool:
+    import torch
+
+    w = next((p for p in model.parameters() if p.dim() == 4), None)
+    return w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
 def compute_cams(
     model: "torch.nn.Module",
     images: "torch.Tensor",
@@ -60,8 +82,21 @@ def compute_cams(
     arch: str,
     method: str = "gradcam",
     batch_size: int = 32,
-) -> np.ndarray:
-    """Batched CAMs (B,H,W) float32 in [0,1] for the given class indices (None: predicted class) via the library's context manager."""
+    return_logits: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Batched CAMs (B,H,W) float32 in [0,1] for the given class indices (None: predicted class) via the library's context manager.
+
+    The maps are those of the library's default use (one ``GradCAM(model, target_layers)`` call per
+    image) up to float rounding, computed for less: batches of ``batch_size``, a forward pass that
+    records no autograd graph below the target layer (parameters are frozen for the call and the
+    target layer's output is made a leaf), so the backward pass runs through the head only, and
+    channels-last convolutions. ``return_logits`` also returns the model's outputs (B, K) from the
+    same forward pass, so a caller that needs predictions does not run the model twice.
+
+    For the duration of the call the model's hooks, ``requires_grad`` flags and memory format
+    change; all are restored, as are its train/eval flags and the parameters' ``.grad``. Do not
+    use the same model from another thread meanwhile.
+    """
     import torch
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -80,38 +115,56 @@ def compute_cams(
         raise ValueError("batch_size must be >= 1")
     h, w = int(images.shape[-2]), int(images.shape[-1])
     if n == 0:
-        return np.zeros((0, h, w), dtype=np.float32)
+        empty = np.zeros((0, h, w), dtype=np.float32)
+        return (empty, np.zeros((0, 0), dtype=np.float32)) if return_logits else empty
 
     params = list(model.parameters())
     device = params[0].device if params else torch.device("cpu")
     dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
     modes = {m: m.training for m in model.modules()}
     saved_grads = [p.grad for p in params]
+    saved_flags = [p.requires_grad for p in params]
+    was_channels_last = _is_channels_last(model)
+    hooks = []
     out = np.empty((n, h, w), dtype=np.float32)
+    logits: list[np.ndarray] = []
     try:
+        for p in params:
+            p.requires_grad_(False)
+        if not was_channels_last:
+            model.to(memory_format=torch.channels_last)
+        # Registered before the library's own hooks, so theirs see the leaf.
+        hooks = [layer.register_forward_hook(_target_is_leaf) for layer in layers]
         with torch.enable_grad():
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
-                # A detached copy that requires grad: the caller's tensor is never touched, and
-                # gradients reach the target layer even when the backbone is frozen.
-                batch = images[start:stop].detach().to(device=device, dtype=dtype, copy=True).requires_grad_(True)
+                # A copy: the caller's tensor is never touched.
+                batch = images[start:stop].detach().to(device=device, dtype=dtype, copy=True)
+                batch = batch.contiguous(memory_format=torch.channels_last)
                 cam_targets = None if targets is None else [ClassifierOutputTarget(t) for t in targets[start:stop]]
                 result = None
                 with cam_cls(model=model, target_layers=layers) as cam:
                     result = cam(input_tensor=batch, targets=cam_targets)
+                    if return_logits and result is not None:
+                        logits.append(cam.outputs.detach().float().cpu().numpy())
                 if result is None:  # the library's __exit__ swallows IndexError (e.g. a bad target index)
                     raise ValueError(f"CAM computation failed for images {start}:{stop} (target index out of range?)")
                 out[start:stop] = np.asarray(result, dtype=np.float32).reshape(stop - start, h, w)
                 del batch
     finally:
+        for hook in hooks:
+            hook.remove()
+        if not was_channels_last:
+            model.to(memory_format=torch.contiguous_format)
         for m, training in modes.items():
             m.train(training)
-        for p, g in zip(params, saved_grads):
+        for p, g, flag in zip(params, saved_grads, saved_flags):
+            p.requires_grad_(flag)
             p.grad = g
     np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
     np.clip(out, 0.0, 1.0, out=out)
     logger.debug("computed %d %s CAMs (%s) at %dx%d", n, method, arch, h, w)
-    return out
+    return (out, np.concatenate(logits)) if return_logits else out
 
 
 def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:

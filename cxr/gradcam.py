@@ -70,15 +70,11 @@ def run_gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "a
     labels = test.labels(classes)
     images = np.array(decoded_cache(test, paths.raw, paths.cache, size))
     dev = next(model.parameters()).device
-
-    logits = []
-    with torch.no_grad():
-        for s in range(0, len(images), cfg.batch_size):
-            logits.append(model(to_input(torch.from_numpy(images[s : s + cfg.batch_size]).unsqueeze(1), dev)).cpu())
-    probs = softmax(torch.cat(logits).numpy())
-    pred = probs.argmax(1)
     x = to_input(torch.from_numpy(images).unsqueeze(1), dev)
-    cams = compute_cams(model, x, pred.tolist(), arch, cfg.method, cfg.batch_size)
+    # One batched pass gives the predictions and the maps for the predicted class.
+    cams, logits = compute_cams(model, x, None, arch, cfg.method, cfg.batch_size, return_logits=True)
+    probs = softmax(logits)
+    pred = probs.argmax(1)
 
     store = RawStore(paths.raw)
     lungs = [_mask(store, f'{r["folder"]}/masks/{Path(r["path"]).name}', size) for r in test.rows]

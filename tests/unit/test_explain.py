@@ -58,6 +58,29 @@ def test_compute_cams(models, images, method, arch, batch) -> None:
     assert model.training is training
     assert all(m.training is training for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(p.is_contiguous() for p in model.parameters())
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "densenet121"])
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "eigencam"])
+def test_batched_maps_are_the_librarys_one_image_at_a_time(models, images, method, arch) -> None:
+    """Frozen parameters, a leaf at the target layer and channels-last change the cost, not the maps."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cxr.explain import _cam_class
+
+    model = models[arch].eval()
+    targets = [2, 0, 3]
+    reference = []
+    for i, t in enumerate(targets):  # the library's default use, as the reference projects call it
+        with _cam_class(method)(model=model, target_layers=target_layers(model, arch)) as cam:
+            reference.append(cam(input_tensor=images[i : i + 1], targets=[ClassifierOutputTarget(t)]))
+    reference = np.concatenate(reference)
+    cams, logits = compute_cams(model, images, targets, arch, method, batch_size=3, return_logits=True)
+    np.testing.assert_allclose(cams, reference, atol=2e-4)
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, model(images).numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_compute_cams_default_targets_and_no_grad_context(models, images) -> None:
