@@ -253,6 +253,10 @@ class GradCam(_Section):
     """Explanations on test images."""
 
     method: Literal["gradcam", "gradcam++", "eigencam"] = "gradcam"
+    #: The CAM's cell in input pixels: 32 reads the family's last block; 16 or 8 an earlier stage, for a finer map.
+    stride: Literal[8, 16, 32] = 32
+    #: Dotted name of the module the CAM reads (e.g. ``layer3.1.conv2``), overriding ``stride``.
+    target_layer: str | None = Field(None, min_length=1)
     per_class: int = Field(4, ge=1)
     batch_size: int = Field(16, ge=1)
 

@@ -27,19 +27,57 @@ logger = logging.getLogger(__name__)
 METHODS = ("gradcam", "gradcam++", "eigencam")
 
 
-def target_layers(model: "torch.nn.Module", arch: str) -> list["torch.nn.Module"]:
-    """Last conv block by family: resnet* -> layer4[-1]; densenet*/efficientnet*/convnext* -> features[-1]; ValueError otherwise."""
+#: Per family, the module whose output is the last one at a finer stride than the last block's 32
+#: (the output of a ``Sequential`` stage is that of its last block). Torchvision's layouts.
+FINER_LAYERS: dict[str, dict[int, str]] = {
+    "resnet": {8: "layer2", 16: "layer3"},
+    "densenet": {8: "features.denseblock2", 16: "features.denseblock3"},
+    "efficientnet": {8: "features.3", 16: "features.5"},
+    "convnext": {8: "features.3", 16: "features.5"},
+}
+STRIDES = (8, 16, 32)
+
+
+def _family(arch: str) -> str:
     name = arch.lower().strip()
-    try:
-        if name.startswith(("resnet", "resnext", "wide_resnet")):
-            return [model.layer4[-1]]
-        if name.startswith(("densenet", "efficientnet", "convnext")):
-            return [model.features[-1]]
-    except (AttributeError, IndexError, TypeError) as exc:
-        raise ValueError(f"model does not have the expected layout for arch {arch!r}: {exc}") from exc
+    for family, prefixes in (("resnet", ("resnet", "resnext", "wide_resnet")), ("densenet", ("densenet",)),
+                             ("efficientnet", ("efficientnet",)), ("convnext", ("convnext",))):
+        if name.startswith(prefixes):
+            return family
     raise ValueError(
         f"unsupported arch {arch!r} for Grad-CAM; expected resnet*, densenet*, efficientnet* or convnext*"
     )
+
+
+def target_layers(
+    model: "torch.nn.Module", arch: str, layer: str | None = None, stride: int = 32
+) -> list["torch.nn.Module"]:
+    """The module whose activations the CAM reads, chosen by model family.
+
+    ``stride`` 32 (the usual choice): the last conv block (resnet* -> ``layer4[-1]``;
+    densenet*/efficientnet*/convnext* -> ``features[-1]``). 16 or 8: the last stage at that stride
+    (:data:`FINER_LAYERS`), a finer map for lesions that are small next to a 32-pixel cell, at the price
+    of less abstract features. ``layer``: the dotted name of any submodule instead (``layer3.1.conv2``).
+    ValueError for an unknown family, stride or name.
+    """
+    if layer is not None:
+        name = str(layer).strip()
+        try:
+            return [model.get_submodule(name)]
+        except AttributeError as exc:
+            top = ", ".join(n for n, _ in model.named_children())
+            raise ValueError(
+                f"gradcam.target_layer {layer!r} is not a module of this {arch} model; its top-level modules: {top}"
+            ) from exc
+    family = _family(arch)
+    if stride not in STRIDES:
+        raise ValueError(f"gradcam.stride must be one of {STRIDES}, got {stride!r}")
+    try:
+        if stride != 32:
+            return [model.get_submodule(FINER_LAYERS[family][stride])]
+        return [model.layer4[-1]] if family == "resnet" else [model.features[-1]]
+    except (AttributeError, IndexError, TypeError) as exc:
+        raise ValueError(f"model does not have the expected layout for arch {arch!r}: {exc}") from exc
 
 
 def _cam_class(method: str) -> type:
@@ -83,6 +121,8 @@ def compute_cams(
     method: str = "gradcam",
     batch_size: int = 32,
     return_logits: bool = False,
+    layer: str | None = None,
+    stride: int = 32,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Batched CAMs (B,H,W) float32 in [0,1] for the given class indices (None: predicted class) via the library's context manager.
 
@@ -91,7 +131,8 @@ def compute_cams(
     records no autograd graph below the target layer (parameters are frozen for the call and the
     target layer's output is made a leaf), so the backward pass runs through the head only, and
     channels-last convolutions. ``return_logits`` also returns the model's outputs (B, K) from the
-    same forward pass, so a caller that needs predictions does not run the model twice.
+    same forward pass, so a caller that needs predictions does not run the model twice. ``layer``
+    and ``stride`` choose the target layer (:func:`target_layers`; by default the family's last block).
 
     For the duration of the call the model's hooks, ``requires_grad`` flags and memory format
     change; all are restored, as are its train/eval flags and the parameters' ``.grad``. Do not
@@ -101,7 +142,7 @@ def compute_cams(
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     cam_cls = _cam_class(method)
-    layers = target_layers(model, arch)
+    layers = target_layers(model, arch, layer, stride)
     if images.ndim != 4:
         raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
     n = int(images.shape[0])

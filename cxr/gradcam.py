@@ -45,6 +45,14 @@ def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
 
+def _layer_name(model: torch.nn.Module, arch: str, stride: int) -> str:
+    """The dotted name of the module that ``stride`` picks for this model (for the metrics and the report)."""
+    from cxr.explain import target_layers
+
+    (layer,) = target_layers(model, arch, stride=stride)
+    return next(name for name, module in model.named_modules() if module is layer)
+
+
 def select_cases(labels: np.ndarray, probs: np.ndarray, k: int, per_class: int) -> dict[int, list[tuple[int, str]]]:
     """Per true class: the most confident correct cases and the most confident mistakes."""
     pred = probs.argmax(1)
@@ -72,7 +80,8 @@ def run_gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "a
     dev = next(model.parameters()).device
     x = to_input(torch.from_numpy(images).unsqueeze(1), dev)
     # One batched pass gives the predictions and the maps for the predicted class.
-    cams, logits = compute_cams(model, x, None, arch, cfg.method, cfg.batch_size, return_logits=True)
+    cams, logits = compute_cams(model, x, None, arch, cfg.method, cfg.batch_size, return_logits=True,
+                                layer=cfg.target_layer, stride=cfg.stride)
     probs = softmax(logits)
     pred = probs.argmax(1)
 
@@ -80,7 +89,7 @@ def run_gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "a
     lungs = [_mask(store, f'{r["folder"]}/masks/{Path(r["path"]).name}', size) for r in test.rows]
     lesions = [_mask(store, f'{r["folder"]}/lesions/{Path(r["path"]).name}', size) for r in test.rows]
     store.close()
-    metrics: dict = {"method": cfg.method, "images": len(test)}
+    metrics: dict = {"method": cfg.method, "target_layer": cfg.target_layer or _layer_name(model, arch, cfg.stride), "images": len(test)}
     has_lung = np.array([m is not None for m in lungs])
     if has_lung.any():
         m = np.stack([lm for lm in lungs if lm is not None])
@@ -98,6 +107,7 @@ def run_gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "a
         area = m.reshape(len(m), -1).mean(1)
         lesion_labels = labels[has_lesion]
         metrics["pointing_game"] = _mean(hits.astype(float))
+        metrics["pointing_game_images"] = int(has_lesion.sum())
         # A uniformly random peak lands in the lesion with probability equal to its area fraction.
         metrics["pointing_game_chance"] = _mean(area)
         metrics["pointing_game_per_class"] = {

@@ -215,7 +215,8 @@ def _gradcam_section(folder: Path, classes: Iterable[str]) -> str:
     cam = _read_json(folder / "metrics.json")
     if cam is None:
         return '<p class="warn">No Grad-CAM outputs (run the gradcam step).</p>'
-    rows = [["method", _e(cam.get("method"))], ["test images", _fmt(cam.get("images"))]]
+    rows = [["method", _e(cam.get("method"))], ["target layer", _e(cam.get("target_layer", "last block"))],
+            ["test images", _fmt(cam.get("images"))]]
     if "lung_energy" in cam:
         rows += [
             ["share of CAM energy inside the lungs", _fmt(cam.get("lung_energy"))],

@@ -110,6 +110,39 @@ def test_target_layers_families(models) -> None:
     assert target_layers(models["densenet121"], "densenet121") == [models["densenet121"].features[-1]]
 
 
+@pytest.mark.parametrize("arch", ["resnet50", "densenet121", "efficientnet_b0", "convnext_tiny"])
+def test_stride_picks_the_last_stage_at_that_stride_in_every_family(arch: str) -> None:
+    model = torchvision.models.get_model(arch, weights=None, num_classes=4).eval()
+    seen = {}
+    for stride in (8, 16, 32):
+        (layer,) = target_layers(model, arch, stride=stride)
+        handle = layer.register_forward_hook(lambda m, i, o, s=stride: seen.__setitem__(s, tuple(o.shape[-2:])))
+        with torch.no_grad():
+            model(torch.zeros(1, 3, 128, 128))
+        handle.remove()
+    assert seen == {8: (16, 16), 16: (8, 8), 32: (4, 4)}
+    assert target_layers(model, arch) == target_layers(model, arch, stride=32)
+    with pytest.raises(ValueError, match="stride"):
+        target_layers(model, arch, stride=4)
+
+
+def test_a_named_target_layer_gives_a_finer_map(models, images) -> None:
+    resnet = models["resnet18"]
+    assert target_layers(resnet, "resnet18", "layer2") == [resnet.layer2]
+    assert target_layers(resnet, "resnet18", "layer3.1.conv2") == [resnet.layer3[1].conv2]
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    resnet.eval()
+    fine = compute_cams(resnet, images[:2], [0, 1], arch="resnet18", layer="layer2")
+    with GradCAM(model=resnet, target_layers=[resnet.layer2]) as cam:
+        reference = cam(input_tensor=images[:2], targets=[ClassifierOutputTarget(0), ClassifierOutputTarget(1)])
+    np.testing.assert_allclose(fine, reference, atol=2e-4)
+    assert not np.allclose(fine, compute_cams(resnet, images[:2], [0, 1], arch="resnet18"), atol=0.05)
+    with pytest.raises(ValueError, match="gradcam.target_layer 'layer9'.*layer4"):
+        target_layers(resnet, "resnet18", "layer9")
+
+
 def _square_mask(h: int = 10, w: int = 10) -> np.ndarray:
     """A 10x10 mask with a 4x4 square of ones at rows/cols 2..5."""
     m = np.zeros((h, w), dtype=np.uint8)
