@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks.common import REPO, Figure, Outcome, Row, tail
@@ -37,9 +36,6 @@ SMOKE = {
 TRIVIAL_FLOW = "from prefect import flow\n@flow\ndef noop():\n    return 1\nnoop()\n"
 
 
-SERVER_START_S = 240  # a cold server migrates its database first
-
-
 def _load(name: str, path: Path):
     """A module loaded by path under a private name (the tests' helpers are not a package)."""
     spec = importlib.util.spec_from_file_location(name, path)
@@ -54,25 +50,9 @@ def _conftest():
     return _load("_cxr_bench_conftest", REPO / "tests" / "conftest.py")
 
 
-@contextmanager
-def prefect_server(home: Path):
-    """A ``prefect server start`` on a free loopback port with its own PREFECT_HOME; yields its API URL.
-
-    Started and stopped by PID with the integration tests' helpers (``tests/integration/servers.py``).
-    """
-    servers = _load("_cxr_bench_servers", REPO / "tests" / "integration" / "servers.py")
-    home.mkdir(parents=True, exist_ok=True)
-    port = servers.free_port()
-    api = f"http://{servers.LOOPBACK}:{port}/api"
-    env = {**_env(home), "PREFECT_API_URL": api, "PREFECT_UI_ENABLED": "false"}
-    prefect = Path(sys.executable).parent / "prefect"
-    proc = servers.start_process("prefect server", [str(prefect), "server", "start", "--host", servers.LOOPBACK,
-                                                    "--port", str(port)], home / "server.log", env, home)
-    try:
-        servers.wait_for_http(f"{api}/health", SERVER_START_S, proc)
-        yield api
-    finally:
-        servers.stop_process(proc)
+def _servers():
+    """tests/integration/servers.py as a module: the Prefect server helper, started and stopped by PID."""
+    return _load("_cxr_bench_servers", REPO / "tests" / "integration" / "servers.py")
 
 
 def _env(prefect_home: Path) -> dict[str, str]:
@@ -86,7 +66,7 @@ def _env(prefect_home: Path) -> dict[str, str]:
     return env
 
 
-def _timed1(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
+def _timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
     """Run one command; its seconds and stdout (raises with the output tail on failure)."""
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
@@ -97,23 +77,17 @@ def _timed1(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]
     return seconds, proc.stdout
 
 
-def _timed(cmds: list[list[str]], cwd: Path, env: dict[str, str]) -> tuple[float, list[float]]:
-    """Run commands in a row; total seconds and each one's."""
-    each = [_timed1(cmd, cwd, env)[0] for cmd in cmds]
-    return sum(each), each
-
-
 def _plain_steps(root: Path, env: dict[str, str]) -> dict[str, float]:
     """What the flow does, as the four commands a user would type: seconds per command."""
     py = sys.executable
     t = {}
-    t["download"], _ = _timed1([py, "-m", "cxr", "download"], root, env)
-    t["repro"], _ = _timed1([py, "-m", "dvc", "repro"], root, env)
-    t["register"], out = _timed1([py, "-m", "cxr", "register"], root, env)
+    t["download"], _ = _timed([py, "-m", "cxr", "download"], root, env)
+    t["repro"], _ = _timed([py, "-m", "dvc", "repro"], root, env)
+    t["register"], out = _timed([py, "-m", "cxr", "register"], root, env)
     found = re.search(r"version (\S+)\s*$", out.strip())
     if not found:
         raise RuntimeError(f"`cxr register` printed no model version:\n{tail(out)}")
-    t["gate"], _ = _timed1([py, "-m", "cxr", "gate", found.group(1)], root, env)
+    t["gate"], _ = _timed([py, "-m", "cxr", "gate", found.group(1)], root, env)
     return t
 
 
@@ -133,16 +107,17 @@ def run(size: str, work: Path) -> Outcome:
     plain = _plain_steps(dvc_root, _env(scratch / "dvc-prefect-home"))
     t_dvc = sum(plain.values())
 
-    with prefect_server(scratch / "server-home") as api:
+    server_home = scratch / "server-home"
+    with _servers().running_prefect_server(server_home, _env(server_home)) as api:
         served = {**_env(scratch / "client-home"), "PREFECT_API_URL": api}
         flow_root = conf.make_project(scratch / "prefect", params)
-        t_flow, _ = _timed([run_flow], flow_root, served)
-        t_trivial_served, _ = _timed([[py, "-c", TRIVIAL_FLOW]], scratch, served)
+        t_flow, _ = _timed(run_flow, flow_root, served)
+        t_trivial_served, _ = _timed([py, "-c", TRIVIAL_FLOW], scratch, served)
 
     first_root = conf.make_project(scratch / "prefect-first", params)
-    t_first, _ = _timed([run_flow], first_root, _env(first_root / ".prefect"))
-    t_trivial, _ = _timed([[py, "-c", TRIVIAL_FLOW]], scratch, _env(scratch / "trivial-prefect-home"))
-    t_import, _ = _timed([[py, "-c", "import prefect, flows.pipeline"]], first_root, _env(scratch / "import-home"))
+    t_first, _ = _timed(run_flow, first_root, _env(first_root / ".prefect"))
+    t_trivial, _ = _timed([py, "-c", TRIVIAL_FLOW], scratch, _env(scratch / "trivial-prefect-home"))
+    t_import, _ = _timed([py, "-c", "import prefect, flows.pipeline"], first_root, _env(scratch / "import-home"))
 
     # Every side must have done the same work: dvc.lock true in each.
     for root in (dvc_root, flow_root, first_root):

@@ -150,15 +150,14 @@ def decoded_cache(manifest: Manifest, raw: Path, cache_dir: Path, size: int, wor
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rels), size, size))
     try:
-        store = RawStore(raw)
+        with RawStore(raw) as store:
 
-        def fill(i: int) -> None:
-            out[i] = load_raw(store, rels[i], size)
+            def fill(i: int) -> None:
+                out[i] = load_raw(store, rels[i], size)
 
-        # OpenCV releases the GIL while decoding, so threads scale (archive reads are short and locked).
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            list(pool.map(fill, range(len(rels))))
-        store.close()
+            # OpenCV releases the GIL while decoding, so threads scale (archive reads are short and locked).
+            with ThreadPoolExecutor(max(1, workers)) as pool:
+                list(pool.map(fill, range(len(rels))))
         out.flush()
         del out
         os.replace(tmp, path)

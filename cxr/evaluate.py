@@ -61,7 +61,9 @@ def augmentation_preview(
         log.warning("%s: no training image for the augmentation preview", paths.manifest)
         return None
     first = min(train_rows, key=lambda r: r["path"])
-    return figures.plot_augmentations(load_raw(RawStore(paths.raw), first["path"], size), augment, seed=seed)
+    with RawStore(paths.raw) as store:
+        image = load_raw(store, first["path"], size)
+    return figures.plot_augmentations(image, augment, seed=seed)
 
 
 def evaluate(

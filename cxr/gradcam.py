@@ -85,11 +85,11 @@ def run_gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "a
     probs = softmax(logits)
     pred = probs.argmax(1)
 
-    store = RawStore(paths.raw)
-    lungs = [_mask(store, f'{r["folder"]}/masks/{Path(r["path"]).name}', size) for r in test.rows]
-    lesions = [_mask(store, f'{r["folder"]}/lesions/{Path(r["path"]).name}', size) for r in test.rows]
-    store.close()
-    metrics: dict = {"method": cfg.method, "target_layer": cfg.target_layer or _layer_name(model, arch, cfg.stride), "images": len(test)}
+    with RawStore(paths.raw) as store:
+        lungs = [_mask(store, f'{r["folder"]}/masks/{Path(r["path"]).name}', size) for r in test.rows]
+        lesions = [_mask(store, f'{r["folder"]}/lesions/{Path(r["path"]).name}', size) for r in test.rows]
+    layer = cfg.target_layer or _layer_name(model, arch, cfg.stride)
+    metrics: dict = {"method": cfg.method, "target_layer": layer, "images": len(test)}
     has_lung = np.array([m is not None for m in lungs])
     if has_lung.any():
         m = np.stack([lm for lm in lungs if lm is not None])

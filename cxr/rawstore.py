@@ -98,8 +98,8 @@ class RawStore:
     # -------------------------------------------------------------------------------- archives
 
     def is_packed(self, folder: str) -> bool:
-        """Whether class folder ``folder`` is stored as an archive."""
-        return archive_path(self.root, folder).is_file()
+        """Whether class folder ``folder`` is stored as an archive (an archive already open: no stat per read)."""
+        return folder in self._zips or archive_path(self.root, folder).is_file()
 
     def _zip(self, folder: str) -> zipfile.ZipFile:
         with self._lock:

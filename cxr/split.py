@@ -33,17 +33,17 @@ def list_images(raw: Path, base: Base) -> list[tuple[str, str]]:
     """(relative path, class folder) of every image in the canonical layout, sorted; errors name the folder."""
     if not raw.is_dir():
         raise FileNotFoundError(f"{raw}: raw data folder not found; run the download step first")
-    store = RawStore(raw)
     items: list[tuple[str, str]] = []
-    for folder in base.folders:
-        if not store.has_folder(folder):
-            raise FileNotFoundError(f"{raw / folder}: class folder {folder!r} is missing from the raw data "
-                                    f"(neither {archive_path(raw, folder).name} nor a folder)")
-        files = store.list(folder, "images", IMAGE_SUFFIXES)
-        if not files:
-            where = archive_path(raw, folder) if store.is_packed(folder) else raw / folder / "images"
-            raise ValueError(f"{where}: class folder {folder!r} holds no images")
-        items.extend((rel, folder) for rel in files)
+    with RawStore(raw) as store:
+        for folder in base.folders:
+            if not store.has_folder(folder):
+                raise FileNotFoundError(f"{raw / folder}: class folder {folder!r} is missing from the raw data "
+                                        f"(neither {archive_path(raw, folder).name} nor a folder)")
+            files = store.list(folder, "images", IMAGE_SUFFIXES)
+            if not files:
+                where = archive_path(raw, folder) if store.is_packed(folder) else raw / folder / "images"
+                raise ValueError(f"{where}: class folder {folder!r} holds no images")
+            items.extend((rel, folder) for rel in files)
     return items
 
 
@@ -110,16 +110,16 @@ def make_split(base: Base, cfg: Split, paths: ResolvedPaths, workers: int = 2) -
     per_label = Counter(labels)
     check_split_fits(cfg, dict(per_label))
 
-    store = RawStore(paths.raw)
+    with RawStore(paths.raw) as store:
 
-    def fingerprint(rel: str):
-        try:
-            return fingerprint_bytes(store.read(rel))
-        except Exception as err:  # the message names the file
-            raise ValueError(f"{store.describe(rel)}: cannot be read as an image ({err})") from None
+        def fingerprint(rel: str):
+            try:
+                return fingerprint_bytes(store.read(rel))
+            except Exception as err:  # the message names the file
+                raise ValueError(f"{store.describe(rel)}: cannot be read as an image ({err})") from None
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        prints = list(pool.map(fingerprint, [rel for rel, _ in items]))
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            prints = list(pool.map(fingerprint, [rel for rel, _ in items]))
     shas = [p[0] for p in prints]
     groups = group_duplicates(shas, [p[1] for p in prints], cfg.near_duplicate_bits)
     splits = assign_splits(labels, groups, cfg, base.seed)

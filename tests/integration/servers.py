@@ -148,6 +148,27 @@ def wait_for_http(url: str, timeout_s: float = 120.0, proc: Process | None = Non
                        f"{tail(proc.log) if proc else ''}")
 
 
+@contextlib.contextmanager
+def running_prefect_server(home: Path, env: dict[str, str], timeout_s: float = 240.0) -> Iterator[str]:
+    """``prefect server start`` on a free loopback port with PREFECT_HOME ``home``; yields its API URL when healthy.
+
+    ``env`` is the server's environment (laid over ``os.environ``). A cold server migrates its database
+    before it answers, slowly on a shared 2-core machine: hence the generous default ``timeout_s``.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    api = f"http://{LOOPBACK}:{port}/api"
+    env = {**env, "PREFECT_HOME": str(home), "PREFECT_API_URL": api, "PREFECT_UI_ENABLED": "false"}
+    prefect = Path(sys.executable).parent / "prefect"
+    proc = start_process("prefect server", [str(prefect), "server", "start", "--host", LOOPBACK, "--port", str(port)],
+                         home / "server.log", env, home)
+    try:
+        wait_for_http(f"{api}/health", timeout_s, proc)
+        yield api
+    finally:
+        stop_process(proc)
+
+
 # ------------------------------------------------------------------------------------------------ PostgreSQL
 
 

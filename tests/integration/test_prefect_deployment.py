@@ -22,7 +22,7 @@ import yaml
 
 from conftest import REPO, deep_update, make_project, tiny_params
 from cxr.dvcops import dvc_env
-from integration.servers import Process, free_port, start_process, stop_process, tail, wait_for_http
+from integration.servers import Process, running_prefect_server, start_process, stop_process, tail
 
 pytestmark = pytest.mark.slow
 
@@ -44,12 +44,9 @@ def fast_params(**changes) -> dict:
 def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
     """A real ``prefect server start`` on 127.0.0.1 with its own PREFECT_HOME; yields the clients' environment."""
     home = tmp_path_factory.mktemp("prefect-home")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
         "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_CLI_PROMPT": "false",
@@ -61,13 +58,8 @@ def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
     }
     # Empty, not removed: start_process lays this over os.environ. Empty means unset to both readers.
     env.update(MLFLOW_TRACKING_URI="", CXR_NOTIFY_WEBHOOK="")
-    proc = start_process("prefect server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                            "--port", str(port)], home / "server.log", env, home)
-    try:
-        wait_for_http(f"{api}/health", SERVER_START_S, proc)
-        yield env
-    finally:
-        stop_process(proc)
+    with running_prefect_server(home, env, SERVER_START_S) as api:
+        yield {**env, "PREFECT_API_URL": api}
 
 
 @pytest.fixture
