@@ -74,7 +74,15 @@ def evaluate(
     With ``augment`` (the train section's), also draws the augmentation preview ``augmentations.png``.
     """
     from cxr import figures
-    from cxr.metrics import calibration, choose_threshold, classification_metrics, fit_temperature, per_source_metrics
+    from cxr.metrics import (
+        calibration,
+        choose_threshold,
+        classification_metrics,
+        fit_temperature,
+        headline_metrics,
+        per_source_metrics,
+        sensitivity_by_class,
+    )
 
     model, meta = load_trained(paths.best_checkpoint, pick_device(device))
     classes = tuple(meta["classes"])
@@ -119,17 +127,19 @@ def evaluate(
         metrics["per_source"] = by_source
     out = paths.eval_reports
     out.mkdir(parents=True, exist_ok=True)
-    write_json(paths.metrics, metrics)
-    write_json(out / "confusion_matrix.json", {"classes": list(classes), "counts": cm})
-    write_json(out / "calibration.json", {"temperature": temperature, "positive_class": pos, "threshold": threshold})
+    write_json(paths.metrics_full, metrics)
+    write_json(paths.metrics, headline_metrics(metrics))
+    write_json(paths.sensitivity, sensitivity_by_class(metrics))
+    write_json(paths.confusion, {"classes": list(classes), "counts": cm})
+    write_json(paths.calibration, {"temperature": temperature, "positive_class": pos, "threshold": threshold})
 
-    with (out / "predictions.csv").open("w", newline="") as fh:
+    with paths.predictions.open("w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")
         # The content hash lets the promotion gate pair two models' answers image by image.
         w.writerow(["path", "sha256", "actual", "predicted", *[f"p_{c}" for c in classes]])
         for r, y, p in zip(test.rows, t_labels, t_probs):
             w.writerow([r["path"], r["sha256"], classes[y], classes[int(p.argmax())], *[f"{v:.6f}" for v in p]])
-    with (out / "roc.csv").open("w", newline="") as fh:
+    with paths.roc_points.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["class", "fpr", "tpr", "threshold"], lineterminator="\n")
         w.writeheader()
         w.writerows(figures.roc_points(t_labels, t_probs, classes))
@@ -147,4 +157,4 @@ def evaluate(
     for name, fig in figs.items():
         fig.savefig(out / name, dpi=110, bbox_inches="tight")
     log.info("test accuracy %.4f (n=%d), macro AUC %s", m["accuracy"], len(t_labels), m.get("macro_auc"))
-    return EvalResult(paths.metrics, float(m["accuracy"]), m.get("macro_auc"))
+    return EvalResult(paths.metrics_full, float(m["accuracy"]), m.get("macro_auc"))

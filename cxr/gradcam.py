@@ -14,6 +14,7 @@ import torch
 from cxr.config import Base, GradCam, ResolvedPaths
 from cxr.data import decoded_cache, read_manifest, to_input, write_json
 from cxr.evaluate import softmax
+from cxr.metrics import cam_headline
 from cxr.rawstore import RawStore
 from cxr.train import load_trained, pick_device
 
@@ -140,6 +141,7 @@ def run_gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "a
             gallery(raw, maps, titles).savefig(
                 out / f"gallery-{classes[c].replace(' ', '_')}.png", dpi=90, bbox_inches="tight"
             )
-    write_json(out / "metrics.json", metrics)
+    write_json(paths.cam_metrics_full, metrics)
+    write_json(paths.cam_metrics, cam_headline(metrics))
     log.info("Grad-CAM: %d overlays in %s; %s", written, out, {k: v for k, v in metrics.items() if "per_class" not in k})
-    return GradCamResult(out, out / "metrics.json", written)
+    return GradCamResult(out, paths.cam_metrics_full, written)

@@ -210,9 +210,9 @@ def _figures_section(folder: Path) -> str:
     return "\n".join(_img(folder / name, known.get(name, Path(name).stem.replace("_", " "))) for name in order)
 
 
-def _gradcam_section(folder: Path, classes: Iterable[str]) -> str:
+def _gradcam_section(folder: Path, cam_file: Path, classes: Iterable[str]) -> str:
     """Grad-CAM metrics (lung energy, pointing game vs chance) and the per-class galleries."""
-    cam = _read_json(folder / "metrics.json")
+    cam = _read_json(cam_file)
     if cam is None:
         return '<p class="warn">No Grad-CAM outputs (run the gradcam step).</p>'
     rows = [["method", _e(cam.get("method"))], ["target layer", _e(cam.get("target_layer", "last block"))],
@@ -288,13 +288,14 @@ def _data_section(paths: ResolvedPaths) -> str:
 def build_report(settings: Settings, paths: ResolvedPaths, out: Path | None = None) -> Path:
     """Write the self-contained HTML report (default ``base.paths.report``); return its path."""
     out = Path(out) if out is not None else paths.report
-    metrics = _read_json(paths.metrics, required=True) or {}
+    metrics = _read_json(paths.metrics_full, required=True) or {}
     params = json.dumps(settings.model_dump(mode="json"), indent=2, sort_keys=False)
     sections = [
         ("metrics", "Test metrics", _metrics_section(metrics)),
         ("sources", "By image source", _source_section(metrics)),
         ("figures", "Evaluation figures", _figures_section(paths.eval_reports)),
-        ("gradcam", "Grad-CAM: where the model looks", _gradcam_section(paths.gradcam_reports, settings.base.labels)),
+        ("gradcam", "Grad-CAM: where the model looks",
+         _gradcam_section(paths.gradcam_reports, paths.cam_metrics_full, settings.base.labels)),
         ("data", "Data", _data_section(paths)),
         ("params", "Parameters", f"<pre>{_e(params)}</pre>"),
     ]

@@ -100,7 +100,7 @@ def assign_splits(labels: list[str], groups: list[int], cfg: Split, seed: int) -
     return out
 
 
-def make_split(base: Base, cfg: Split, paths: ResolvedPaths, workers: int = 2) -> SplitResult:
+def make_split(base: Base, cfg: Split, paths: ResolvedPaths) -> SplitResult:
     """Write the manifest (path, folder, label, split, sha256, group, source) and the data report."""
     from cxr.dedup import fingerprint_bytes, group_duplicates
 
@@ -118,7 +118,7 @@ def make_split(base: Base, cfg: Split, paths: ResolvedPaths, workers: int = 2) -
             except Exception as err:  # the message names the file
                 raise ValueError(f"{store.describe(rel)}: cannot be read as an image ({err})") from None
 
-        with ThreadPoolExecutor(max(1, workers)) as pool:
+        with ThreadPoolExecutor(cfg.workers) as pool:
             prints = list(pool.map(fingerprint, [rel for rel, _ in items]))
     shas = [p[0] for p in prints]
     groups = group_duplicates(shas, [p[1] for p in prints], cfg.near_duplicate_bits)

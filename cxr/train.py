@@ -372,7 +372,7 @@ def train(cfg: Train, base: Base, paths: ResolvedPaths, resume: bool = True) -> 
                     "complete": done,
                 },
             )
-            _write_history(paths.train_reports / "history.csv", history)
+            _write_history(paths.history, history)
         if stop:
             if main:
                 log.info("early stop: %s did not improve for %d epochs", cfg.monitor, cfg.patience)
@@ -384,7 +384,7 @@ def train(cfg: Train, base: Base, paths: ResolvedPaths, resume: bool = True) -> 
         best_row = history[best_epoch - 1] if best_epoch else {}
         summary = {f"best_{k_}": v for k_, v in best_row.items() if k_.startswith("val_")}
         summary.update(best_epoch=best_epoch, epochs_run=len(history), train_images_per_s=round(mean_speed, 2))
-        write_json(paths.train_reports / "metrics.json", summary)
+        write_json(paths.train_metrics, summary)
     if distributed:
         dist.barrier()
     return result

@@ -57,8 +57,8 @@ def _fake_outputs(root: Path) -> tuple:
                                        "per_class": {"COVID": {"support": 2, "sensitivity": 0.5}}}},
         "bootstrap": {"n_boot": 10, "ci": 0.95, "stratified": True},
     }
-    paths.metrics.parent.mkdir(parents=True)
-    paths.metrics.write_text(json.dumps(metrics))
+    paths.metrics_full.parent.mkdir(parents=True)
+    paths.metrics_full.write_text(json.dumps(metrics))
     paths.eval_reports.mkdir(parents=True)
     (paths.eval_reports / "roc.png").write_bytes(PNG_1PX)
     paths.gradcam_reports.mkdir(parents=True)
@@ -83,7 +83,7 @@ def test_report_is_self_contained_and_escaped(tmp_path: Path) -> None:
     assert "6.0x chance" in page  # pointing game 0.3 against chance 0.05
     assert "0.750 <span class=\"ci\">[0.500, 1.000]</span>" in page
     assert "No data report" in page  # a missing input says so instead of failing
-    md = metrics_markdown(json.loads(paths.metrics.read_text()))
+    md = metrics_markdown(json.loads(paths.metrics_full.read_text()))
     assert "| Accuracy | 0.750 [0.500, 1.000] |" in md and "| <b>site</b> | 4 | 0.750 |" in md
     assert not list(out.parent.glob(".*.tmp"))
 
@@ -132,7 +132,7 @@ def test_report_from_a_pipeline_run_renders_in_chromium(tmp_path: Path) -> None:
     _run_pipeline(root)
     s = load_settings(root / "params.yaml")
     paths = s.paths(root)
-    metrics = json.loads(paths.metrics.read_text())
+    metrics = json.loads(paths.metrics_full.read_text())
     assert set(metrics["per_source"]) == {"archive-A", "archive-B"}
     assert sum(b["n"] for b in metrics["per_source"].values()) == metrics["n"]
     assert (paths.eval_reports / "augmentations.png").stat().st_size > 5000

@@ -86,7 +86,7 @@ def registered_project(root: Path, tracking: str) -> tuple[str, str]:
                paths.best_checkpoint)
     paths.eval_reports.mkdir(parents=True)
     (paths.eval_reports / "calibration.json").write_text(json.dumps({"temperature": 1.7}))
-    paths.metrics.write_text(json.dumps({"n": 16, "accuracy": 0.5, "accuracy_ci_low": 0.3, "accuracy_ci_high": 0.7}))
+    paths.metrics_full.write_text(json.dumps({"n": 16, "accuracy": 0.5, "accuracy_ci_low": 0.3, "accuracy_ci_high": 0.7}))
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = tracking
     try:

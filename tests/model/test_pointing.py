@@ -43,7 +43,7 @@ def explained(tmp_path_factory) -> dict:
     s = load_settings(root / "params.yaml")
     paths = s.paths(root)
     download(s.base, s.download, paths)
-    make_split(s.base, s.split, paths, s.download.workers)
+    make_split(s.base, s.split, paths)
     trained = train(s.train, s.base, paths, resume=False)
     run_gradcam(s.base, s.gradcam, paths, "cpu")
     metrics = json.loads((paths.gradcam_reports / "metrics.json").read_text())

@@ -104,3 +104,23 @@ def test_fingerprint_changes_with_the_section() -> None:
     b = parse_settings(deep_update(real_params(), {"evaluate": {"n_boot": 10}}))
     assert a.fingerprint("train") == b.fingerprint("train")
     assert a.fingerprint("evaluate") != b.fingerprint("evaluate")
+
+
+def test_config_defaults_are_the_params_file() -> None:
+    """params.yaml holds the values; cxr.config's defaults may not drift from them (one source per value)."""
+    from pathlib import Path
+
+    from cxr.config import Settings, load_settings
+
+    repo = Path(__file__).resolve().parents[2]
+    defaults = Settings().model_dump(mode="json")
+    params = load_settings(repo / "params.yaml").model_dump(mode="json")
+
+    def diff(a, b, prefix=""):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                yield from diff(a.get(k), b.get(k), f"{prefix}{k}.")
+        elif a != b:
+            yield f"{prefix.rstrip('.')}: default {a!r}, params.yaml {b!r}"
+
+    assert list(diff(defaults, params)) == []
