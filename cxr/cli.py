@@ -77,7 +77,7 @@ def split(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None
     from cxr.split import make_split
 
     s, r = setup(params, root)
-    res = _run(make_split, s.base, s.split, s.paths(r), s.download.workers)
+    res = _run(make_split, s.base, s.split, s.paths(r))
     typer.echo(f"manifest {res.manifest}: {res.counts}")
 
 
@@ -126,13 +126,21 @@ def report(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> Non
 
 
 @app.command()
-def register(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
-    """Log the pipeline run to MLflow and register the model."""
+def register(
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Register even when a version has the same inputs.")] = False,
+) -> None:
+    """Log the pipeline run to MLflow and register the model (nothing new when its inputs are unchanged)."""
     from cxr.register import register as step
 
     s, r = setup(params, root)
-    res = _run(step, s, s.paths(r))
-    typer.echo(f"MLflow run {res.run_id}: {res.model_name} version {res.version}")
+    res = _run(step, s, s.paths(r), params.resolve(), force)
+    if res.new:
+        typer.echo(f"MLflow run {res.run_id}: {res.model_name} version {res.version}")
+    else:
+        typer.echo(f"MLflow run {res.run_id}: inputs unchanged, nothing registered; same as {res.model_name} "
+                   f"version {res.version} (--force registers anyway)")
 
 
 def _registry(params: Path, root: Path | None):

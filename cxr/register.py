@@ -4,6 +4,7 @@ a model card) and a new registered version carrying the lineage, the test metric
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -32,6 +33,8 @@ class RegisterResult:
     model_name: str
     version: str
     tracking_uri: str
+    #: False when a version made from the same inputs already existed: nothing was registered.
+    new: bool = True
 
 
 def tracking_uri(root: Path) -> str:
@@ -62,6 +65,41 @@ def git_commit(root: Path) -> tuple[str, bool]:
         return sha.stdout.strip(), bool(dirty.stdout.strip())
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "unknown", False
+
+
+#: Settings that do not change the model: a new log level or gate rule is not a new model.
+_NOT_MODEL_INPUTS: tuple[tuple[str, ...], ...] = (("base", "log_level"), ("registry",))
+
+
+def inputs_hash(settings: Settings, root: Path) -> str:
+    """What a model version is made from: the data version, the params that shape it and the project's code.
+
+    Two pipeline runs with the same inputs hash produce the same model, so the second registers nothing.
+    """
+    params = settings.model_dump(mode="json")
+    for keys in _NOT_MODEL_INPUTS:
+        node = params
+        for k in keys[:-1]:
+            node = node[k]
+        node.pop(keys[-1], None)
+    h = hashlib.sha256(json.dumps({"data": data_version(root), "params": params}, sort_keys=True).encode())
+    package = root / "cxr"
+    for f in sorted(package.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()[:32]
+
+
+def find_version_by_inputs(client, name: str, key: str):
+    """The newest registered version of ``name`` made from inputs ``key``, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name='{name}' and tags.inputs_hash='{key}'")
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return max(found, key=lambda v: int(v.version), default=None)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:
@@ -306,8 +344,15 @@ def _create_version(client, name: str, source: str, run_id: str, model_id: str |
         raise
 
 
-def register(settings: Settings, paths: ResolvedPaths) -> RegisterResult:
-    """Log the pipeline's outputs to one MLflow run and register the servable model as a new version."""
+def register(
+    settings: Settings, paths: ResolvedPaths, params_file: Path | None = None, force: bool = False
+) -> RegisterResult:
+    """Log the pipeline's outputs to one MLflow run and register the servable model as a new version.
+
+    When a version made from the same data, params and code exists, a short run records that and points to it,
+    and nothing is registered (``force`` registers anyway). ``params_file`` is the file the settings were read
+    from (logged with the run); default ``params.yaml`` at the root.
+    """
     import mlflow
 
     from cxr.metrics import flat_metrics
@@ -319,15 +364,15 @@ def register(settings: Settings, paths: ResolvedPaths) -> RegisterResult:
     check_tracking(uri)
     # Everything the version needs is read before MLflow is touched: bad inputs change nothing there.
     try:
-        metrics = json.loads(paths.metrics.read_text())
+        metrics = json.loads(paths.metrics_full.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{paths.metrics}: test metrics not found; run the evaluate step first") from None
-    calibration = paths.eval_reports / "calibration.json"
+        raise FileNotFoundError(f"{paths.metrics_full}: test metrics not found; run the evaluate step first") from None
+    calibration = paths.calibration
     if not calibration.is_file():
         raise FileNotFoundError(f"{calibration}: calibration not found; run the evaluate step first")
     if not paths.best_checkpoint.is_file():
         raise FileNotFoundError(f"{paths.best_checkpoint}: checkpoint not found; run the train step first")
-    cam = _load_json(paths.gradcam_reports / "metrics.json")
+    cam = _load_json(paths.cam_metrics_full)
     commit, dirty = git_commit(root)
     lineage = {
         "git_commit": commit,
@@ -335,6 +380,7 @@ def register(settings: Settings, paths: ResolvedPaths) -> RegisterResult:
         "data_version": data_version(root) or "unknown",
         "dvc_lock_sha256": file_hash(root / "dvc.lock") or "none",
         "params_hash": settings.fingerprint(),
+        "inputs_hash": inputs_hash(settings, root),
         "data_source": settings.download.source,
     }
     meta = {k: v for k, v in load_checkpoint(paths.best_checkpoint).items() if k != "model"}
@@ -342,12 +388,23 @@ def register(settings: Settings, paths: ResolvedPaths) -> RegisterResult:
 
     mlflow.set_tracking_uri(uri)
     exp_id = _experiment(mlflow, settings.base.experiment, root)
+    client = mlflow.MlflowClient()
+    same = None if force else find_version_by_inputs(client, settings.base.model_name, lineage["inputs_hash"])
+    if same is not None:
+        # The run is still recorded, so a schedule's history shows it ran and found nothing new.
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"unchanged-{commit[:8]}") as run:
+            mlflow.set_tags({**lineage, "registration": "unchanged", "same_as_version": str(same.version),
+                             "same_as_run_id": same.run_id or ""})
+        log.info("inputs %s equal those of %s version %s: nothing registered (MLflow run %s)",
+                 lineage["inputs_hash"], settings.base.model_name, same.version, run.info.run_id)
+        return RegisterResult(run.info.run_id, settings.base.model_name, str(same.version), uri, new=False)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"pipeline-{commit[:8]}") as run:
+        mlflow.set_tag("registration", "new version")
         run_id = run.info.run_id
         mlflow.set_tags(lineage)
         mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v
                            for k, v in flatten(settings.model_dump(mode="json")).items()})
-        history = paths.train_reports / "history.csv"
+        history = paths.history
         if history.is_file():
             with history.open() as fh:
                 for row in csv.DictReader(fh):
@@ -360,7 +417,7 @@ def register(settings: Settings, paths: ResolvedPaths) -> RegisterResult:
         if paths.gradcam_reports.is_dir():
             mlflow.log_artifacts(str(paths.gradcam_reports), "gradcam")
         # The manifest lets the promotion gate (cxr.promote) map predictions to image hashes later.
-        for extra in (paths.report, paths.data_report, paths.manifest, paths.train_reports / "history.csv", root / "params.yaml",
+        for extra in (paths.report, paths.data_report, paths.manifest, paths.history, params_file or root / "params.yaml",
                       root / "dvc.lock"):
             if extra.is_file():
                 mlflow.log_artifact(str(extra), "pipeline")
@@ -368,7 +425,6 @@ def register(settings: Settings, paths: ResolvedPaths) -> RegisterResult:
         info = log_pyfunc(paths.best_checkpoint, calibration, name="model", batch_size=settings.evaluate.batch_size)
     # The version is created only once the run has finished with every artifact in place.
     tags = {**lineage, "mlflow_run_id": run_id, **metric_tags(metrics, settings.evaluate.positive_class)}
-    client = mlflow.MlflowClient()
     mv = _create_version(client, settings.base.model_name, info.model_uri, run_id, info.model_id, tags,
                          version_description(card, run_id))
     log.info("MLflow run %s; registered %s version %s", run_id, settings.base.model_name, mv.version)

@@ -82,13 +82,16 @@ def pipeline(params: str = "params.yaml", root: str = ".") -> dict:
         if stage == "split":
             publish_data_report(paths.data_report, data["data_version"])
     result: dict = {"data": data, "stages_ran": ran}
-    metrics = json.loads(paths.metrics.read_text())
-    cam_file = paths.gradcam_reports / "metrics.json"
+    metrics = json.loads(paths.metrics_full.read_text())
+    cam_file = paths.cam_metrics_full
     cam = json.loads(cam_file.read_text()) if cam_file.is_file() else {}
     if settings.registry.enabled:
         registered = register_model(params_path, str(root_path))
         result["registered"] = registered
-        result["gate"] = gate_version(params_path, str(root_path), registered["version"])
+        if registered["new"]:
+            result["gate"] = gate_version(params_path, str(root_path), registered["version"])
+        else:  # the same model was judged when it was registered: the gate does not decide again
+            logger.info("inputs unchanged: version %s stands, no new version, no gate", registered["version"])
     create_markdown_artifact(
         key=METRICS_ARTIFACT,
         markdown=metrics_markdown(metrics, cam),

@@ -21,6 +21,9 @@ STAGE_TIMEOUT_S = 8 * 3600  # one DVC stage; training on the full dataset domina
 REGISTER_TIMEOUT_S = 15 * 60  # one MLflow run and a ~50 MB model upload
 FLOW_TIMEOUT_S = 24 * 3600  # the whole run; below the weekly schedule so runs cannot pile up
 
+#: Fixed artifact key: the history of what each run registered, or that it found nothing new.
+REGISTRATION_ARTIFACT = "cxr-registration"
+
 #: Errors that can heal by themselves when tried again (network, a busy server, a flaky disk).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
 #: OSErrors that say the input is wrong, not that the world is flaky: retrying cannot help.
@@ -89,12 +92,21 @@ def repro_stage(stage: str, root: str) -> bool:
     timeout_seconds=REGISTER_TIMEOUT_S,
 )
 def register_model(params: str, root: str) -> dict:
-    """Log the run to MLflow and register a new model version."""
+    """Log the run to MLflow and register a new model version, or point to the version with the same inputs."""
+    from prefect.artifacts import create_markdown_artifact
+
     from cxr.register import register
 
     s = load_settings(params)
-    res = register(s, s.paths(Path(root)))
-    return {"run_id": res.run_id, "model": res.model_name, "version": res.version, "tracking_uri": res.tracking_uri}
+    res = register(s, s.paths(Path(root)), Path(params))
+    if res.new:
+        text = f"**{res.model_name} version {res.version}** registered (MLflow run `{res.run_id}`)."
+    else:
+        text = (f"**Nothing new.** Data, params and code equal those of {res.model_name} version {res.version}: "
+                f"no version registered, the gate did not run (MLflow run `{res.run_id}` records this run).")
+    create_markdown_artifact(key=REGISTRATION_ARTIFACT, markdown=text, description="What this run registered")
+    return {"run_id": res.run_id, "model": res.model_name, "version": res.version, "tracking_uri": res.tracking_uri,
+            "new": res.new}
 
 
 @task(

@@ -52,7 +52,7 @@ def test_flow_then_dvc_agree(tmp_path: Path, prefect_harness, monkeypatch) -> No
     out = dvc(root, "repro")
     assert "Running stage" not in out
 
-    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    metrics = json.loads((root / "reports" / "metrics_full.json").read_text())
     for key in METRIC_KEYS:
         assert key in metrics and f"{key}_ci_low" in metrics
     for cls in ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia"):
@@ -60,6 +60,13 @@ def test_flow_then_dvc_agree(tmp_path: Path, prefect_harness, monkeypatch) -> No
     assert "binary" in metrics and "temperature" in metrics["calibration"]
     shown = dvc(root, "metrics", "show", "--json")
     assert "accuracy" in shown
+    # The headline table is readable: every metrics file's table fits a 160-column screen.
+    for path in ("reports/metrics.json", "reports/sensitivity.json", "reports/cam_metrics.json",
+                 "reports/train/metrics.json"):
+        table = dvc(root, "metrics", "show", path)
+        assert max(map(len, table.splitlines())) <= 160, table
+    assert "Viral Pneumonia" in dvc(root, "metrics", "show", "reports/sensitivity.json")
+    assert "COVID_vs_rest.sens" in dvc(root, "metrics", "show", "reports/metrics.json")
     for fig in ("confusion_matrix.png", "roc.png", "precision_recall.png", "reliability.png"):
         assert (root / "reports" / "eval" / fig).stat().st_size > 1000
     overlays = list((root / "reports" / "gradcam").glob("*/*.png"))
@@ -80,11 +87,15 @@ def test_flow_then_dvc_agree(tmp_path: Path, prefect_harness, monkeypatch) -> No
     version = client.get_model_version("cxr-classifier", result["registered"]["version"])
     assert version.run_id == run.info.run_id
 
-    # After `dvc repro`, a second flow run repeats no stage work (and no download).
+    # After `dvc repro`, a second flow run repeats no stage work (and no download), registers nothing new
+    # and does not put the same model through the gate again.
     again = pipeline(params="params.yaml", root=str(root))
     assert not any(again["stages_ran"].values())
     assert again["data"]["skipped"]
-    assert again["registered"]["version"] == str(int(result["registered"]["version"]) + 1)
+    assert not again["registered"]["new"] and "gate" not in again
+    assert again["registered"]["version"] == result["registered"]["version"]
+    assert len(client.search_model_versions("name='cxr-classifier'")) == 1
+    assert client.get_run(again["registered"]["run_id"]).data.tags["registration"] == "unchanged"
 
 
 def test_cli_steps_and_dvc_repro_share_the_stages(tmp_path: Path) -> None:
@@ -127,7 +138,7 @@ def test_local_sample_ingests_and_trains_or_says_why(tmp_path: Path, sample_dir:
     assert cxr(root, "download").returncode == 0
     out = dvc(root, "repro")
     assert out.count("Running stage") == 5
-    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    metrics = json.loads((root / "reports" / "metrics_full.json").read_text())
     assert metrics["n"] == 24 and set(metrics["per_class"]) == {"COVID", "Normal", "Viral Pneumonia"}
 
 

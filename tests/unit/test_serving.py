@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_params
+from conftest import REPO, tiny_params
 from cxr.config import parse_settings
 from cxr.data import decode, to_input
 from cxr.models import build_model
@@ -294,7 +295,7 @@ def fake_project(root: Path) -> tuple:
                           "sensitivity_ci_high": 1.0},
                "calibration": {"temperature": 1.5, "ece": 0.05, "ece_uncalibrated": 0.2, "brier": 0.3},
                "bootstrap": {"ci": 0.95}}
-    paths.metrics.write_text(json.dumps(metrics))
+    paths.metrics_full.write_text(json.dumps(metrics))
     paths.gradcam_reports.mkdir(parents=True)
     (paths.gradcam_reports / "metrics.json").write_text(json.dumps({"lung_energy": 0.61, "lung_area_fraction": 0.3}))
     return settings, paths
@@ -364,3 +365,39 @@ def test_version_description_is_cut_to_the_registry_limit() -> None:
     text = version_description(card, "run123", limit=500)
     assert len(text) <= 500 and "run123" in text and text.startswith("line 0\n")
     assert version_description("short", "r") == "short"
+
+
+def test_register_twice_with_the_same_inputs_registers_once(tmp_path: Path, monkeypatch) -> None:
+    import mlflow
+
+    from cxr import register as reg
+    from cxr.config import parse_settings
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    settings, paths = fake_project(tmp_path / "p")
+    shutil.copytree(REPO / "cxr", paths.root / "cxr", ignore=shutil.ignore_patterns("__pycache__"))
+    client = mlflow.MlflowClient(uri)
+
+    first = reg.register(settings, paths)
+    again = reg.register(settings, paths)
+    assert first.new and not again.new
+    assert again.version == first.version and again.run_id != first.run_id
+    assert len(client.search_model_versions(f"name='{settings.base.model_name}'")) == 1
+    unchanged = client.get_run(again.run_id).data.tags
+    assert unchanged["registration"] == "unchanged" and unchanged["same_as_version"] == first.version
+
+    # A gate rule or the log level is not a model input; the data, a train param or the code is.
+    gate_only = parse_settings({**settings.model_dump(mode="json"), "registry": {"min_accuracy": 0.1}})
+    assert not reg.register(gate_only, paths).new
+    forced = reg.register(settings, paths, force=True)
+    assert forced.new and forced.version != first.version
+    changed = parse_settings({**settings.model_dump(mode="json"),
+                              "train": {**settings.train.model_dump(mode="json"), "lr": 0.01}})
+    assert reg.register(changed, paths).new
+    (paths.root / "cxr" / "models.py").write_text((paths.root / "cxr" / "models.py").read_text() + "\n# edited\n")
+    assert reg.register(settings, paths).new
+    data = yaml.safe_load((paths.root / "data.dvc").read_text())
+    data["outs"][0]["md5"] = "def456.dir"
+    (paths.root / "data.dvc").write_text(yaml.safe_dump(data))
+    assert reg.register(settings, paths).new
