@@ -94,10 +94,36 @@ def profile_dvc_status(root: Path, out_file: Path, top: int = 15) -> list[str]:
     return rows
 
 
+def split_both_ways(root: Path, workers: int, size: str) -> tuple[float, float]:
+    """Seconds of the project's split of ``root/data/raw`` with its index, and with the index moved away."""
+    from cxr.config import Base, Paths, Split
+    from cxr.rawindex import index_path
+    from cxr.split import make_split
+
+    base = Base(classes=list(CLASSES))
+    cfg = Split(valid=400, test=400, workers=workers) if size == "full" else Split(valid=8, test=8, workers=workers)
+    paths = Paths().resolve(root)
+    index = index_path(paths.raw)
+    with timer() as t_index:
+        make_split(base, cfg, paths)
+    with_index = paths.manifest.read_bytes()
+    aside = index.with_name("index.aside")
+    os.replace(index, aside)
+    try:
+        with timer() as t_hash:
+            make_split(base, cfg, paths)
+    finally:
+        os.replace(aside, index)
+    if paths.manifest.read_bytes() != with_index:
+        raise RuntimeError("the split from the index and the split that hashes every image wrote other manifests")
+    return t_index["s"], t_hash["s"]
+
+
 def run(size: str, work: Path) -> Outcome:
     """Run the ingestion and DVC benchmark at ``size`` ('full' or 'tiny') with scratch space under ``work``."""
     from cxr.dvcops import track_raw
     from cxr.ingest import ingest
+    from cxr.rawindex import build_index, from_ingestion, index_path, write_index
     from cxr.rawstore import pack
 
     src = synthetic_dataset(work, size)
@@ -136,9 +162,12 @@ def run(size: str, work: Path) -> Outcome:
 
     raw = root / "data" / "raw"
     raw.mkdir(parents=True)
+    with timer() as t_index:  # as the download step does: the index from what ingestion computed
+        write_index(index_path(loose), build_index(loose, CLASSES, from_ingestion(report.records), workers))
     with timer() as t_pack:
         archives = pack(loose, raw)
     shutil.rmtree(loose)
+    t_split_index, t_split_hash = split_both_ways(root, workers, size)
     with timer() as t_add:
         track_raw(root, "data/raw", {"source": "synthetic", "benchmark": "ingest"})
     (root / "dvc.yaml").write_text(DVC_YAML)
@@ -162,11 +191,16 @@ def run(size: str, work: Path) -> Outcome:
         Row("no-op dvc status", t_status, "s"),
         Row("no-op dvc repro", t_repro, "s"),
         Row("dvc --version (start-up floor)", t_version, "s"),
+        Row("split (cxr.split.make_split) reading the index", t_split_index, "s", t_split_hash,
+            t_split_hash / t_split_index),
+        Row("split decoding and hashing every image (no index)", t_split_hash, "s"),
+        Row("write the index at download (from ingestion's records)", t_index["s"], "s"),
     ]
     out.figures = [
         Figure("ingest_images_per_s_per_core", per_core, (">=", 400)),
         Figure("dvc_add_full_s", t_pack["s"] + t_add["s"]),
         Figure("dvc_noop_repro_full_s", noop, ("<", NOOP_GOAL_S)),
+        Figure("split_full_s", t_split_index),
     ]
     out.extra = {
         "ingest_images": ingested,
@@ -182,6 +216,9 @@ def run(size: str, work: Path) -> Outcome:
         "dvc_status_noop_full_s": t_status,
         "dvc_repro_noop_full_s": t_repro,
         "dvc_startup_s": t_version,
+        "split_full_no_index_s": t_split_hash,
+        "split_index_speedup": t_split_hash / t_split_index,
+        "raw_index_write_s": t_index["s"],
     }
     out.notes.append(
         f"per core = images/s over {workers} ingestion threads / {workers}; the naive loop is single-threaded "

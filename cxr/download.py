@@ -11,11 +11,12 @@ from pathlib import Path
 
 from cxr.config import Base, Download, ResolvedPaths
 from cxr.dvcops import DATA_DVC, DvcError, has_remote, read_data_dvc, run_dvc, stage_status, track_raw
+from cxr.rawindex import IndexEntry, build_index, from_ingestion, index_path, write_index
 from cxr.rawstore import RawStore, pack
 
 log = logging.getLogger(__name__)
 
-LAYOUT = "zip-per-class"  # how data/raw is stored (cxr.rawstore); part of the fingerprint, so a change re-packs
+LAYOUT = "zip-per-class+index"  # how data/raw is stored (cxr.rawstore, cxr.rawindex); in the fingerprint: a change re-packs
 
 
 @dataclass(frozen=True)
@@ -78,14 +79,17 @@ def _up_to_date(root: Path, raw: Path, fingerprint: str) -> bool:
         return False
 
 
-def _fill(staging: Path, base: Base, cfg: Download, root: Path) -> None:
-    """Write the dataset into the empty folder ``staging`` (canonical v5 layout, loose files)."""
+def _fill(staging: Path, base: Base, cfg: Download, root: Path) -> dict[str, IndexEntry]:
+    """Write the dataset into the empty folder ``staging`` (canonical v5 layout, loose files).
+
+    Returns the index entries ingestion computed on the way (none for generated data).
+    """
     if cfg.source == "synthetic":
         from cxr.synthetic import generate
 
         counts = cfg.synthetic.counts(base.folders)
         generate(staging, counts, size=cfg.synthetic.size, seed=base.seed, workers=cfg.synthetic.workers)
-        return
+        return {}
     from cxr.ingest import download_kaggle, ingest
 
     if cfg.source == "kaggle":
@@ -104,6 +108,7 @@ def _fill(staging: Path, base: Base, cfg: Download, root: Path) -> None:
     report = ingest(src, staging, list(base.folders), policy=cfg.policy, expected_counts=expected, workers=cfg.workers)
     if report.bad:
         log.warning("%d bad files skipped (policy 'skip'), e.g. %s", len(report.bad), report.bad[0])
+    return from_ingestion(report.records)
 
 
 def download(base: Base, cfg: Download, paths: ResolvedPaths) -> DownloadResult:
@@ -119,7 +124,9 @@ def download(base: Base, cfg: Download, paths: ResolvedPaths) -> DownloadResult:
     staging = Path(tempfile.mkdtemp(prefix=".raw-", dir=raw.parent))
     loose = Path(tempfile.mkdtemp(prefix=".raw-loose-", dir=raw.parent))
     try:
-        _fill(loose, base, cfg, root)
+        known = _fill(loose, base, cfg, root)
+        # Ingestion has decoded and hashed every image: keep that beside the images, versioned with them.
+        write_index(index_path(loose), build_index(loose, base.folders, known, cfg.workers))
         archives = pack(loose, staging)
         shutil.rmtree(loose)
         log.info("packed %d class folders into %s", len(archives), ", ".join(a.name for a in archives))

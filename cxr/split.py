@@ -12,11 +12,12 @@ import numpy as np
 
 from cxr.config import Base, ResolvedPaths, Split, check_split_fits
 from cxr.data import write_json, write_manifest
+from cxr.rawindex import IMAGE_SUFFIXES, read_index, sheet_sources
 from cxr.rawstore import RawStore, archive_path
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
 
 
 @dataclass(frozen=True)
@@ -45,18 +46,6 @@ def list_images(raw: Path, base: Base) -> list[tuple[str, str]]:
                 raise ValueError(f"{where}: class folder {folder!r} holds no images")
             items.extend((rel, folder) for rel in files)
     return items
-
-
-def _sources(raw: Path, base: Base) -> dict[str, str]:
-    """Image file stem -> source archive, from the dataset's metadata sheets where present."""
-    from cxr.ingest import read_metadata
-
-    out: dict[str, str] = {}
-    for folder in base.folders:
-        sheet = raw / f"{folder}.metadata.xlsx"
-        if sheet.is_file():
-            out.update({k.lower(): v for k, v in read_metadata(sheet).items()})
-    return out
 
 
 def _targets(sizes: dict[str, int], total: int, mode: str) -> dict[str, int]:
@@ -110,20 +99,28 @@ def make_split(base: Base, cfg: Split, paths: ResolvedPaths) -> SplitResult:
     per_label = Counter(labels)
     check_split_fits(cfg, dict(per_label))
 
-    with RawStore(paths.raw) as store:
+    index = read_index(paths.raw)
+    if index is not None and all(rel in index for rel, _ in items):
+        # The download step decoded and hashed every image already.
+        prints = [index[rel].fingerprint for rel, _ in items]
+        sources = {Path(rel).stem.lower(): index[rel].source for rel, _ in items}
+    else:
+        log.info("%s: %s; hashing every image", paths.raw,
+                 "no index" if index is None else "the index does not cover every image")
+        with RawStore(paths.raw) as store:
 
-        def fingerprint(rel: str):
-            try:
-                return fingerprint_bytes(store.read(rel))
-            except Exception as err:  # the message names the file
-                raise ValueError(f"{store.describe(rel)}: cannot be read as an image ({err})") from None
+            def fingerprint(rel: str):
+                try:
+                    return fingerprint_bytes(store.read(rel))
+                except Exception as err:  # the message names the file
+                    raise ValueError(f"{store.describe(rel)}: cannot be read as an image ({err})") from None
 
-        with ThreadPoolExecutor(cfg.workers) as pool:
-            prints = list(pool.map(fingerprint, [rel for rel, _ in items]))
+            with ThreadPoolExecutor(cfg.workers) as pool:
+                prints = list(pool.map(fingerprint, [rel for rel, _ in items]))
+        sources = sheet_sources(paths.raw, base.folders)
     shas = [p[0] for p in prints]
     groups = group_duplicates(shas, [p[1] for p in prints], cfg.near_duplicate_bits)
     splits = assign_splits(labels, groups, cfg, base.seed)
-    sources = _sources(paths.raw, base)
 
     rows = [
         {

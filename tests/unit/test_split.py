@@ -84,3 +84,43 @@ def test_missing_class_folder_and_bad_image_are_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="Normal-3.png"):
         make_split(Base(classes=["COVID", "Normal"]), Split(valid=2, test=2), paths)
     assert not paths.manifest.exists()
+
+
+def test_index_from_ingestion_gives_the_same_split_without_decoding(tmp_path: Path, monkeypatch) -> None:
+    """The download step's index (hashes, sizes, modes, sources) stands in for decoding every image again."""
+    import cxr.dedup
+    from cxr.rawindex import build_index, index_path, read_index, write_index
+
+    base = Base(classes=["COVID", "Normal"], seed=3)
+    root = tmp_path / "p"
+    raw = root / "data" / "raw"
+    _raw(raw)
+    paths = Paths().resolve(root)
+    make_split(base, Split(valid=4, test=4), paths)
+    without = paths.manifest.read_bytes()
+    report = paths.data_report.read_bytes()
+
+    write_index(index_path(raw), build_index(raw, base.folders))
+    index = read_index(raw)
+    assert len(index) == 25 and index["COVID/images/COVID-99.png"].sha256 == index["COVID/images/COVID-1.png"].sha256
+    assert index["Normal/images/Normal-3.png"].fingerprint[2:] == ((80, 80), "L")
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the split decoded an image although the index covers it")
+
+    monkeypatch.setattr(cxr.dedup, "fingerprint_bytes", no_decoding)
+    make_split(base, Split(valid=4, test=4), paths)
+    assert paths.manifest.read_bytes() == without and paths.data_report.read_bytes() == report
+
+    # An image the index does not know: the split hashes everything itself rather than trust a stale index.
+    (raw / "Normal" / "images" / "Normal-50.png").write_bytes((raw / "Normal" / "images" / "Normal-1.png").read_bytes())
+    with pytest.raises(ValueError, match="decoded an image"):
+        make_split(base, Split(valid=4, test=4), paths)
+
+
+def test_a_malformed_index_is_an_error_naming_it(tmp_path: Path) -> None:
+    from cxr.rawindex import read_index
+
+    (tmp_path / "index.csv").write_text("path,sha\nx,y\n")
+    with pytest.raises(ValueError, match="index.csv: not a raw data index"):
+        read_index(tmp_path)
