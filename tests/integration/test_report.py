@@ -93,7 +93,7 @@ def test_report_without_metrics_names_the_file_and_writes_nothing(tmp_path: Path
 
     settings = parse_settings(tiny_params())
     paths = settings.paths(tmp_path)
-    with pytest.raises(FileNotFoundError, match="metrics.json"):
+    with pytest.raises(FileNotFoundError, match="metrics_full.json"):
         build_report(settings, paths)
     assert not (tmp_path / "reports").exists()
 
