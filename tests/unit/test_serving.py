@@ -120,9 +120,10 @@ def test_path_bytes_base64_and_arrays_give_the_same_answer(store) -> None:
         assert np.abs(pixels[i] - pixels[0]).max() <= (1 if i == len(inputs) - 1 else 0), f"input {i} differs"
     # BGR given as if it were RGB swaps red and blue: other pixels (the channel order is honoured).
     assert np.abs(clf.preprocess([bgr]).astype(int) - pixels[0]).max() > 10
-    # A plain list works through pyfunc too.
-    listed = store["model"].predict([str(path), raw]).drop(columns="label").to_numpy()
-    np.testing.assert_allclose(listed, probs[:2], atol=1e-9)
+    # A mapping {"image": [...]} works through pyfunc too (what the scoring server makes of JSON "inputs").
+    for listed in ({"image": [str(path), raw]}, {"image": [str(path), base64.b64encode(raw).decode()]}):
+        np.testing.assert_allclose(store["model"].predict(listed).drop(columns="label").to_numpy(), probs[:2],
+                                   atol=1e-9)
 
 
 def test_calibration_temperature_is_applied(store) -> None:
