@@ -365,3 +365,35 @@ def test_version_description_is_cut_to_the_registry_limit() -> None:
     text = version_description(card, "run123", limit=500)
     assert len(text) <= 500 and "run123" in text and text.startswith("line 0\n")
     assert version_description("short", "r") == "short"
+
+
+def test_artifacts_go_beside_the_store_not_into_the_working_folder(tmp_path: Path, monkeypatch) -> None:
+    """With no MLFLOW_TRACKING_URI: mlflow.db and mlartifacts/ in the project, as the README says; nothing in cwd."""
+    import mlflow
+
+    from cxr import register as reg
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings, paths = fake_project(tmp_path / "p")
+    try:
+        result = reg.register(settings, paths)
+    finally:
+        mlflow.set_tracking_uri(None)
+    project = (tmp_path / "p").resolve()
+    assert result.tracking_uri == f"sqlite:///{project / 'mlflow.db'}"
+    assert list((project / "mlartifacts").rglob("MLmodel")), "the model is not under mlartifacts/"
+    assert not (project / "mlruns").exists() and list(elsewhere.iterdir()) == []
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "`mlflow.db`, `mlartifacts/`" in readme
+
+
+def test_artifact_location_follows_the_tracking_uri(tmp_path: Path) -> None:
+    from cxr.register import artifact_location
+
+    assert artifact_location(f"sqlite:///{tmp_path / 'store' / 'x.db'}", tmp_path / "p") == (
+        (tmp_path / "store" / "mlartifacts").as_uri())
+    assert artifact_location("postgresql://u@db/mlflow", tmp_path / "p") == (tmp_path / "p" / "mlartifacts").as_uri()
+    assert artifact_location("http://127.0.0.1:5000", tmp_path) is None  # the server's --artifacts-destination
