@@ -36,9 +36,15 @@ def quiet_telemetry() -> None:
         os.environ.setdefault(key, value)
 
 
+@app.callback()
+def main() -> None:
+    """Chest X-ray classification pipeline."""
+    # Before any subcommand imports Prefect: Prefect reads its settings once, when it is first imported.
+    quiet_telemetry()
+
+
 def setup(params: Path, root: Path | None) -> tuple[Settings, Path]:
     """Validate params before any work and configure logging; exits with the error on bad params."""
-    quiet_telemetry()
     try:
         settings = load_settings(params)
     except ConfigError as err:
@@ -222,9 +228,9 @@ def predict(
 @app.command()
 def run(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
     """The whole pipeline as a Prefect flow: download, the DVC stages, register."""
+    s, r = setup(params, root)
     from flows.pipeline import pipeline
 
-    s, r = setup(params, root)
     res = _run(pipeline, str(params.resolve()), str(r))
     typer.echo(f"pipeline done: {res}")
 
