@@ -216,13 +216,21 @@ def predict(
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = None,
 ) -> None:
-    """Classify image files with a registered model (the champion by default)."""
+    """Classify image files with a registered model (the champion by default).
+
+    A file that cannot be read gets a row with its error (and a warning in the log); the rest are classified.
+    Exit codes: 0 the table is written, 1 nothing could be done (no model or alias, the tracking server down,
+    no readable image, a bad output name), 2 bad params.
+    """
+    from cxr.predict import check_output
     from cxr.predict import predict as step
     from cxr.register import tracking_uri
 
+    _run(check_output, out)  # a wrong suffix is refused before the model loads
     s, r = setup(params, root)
     res = _run(step, model or f"models:/{s.base.model_name}@champion", inputs, out, gradcam, tracking_uri(r))
-    typer.echo(f"predictions in {res}")
+    unreadable = f"; {len(res.failed)} unreadable, see the error column" if res.failed else ""
+    typer.echo(f"predictions in {res.out}: {res.predicted} images classified{unreadable}")
 
 
 @app.command()
