@@ -58,9 +58,9 @@ def setup(params: Path, root: Path | None) -> tuple[Settings, Path]:
     return settings, (root or params.resolve().parent).resolve()
 
 
-def _run(fn, *args):
+def _run(fn, *args, **kwargs):
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         logging.getLogger("cxr").debug("step failed", exc_info=True)
         typer.echo(f"error: {err}", err=True)
@@ -153,10 +153,18 @@ def _registry(params: Path, root: Path | None):
     return s, r, MlflowClient(uri)
 
 
-ActorOpt = Annotated[str, typer.Option("--actor", help="Who does it (recorded).")]
+ActorOpt = Annotated[
+    str | None,
+    typer.Option("--by", "--actor", help="Who does it (recorded); default: the git user, else the system account."),
+]
+
+#: ``cxr gate``'s exit status when the gate refuses the version (1 is an error, 2 bad params or usage).
+GATE_REFUSED = 3
 
 
-@app.command()
+@app.command(epilog=f"Exit codes: 0 the version passed (and was promoted when auto_promote is on); "
+                    f"{GATE_REFUSED} the gate refused it; 1 an error (no such version, registry unreachable); "
+                    "2 bad params or usage.")
 def gate(
     version: Annotated[str, typer.Argument(help="Model version to put through the gate.")],
     params: ParamsOpt = Path("params.yaml"),
@@ -172,36 +180,44 @@ def gate(
     typer.echo(f"{s.base.model_name} version {version}: {verdict}")
     for reason in res.decision.reasons:
         typer.echo(f"  - {reason}")
+    if not res.decision.promote:
+        raise typer.Exit(GATE_REFUSED)
 
 
-@app.command()
+@app.command(epilog="Exit codes: 0 promoted (or already champion); 1 refused or an error (a version the gate "
+                    "refused needs --force; another data source; no such version); 2 bad params or usage.")
 def promote(
     version: Annotated[str, typer.Argument(help="Model version to make champion.")],
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded on the version).")],
-    actor: ActorOpt = os.environ.get("USER", "unknown"),
+    force: Annotated[bool, typer.Option("--force", help="Promote a version the gate refused (recorded as forced).")] = False,
+    actor: ActorOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = None,
 ) -> None:
-    """Manual promotion to champion, recorded with its reason."""
+    """Manual promotion to champion, recorded with who, when and why."""
+    from cxr.promote import default_actor
     from cxr.promote import promote as step
 
     s, r, client = _registry(params, root)
-    res = _run(step, client, s.base.model_name, version, reason, actor)
-    typer.echo(f"{s.base.model_name}: champion is version {res.version} (was {res.previous})")
+    res = _run(step, client, s.base.model_name, version, reason, actor or default_actor(r),
+               force=force)
+    forced = " (forced past the gate's refusal)" if force and res.changed else ""
+    typer.echo(f"{s.base.model_name}: champion is version {res.version} (was {res.previous}){forced}")
 
 
 @app.command()
 def rollback(
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded).")],
-    actor: ActorOpt = os.environ.get("USER", "unknown"),
+    actor: ActorOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = None,
 ) -> None:
-    """Move champion back to the previous champion, recorded."""
+    """Move champion back to the previous champion, recorded with who, when and why."""
+    from cxr.promote import default_actor
     from cxr.promote import rollback as step
 
     s, r, client = _registry(params, root)
-    res = _run(step, client, s.base.model_name, reason, actor)
+    res = _run(step, client, s.base.model_name, reason, actor or default_actor(r))
     typer.echo(f"{s.base.model_name}: champion is version {res.version} again (was {res.previous})")
 
 
