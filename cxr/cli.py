@@ -189,7 +189,9 @@ def gate(
 def promote(
     version: Annotated[str, typer.Argument(help="Model version to make champion.")],
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded on the version).")],
-    force: Annotated[bool, typer.Option("--force", help="Promote a version the gate refused (recorded as forced).")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote a version the gate refused (recorded as forced).")
+    ] = False,
     actor: ActorOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = None,
@@ -199,8 +201,7 @@ def promote(
     from cxr.promote import promote as step
 
     s, r, client = _registry(params, root)
-    res = _run(step, client, s.base.model_name, version, reason, actor or default_actor(r),
-               force=force)
+    res = _run(step, client, s.base.model_name, version, reason, actor or default_actor(r), force=force)
     forced = " (forced past the gate's refusal)" if force and res.changed else ""
     typer.echo(f"{s.base.model_name}: champion is version {res.version} (was {res.previous}){forced}")
 

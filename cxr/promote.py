@@ -731,6 +731,6 @@ def rollback(client, name: str, reason: str, actor: str = "unknown", lock: bool 
 
 
 __all__ = ["GateDecision", "Promotion", "ChallengerResult", "PairedTest", "PromotionError", "DataSourceMismatch",
-           "ChampionChanged", "GateRefused", "default_actor", "evaluate_gate", "register_challenger", "promote", "rollback", "mcnemar_noninferiority",
-           "bootstrap_noninferiority", "model_data_source", "alias_version", "audit_log", "champion_history",
-           "promotion_lock"]
+           "ChampionChanged", "GateRefused", "default_actor", "evaluate_gate", "register_challenger", "promote",
+           "rollback", "mcnemar_noninferiority", "bootstrap_noninferiority", "model_data_source", "alias_version",
+           "audit_log", "champion_history", "promotion_lock"]

@@ -227,7 +227,7 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
         except BadImage:
             raise
         except (ValueError, OSError) as err:
-            # Any other exception reaches an HTTP client as a bare "unexpected error"; this one as a 400 with its reason.
+            # Any other exception reaches an HTTP client as a bare "unexpected error"; this one as a 400 and its reason.
             raise BadImage(str(err)) from None
 
     def input_tensor(self, images: np.ndarray) -> "torch.Tensor":

@@ -76,7 +76,7 @@ STRAY_STORES = ("mlruns", "mlartifacts", "mlflow.db")
 
 @pytest.fixture(scope="session")
 def session_tracking_uri(tmp_path_factory) -> Iterator[str]:
-    """One throw-away sqlite store for tests that do not name their own; fails the run if a store lands in the checkout."""
+    """A throw-away sqlite store for tests that name none; fails the run if a store appears in the checkout."""
     before = {name for name in STRAY_STORES if (REPO / name).exists()}
     yield f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     stray = sorted({name for name in STRAY_STORES if (REPO / name).exists()} - before)
