@@ -36,9 +36,15 @@ def quiet_telemetry() -> None:
         os.environ.setdefault(key, value)
 
 
+@app.callback()
+def main() -> None:
+    """Chest X-ray classification pipeline."""
+    # Before any subcommand imports Prefect: Prefect reads its settings once, when it is first imported.
+    quiet_telemetry()
+
+
 def setup(params: Path, root: Path | None) -> tuple[Settings, Path]:
     """Validate params before any work and configure logging; exits with the error on bad params."""
-    quiet_telemetry()
     try:
         settings = load_settings(params)
     except ConfigError as err:
@@ -52,9 +58,9 @@ def setup(params: Path, root: Path | None) -> tuple[Settings, Path]:
     return settings, (root or params.resolve().parent).resolve()
 
 
-def _run(fn, *args):
+def _run(fn, *args, **kwargs):
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         logging.getLogger("cxr").debug("step failed", exc_info=True)
         typer.echo(f"error: {err}", err=True)
@@ -155,10 +161,18 @@ def _registry(params: Path, root: Path | None):
     return s, r, MlflowClient(uri)
 
 
-ActorOpt = Annotated[str, typer.Option("--actor", help="Who does it (recorded).")]
+ActorOpt = Annotated[
+    str | None,
+    typer.Option("--by", "--actor", help="Who does it (recorded); default: the git user, else the system account."),
+]
+
+#: ``cxr gate``'s exit status when the gate refuses the version (1 is an error, 2 bad params or usage).
+GATE_REFUSED = 3
 
 
-@app.command()
+@app.command(epilog=f"Exit codes: 0 the version passed (and was promoted when auto_promote is on); "
+                    f"{GATE_REFUSED} the gate refused it; 1 an error (no such version, registry unreachable); "
+                    "2 bad params or usage.")
 def gate(
     version: Annotated[str, typer.Argument(help="Model version to put through the gate.")],
     params: ParamsOpt = Path("params.yaml"),
@@ -174,36 +188,45 @@ def gate(
     typer.echo(f"{s.base.model_name} version {version}: {verdict}")
     for reason in res.decision.reasons:
         typer.echo(f"  - {reason}")
+    if not res.decision.promote:
+        raise typer.Exit(GATE_REFUSED)
 
 
-@app.command()
+@app.command(epilog="Exit codes: 0 promoted (or already champion); 1 refused or an error (a version the gate "
+                    "refused needs --force; another data source; no such version); 2 bad params or usage.")
 def promote(
     version: Annotated[str, typer.Argument(help="Model version to make champion.")],
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded on the version).")],
-    actor: ActorOpt = os.environ.get("USER", "unknown"),
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote a version the gate refused (recorded as forced).")
+    ] = False,
+    actor: ActorOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = None,
 ) -> None:
-    """Manual promotion to champion, recorded with its reason."""
+    """Manual promotion to champion, recorded with who, when and why."""
+    from cxr.promote import default_actor
     from cxr.promote import promote as step
 
     s, r, client = _registry(params, root)
-    res = _run(step, client, s.base.model_name, version, reason, actor)
-    typer.echo(f"{s.base.model_name}: champion is version {res.version} (was {res.previous})")
+    res = _run(step, client, s.base.model_name, version, reason, actor or default_actor(r), force=force)
+    forced = " (forced past the gate's refusal)" if force and res.changed else ""
+    typer.echo(f"{s.base.model_name}: champion is version {res.version} (was {res.previous}){forced}")
 
 
 @app.command()
 def rollback(
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded).")],
-    actor: ActorOpt = os.environ.get("USER", "unknown"),
+    actor: ActorOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = None,
 ) -> None:
-    """Move champion back to the previous champion, recorded."""
+    """Move champion back to the previous champion, recorded with who, when and why."""
+    from cxr.promote import default_actor
     from cxr.promote import rollback as step
 
     s, r, client = _registry(params, root)
-    res = _run(step, client, s.base.model_name, reason, actor)
+    res = _run(step, client, s.base.model_name, reason, actor or default_actor(r))
     typer.echo(f"{s.base.model_name}: champion is version {res.version} again (was {res.previous})")
 
 
@@ -218,21 +241,29 @@ def predict(
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = None,
 ) -> None:
-    """Classify image files with a registered model (the champion by default)."""
+    """Classify image files with a registered model (the champion by default).
+
+    A file that cannot be read gets a row with its error (and a warning in the log); the rest are classified.
+    Exit codes: 0 the table is written, 1 nothing could be done (no model or alias, the tracking server down,
+    no readable image, a bad output name), 2 bad params.
+    """
+    from cxr.predict import check_output
     from cxr.predict import predict as step
     from cxr.register import tracking_uri
 
+    _run(check_output, out)  # a wrong suffix is refused before the model loads
     s, r = setup(params, root)
     res = _run(step, model or f"models:/{s.base.model_name}@champion", inputs, out, gradcam, tracking_uri(r))
-    typer.echo(f"predictions in {res}")
+    unreadable = f"; {len(res.failed)} unreadable, see the error column" if res.failed else ""
+    typer.echo(f"predictions in {res.out}: {res.predicted} images classified{unreadable}")
 
 
 @app.command()
 def run(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
     """The whole pipeline as a Prefect flow: download, the DVC stages, register."""
+    s, r = setup(params, root)
     from flows.pipeline import pipeline
 
-    s, r = setup(params, root)
     res = _run(pipeline, str(params.resolve()), str(r))
     typer.echo(f"pipeline done: {res}")
 

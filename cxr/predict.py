@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,45 +69,111 @@ def _write_table(rows: list[dict], columns: list[str], out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+class ModelUnavailable(RuntimeError):
+    """The model cannot be had: tracking server down, no such registered model or alias, or a failed load."""
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """The table written, how many images were classified, and the files that could not be read (path: why)."""
+
+    out: Path
+    predicted: int
+    failed: dict[str, str]
+
+
+def check_output(out: Path) -> Path:
+    """The output table's path; anything but .csv or .json is refused before any work."""
+    out = Path(out)
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"{out}: the output must end in .csv or .json")
+    return out
+
+
+def load_model(model_uri: str, tracking_uri: str | None = None):
+    """The pyfunc model at ``model_uri``; a dead tracking server, a missing model or alias is one clear error."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from cxr.register import check_tracking
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    uri = mlflow.get_tracking_uri()
+    if model_uri.startswith(("models:/", "runs:/")):
+        # Before MLflow's own client, which retries an unreachable server for minutes.
+        check_tracking(uri)
+    if model_uri.startswith("models:/") and "@" in model_uri:
+        name, alias = model_uri.removeprefix("models:/").rsplit("@", 1)
+        try:
+            mlflow.MlflowClient(uri).get_model_version_by_alias(name, alias)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise ModelUnavailable(f"{model_uri}: there is no registered model {name!r} in {uri}; run the "
+                                       "pipeline (cxr run) or cxr register first") from None
+            raise ModelUnavailable(f"{model_uri}: model {name!r} has no {alias!r} alias in {uri}; make a version "
+                                   f"{alias} with 'cxr gate VERSION' or 'cxr promote VERSION --reason ...', or "
+                                   "name one with --model models:/NAME/VERSION") from None
+    try:
+        return mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as err:
+        text = str(err.message or err).strip()
+        first = text.splitlines()[0] if text else type(err).__name__
+        raise ModelUnavailable(f"{model_uri}: cannot be loaded from {uri}: {first}") from None
+
+
 def predict(
     model_uri: str,
     inputs: Sequence[Path],
     out: Path,
     gradcam_dir: Path | None = None,
     tracking_uri: str | None = None,
-) -> Path:
-    """Classify image files and folders with an MLflow model; write path, p_<class>..., label to CSV or JSON."""
-    import mlflow
+) -> PredictResult:
+    """Classify image files and folders with an MLflow model; write path, p_<class>..., label, error to CSV or JSON.
+
+    A file that cannot be read or decoded gets a row with its ``error`` and no probabilities; the others are
+    classified. When none can be read nothing is written.
+    """
+    out = check_output(out)
+    files = collect_images(inputs)
+    model = load_model(model_uri, tracking_uri)
 
     from cxr.serving import load_one, to_frame
 
-    out = Path(out)
-    if out.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise ValueError(f"{out}: the output must end in .csv or .json")
-    files = collect_images(inputs)
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    model = mlflow.pyfunc.load_model(model_uri)
     clf = model.unwrap_python_model()
-    # Every file is decoded before any output is written: a bad file stops the run, naming it, and leaves nothing.
-    images = np.stack([load_one(p, clf.image_size, str(p)) for p in files])
     prob_columns = [f"p_{c}" for c in clf.classes]
-    columns = ["path", *prob_columns, "label"] + (["gradcam"] if gradcam_dir is not None else [])
+    columns = ["path", *prob_columns, "label"] + (["gradcam"] if gradcam_dir is not None else []) + ["error"]
     names = _overlay_names(files)
-    rows: list[dict] = []
+    rows: dict[int, dict] = {}
+    failed: dict[str, str] = {}
     for start in range(0, len(files), CHUNK):
-        chunk = images[start:start + CHUNK]
+        images, kept = [], []
+        for i in range(start, min(start + CHUNK, len(files))):
+            try:
+                images.append(load_one(files[i], clf.image_size, str(files[i])))
+                kept.append(i)
+            except (ValueError, OSError) as err:
+                failed[str(files[i])] = str(err)
+                log.warning("skipped %s", err)
+                rows[i] = {"path": str(files[i]), **dict.fromkeys(prob_columns), "label": None,
+                           **({"gradcam": None} if gradcam_dir is not None else {}), "error": str(err)}
+        if not kept:
+            continue
+        chunk = np.stack(images)
         result = model.predict(to_frame(list(chunk)))
         if gradcam_dir is not None:
-            _gradcam(clf, chunk, result["label"].tolist(), names[start:start + CHUNK], Path(gradcam_dir))
-        for i, (_, r) in enumerate(result.iterrows()):
-            row = {"path": str(files[start + i]), **{c: float(r[c]) for c in prob_columns}, "label": r["label"]}
+            _gradcam(clf, chunk, result["label"].tolist(), [names[i] for i in kept], Path(gradcam_dir))
+        for i, (_, r) in zip(kept, result.iterrows()):
+            row = {"path": str(files[i]), **{c: float(r[c]) for c in prob_columns}, "label": r["label"]}
             if gradcam_dir is not None:
-                row["gradcam"] = str(Path(gradcam_dir) / names[start + i])
-            rows.append(row)
-    _write_table(rows, columns, out)
-    log.info("%d images classified with %s into %s", len(rows), model_uri, out)
-    return out
+                row["gradcam"] = str(Path(gradcam_dir) / names[i])
+            rows[i] = {**row, "error": None}
+    if len(failed) == len(files):
+        raise ValueError(f"none of the {len(files)} images could be read ({next(iter(failed.values()))})")
+    _write_table([rows[i] for i in range(len(files))], columns, out)
+    predicted = len(files) - len(failed)
+    log.info("%d images classified with %s into %s; %d unreadable", predicted, model_uri, out, len(failed))
+    return PredictResult(out, predicted, failed)
 
 
 def _gradcam(clf, images: np.ndarray, labels: list[str], names: list[str], folder: Path) -> None:
@@ -124,4 +191,5 @@ def _gradcam(clf, images: np.ndarray, labels: list[str], names: list[str], folde
             raise OSError(f"{path}: cannot write the Grad-CAM overlay")
 
 
-__all__ = ["predict", "collect_images", "IMAGE_SUFFIXES"]
+__all__ = ["predict", "collect_images", "check_output", "load_model", "ModelUnavailable", "PredictResult",
+           "IMAGE_SUFFIXES"]

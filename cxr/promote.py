@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import getpass
 import hashlib
 import json
 import logging
 import math
+import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -69,6 +72,10 @@ class DataSourceMismatch(PromotionError):
 
 class ChampionChanged(PromotionError):
     """The champion moved between the gate's evaluation and the promotion it allowed."""
+
+
+class GateRefused(PromotionError):
+    """A manual promotion of a version the gate refused, without ``force``."""
 
 
 @dataclass
@@ -259,6 +266,25 @@ def promotion_lock(client, name: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iter
             yield "file"
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def default_actor(cwd: Path | None = None) -> str:
+    """Who acts when nobody says: the git user (``name <email>``) of ``cwd``, else the operating-system account."""
+    found = {}
+    for key in ("user.name", "user.email"):
+        try:
+            proc = subprocess.run(["git", "config", key], cwd=cwd, capture_output=True, text=True, timeout=10)
+            found[key] = proc.stdout.strip() if proc.returncode == 0 else ""
+        except (OSError, subprocess.SubprocessError):
+            found[key] = ""
+    name, email = found["user.name"], found["user.email"]
+    if name or email:
+        return f"{name} <{email}>" if name and email else name or email
+    try:
+        # LOGNAME, USER, LNAME, USERNAME, then the password database: $USER alone is often unset (cron, containers).
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return f"uid {os.getuid()}"
 
 
 # ------------------------------------------------------------------------------------------------ data source
@@ -620,11 +646,13 @@ def promote(
     actor: str,
     expect_champion: str | None = _UNSET,
     lock: bool = True,
+    force: bool = False,
 ) -> Promotion:
     """Move ``champion`` to ``version`` (the old one kept as ``previous_champion``) and record who, when and why.
 
     ``expect_champion``: refuse (ChampionChanged) when the champion is no longer this version, e.g. when the
-    gate compared against a champion that another promotion has since replaced.
+    gate compared against a champion that another promotion has since replaced. A version the gate refused
+    is promoted only with ``force`` (GateRefused otherwise), and the promotion is recorded as forced.
     """
     version = str(version)
     where = _label(name, version)
@@ -636,6 +664,12 @@ def promote(
     problem = data_source_problem(client, name, mv)
     if problem:
         raise DataSourceMismatch(problem)
+    gate = (mv.tags or {}).get("gate.decision") or "not run"
+    forced = gate == "reject"
+    if forced and not force:
+        reasons = _json_list((mv.tags or {}).get("gate.reasons"))
+        why = f": {reasons[0]}" + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else "") if reasons else ""
+        raise GateRefused(f"{where}: the gate refused it{why}; promote it anyway with --force (recorded as forced)")
     with promotion_lock(client, name) if lock else contextlib.nullcontext():
         current = alias_version(client, name, CHAMPION)
         if expect_champion is not _UNSET and current != expect_champion:
@@ -649,13 +683,15 @@ def promote(
             _set_alias(client, name, PREVIOUS, current)
         _set_alias(client, name, CHAMPION, version)  # an upsert: the model is never without a champion
         for key, value in {"promotion.at": at, "promotion.by": actor, "promotion.reason": reason[:5000],
-                           "promotion.previous": current or ""}.items():
+                           "promotion.previous": current or "", "promotion.gate": gate,
+                           "promotion.forced": str(forced).lower()}.items():
             client.set_model_version_tag(name, version, key, value)
         history = [*champion_history(client, name), version][-MAX_HISTORY:]
         _set_model_tag(client, name, HISTORY_TAG, json.dumps(history))
         _append_audit(client, name, {"event": "promote", "version": version, "previous": current, "actor": actor,
-                                     "reason": reason, "at": at})
-    log.info("%s promoted to champion (was %s) by %s: %s", where, current, actor, reason)
+                                     "reason": reason, "at": at, **({"forced": True} if forced else {})})
+    log.log(logging.WARNING if forced else logging.INFO, "%s promoted to champion (was %s) by %s%s: %s", where,
+            current, actor, " against the gate's refusal (forced)" if forced else "", reason)
     return Promotion(name, version, current, "promote", reason, actor, at)
 
 
@@ -695,6 +731,6 @@ def rollback(client, name: str, reason: str, actor: str = "unknown", lock: bool 
 
 
 __all__ = ["GateDecision", "Promotion", "ChallengerResult", "PairedTest", "PromotionError", "DataSourceMismatch",
-           "ChampionChanged", "evaluate_gate", "register_challenger", "promote", "rollback", "mcnemar_noninferiority",
-           "bootstrap_noninferiority", "model_data_source", "alias_version", "audit_log", "champion_history",
-           "promotion_lock"]
+           "ChampionChanged", "GateRefused", "default_actor", "evaluate_gate", "register_challenger", "promote",
+           "rollback", "mcnemar_noninferiority", "bootstrap_noninferiority", "model_data_source", "alias_version",
+           "audit_log", "champion_history", "promotion_lock"]

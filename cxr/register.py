@@ -114,14 +114,31 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def _experiment(mlflow, name: str, root: Path) -> str:
+def artifact_location(uri: str, root: Path) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a sqlite store, in ``mlartifacts/``; a server decides its own.
+
+    Decided from the tracking URI, not from the environment: ``mlflow.set_tracking_uri`` exports
+    ``MLFLOW_TRACKING_URI`` itself. Left to MLflow, a database store puts artifacts in ``./mlruns`` of whatever
+    folder the command runs in.
+    """
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https", "databricks", "uc", "file", ""):
+        return None  # a server's --artifacts-destination, or a file store that holds its own artifacts
+    if scheme == "sqlite":
+        database = Path(url2pathname(uri.split(":///", 1)[1])) if ":///" in uri else None
+        if database is not None and database.name not in ("", ":memory:"):
+            return (database.parent / "mlartifacts").resolve().as_uri()
+    return (root / "mlartifacts").resolve().as_uri()
+
+
+def _experiment(mlflow, name: str, root: Path, uri: str) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = None
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        location = (root / "mlartifacts").resolve().as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow.create_experiment(name, artifact_location=artifact_location(uri, root))
 
 
 #: Test metrics copied onto every registered version (point estimate and interval).
@@ -387,7 +404,7 @@ def register(
     card = model_card(settings, meta, metrics, cam, lineage, _load_json(paths.data_report))
 
     mlflow.set_tracking_uri(uri)
-    exp_id = _experiment(mlflow, settings.base.experiment, root)
+    exp_id = _experiment(mlflow, settings.base.experiment, root, uri)
     client = mlflow.MlflowClient()
     same = None if force else find_version_by_inputs(client, settings.base.model_name, lineage["inputs_hash"])
     if same is not None:

@@ -46,6 +46,15 @@ SERVING_REQUIREMENTS: tuple[str, ...] = (
 _BASE64 = re.compile(r"^[A-Za-z0-9+/=_-]+$")
 
 
+class BadImage(mlflow.exceptions.MlflowException, ValueError):
+    """An input that is not a readable image: the scoring server answers it with HTTP 400 and this message."""
+
+    def __init__(self, message: str) -> None:
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
 def prob_column(label: str) -> str:
     """The output column of one class's probability."""
     return f"p_{label}"
@@ -77,21 +86,40 @@ def pinned_requirements(names: Sequence[str] = SERVING_REQUIREMENTS) -> list[str
     return pins
 
 
+def _expand(values: Sequence[Any]) -> list:
+    """Cells as images: a cell holding a list of paths, bytes or base64 strings is that many images.
+
+    MLflow turns ``{"image": ["<base64>", ...]}`` (the JSON ``inputs`` form, or a dict given to pyfunc) into a
+    one-row frame whose cell is the whole list. A list of strings or bytes is never one image (an image given
+    as numbers is an array), so expanding it is unambiguous.
+    """
+    out: list = []
+    for value in values:
+        if isinstance(value, np.ndarray) and value.dtype == object and value.ndim == 1:
+            value = list(value)
+        if isinstance(value, (list, tuple)) and value and all(
+                isinstance(v, (str, bytes, bytearray, Path)) for v in value):
+            out.extend(value)
+        else:
+            out.append(value)
+    return out
+
+
 def as_items(model_input: Any) -> list:
     """The images of a request as a list: a DataFrame's ``image`` column, a Series, a list, or one image."""
     if isinstance(model_input, pd.DataFrame):
         if IMAGE_COLUMN in model_input.columns:
-            return list(model_input[IMAGE_COLUMN])
-        if model_input.shape[1] == 1:  # a list sent through pyfunc arrives as one unnamed column
-            return list(model_input.iloc[:, 0])
+            return _expand(list(model_input[IMAGE_COLUMN]))
+        if model_input.shape[1] == 1:  # a list given straight to the Python model arrives as one unnamed column
+            return _expand(list(model_input.iloc[:, 0]))
         raise ValueError(f"input has no {IMAGE_COLUMN!r} column (columns: {list(model_input.columns)})")
     if isinstance(model_input, pd.Series):
-        return list(model_input)
+        return _expand(list(model_input))
     if isinstance(model_input, dict):
         if IMAGE_COLUMN not in model_input:
             raise ValueError(f"input has no {IMAGE_COLUMN!r} key (keys: {sorted(model_input)})")
         value = model_input[IMAGE_COLUMN]
-        return list(value) if isinstance(value, (list, tuple)) else [value]
+        return _expand(list(value)) if isinstance(value, (list, tuple)) else [value]
     if isinstance(model_input, np.ndarray) and model_input.dtype != object:
         # One array is one image (H x W or H x W x 3); a stack of gray images is (N, H, W).
         if model_input.ndim == 2 or (model_input.ndim == 3 and model_input.shape[2] in (3, 4)):
@@ -191,10 +219,16 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
 
     def preprocess(self, model_input: Any) -> np.ndarray:
         """The request's images as one (N, size, size) uint8 stack."""
-        items = as_items(model_input)
-        if not items:
-            return np.zeros((0, self.image_size, self.image_size), np.uint8)
-        return np.stack([load_one(x, self.image_size, item_name(x, i)) for i, x in enumerate(items)])
+        try:
+            items = as_items(model_input)
+            if not items:
+                return np.zeros((0, self.image_size, self.image_size), np.uint8)
+            return np.stack([load_one(x, self.image_size, item_name(x, i)) for i, x in enumerate(items)])
+        except BadImage:
+            raise
+        except (ValueError, OSError) as err:
+            # Any other exception reaches an HTTP client as a bare "unexpected error"; this one as a 400 and its reason.
+            raise BadImage(str(err)) from None
 
     def input_tensor(self, images: np.ndarray) -> "torch.Tensor":
         """Normalised model input (N, 1, H, W) on the model's device."""
@@ -253,13 +287,11 @@ def example_png(size: int = 32) -> bytes:
 
 
 def signature(classes: Sequence[str]) -> "mlflow.models.ModelSignature":
-    """Input: one column of any type (path, bytes, base64, array), ``image`` by convention; output: probabilities and label."""
+    """Input: one column ``image`` of any type (path, bytes, base64, array); output: probabilities and label."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, Schema
 
-    # AnyType: paths, bytes or arrays pass schema enforcement untouched. The column is unnamed so that a
-    # plain list (which pyfunc turns into a column named 0) is accepted as well as a DataFrame's ``image``.
-    inputs = Schema([ColSpec(AnyType())])
+    inputs = Schema([ColSpec(AnyType(), IMAGE_COLUMN)])
     outputs = Schema([*(ColSpec("double", prob_column(c)) for c in classes), ColSpec("string", "label")])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
@@ -303,4 +335,4 @@ def log_pyfunc(
 
 
 __all__ = ["CxrClassifier", "log_pyfunc", "prob_column", "read_temperature", "pinned_requirements", "as_items",
-           "load_one", "signature", "to_frame", "IMAGE_COLUMN"]
+           "load_one", "signature", "to_frame", "IMAGE_COLUMN", "BadImage"]

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,29 @@ def make_project(root: Path, params: dict) -> Path:
 def tiny_project(tmp_path: Path) -> Path:
     """A fresh project with tiny params, ready for ``cxr`` steps or the flow."""
     return make_project(tmp_path / "project", tiny_params())
+
+
+#: What an MLflow call without a tracking URI would leave in the checkout.
+STRAY_STORES = ("mlruns", "mlartifacts", "mlflow.db")
+
+
+@pytest.fixture(scope="session")
+def session_tracking_uri(tmp_path_factory) -> Iterator[str]:
+    """A throw-away sqlite store for tests that name none; fails the run if a store appears in the checkout."""
+    before = {name for name in STRAY_STORES if (REPO / name).exists()}
+    yield f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    stray = sorted({name for name in STRAY_STORES if (REPO / name).exists()} - before)
+    assert not stray, f"the tests left {stray} in {REPO}: some MLflow call ran without a tracking URI under tmp_path"
+
+
+@pytest.fixture(autouse=True)
+def tracking_under_tmp(session_tracking_uri: str, monkeypatch) -> None:
+    """MLFLOW_TRACKING_URI points under the temporary folder, never at the default ./mlruns of the checkout.
+
+    Set before every test: ``mlflow.set_tracking_uri(None)`` in a fixture's teardown also clears the variable.
+    A test that needs the project's default store deletes it with monkeypatch.
+    """
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", session_tracking_uri)
 
 
 @pytest.fixture(scope="session")

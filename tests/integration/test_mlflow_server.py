@@ -117,7 +117,7 @@ def test_gate_promotion_rollback_and_serving_by_alias(client, tmp_path: Path) ->
     import pandas as pd
 
     from cxr.config import Registry
-    from cxr.promote import (CHAMPION, PREVIOUS, DataSourceMismatch, alias_version, audit_log, promote,
+    from cxr.promote import (CHAMPION, PREVIOUS, DataSourceMismatch, GateRefused, alias_version, audit_log, promote,
                              register_challenger, rollback)
 
     cfg = Registry(min_accuracy=0.5, min_macro_auc=0.7, min_sensitivity={"COVID": 0.5}, margin=0.02,
@@ -151,7 +151,10 @@ def test_gate_promotion_rollback_and_serving_by_alias(client, tmp_path: Path) ->
     with pytest.raises(DataSourceMismatch, match="trained on 'synthetic' data"):
         promote(client, NAME, synthetic, "shortcut", "mallory")
 
-    promote(client, NAME, worse, "manual override for a site test", "alice")
+    with pytest.raises(GateRefused, match="--force"):
+        promote(client, NAME, worse, "manual override for a site test", "alice")
+    promote(client, NAME, worse, "manual override for a site test", "alice", force=True)
+    assert client.get_model_version(NAME, worse).tags["promotion.forced"] == "true"
     assert alias_version(client, NAME, PREVIOUS) == rescored
     rollback(client, NAME, "site test over", "alice")
     assert alias_version(client, NAME, CHAMPION) == rescored

@@ -86,6 +86,9 @@ def test_flow_then_dvc_agree(tmp_path: Path, prefect_harness, monkeypatch) -> No
     assert {"evaluation", "gradcam", "pipeline"} <= artifacts
     version = client.get_model_version("cxr-classifier", result["registered"]["version"])
     assert version.run_id == run.info.run_id
+    # The stores are where the README says: mlflow.db and mlartifacts/ in the project.
+    assert run.info.artifact_uri.startswith((root / "mlartifacts").resolve().as_uri())
+    assert not (root / "mlruns").exists()
 
     # After `dvc repro`, a second flow run repeats no stage work (and no download), registers nothing new
     # and does not put the same model through the gate again.

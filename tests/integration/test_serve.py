@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +31,7 @@ from cxr.models import build_model
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
 CLASSES = ["COVID", "Normal", "Lung_Opacity", "Viral Pneumonia"]
 SERVER_START_S = 240  # imports torch and loads the model; slow on a shared 2-core machine
 
@@ -171,9 +174,50 @@ def test_served_model_answers_like_the_loaded_one(server) -> None:
     assert [r["label"] for r in body["predictions"]] == list(expected["label"][:2])
 
 
+def readme_curl() -> str:
+    """The README's serving request: the ``curl ... /invocations`` command, continuation lines joined."""
+    text = (REPO / "README.md").read_text()
+    match = re.search(r"^curl [^\n]*/invocations.*?(?<!\\)$", text, flags=re.M | re.S)
+    assert match, "README.md shows no curl request to /invocations"
+    return match.group(0).replace("\\\n", " ")
+
+
+@pytest.mark.skipif(shutil.which("curl") is None or shutil.which("base64") is None, reason="needs curl and base64")
+def test_the_readmes_request_is_answered(server, tmp_path: Path) -> None:
+    """The README's curl command, copied literally (only the port differs), gets one prediction for new.png."""
+    command = readme_curl()
+    assert "127.0.0.1:5001" in command and "new.png" in command
+    command = command.replace("127.0.0.1:5001", server["url"].removeprefix("http://"))
+    image = png_images(1)[0]
+    (tmp_path / "new.png").write_bytes(image)
+    proc = subprocess.run(["bash", "-c", command + " -w '\\n%{http_code}'"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    body, _, status = proc.stdout.rpartition("\n")
+    assert status == "200", body
+    predictions = json.loads(body)["predictions"]
+    expected = server["model"].predict(pd.DataFrame({"image": [image]}))
+    assert len(predictions) == 1 and predictions[0]["label"] == expected["label"][0]
+    assert predictions[0]["p_COVID"] == pytest.approx(float(expected["p_COVID"][0]), abs=1e-5)
+
+
+def test_every_documented_request_shape_is_answered(server) -> None:
+    """``inputs`` as {"image": [...]} or a plain list, and ``dataframe_split``, give the same answer."""
+    images = png_images(2)
+    b64 = [base64.b64encode(b).decode("ascii") for b in images]
+    expected = list(server["model"].predict(pd.DataFrame({"image": images}))["label"])
+    for payload in ({"inputs": {"image": b64}}, {"inputs": b64},
+                    {"dataframe_split": {"columns": ["image"], "data": [[s] for s in b64]}}):
+        status, body = post(server["url"] + "/invocations", payload)
+        assert status == 200, (payload.keys(), body)
+        assert [r["label"] for r in body["predictions"]] == expected, payload.keys()
+
+
 def test_served_model_rejects_a_bad_image_by_position(server) -> None:
     good = base64.b64encode(png_images(1)[0]).decode("ascii")
     bad = base64.b64encode(b"this is not an image, only text").decode("ascii")
-    status, body = post(server["url"] + "/invocations", {"inputs": [good, bad]})
-    assert status >= 400
-    assert "image[1]" in json.dumps(body)
+    for payload in ({"inputs": [good, bad]}, {"inputs": {"image": [good, bad]}}):
+        status, body = post(server["url"] + "/invocations", payload)
+        assert status == 400, body
+        # The reason is in the message a client reads, not only in a stack trace.
+        assert re.search(r"image\[1\]: .*(neither|cannot be decoded)", body["message"]), body["message"][-500:]

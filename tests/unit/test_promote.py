@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import shutil
 import threading
 import time
@@ -20,6 +21,7 @@ from cxr.promote import (
     PREVIOUS,
     ChampionChanged,
     DataSourceMismatch,
+    GateRefused,
     PromotionError,
     alias_version,
     audit_log,
@@ -367,3 +369,76 @@ def test_the_promotion_lock_makes_a_second_promoter_wait(store) -> None:
         assert not done.is_set() and alias_version(client, NAME, CHAMPION) is None
     t.join(60)
     assert done.is_set() and alias_version(client, NAME, CHAMPION) == v
+
+
+def test_a_version_the_gate_refused_is_promoted_only_with_force_and_recorded_so(store) -> None:
+    client, add = store
+    good, bad = add(), add(metrics={"test/accuracy": 0.3, "test/macro_auc": 0.95, "test/COVID/sensitivity": 0.9})
+    promote(client, NAME, good, "first release", "alice")
+    assert not register_challenger(client, NAME, bad, CFG).decision.promote
+    with pytest.raises(GateRefused, match=rf"version {bad}: the gate refused it: .*test/accuracy = 0.3000 .*--force"):
+        promote(client, NAME, bad, "we know better", "bob")
+    assert alias_version(client, NAME, CHAMPION) == good
+    assert client.get_model_version(NAME, bad).tags.get("promotion.by") is None
+
+    promote(client, NAME, bad, "we know better", "bob", force=True)
+    assert alias_version(client, NAME, CHAMPION) == bad
+    tags = client.get_model_version(NAME, bad).tags
+    assert tags["promotion.forced"] == "true" and tags["promotion.gate"] == "reject" and tags["promotion.by"] == "bob"
+    assert audit_log(client, NAME)[-1]["forced"] is True
+    tags = client.get_model_version(NAME, good).tags  # never gated: allowed, and recorded as such
+    assert tags["promotion.forced"] == "false" and tags["promotion.gate"] == "not run"
+
+
+def test_the_actor_is_the_git_user_else_the_system_account(tmp_path: Path, monkeypatch) -> None:
+    import pwd
+    import subprocess
+
+    from cxr.promote import default_actor
+
+    home = tmp_path / "home"
+    home.mkdir()
+    for key in ("USER", "LOGNAME", "LNAME", "USERNAME", "GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(home))  # no global git config
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(home / "gitconfig"))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    assert default_actor(repo) == pwd.getpwuid(os.getuid()).pw_name  # $USER unset: the account, not "unknown"
+    subprocess.run(["git", "config", "user.name", "Ada Lovelace"], cwd=repo, check=True)
+    subprocess.run(["git", "config", "user.email", "ada@example.org"], cwd=repo, check=True)
+    assert default_actor(repo) == "Ada Lovelace <ada@example.org>"
+
+
+def test_cli_gate_exits_3_on_refusal_and_promote_needs_force(store, tmp_path: Path, monkeypatch) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from conftest import tiny_params
+    from cxr.cli import GATE_REFUSED, app
+
+    client, add = store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params(base={"model_name": NAME})))
+    bad = add(metrics={"test/accuracy": 0.3, "test/macro_auc": 0.95, "test/COVID/sensitivity": 0.9})
+    good = add()
+    runner = CliRunner()
+
+    def cxr(*args: str):
+        return runner.invoke(app, [*args, "--params", str(params)])
+
+    result = cxr("gate", good)  # no champion yet: the floors decide, and it passes
+    assert result.exit_code == 0 and f"version {good}: promoted to champion" in result.stdout, result.output
+    result = cxr("gate", bad)
+    assert result.exit_code == GATE_REFUSED == 3, result.output
+    assert f"version {bad}: refused" in result.stdout and "below the floor" in result.stdout
+    result = cxr("promote", bad, "--reason", "override", "--by", "carol")
+    assert result.exit_code == 1 and "--force" in result.stderr, result.output
+    assert alias_version(client, NAME, CHAMPION) == good
+    result = cxr("promote", bad, "--reason", "override", "--by", "carol", "--force")
+    assert result.exit_code == 0 and "forced" in result.stdout, result.output
+    assert alias_version(client, NAME, CHAMPION) == bad
+    assert client.get_model_version(NAME, bad).tags["promotion.by"] == "carol"

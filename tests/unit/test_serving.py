@@ -121,9 +121,10 @@ def test_path_bytes_base64_and_arrays_give_the_same_answer(store) -> None:
         assert np.abs(pixels[i] - pixels[0]).max() <= (1 if i == len(inputs) - 1 else 0), f"input {i} differs"
     # BGR given as if it were RGB swaps red and blue: other pixels (the channel order is honoured).
     assert np.abs(clf.preprocess([bgr]).astype(int) - pixels[0]).max() > 10
-    # A plain list works through pyfunc too.
-    listed = store["model"].predict([str(path), raw]).drop(columns="label").to_numpy()
-    np.testing.assert_allclose(listed, probs[:2], atol=1e-9)
+    # A mapping {"image": [...]} works through pyfunc too (what the scoring server makes of JSON "inputs").
+    for listed in ({"image": [str(path), raw]}, {"image": [str(path), base64.b64encode(raw).decode()]}):
+        np.testing.assert_allclose(store["model"].predict(listed).drop(columns="label").to_numpy(), probs[:2],
+                                   atol=1e-9)
 
 
 def test_calibration_temperature_is_applied(store) -> None:
@@ -237,10 +238,12 @@ def test_predict_writes_csv_and_json_with_gradcam(store, tmp_path: Path) -> None
     nested = make_images(folder / "sub", n=2, seed=5)
     (folder / "notes.txt").write_text("not an image")
     single = store["images"][0]
-    csv_out = predict(store["model_uri"], [folder, single], tmp_path / "out" / "pred.csv", gradcam_dir=tmp_path / "cams",
-                      tracking_uri=store["uri"])
-    table = pd.read_csv(csv_out)
-    assert list(table.columns) == ["path", "p_Normal", "p_COVID", "p_Viral Pneumonia", "label", "gradcam"]
+    result = predict(store["model_uri"], [folder, single], tmp_path / "out" / "pred.csv", gradcam_dir=tmp_path / "cams",
+                     tracking_uri=store["uri"])
+    assert result.predicted == 3 and result.failed == {}
+    table = pd.read_csv(result.out)
+    assert list(table.columns) == ["path", "p_Normal", "p_COVID", "p_Viral Pneumonia", "label", "gradcam", "error"]
+    assert table["error"].isna().all()
     assert list(table["path"]) == [str(p) for p in nested] + [str(single)]
     np.testing.assert_allclose(table.filter(like="p_").sum(axis=1), 1.0, atol=1e-6)
     direct = store["model"].predict(pd.DataFrame({"image": [str(p) for p in nested]}))
@@ -250,23 +253,41 @@ def test_predict_writes_csv_and_json_with_gradcam(store, tmp_path: Path) -> None
     overlay = cv2.imread(str(cams[0]))
     assert overlay.shape == (SIZE, SIZE, 3) and overlay.std() > 0
 
-    json_out = predict(store["model_uri"], [single], tmp_path / "pred.json", tracking_uri=store["uri"])
+    json_out = predict(store["model_uri"], [single], tmp_path / "pred.json", tracking_uri=store["uri"]).out
     rows = json.loads(json_out.read_text())
     assert rows[0]["path"] == str(single) and rows[0]["label"] in CLASSES and "gradcam" not in rows[0]
     assert rows[0]["p_COVID"] == pytest.approx(float(table["p_COVID"].iloc[-1]), abs=1e-6)
 
 
-def test_predict_names_a_bad_file_and_writes_nothing(store, tmp_path: Path) -> None:
+def test_predict_reports_a_bad_file_and_classifies_the_rest(store, tmp_path: Path, caplog) -> None:
     from cxr.predict import predict
 
     folder = tmp_path / "in"
-    make_images(folder, n=2)
-    bad = folder / "zz_bad.jpg"
+    good = make_images(folder, n=2)
+    bad = folder / "img0_bad.jpg"  # sorts between the two good ones: rows keep the input order
     bad.write_bytes(b"\xff\xd8\xff garbage")
     out = tmp_path / "pred.csv"
-    with pytest.raises(ValueError, match="zz_bad.jpg"):
-        predict(store["model_uri"], [folder], out, gradcam_dir=tmp_path / "cams", tracking_uri=store["uri"])
-    assert not out.exists() and not (tmp_path / "cams").exists()
+    with caplog.at_level("WARNING", logger="cxr.predict"):
+        result = predict(store["model_uri"], [folder], out, gradcam_dir=tmp_path / "cams", tracking_uri=store["uri"])
+    assert result.predicted == 2 and list(result.failed) == [str(bad)]
+    table = pd.read_csv(out)
+    assert list(table["path"]) == [str(good[0]), str(bad), str(good[1])]
+    assert table["label"].isna().tolist() == [False, True, False]
+    assert table.loc[1, ["p_Normal", "p_COVID", "p_Viral Pneumonia", "gradcam"]].isna().all()
+    assert "img0_bad.jpg: cannot be decoded" in table.loc[1, "error"] and table["error"].isna().sum() == 2
+    assert len(list((tmp_path / "cams").glob("*.png"))) == 2
+    direct = store["model"].predict(pd.DataFrame({"image": [str(p) for p in good]}))
+    np.testing.assert_allclose(table.filter(like="p_").to_numpy()[[0, 2]], direct.drop(columns="label").to_numpy(),
+                               atol=1e-6)
+    assert any("img0_bad.jpg" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+    # Nothing readable: an error, and nothing written.
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    (only_bad / "x.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"none of the 1 images could be read .*x\.png"):
+        predict(store["model_uri"], [only_bad], tmp_path / "none.csv", tracking_uri=store["uri"])
+    assert not (tmp_path / "none.csv").exists()
     with pytest.raises(ValueError, match=r"\.csv or \.json"):
         predict(store["model_uri"], [folder], tmp_path / "pred.xlsx")
     with pytest.raises(FileNotFoundError, match="nowhere"):
@@ -401,3 +422,35 @@ def test_register_twice_with_the_same_inputs_registers_once(tmp_path: Path, monk
     data["outs"][0]["md5"] = "def456.dir"
     (paths.root / "data.dvc").write_text(yaml.safe_dump(data))
     assert reg.register(settings, paths).new
+
+
+def test_artifacts_go_beside_the_store_not_into_the_working_folder(tmp_path: Path, monkeypatch) -> None:
+    """With no MLFLOW_TRACKING_URI: mlflow.db and mlartifacts/ in the project, as the README says; nothing in cwd."""
+    import mlflow
+
+    from cxr import register as reg
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings, paths = fake_project(tmp_path / "p")
+    try:
+        result = reg.register(settings, paths)
+    finally:
+        mlflow.set_tracking_uri(None)
+    project = (tmp_path / "p").resolve()
+    assert result.tracking_uri == f"sqlite:///{project / 'mlflow.db'}"
+    assert list((project / "mlartifacts").rglob("MLmodel")), "the model is not under mlartifacts/"
+    assert not (project / "mlruns").exists() and list(elsewhere.iterdir()) == []
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "`mlflow.db`, `mlartifacts/`" in readme
+
+
+def test_artifact_location_follows_the_tracking_uri(tmp_path: Path) -> None:
+    from cxr.register import artifact_location
+
+    assert artifact_location(f"sqlite:///{tmp_path / 'store' / 'x.db'}", tmp_path / "p") == (
+        (tmp_path / "store" / "mlartifacts").as_uri())
+    assert artifact_location("postgresql://u@db/mlflow", tmp_path / "p") == (tmp_path / "p" / "mlartifacts").as_uri()
+    assert artifact_location("http://127.0.0.1:5000", tmp_path) is None  # the server's --artifacts-destination
