@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(table(outcome), flush=True)
         print(flush=True)
+        if outcome.skipped:  # measured nothing: results.json and RESULTS.md stay as they are
+            continue
         # Written after each benchmark, so a later failure keeps the earlier figures.
         write_results(args.results, [outcome])
         if args.size == "full" and not args.no_record:

@@ -118,9 +118,10 @@ def affine_matrices(params: torch.Tensor, height: int, width: int) -> torch.Tens
     sx, sy = p[:, 3], p[:, 4]
     # Rotation times scale, as in Albumentations' create_affine_transformation_matrix (about the pixel centre).
     a = torch.stack([torch.stack([cos * sx, sin * sy], -1), torch.stack([-sin * sx, cos * sy], -1)], -2)
-    centre = torch.tensor([width / 2 - 0.5, height / 2 - 0.5], dtype=torch.float64, device=p.device)
-    shift = torch.stack([torch.trunc(p[:, 1] * width), torch.trunc(p[:, 2] * height)], -1)
-    offset = centre + shift - a @ centre
+    # Python scalars only: a tensor made from host data would be a copy that waits for the device.
+    cx, cy = width / 2 - 0.5, height / 2 - 0.5
+    offset = torch.stack([cx + torch.trunc(p[:, 1] * width) - (a[:, 0, 0] * cx + a[:, 0, 1] * cy),
+                          cy + torch.trunc(p[:, 2] * height) - (a[:, 1, 0] * cx + a[:, 1, 1] * cy)], -1)
     return torch.cat([a, offset.unsqueeze(-1)], -1)
 
 
@@ -160,7 +161,7 @@ def apply_batch(images: torch.Tensor, params: torch.Tensor, clahe: bool = True) 
     params = params.to(images.device)
     x = images.float()
     # Every sample is warped (no branch that would wait for the device); unmoved ones keep their exact pixels.
-    moved = (params[:, :5] != torch.as_tensor(IDENTITY[:5], device=params.device)).any(1)
+    moved = (params[:, 0] != 0) | (params[:, 1] != 0) | (params[:, 2] != 0) | (params[:, 3] != 1) | (params[:, 4] != 1)
     m = affine_matrices(params, h, w).float()
     warped = warp_affine(x, m, (h, w), mode="bilinear", padding_mode="zeros", align_corners=True)
     # OpenCV writes uint8: round to the nearest level.
