@@ -48,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         # Before torch is imported (the benchmark modules import it lazily), and inherited by subprocesses.
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
         os.environ["MKL_NUM_THREADS"] = str(args.threads)
+        import cv2
         import torch
 
         torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)  # OpenCV's own pool (warps, resizes) would otherwise use every core
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     failed = []

@@ -30,14 +30,16 @@ KEYS: dict[str, tuple[str, ...]] = {
 
 @pytest.fixture(autouse=True)
 def _restore_threads(monkeypatch):
-    """`--threads 1` sets torch's threads and OMP_NUM_THREADS for the process: undo both after each test."""
+    """`--threads 1` sets torch's and OpenCV's threads and OMP_NUM_THREADS for the process: undo them after each test."""
+    import cv2
     import torch
 
-    before = torch.get_num_threads()
+    before, cv2_before = torch.get_num_threads(), cv2.getNumThreads()
     monkeypatch.setenv("OMP_NUM_THREADS", str(before))
     monkeypatch.setenv("MKL_NUM_THREADS", str(before))
     yield
     torch.set_num_threads(before)
+    cv2.setNumThreads(cv2_before)
 
 
 @pytest.fixture(scope="module")
