@@ -141,8 +141,12 @@ def _torch_defaults() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def ceiling(arch: str, cfg, device, px: int, batch: int, steps: int, warmup: int) -> float:
-    """Images/s of forward + backward + step on normalised batches already on the device, as ``train_one_epoch`` runs them."""
+def ceiling(arch: str, cfg, device, px: int, batch: int, steps: int, warmup: int) -> tuple[float, float]:
+    """Images/s of forward + backward + step on ready normalised batches, as ``train_one_epoch`` runs them.
+
+    Also returns the extra seconds the first ``warmup`` steps took over steady ones (kernel loading,
+    allocator growth): part of any first epoch.
+    """
     import torch
     from torch import nn
 
@@ -177,9 +181,10 @@ def ceiling(arch: str, cfg, device, px: int, batch: int, steps: int, warmup: int
         optimizer.step()
         scheduler.step()
 
-    for i in range(warmup):
-        step(i)
-    _sync(device)
+    with timer() as t_warm:
+        for i in range(warmup):
+            step(i)
+        _sync(device)
     with timer() as t:
         for i in range(steps):
             step(i)
@@ -187,7 +192,27 @@ def ceiling(arch: str, cfg, device, px: int, batch: int, steps: int, warmup: int
     del model, optimizer, batches
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return steps * batch / t["s"]
+    return steps * batch / t["s"], max(0.0, t_warm["s"] - warmup * t["s"] / steps)
+
+
+def loader_start(paths, cfg, seed: int, device) -> float:
+    """Seconds from a fresh training loader (as ``cxr.train.train`` builds it) to its first batch: workers starting."""
+    from torch.utils.data import DataLoader
+
+    from cxr.augment import on_device
+    from cxr.data import CachedImages, SeededSampler, decoded_cache, read_manifest
+
+    train_m = read_manifest(paths.manifest).select("train")
+    images = decoded_cache(train_m, paths.raw, paths.cache, cfg.image_size, workers=max(1, cfg.num_workers))
+    labels = train_m.labels(CLASSES)
+    loader = DataLoader(CachedImages(images, labels, cfg.augment, defer=on_device(cfg.augment_backend, device)),
+                        batch_size=cfg.batch_size, sampler=SeededSampler(len(labels), seed), drop_last=True,
+                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                        persistent_workers=cfg.num_workers > 0, prefetch_factor=4 if cfg.num_workers > 0 else None)
+    with timer() as t:
+        next(iter(loader))
+    del loader
+    return t["s"]
 
 
 def end_to_end(cfg, base, paths, device) -> dict:
@@ -201,10 +226,13 @@ def end_to_end(cfg, base, paths, device) -> dict:
     with Utilisation(device) as util, timer() as t:
         result = train(cfg, base, paths, resume=False)
     with (paths.train_reports / "history.csv").open() as fh:
-        speeds = [float(r["images_per_s"]) for r in csv.DictReader(fh)]
+        history = list(csv.DictReader(fh))
+    speeds = [float(r["images_per_s"]) for r in history]
+    seconds = [float(r["seconds"]) for r in history]
     steady = float(np.mean(speeds[1:])) if len(speeds) > 1 else speeds[0]
+    first_extra = seconds[0] - float(np.mean(seconds[1:])) if len(seconds) > 1 else 0.0
     return {"epochs": speeds, "first": speeds[0], "steady": steady, "wall_s": t["s"], "util": util.mean,
-            "val_accuracy": result.best_score}
+            "first_extra_s": first_extra, "val_accuracy": result.best_score}
 
 
 def reference_style(src: Path, manifest_rows, device, px: int, batch: int, n: int, lr: float) -> float:
@@ -293,9 +321,11 @@ def run(size: str, work: Path) -> Outcome:
 
     results: dict[str, dict] = {}
     ceilings: dict[str, float] = {}
+    warmups: dict[str, float] = {}
     for arch in ARCHS:
         cfg = settings.train.model_copy(update={**common, "arch": arch, "augment_backend": "device"})
-        ceilings[arch] = ceiling(arch, cfg, device, sz["px"], sz["batch"], sz["ceiling_steps"], sz["warmup_steps"])
+        ceilings[arch], warmups[arch] = ceiling(arch, cfg, device, sz["px"], sz["batch"], sz["ceiling_steps"],
+                                                sz["warmup_steps"])
         for backend in ("device", "cpu"):
             run_cfg = cfg.model_copy(update={"augment_backend": backend})
             results[f"{arch}_{backend}"] = end_to_end(run_cfg, base, _paths(root, src, manifest, f"{arch}-{backend}"),
@@ -306,6 +336,8 @@ def run(size: str, work: Path) -> Outcome:
                                                  _paths(root, src, manifest, "resnet18-compile"), device)
     results["resnet18_autotune"] = end_to_end(r18.model_copy(update={"deterministic": False}), base,
                                               _paths(root, src, manifest, "resnet18-autotune"), device)
+    starts = {b: loader_start(_paths(root, src, manifest, "resnet18-device"), r18.model_copy(
+        update={"augment_backend": b}), base.seed, device) for b in ("device", "cpu")}
     rows = read_manifest(manifest).rows
     ref_ips = reference_style(src, rows, device, sz["px"], sz["ref_batch"], sz["ref_images"], settings.train.lr)
     cam_ours, cam_ref, cam_diff = gradcam(src, device, sz["px"], sz["cam_images"], sz["cam_batch"])
@@ -334,6 +366,12 @@ def run(size: str, work: Path) -> Outcome:
         Row(f"Grad-CAM, ours in batches of {sz['cam_batch']}", cam_ours, "img/s", cam_ref, cam_ours / cam_ref),
         Row("Grad-CAM, library call per image", cam_ref, "img/s"),
     ]
+    for b, secs in starts.items():
+        out.rows.append(Row(f"first batch of a fresh loader ({common['num_workers']} workers, augmentation on {b})",
+                            secs, "s"))
+    for arch in ARCHS:
+        out.rows.append(Row(f"{arch}: first {sz['warmup_steps']} steps' extra time (kernel loading, allocator)",
+                            warmups[arch], "s"))
     if r18d["util"] is not None:
         out.rows.append(Row("GPU utilisation, resnet18 device path (whole run)", r18d["util"], "%"))
         out.rows.append(Row("GPU utilisation, resnet18 loader path (whole run)", results["resnet18_cpu"]["util"] or 0.0,
@@ -355,19 +393,25 @@ def run(size: str, work: Path) -> Outcome:
         "gpu_resnet50_224_images_per_s": r50d["steady"],
         "gpu_resnet50_224_ceiling_images_per_s": ceilings["resnet50"],
         "gpu_gradcam_max_abs_diff": cam_diff,
+        "gpu_loader_first_batch_device_s": starts["device"],
+        "gpu_loader_first_batch_cpu_s": starts["cpu"],
+        "gpu_resnet18_warmup_extra_s": warmups["resnet18"],
+        "gpu_resnet50_warmup_extra_s": warmups["resnet50"],
     }
     for key, r in results.items():
         out.extra[f"gpu_{key}_images_per_s"] = r["steady"]
         out.extra[f"gpu_{key}_first_epoch_images_per_s"] = r["first"]
         out.extra[f"gpu_{key}_wall_s"] = r["wall_s"]
+        out.extra[f"gpu_{key}_first_epoch_extra_s"] = r["first_extra_s"]
         if r["util"] is not None:
             out.extra[f"gpu_{key}_utilisation_pct"] = r["util"]
     out.notes += [
         f"end to end = cxr.train.train's own images/s over its training loop (validation and checkpoints excluded), "
         f"mean of the epochs after the first; {sz['epochs']} epochs, params.yaml's settings otherwise",
         "the ceiling runs the same model, optimiser, autocast, memory format and cuDNN flags on 4 ready batches",
-        f"the first epoch includes starting {common['num_workers']} loader workers, CUDA kernel loading and, "
-        f"with compile, compilation",
+        f"the first epoch includes starting {common['num_workers']} loader workers (the first-batch rows) and the "
+        f"first steps' kernel loading (the warm-up rows) and, with compile, compilation: compare their sum with "
+        f"the first epoch's lost seconds (wall_s and the per-epoch images/s in results.json)",
     ]
     if device.type != "cuda":
         out.notes.append(f"{ON_CPU_ENV}=1: a dry run on the CPU; these figures say nothing about a GPU")
