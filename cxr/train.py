@@ -93,16 +93,20 @@ class Progress:
         self.enabled = enabled
         self.bar = None
         self.total, self.desc, self.count, self.start = total, desc, 0, time.perf_counter()
+        self.steps = 0
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
 
-    def update(self, n: int, loss: float) -> None:
+    def update(self, n: int, loss: torch.Tensor) -> None:
         self.count += n
         if self.bar is not None:
             self.bar.update(n)
-            self.bar.set_postfix(loss=f"{loss:.4f}")
+            # Reading the loss waits for the device: every step, that would leave the GPU idle between steps.
+            self.steps += 1
+            if self.steps % 50 == 1:
+                self.bar.set_postfix(loss=f"{float(loss):.4f}")
 
     def close(self) -> float:
         seconds = time.perf_counter() - self.start
@@ -143,7 +147,7 @@ def train_one_epoch(
         scheduler.step()
         total_loss += loss.detach() * len(y)
         total_n += len(y)
-        progress.update(len(y), float(loss) if progress.bar is not None else 0.0)
+        progress.update(len(y), loss.detach())
     seconds = progress.close()
     return float(total_loss) / max(1, total_n), total_n / max(seconds, 1e-9), seconds
 
