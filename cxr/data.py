@@ -221,6 +221,7 @@ class CachedImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        # Imported here: the split step imports this module and must not depend on the augmentation code.
         from cxr.augment import apply_cpu, draw_params
 
         index, seed = item if isinstance(item, tuple) else (item, None)
