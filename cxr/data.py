@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from cxr.config import Augment
 from cxr.models import GRAY_MEAN, GRAY_STD
@@ -232,6 +232,9 @@ class CachedImages(Dataset):
             params = draw_params(self.augment, index if seed is None else seed)
             if self.defer:
                 return torch.from_numpy(image).unsqueeze(0), label, torch.from_numpy(params)
+            if cv2.getNumThreads() != 1 and get_worker_info() is not None:
+                # One process per core already: OpenCV's own pool in every worker would oversubscribe the CPU.
+                cv2.setNumThreads(1)
             image = apply_cpu(image, params)
         return torch.from_numpy(image).unsqueeze(0), label
 
