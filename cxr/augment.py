@@ -1,4 +1,4 @@
-"""The train-time preset as per-sample parameters, applied one image at a time on the CPU or to whole batches on the device.
+"""The train-time preset as per-sample parameters, applied per image on the CPU or to whole batches on the device.
 
 ``cxr.data.train_transform`` (an Albumentations ``Compose``) is the reference definition of the preset:
 affine (rotation, shift, scale), brightness/contrast, gamma, CLAHE, horizontal flip, each with its own
@@ -172,7 +172,8 @@ def apply_batch(images: torch.Tensor, params: torch.Tensor, clahe: bool = True) 
     if chosen:
         # Kornia takes one clip limit per call; CLAHE is off in the default preset.
         for i, clip in zip(chosen, params[chosen, 8].tolist()):
-            x[i : i + 1] = (equalize_clahe(x[i : i + 1] / 255.0, clip_limit=clip, grid_size=CLAHE_GRID) * 255.0).round_()
+            equalised = equalize_clahe(x[i : i + 1] / 255.0, clip_limit=clip, grid_size=CLAHE_GRID)
+            x[i : i + 1] = (equalised * 255.0).round_()
     flip = params[:, 9] > 0
     x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
     return x.clamp_(0, 255).to(torch.uint8)

@@ -4,7 +4,7 @@ Every ``plot_*`` function returns a new :class:`matplotlib.figure.Figure` and ne
 touches pyplot's global state, so it is safe in worker processes and threads. The
 caller saves it, e.g. ``fig.savefig(path, dpi=150)`` or :func:`save_figure`, which
 also creates the parent directory. ``roc_points``/``pr_points`` return plain rows
-for DVC plots files. ``plot_augmentations`` previews the train augmentations on one image, by the CPU and the device path.
+for DVC plots files. ``plot_augmentations`` previews the train augmentations on one image, by both paths.
 """
 
 from __future__ import annotations
@@ -244,7 +244,8 @@ def plot_augmentations(image: np.ndarray, augment: Augment, n: int = 6, seed: in
     fig = Figure(figsize=(2.0 * (n + 1), 4.6), layout="constrained")
     axes = fig.subplots(2, n + 1, squeeze=False)
     for row, (name, tiles) in enumerate((("CPU path", cpu), ("device path", list(device)))):
-        for col, (title, tile) in enumerate([("original", image)] + [(f"{name} #{i + 1}", t) for i, t in enumerate(tiles)]):
+        titled = [("original", image)] + [(f"{name} #{i + 1}", t) for i, t in enumerate(tiles)]
+        for col, (title, tile) in enumerate(titled):
             ax = axes[row, col]
             ax.axis("off")
             ax.imshow(tile, cmap="gray", vmin=0, vmax=255)

@@ -75,7 +75,8 @@ def test_draws_use_the_ranges_and_probabilities_of_the_preset() -> None:
         "gamma": tuple(v / 100 for v in ref["RandomGamma"].gamma_limit), "clip": ref["CLAHE"].clip_limit,
     }
     applied = {"angle": draws[:, COL["sx"]] != 1, "alpha": draws[:, COL["alpha"]] != 1,
-               "gamma": draws[:, COL["gamma"]] != 1, "clip": draws[:, COL["clip"]] > 0, "flip": draws[:, COL["flip"]] > 0}
+               "gamma": draws[:, COL["gamma"]] != 1, "clip": draws[:, COL["clip"]] > 0,
+               "flip": draws[:, COL["flip"]] > 0}
     probs = {"angle": affine.p, "alpha": ref["RandomBrightnessContrast"].p, "gamma": ref["RandomGamma"].p,
              "clip": ref["CLAHE"].p, "flip": ref["HorizontalFlip"].p}
     for key, p in probs.items():

@@ -30,7 +30,7 @@ KEYS: dict[str, tuple[str, ...]] = {
 
 @pytest.fixture(autouse=True)
 def _restore_threads(monkeypatch):
-    """`--threads 1` sets torch's and OpenCV's threads and OMP_NUM_THREADS for the process: undo them after each test."""
+    """`--threads 1` sets torch's and OpenCV's threads and OMP_NUM_THREADS for the process: undo them afterwards."""
     import cv2
     import torch
 
