@@ -48,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         # Before torch is imported (the benchmark modules import it lazily), and inherited by subprocesses.
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
         os.environ["MKL_NUM_THREADS"] = str(args.threads)
+        import cv2
         import torch
 
         torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)  # OpenCV's own pool (warps, resizes) would otherwise use every core
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     failed = []
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(table(outcome), flush=True)
         print(flush=True)
+        if outcome.skipped:  # measured nothing: results.json and RESULTS.md stay as they are
+            continue
         # Written after each benchmark, so a later failure keeps the earlier figures.
         write_results(args.results, [outcome])
         if args.size == "full" and not args.no_record:

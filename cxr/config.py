@@ -278,6 +278,9 @@ class Train(_Section):
     monitor: Literal["val_accuracy", "val_loss", "val_macro_f1"] = "val_accuracy"
     patience: int | None = Field(None, ge=1)
     augment: Augment = Field(default_factory=Augment)
+    #: Where augmentation runs: ``cpu`` in the DataLoader workers, ``device`` on whole batches on the training
+    #: device, ``auto`` on the device when it is a GPU (the same parameters per sample either way).
+    augment_backend: Literal["auto", "cpu", "device"] = "auto"
 
     @field_validator("arch")
     @classmethod

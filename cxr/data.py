@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from cxr.config import Augment
 from cxr.models import GRAY_MEAN, GRAY_STD
@@ -168,7 +168,11 @@ def decoded_cache(manifest: Manifest, raw: Path, cache_dir: Path, size: int, wor
 
 
 def train_transform(aug: Augment, seed: int = 0):
-    """The train-time augmentation preset (Albumentations) on 2-D uint8 images."""
+    """The train-time augmentation preset (Albumentations) on 2-D uint8 images: the reference definition.
+
+    Training applies it through ``cxr.augment`` (the same parameters, drawn per sample, on the CPU or the
+    device); the tests hold both paths to this ``Compose``.
+    """
     import albumentations as A
 
     steps = [
@@ -197,27 +201,42 @@ def to_input(batch: torch.Tensor, device: torch.device | str, channels_last: boo
 
 
 class CachedImages(Dataset):
-    """Samples from the decoded cache; augmentation per sample from a seed the sampler hands over."""
+    """Samples from the decoded cache, augmented with parameters drawn from a seed the sampler hands over.
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform=None) -> None:
+    With ``augment`` the preset is applied here, on the CPU (``cxr.augment.apply_cpu``). With ``defer`` too,
+    a sample is (uint8 image, label, parameters) and the training loop applies the parameters to the whole
+    batch on its device (``cxr.augment.apply_batch``): the workers then only copy rows of the cache.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: Augment | None = None,
+                 defer: bool = False) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
         self.labels = labels
-        self.transform = transform
+        self.augment = augment
+        self.defer = defer
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        # Imported here: the split step imports this module and must not depend on the augmentation code.
+        from cxr.augment import apply_cpu, draw_params
+
         index, seed = item if isinstance(item, tuple) else (item, None)
         image = np.array(self.images[index])  # a writable copy of the read-only cache row
-        if self.transform is not None:
-            if seed is not None:
-                # Seeding per sample makes augmentation independent of workers, order and resumption.
-                self.transform.set_random_seed(seed)
-            image = self.transform(image=image)["image"]
-        return torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0), int(self.labels[index])
+        label = int(self.labels[index])
+        if self.augment is not None:
+            # Seeding per sample makes augmentation independent of workers, order, resumption and device.
+            params = draw_params(self.augment, index if seed is None else seed)
+            if self.defer:
+                return torch.from_numpy(image).unsqueeze(0), label, torch.from_numpy(params)
+            if cv2.getNumThreads() != 1 and get_worker_info() is not None:
+                # One process per core already: OpenCV's own pool in every worker would oversubscribe the CPU.
+                cv2.setNumThreads(1)
+            image = apply_cpu(image, params)
+        return torch.from_numpy(image).unsqueeze(0), label
 
 
 class SeededSampler(Sampler):

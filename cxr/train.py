@@ -21,8 +21,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from cxr.augment import apply_batch, on_device
 from cxr.config import Base, ResolvedPaths, Train
-from cxr.data import CachedImages, SeededSampler, decoded_cache, read_manifest, to_input, train_transform, write_json
+from cxr.data import CachedImages, SeededSampler, decoded_cache, read_manifest, to_input, write_json
 from cxr.models import build_model
 
 log = logging.getLogger(__name__)
@@ -92,16 +93,20 @@ class Progress:
         self.enabled = enabled
         self.bar = None
         self.total, self.desc, self.count, self.start = total, desc, 0, time.perf_counter()
+        self.steps = 0
         if enabled and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
 
-    def update(self, n: int, loss: float) -> None:
+    def update(self, n: int, loss: torch.Tensor) -> None:
         self.count += n
         if self.bar is not None:
             self.bar.update(n)
-            self.bar.set_postfix(loss=f"{loss:.4f}")
+            # Reading the loss waits for the device: every step, that would leave the GPU idle between steps.
+            self.steps += 1
+            if self.steps % 50 == 1:
+                self.bar.set_postfix(loss=f"{float(loss):.4f}")
 
     def close(self) -> float:
         seconds = time.perf_counter() - self.start
@@ -125,7 +130,11 @@ def train_one_epoch(
     model.train()
     total_loss, total_n = torch.zeros((), device=device), 0
     progress = Progress(len(loader.sampler), desc, show)
-    for images, labels in loader:
+    for batch in loader:
+        images, labels = batch[0], batch[1]
+        if len(batch) == 3:  # the rows came with their augmentation parameters: augment the batch on the device
+            params = batch[2].to(device, non_blocking=True)
+            images = apply_batch(images.to(device, non_blocking=True), params, clahe=cfg.augment.clahe > 0)
         x = to_input(images, device, cfg.channels_last)
         y = labels.to(device, non_blocking=True)
         with _autocast(device, cfg.amp):
@@ -138,7 +147,7 @@ def train_one_epoch(
         scheduler.step()
         total_loss += loss.detach() * len(y)
         total_n += len(y)
-        progress.update(len(y), float(loss) if progress.bar is not None else 0.0)
+        progress.update(len(y), loss.detach())
     seconds = progress.close()
     return float(total_loss) / max(1, total_n), total_n / max(seconds, 1e-9), seconds
 
@@ -269,7 +278,7 @@ def train(cfg: Train, base: Base, paths: ResolvedPaths, resume: bool = True) -> 
     # gradient DDP averages) is the one a single process would see.
     per_rank = cfg.batch_size // world
     train_loader = DataLoader(
-        CachedImages(x_train, y_train, train_transform(cfg.augment, base.seed)),
+        CachedImages(x_train, y_train, cfg.augment, defer=on_device(cfg.augment_backend, device)),
         batch_size=per_rank,
         sampler=sampler,
         drop_last=len(sampler) > per_rank,

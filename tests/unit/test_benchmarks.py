@@ -22,19 +22,24 @@ KEYS: dict[str, tuple[str, ...]] = {
     "gradcam": ("gradcam_batched_speedup",),
     "pyfunc": ("pyfunc_batch_overhead", "pyfunc_single_latency_ms"),
     "flow": ("flow_overhead_vs_dvc_repro", "flow_overhead_first_run_vs_dvc_repro"),
+    "gpu": ("gpu_resnet18_224_images_per_s", "gpu_resnet18_224_ceiling_images_per_s",
+            "gpu_resnet18_224_fraction_of_ceiling", "gpu_resnet50_224_fraction_of_ceiling",
+            "gpu_speedup_vs_reference_style", "gpu_gradcam_batched_speedup"),
 }
 
 
 @pytest.fixture(autouse=True)
 def _restore_threads(monkeypatch):
-    """`--threads 1` sets torch's threads and OMP_NUM_THREADS for the process: undo both after each test."""
+    """`--threads 1` sets torch's and OpenCV's threads and OMP_NUM_THREADS for the process: undo them afterwards."""
+    import cv2
     import torch
 
-    before = torch.get_num_threads()
+    before, cv2_before = torch.get_num_threads(), cv2.getNumThreads()
     monkeypatch.setenv("OMP_NUM_THREADS", str(before))
     monkeypatch.setenv("MKL_NUM_THREADS", str(before))
     yield
     torch.set_num_threads(before)
+    cv2.setNumThreads(cv2_before)
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +111,34 @@ def test_corrupt_results_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="results.json"):
         write_results(results, [Outcome("demo")])
     assert results.read_text() == "{not json"  # left as it was
+
+
+@pytest.mark.parametrize("size", ["tiny", "full"])
+def test_gpu_benchmark_refuses_without_cuda(size: str, work: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("BENCH_GPU_ON_CPU", raising=False)
+    results, notes = tmp_path / "results.json", tmp_path / "RESULTS.md"
+    results.write_text(json.dumps({"earlier_key": 1.5}))
+    rc = main(["gpu", "--size", size, "--results", str(results), "--notes", str(notes), "--work", str(work)])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "skipped: no CUDA device" in printed and "nothing measured or recorded" in printed
+    assert json.loads(results.read_text()) == {"earlier_key": 1.5}  # nothing recorded
+    assert not notes.exists()
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_dry_run_on_the_cpu(work: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """The GPU benchmark's whole logic at the tiny size on the CPU, so that it runs first time on a GPU."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("BENCH_GPU_ON_CPU", "1")
+    data = _run("gpu", work, tmp_path, capsys)
+    for key in KEYS["gpu"]:
+        assert isinstance(data[key], (int, float)) and data[key] > 0, key
+    assert data["gpu_device"] == "CPU (dry run)"
+    assert data["gpu_resnet18_device_images_per_s"] > 0 and data["gpu_resnet18_cpu_images_per_s"] > 0
+    assert data["gpu_gradcam_max_abs_diff"] < 1e-3

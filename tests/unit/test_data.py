@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from cxr.augment import draw_params
 from cxr.config import Augment
 from cxr.data import (
     CachedImages,
@@ -56,9 +57,13 @@ def test_normalisation_is_the_gray_imagenet_one() -> None:
 
 def test_augmentation_is_a_function_of_the_seed() -> None:
     images = np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8)
-    ds = CachedImages(images, np.array([0, 1, 2]), train_transform(Augment(p=1.0)))
+    ds = CachedImages(images, np.array([0, 1, 2]), Augment(p=1.0))
     a, b, c = ds[(1, 123)][0], ds[(1, 123)][0], ds[(1, 124)][0]
     assert torch.equal(a, b) and not torch.equal(a, c)
+    # Deferred to the device: the untouched row travels with the parameters the same seed draws.
+    image, label, params = CachedImages(images, np.array([0, 1, 2]), Augment(p=1.0), defer=True)[(1, 123)]
+    assert torch.equal(image[0], torch.from_numpy(images[1])) and label == 1
+    assert params.dtype == torch.float64 and torch.equal(params, torch.from_numpy(draw_params(Augment(p=1.0), 123)))
     plain = CachedImages(images, np.array([0, 1, 2]))
     assert torch.equal(plain[1][0][0], torch.from_numpy(images[1]))  # eval is the identity on the cache
 
