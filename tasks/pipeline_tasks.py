@@ -115,7 +115,8 @@ def check_drift(params: str, root: str, data_version: str | None) -> dict:
     report = run_drift_check(s, s.paths(root_path), uri)
     create_markdown_artifact(key=DRIFT_ARTIFACT, markdown=report.markdown(),
                              description=f"Data drift of data version {data_version} against the champion")
-    run_id = log_to_mlflow(report, s, uri, root_path, data_version)
+    # Nothing measured (no champion yet) leaves nothing in MLflow.
+    run_id = log_to_mlflow(report, s, uri, root_path, data_version) if report.status == "checked" else None
     if report.flagged and s.drift.notify:
         notify_drift("; ".join(report.reasons), {"data_version": data_version, "mlflow_run_id": run_id,
                                                  "champion_version": report.champion_version, "tests": report.tests})
