@@ -238,7 +238,8 @@ def sweep(
     from cxr.register import tracking_uri
 
     s, r = setup(params, root)
-    names = None
+    names: list[str] | None = None
+    status: dict[str, str] = {}
     if not log_only:
         if not set_params:
             typer.echo("error: give the grid with -S key=v1,v2 (or --log-only)", err=True)
@@ -247,9 +248,13 @@ def sweep(
         typer.echo(f"queued {len(names)} experiments: {', '.join(names)}")
         status = _run(run_queue, r, names, jobs)
         typer.echo("finished: " + ", ".join(f"{n} {st}" for n, st in status.items()))
+        names = [n for n, st in status.items() if st == "Success"]
     sweep_name = name or time.strftime("sweep-%Y%m%d-%H%M%S")
     parent, logged = _run(log_sweep, r, s, tracking_uri(r), sweep_name, names)
     typer.echo(f"MLflow: {len(logged)} runs logged under {sweep_name} (run {parent}); compare with `cxr exp-show`")
+    if names is not None and len(names) < len(status):
+        typer.echo("error: some experiments failed; see `dvc queue logs NAME`", err=True)
+        raise typer.Exit(1)
 
 
 @app.command("exp-show")
