@@ -300,8 +300,12 @@ def choose_sides(
     return reference, "the champion's validation split", test, "the current test split (no new images)"
 
 
-def _champion(settings: Settings, uri: str, dst: Path) -> tuple[str, Path, Path] | None:
-    """(version, checkpoint, manifest) of the champion downloaded into ``dst``, or None when there is no champion."""
+class NoReference(LookupError):
+    """There is nothing to compare with (no champion, or one without its manifest or checkpoint); says why."""
+
+
+def _champion(settings: Settings, uri: str, dst: Path) -> tuple[str, Path, Path]:
+    """(version, checkpoint, manifest) of the champion, downloaded into ``dst``; NoReference when unusable."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -310,16 +314,19 @@ def _champion(settings: Settings, uri: str, dst: Path) -> tuple[str, Path, Path]
     try:
         mv = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
-        return None
-    manifest = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="pipeline/manifest.csv",
-                                                        dst_path=str(dst / "run"), tracking_uri=uri))
+        raise NoReference(f"no champion of {name} yet: nothing to compare with") from None
+    try:
+        manifest = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="pipeline/manifest.csv",
+                                                            dst_path=str(dst / "run"), tracking_uri=uri))
+    except (MlflowException, OSError):
+        raise NoReference(f"champion {name} version {mv.version} has no pipeline/manifest.csv in its run") from None
     # The version's concrete location: a models:/ URI would be resolved against the process-wide registry.
     location = client.get_model_version_download_uri(name, mv.version)
     model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(dst / "model"),
                                                          tracking_uri=uri))
     checkpoints = sorted(model_dir.rglob("*.pt"))
     if not checkpoints:
-        raise FileNotFoundError(f"models:/{name}/{mv.version}: no checkpoint among the model's artifacts")
+        raise NoReference(f"champion {name} version {mv.version} has no checkpoint among its model's artifacts")
     return str(mv.version), checkpoints[0], manifest
 
 
@@ -329,11 +336,12 @@ def run_drift_check(settings: Settings, paths: ResolvedPaths, uri: str) -> Drift
 
     cfg = settings.drift
     with tempfile.TemporaryDirectory(prefix="cxr-drift-") as tmp:
-        champion = _champion(settings, uri, Path(tmp))
-        if champion is None:
-            report = DriftReport(status="skipped", alpha=cfg.alpha,
-                                 reasons=[f"no champion of {settings.base.model_name} yet: nothing to compare with"])
-        else:
+        try:
+            champion = _champion(settings, uri, Path(tmp))
+        except NoReference as why:
+            champion = None
+            report = DriftReport(status="skipped", alpha=cfg.alpha, reasons=[str(why)])
+        if champion is not None:
             version, checkpoint, manifest = champion
             ref_rows, ref_desc, cur_rows, cur_desc = choose_sides(_read_rows(manifest), _read_rows(paths.manifest))
             if len(ref_rows) < 2 or len(cur_rows) < 2:

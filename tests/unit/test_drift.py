@@ -133,3 +133,27 @@ def test_report_section_and_round_trip(dataset, embed, tmp_path) -> None:
     [(sid, _, html)] = drift_sections(tmp_path / "drift.json")
     assert sid == "drift"
     assert "Drift flagged" in html and "embedding_mmd" in html and "ref &lt;split&gt;" in html
+
+
+def test_champion_without_its_manifest_is_skipped_with_the_reason(tmp_path) -> None:
+    import mlflow
+
+    from cxr.config import Settings
+    from cxr.drift import read_report, run_drift_check
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    run = client.create_run(exp)
+    client.set_terminated(run.info.run_id)
+    settings = Settings()
+    name = settings.base.model_name
+    client.create_registered_model(name)
+    mv = client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    client.set_registered_model_alias(name, "champion", mv.version)
+    paths = settings.paths(tmp_path)
+
+    report = run_drift_check(settings, paths, uri)
+    assert report.status == "skipped" and not report.flagged
+    assert "no pipeline/manifest.csv" in report.reasons[0]
+    assert read_report(paths.drift) == report
