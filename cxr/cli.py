@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -256,6 +257,77 @@ def predict(
     res = _run(step, model or f"models:/{s.base.model_name}@champion", inputs, out, gradcam, tracking_uri(r))
     unreadable = f"; {len(res.failed)} unreadable, see the error column" if res.failed else ""
     typer.echo(f"predictions in {res.out}: {res.predicted} images classified{unreadable}")
+
+
+@app.command()
+def sweep(
+    set_params: Annotated[list[str] | None, typer.Option(
+        "--set-param", "-S", help="As in dvc exp run: key=value, or key=v1,v2 for a grid (repeat for more keys).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="The sweep's MLflow parent run (default: a timestamp).")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Queue workers; 1 is the reliable choice.")] = 1,
+    log_only: Annotated[bool, typer.Option(
+        "--log-only", help="Queue and run nothing: log the experiments DVC already has to MLflow.")] = False,
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = None,
+) -> None:
+    """Queue a DVC experiment grid, run it, and log every experiment to MLflow under one parent run."""
+    import time
+
+    from cxr.experiments import log_sweep, queue, run_queue
+    from cxr.register import tracking_uri
+
+    s, r = setup(params, root)
+    names: list[str] | None = None
+    status: dict[str, str] = {}
+    if not log_only:
+        if not set_params:
+            typer.echo("error: give the grid with -S key=v1,v2 (or --log-only)", err=True)
+            raise typer.Exit(2)
+        names = _run(queue, r, set_params)
+        typer.echo(f"queued {len(names)} experiments: {', '.join(names)}")
+        status = _run(run_queue, r, names, jobs)
+        typer.echo("finished: " + ", ".join(f"{n} {st}" for n, st in status.items()))
+        names = [n for n, st in status.items() if st == "Success"]
+    sweep_name = name or time.strftime("sweep-%Y%m%d-%H%M%S")
+    parent, logged = _run(log_sweep, r, s, tracking_uri(r), sweep_name, names)
+    typer.echo(f"MLflow: {len(logged)} runs logged under {sweep_name} (run {parent}); compare with `cxr exp-show`")
+    if names is not None and len(names) < len(status):
+        typer.echo("error: some experiments failed; see `dvc queue logs NAME`", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("exp-show")
+def exp_show(
+    md: Annotated[bool, typer.Option("--md", help="A Markdown table.")] = False,
+    root: RootOpt = None,
+) -> None:
+    """`dvc exp show` cut to the headline metrics and the params that differ between experiments."""
+    from cxr.dvcops import run_dvc
+    from cxr.experiments import show_args
+
+    typer.echo(_run(run_dvc, show_args(md), (root or Path(".")).resolve()), nl=False)
+
+
+@app.command()
+def tune(
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = None,
+    trials: Annotated[int | None, typer.Option("--trials", "-n", help="Trials (default tune.trials).")] = None,
+    queue: Annotated[bool, typer.Option("--queue", help="Also queue the best values as a DVC experiment.")] = False,
+) -> None:
+    """Search tune.space on the validation split (Optuna, tracked in MLflow); write the best params file."""
+    from cxr.dvcops import run_dvc
+    from cxr.register import tracking_uri
+    from cxr.tune import tune as step
+
+    s, r = setup(params, root)
+    res = _run(step, s, s.paths(r), tracking_uri(r), trials)
+    typer.echo(f"study {res.study_name}: best {s.tune.objective}={res.best_value:.4f} after {res.trials} trials "
+               f"({res.pruned} pruned)")
+    typer.echo(f"best params in {res.params_file}; apply with: dvc exp run {shlex.join(res.dvc_args())}")
+    if queue:
+        _run(run_dvc, ["exp", "run", "--queue", *res.dvc_args()], r)
+        typer.echo("queued as a DVC experiment: dvc queue start -j 1")
 
 
 @app.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,10 @@ DATASET_CLASSES: tuple[str, ...] = ("COVID", "Normal", "Lung_Opacity", "Viral Pn
 
 #: Images per class in the real dataset (v5); the synthetic ``full`` size matches it.
 FULL_COUNTS: dict[str, int] = {"COVID": 3616, "Normal": 10192, "Lung_Opacity": 6012, "Viral Pneumonia": 1345}
+
+
+#: Environment variable that moves the decoded image cache (``base.paths.cache``) out of the project.
+CACHE_DIR_ENV = "CXR_CACHE_DIR"
 
 
 class ConfigError(ValueError):
@@ -44,10 +49,17 @@ class Paths(_Section):
     #: The headline Grad-CAM figures (``dvc metrics show``); the full set is in the Grad-CAM folder.
     cam_metrics: str = "reports/cam_metrics.json"
     report: str = "reports/report.html"
+    drift: str = "reports/drift.json"
+    tune: str = "reports/tune"
 
     def resolve(self, root: Path) -> "ResolvedPaths":
-        """Absolute paths under ``root``."""
-        return ResolvedPaths(root=root, **{k: root / v for k, v in self.model_dump().items()})
+        """Absolute paths under ``root``; ``CXR_CACHE_DIR``, when set, places the decoded cache elsewhere."""
+        resolved = {k: root / v for k, v in self.model_dump().items()}
+        # Queued DVC experiments run in temporary copies of the project: pointing them all at one decoded
+        # cache saves each from decoding the whole dataset again (the cache is keyed by content and size).
+        if os.environ.get(CACHE_DIR_ENV):
+            resolved["cache"] = Path(os.environ[CACHE_DIR_ENV]).expanduser().resolve()
+        return ResolvedPaths(root=root, **resolved)
 
 
 class ResolvedPaths(BaseModel):
@@ -68,6 +80,8 @@ class ResolvedPaths(BaseModel):
     metrics_full: Path
     cam_metrics: Path
     report: Path
+    drift: Path
+    tune: Path
 
     # The files inside the output folders: named here only (dvc.yaml spells them as ${folder}/name, and
     # tests/unit/test_dvc_graph.py checks that every path dvc.yaml names is one of these).
@@ -331,6 +345,98 @@ class Registry(_Section):
     auto_promote: bool = True
 
 
+class Range(_Section):
+    """One searched hyperparameter: a float or int range (``low``, ``high``, ``log``) or a list of ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: list[Any] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Range":
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs low and high (or choices)")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+    def bounds(self) -> list[Any]:
+        """The values a trial can reach at the edges (or every choice): each must be a valid setting."""
+        if self.choices is not None:
+            return list(self.choices)
+        cast = int if self.integer else float
+        return [cast(self.low), cast(self.high)]
+
+
+class Tune(_Section):
+    """``cxr tune``: an Optuna search over training settings, scored on the validation split only."""
+
+    trials: int = Field(20, ge=1)
+    #: Stop starting new trials after this many seconds (null: no limit).
+    timeout_s: float | None = Field(None, gt=0)
+    #: Epochs per trial (null: train.epochs); short trials let the pruner drop bad settings early.
+    epochs: int | None = Field(None, ge=1)
+    #: The validation measure the study optimises (val_loss is minimised, the others maximised).
+    objective: Literal["val_loss", "val_accuracy", "val_macro_f1"] = "val_loss"
+    #: Median pruning on the per-epoch validation loss after this many complete trials and epochs.
+    prune_after_trials: int = Field(3, ge=0)
+    prune_after_epochs: int = Field(1, ge=0)
+    #: Dotted ``train.*`` key -> its range or choices.
+    space: dict[str, Range] = Field(default_factory=lambda: {
+        "train.lr": Range(low=0.0003, high=0.01, log=True),
+        "train.weight_decay": Range(low=0.00001, high=0.01, log=True),
+        "train.label_smoothing": Range(low=0.0, high=0.1),
+        "train.batch_size": Range(choices=[16, 32, 64]),
+    })
+
+    @field_validator("space")
+    @classmethod
+    def _train_keys(cls, v: dict[str, Range]) -> dict[str, Range]:
+        for key, rng in v.items():
+            parts = key.split(".")
+            if parts[0] != "train" or len(parts) < 2:
+                raise ValueError(f"{key}: only train.* settings can be searched")
+            for value in rng.bounds():
+                data = Train().model_dump()
+                node = data
+                for part in parts[1:-1]:
+                    if not isinstance(node.get(part), dict):
+                        raise ValueError(f"{key}: unknown key")
+                    node = node[part]
+                if parts[-1] not in node:
+                    raise ValueError(f"{key}: unknown key")
+                node[parts[-1]] = value
+                try:
+                    Train.model_validate(data)
+                except ValidationError as err:
+                    raise ValueError(f"{key}={value!r} is not a valid setting: {err.errors()[0]['msg']}") from None
+        return v
+
+
+class Drift(_Section):
+    """The drift check of each flow run: new (or test) data against the data the champion was trained on."""
+
+    enabled: bool = True
+    #: A test with a p-value below alpha flags drift (embedding MMD, class mix, intensity, image sizes).
+    alpha: float = Field(0.01, gt=0, lt=1)
+    #: Images per side at most (a seeded sample), for the features and the tests.
+    max_images: int = Field(400, ge=10)
+    #: Permutations of the MMD test: the smallest p-value it can report is 1 / (permutations + 1).
+    permutations: int = Field(500, ge=50)
+    #: Refuse to promote a new version to champion while drift is flagged.
+    block_promotion: bool = False
+    #: Post the drift notice to the failure webhook (CXR_NOTIFY_WEBHOOK) when drift is flagged.
+    notify: bool = True
+
+
 class Settings(_Section):
     """All of ``params.yaml``."""
 
@@ -341,6 +447,8 @@ class Settings(_Section):
     evaluate: Evaluate = Field(default_factory=Evaluate)
     gradcam: GradCam = Field(default_factory=GradCam)
     registry: Registry = Field(default_factory=Registry)
+    drift: Drift = Field(default_factory=Drift)
+    tune: Tune = Field(default_factory=Tune)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Settings":

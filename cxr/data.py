@@ -6,6 +6,7 @@ import csv
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -141,13 +142,28 @@ def cache_key(manifest: Manifest, size: int) -> str:
 
 
 def decoded_cache(manifest: Manifest, raw: Path, cache_dir: Path, size: int, workers: int = 2) -> np.ndarray:
-    """A read-only memory map (N, size, size) uint8 of the manifest's images (in ``raw``), decoded once."""
+    """A read-only memory map (N, size, size) uint8 of the manifest's images (in ``raw``), decoded once.
+
+    Safe to share between processes (queued experiments, a search's trials): one builds a missing entry
+    under a file lock while the others wait and then read it; the entry appears by an atomic rename.
+    """
+    from filelock import FileLock
+
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{cache_key(manifest, size)}.npy"
     if path.exists():
         return np.load(path, mmap_mode="r")
+    with FileLock(f"{path}.lock"):
+        if path.exists():  # built by another process while this one waited
+            return np.load(path, mmap_mode="r")
+        _build_cache(manifest, raw, path, size, workers)
+    return np.load(path, mmap_mode="r")
+
+
+def _build_cache(manifest: Manifest, raw: Path, path: Path, size: int, workers: int) -> None:
+    """Decode the manifest's images into ``path`` through a temporary file renamed into place."""
     rels = [r["path"] for r in manifest.rows]
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rels), size, size))
     try:
         with RawStore(raw) as store:
@@ -164,7 +180,6 @@ def decoded_cache(manifest: Manifest, raw: Path, cache_dir: Path, size: int, wor
     finally:
         tmp.unlink(missing_ok=True)
     log.info("decoded %d images at %d px into %s", len(rels), size, path)
-    return np.load(path, mmap_mode="r")
 
 
 def train_transform(aug: Augment, seed: int = 0):

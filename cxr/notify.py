@@ -91,3 +91,14 @@ def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
             log.info("failure notification sent to %s", _host(url))
     except Exception:  # noqa: BLE001 - a broken notifier must not mask the run's own failure
         log.exception("failure notification could not be built or sent")
+
+
+def notify_drift(summary: str, details: dict[str, Any]) -> bool:
+    """Post a drift notice to ``CXR_NOTIFY_WEBHOOK`` (the failure webhook); False when unset or not delivered."""
+    log.warning("data drift: %s", summary)
+    url = os.environ.get(WEBHOOK_ENV, "").strip()
+    if not url:
+        log.info("%s is not set; drift logged only", WEBHOOK_ENV)
+        return False
+    body = {"text": f"cxr-pipeline data drift: {summary}", "kind": "drift", "details": _jsonable(details)}
+    return post_json(url, body)

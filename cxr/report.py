@@ -285,6 +285,37 @@ def _data_section(paths: ResolvedPaths) -> str:
     return "\n".join(parts)
 
 
+def drift_sections(path: Path) -> list[tuple[str, str, str]]:
+    """The drift check's section (id, title, HTML) when the flow wrote a drift report, else none."""
+    from cxr.drift import INTENSITY_FEATURES, read_report
+
+    report = read_report(path)
+    if report is None:
+        return []
+    if report.status != "checked":
+        return [("drift", "Data drift", f"<p class=\"muted\">Not checked: {_e('; '.join(report.reasons))}</p>")]
+    verdict = (f'<p class="warn">Drift flagged: {_e("; ".join(report.reasons))}</p>' if report.flagged
+               else f"<p>No drift at alpha {_fmt(report.alpha)}.</p>")
+    parts = [
+        verdict,
+        f"<p>Reference: {_e(report.reference)} of champion version {_e(report.champion_version)} "
+        f"({_fmt(report.n_reference)} images); current: {_e(report.current)} ({_fmt(report.n_current)} images).</p>",
+        _table(["test", "statistic", "p-value"],
+               [[_e(name), _fmt(t.get("stat"), 4), _fmt(t.get("p"), 4)] for name, t in report.tests.items()]),
+    ]
+    if report.counts:
+        ref, cur = report.counts.get("reference", {}), report.counts.get("current", {})
+        parts += ["<h3>Images per class</h3>",
+                  _table(["class", "reference", "current"],
+                         [[_e(c), _fmt(ref.get(c, 0)), _fmt(cur.get(c, 0))] for c in sorted(set(ref) | set(cur))])]
+    if report.intensity:
+        parts += ["<h3>Mean intensity statistics (gray levels)</h3>",
+                  _table(["", "reference", "current"],
+                         [[_e(f), _fmt(report.intensity["reference"].get(f), 1), _fmt(report.intensity["current"].get(f), 1)]
+                          for f in INTENSITY_FEATURES])]
+    return [("drift", "Data drift against the champion", "\n".join(parts))]
+
+
 def build_report(settings: Settings, paths: ResolvedPaths, out: Path | None = None) -> Path:
     """Write the self-contained HTML report (default ``base.paths.report``); return its path."""
     out = Path(out) if out is not None else paths.report
@@ -299,6 +330,7 @@ def build_report(settings: Settings, paths: ResolvedPaths, out: Path | None = No
         ("data", "Data", _data_section(paths)),
         ("params", "Parameters", f"<pre>{_e(params)}</pre>"),
     ]
+    sections[-1:-1] = drift_sections(paths.drift)
     nav = " ".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title, _ in sections)
     body = "\n".join(f'<section id="{sid}"><h2>{_e(title)}</h2>\n{content}</section>' for sid, title, content in sections)
     title = f"{settings.base.model_name}: evaluation report"

@@ -10,7 +10,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,8 +239,18 @@ def _dist_info() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
 
 
-def train(cfg: Train, base: Base, paths: ResolvedPaths, resume: bool = True) -> TrainResult:
-    """Train on the manifest's train split, select on valid, write checkpoints, history and metrics."""
+def train(
+    cfg: Train,
+    base: Base,
+    paths: ResolvedPaths,
+    resume: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train on the manifest's train split, select on valid, write checkpoints, history and metrics.
+
+    ``on_epoch`` receives each epoch's history row (validation scores included) once its checkpoints are
+    written; it may raise to stop training (a search pruning a trial does).
+    """
     rank, local_rank, world = _dist_info()
     distributed = world > 1
     if distributed and not dist.is_initialized():
@@ -382,6 +392,8 @@ def train(cfg: Train, base: Base, paths: ResolvedPaths, resume: bool = True) -> 
                 },
             )
             _write_history(paths.history, history)
+            if on_epoch is not None:
+                on_epoch(dict(row))
         if stop:
             if main:
                 log.info("early stop: %s did not improve for %d epochs", cfg.monitor, cfg.patience)

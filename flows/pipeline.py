@@ -12,7 +12,9 @@ from cxr.config import load_settings
 from cxr.notify import notify_failure
 from cxr.register import check_tracking, tracking_uri
 from cxr.report import metrics_markdown
-from tasks.pipeline_tasks import FLOW_TIMEOUT_S, STAGES, download_data, gate_version, register_model, repro_stage
+from tasks.pipeline_tasks import (
+    FLOW_TIMEOUT_S, STAGES, check_drift, download_data, gate_version, register_model, repro_stage,
+)
 
 #: Fixed artifact keys: each run adds a version, so the UI shows the history of each.
 METRICS_ARTIFACT = "cxr-test-metrics"
@@ -75,13 +77,16 @@ def pipeline(params: str = "params.yaml", root: str = ".") -> dict:
     paths = settings.paths(root_path)
     data = download_data(params_path, str(root_path))
     ran: dict[str, bool] = {}
+    drift: dict | None = None
     # Stages run one at a time, in order: a failed stage raises here, so later stages and the
     # registration never run, and DVC records nothing for the failed stage.
     for stage in STAGES:
         ran[stage] = repro_stage(stage, str(root_path))
         if stage == "split":
             publish_data_report(paths.data_report, data["data_version"])
-    result: dict = {"data": data, "stages_ran": ran}
+            # Before training, so the report stage can show it and the gate can be held back by it.
+            drift = check_drift(params_path, str(root_path), data["data_version"]) if settings.drift.enabled else None
+    result: dict = {"data": data, "stages_ran": ran, "drift": drift}
     metrics = json.loads(paths.metrics_full.read_text())
     cam_file = paths.cam_metrics_full
     cam = json.loads(cam_file.read_text()) if cam_file.is_file() else {}
@@ -89,7 +94,8 @@ def pipeline(params: str = "params.yaml", root: str = ".") -> dict:
         registered = register_model(params_path, str(root_path))
         result["registered"] = registered
         if registered["new"]:
-            result["gate"] = gate_version(params_path, str(root_path), registered["version"])
+            blocked_by = "; ".join(drift["reasons"]) if drift and drift["block_promotion"] else None
+            result["gate"] = gate_version(params_path, str(root_path), registered["version"], blocked_by)
         else:  # the same model was judged when it was registered: the gate does not decide again
             logger.info("inputs unchanged: version %s stands, no new version, no gate", registered["version"])
     create_markdown_artifact(

@@ -110,11 +110,44 @@ def register_model(params: str, root: str) -> dict:
 
 
 @task(
+    name="drift", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient,
+    timeout_seconds=REGISTER_TIMEOUT_S,
+)
+def check_drift(params: str, root: str, data_version: str | None) -> dict:
+    """Compare the current data with the champion's; publish the report, log it to MLflow, notify on drift."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from cxr.drift import DRIFT_ARTIFACT, log_to_mlflow, run_drift_check
+    from cxr.notify import notify_drift
+    from cxr.register import tracking_uri
+
+    s = load_settings(params)
+    root_path = Path(root)
+    uri = tracking_uri(root_path)
+    report = run_drift_check(s, s.paths(root_path), uri)
+    create_markdown_artifact(key=DRIFT_ARTIFACT, markdown=report.markdown(),
+                             description=f"Data drift of data version {data_version} against the champion")
+    # Nothing measured (no champion yet) leaves nothing in MLflow.
+    run_id = log_to_mlflow(report, s, uri, root_path, data_version) if report.status == "checked" else None
+    if report.flagged and s.drift.notify:
+        notify_drift("; ".join(report.reasons), {"data_version": data_version, "mlflow_run_id": run_id,
+                                                 "champion_version": report.champion_version, "tests": report.tests})
+    block = report.flagged and s.drift.block_promotion
+    get_run_logger().info("drift: %s%s", "; ".join(report.reasons) or report.status,
+                          " (promotion blocked)" if block else "")
+    return {"status": report.status, "flagged": report.flagged, "block_promotion": block, "reasons": report.reasons,
+            "mlflow_run_id": run_id}
+
+
+@task(
     name="gate", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient,
     timeout_seconds=REGISTER_TIMEOUT_S,
 )
-def gate_version(params: str, root: str, version: str) -> dict:
-    """Make the new version the challenger and run the promotion gate; record the decision."""
+def gate_version(params: str, root: str, version: str, blocked_by: str | None = None) -> dict:
+    """Make the new version the challenger and run the promotion gate; record the decision.
+
+    ``blocked_by`` (the drift check's reasons) keeps the gate from promoting even when it passes.
+    """
     from mlflow import MlflowClient
     from prefect.artifacts import create_markdown_artifact
 
@@ -123,10 +156,13 @@ def gate_version(params: str, root: str, version: str) -> dict:
 
     s = load_settings(params)
     paths = s.paths(Path(root))
+    registry = s.registry.model_copy(update={"auto_promote": False}) if blocked_by else s.registry
     res = register_challenger(
-        MlflowClient(tracking_uri(Path(root))), s.base.model_name, version, s.registry, paths.manifest, paths.raw
+        MlflowClient(tracking_uri(Path(root))), s.base.model_name, version, registry, paths.manifest, paths.raw
     )
     verdict = "promoted to champion" if res.promotion else ("passed" if res.decision.promote else "refused")
+    if blocked_by and res.decision.promote:
+        verdict = f"passed, not promoted: data drift ({blocked_by})"
     reasons = "\n".join(f"- {r}" for r in res.decision.reasons)
     create_markdown_artifact(
         key="cxr-promotion",
@@ -139,6 +175,6 @@ def gate_version(params: str, root: str, version: str) -> dict:
 
 
 __all__ = [
-    "STAGES", "download_data", "repro_stage", "register_model", "gate_version", "DvcError", "DvcLockBusy", "StageKilled",
+    "STAGES", "check_drift", "download_data", "repro_stage", "register_model", "gate_version", "DvcError", "DvcLockBusy", "StageKilled",
     "is_transient", "stream_command", "stream_dvc",
 ]

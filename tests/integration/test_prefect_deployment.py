@@ -137,7 +137,7 @@ def test_scheduled_deployment_runs_on_a_process_worker(api, tmp_path: Path) -> N
     shutil.copy(REPO / "prefect.yaml", root / "prefect.yaml")
     prefect = str(BIN / "prefect")
     run_cli([prefect, "work-pool", "create", "cxr-process", "--type", "process"], env, root)
-    out = run_cli([prefect, "--no-prompt", "deploy", "--all"], env, root)
+    out = run_cli([prefect, "--no-prompt", "deploy", "--name", "scheduled"], env, root)
     assert "cxr-pipeline/scheduled" in out
 
     # The worker starts elsewhere: only the deployment's pull step puts the run in the project.

@@ -124,3 +124,23 @@ def test_config_defaults_are_the_params_file() -> None:
             yield f"{prefix.rstrip('.')}: default {a!r}, params.yaml {b!r}"
 
     assert list(diff(defaults, params)) == []
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"train.lr": {"low": -1, "high": 0.1, "log": True}}, "log range needs low > 0"),
+        ({"train.lr": {"low": 0.1, "high": 0.01}}, "must be below high"),
+        ({"train.learning_rate": {"low": 0.1, "high": 1}}, "train.learning_rate: unknown key"),
+        ({"evaluate.n_boot": {"choices": [10]}}, "only train.* settings"),
+        ({"train.batch_size": {"choices": [0, 16]}}, "train.batch_size=0 is not a valid setting"),
+        ({"train.augment.p": {"low": 0.5, "high": 2}}, "train.augment.p=2.0 is not a valid setting"),
+        ({"train.lr": {"low": 0.1}}, "needs low and high"),
+    ],
+)
+def test_tune_space_is_validated(space: dict, message: str) -> None:
+    params = real_params()
+    params["tune"]["space"] = space
+    with pytest.raises(ConfigError) as err:
+        parse_settings(params, "params.yaml")
+    assert "tune.space" in str(err.value) and message in str(err.value)

@@ -241,3 +241,14 @@ def test_stream_dvc_raises_dvc_error_with_the_output(tmp_path: Path) -> None:
         pt.stream_dvc(["repro", "--single-item", "nosuch"], tmp_path, logging.getLogger("test"))
     assert not isinstance(err.value, pt.DvcLockBusy)
     assert "failed in" in str(err.value) and "exit" in str(err.value)
+
+
+def test_drift_notice_goes_to_the_failure_webhook(webhook, monkeypatch) -> None:
+    monkeypatch.setenv(notify.WEBHOOK_ENV, f"http://127.0.0.1:{webhook.server_port}/hook")
+    assert notify.notify_drift("embedding_mmd: p = 0.002 < alpha 0.01", {"champion_version": "3", "tests": {}})
+    [(_, _, body)] = webhook.received
+    assert body["kind"] == "drift" and "embedding_mmd" in body["text"]
+    assert body["details"]["champion_version"] == "3"
+    monkeypatch.delenv(notify.WEBHOOK_ENV)
+    assert not notify.notify_drift("x", {})  # unset: logged only
+    assert len(webhook.received) == 1
