@@ -206,8 +206,8 @@ def promote(
     root: RootOpt = None,
 ) -> None:
     """Manual promotion to champion, recorded with who, when and why."""
-    from cxr.promote import default_actor
     from cxr.promote import promote as step
+    from cxr.registry import default_actor
 
     s, r, client = _registry(params, root)
     res = _run(step, client, s.base.model_name, version, reason, actor or default_actor(r), force=force)
@@ -223,8 +223,8 @@ def rollback(
     root: RootOpt = None,
 ) -> None:
     """Move champion back to the previous champion, recorded with who, when and why."""
-    from cxr.promote import default_actor
     from cxr.promote import rollback as step
+    from cxr.registry import default_actor
 
     s, r, client = _registry(params, root)
     res = _run(step, client, s.base.model_name, reason, actor or default_actor(r))

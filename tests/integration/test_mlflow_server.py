@@ -117,8 +117,8 @@ def test_gate_promotion_rollback_and_serving_by_alias(client, tmp_path: Path) ->
     import pandas as pd
 
     from cxr.config import Registry
-    from cxr.promote import (CHAMPION, PREVIOUS, DataSourceMismatch, GateRefused, alias_version, audit_log, promote,
-                             register_challenger, rollback)
+    from cxr.promote import promote, register_challenger, rollback
+    from cxr.registry import CHAMPION, PREVIOUS, DataSourceMismatch, GateRefused, alias_version, audit_log
 
     cfg = Registry(min_accuracy=0.5, min_macro_auc=0.7, min_sensitivity={"COVID": 0.5}, margin=0.02,
                    test="mcnemar", auto_promote=True)
@@ -168,7 +168,8 @@ def test_gate_promotion_rollback_and_serving_by_alias(client, tmp_path: Path) ->
 def test_two_promotions_at_once_leave_exactly_one_champion(client, tmp_path: Path, lock: bool) -> None:
     from mlflow import MlflowClient
 
-    from cxr.promote import CHAMPION, alias_version, promote
+    from cxr.promote import promote
+    from cxr.registry import CHAMPION, alias_version
 
     name = f"race-{'locked' if lock else 'unlocked'}"
     _, _, rows = manifest(tmp_path)
@@ -215,7 +216,8 @@ def test_two_promotions_at_once_leave_exactly_one_champion(client, tmp_path: Pat
 def test_advisory_lock_excludes_a_second_promoter(pg, server, tmp_path: Path, client) -> None:
     from mlflow import MlflowClient
 
-    from cxr.promote import CHAMPION, alias_version, promote, promotion_lock
+    from cxr.promote import promote
+    from cxr.registry import CHAMPION, alias_version, promotion_lock
 
     _, _, rows = manifest(tmp_path)
     v = register_version(tmp_path, rows, 100, name="locked-model")

@@ -15,7 +15,9 @@ import pytest
 
 from conftest import label_reading_model
 from cxr.config import Registry
-from cxr.promote import (
+from cxr.gate import bootstrap_noninferiority, evaluate_gate, mcnemar_noninferiority
+from cxr.promote import promote, register_challenger, rollback
+from cxr.registry import (
     CHALLENGER,
     CHAMPION,
     PREVIOUS,
@@ -25,14 +27,8 @@ from cxr.promote import (
     PromotionError,
     alias_version,
     audit_log,
-    bootstrap_noninferiority,
     champion_history,
-    evaluate_gate,
-    mcnemar_noninferiority,
-    promote,
     promotion_lock,
-    register_challenger,
-    rollback,
 )
 
 CLASSES = ("COVID", "Normal")
@@ -394,7 +390,7 @@ def test_the_actor_is_the_git_user_else_the_system_account(tmp_path: Path, monke
     import pwd
     import subprocess
 
-    from cxr.promote import default_actor
+    from cxr.registry import default_actor
 
     home = tmp_path / "home"
     home.mkdir()
@@ -442,3 +438,51 @@ def test_cli_gate_exits_3_on_refusal_and_promote_needs_force(store, tmp_path: Pa
     assert result.exit_code == 0 and "forced" in result.stdout, result.output
     assert alias_version(client, NAME, CHAMPION) == bad
     assert client.get_model_version(NAME, bad).tags["promotion.by"] == "carol"
+
+
+def test_bootstrap_is_seeded_and_needs_two_pairs() -> None:
+    challenger, champion = [1, 0] * 50, [1] * 70 + [0] * 30
+    first = bootstrap_noninferiority(challenger, champion, margin=0.02, alpha=0.05, n_boot=300, seed=7)
+    assert first == bootstrap_noninferiority(challenger, champion, margin=0.02, alpha=0.05, n_boot=300, seed=7)
+    assert first.ci_lower < first.difference == pytest.approx(-0.2)
+    with pytest.raises(ValueError, match="at least 2 paired images"):
+        bootstrap_noninferiority([1], [0], margin=0.02, alpha=0.05, n_boot=100)
+
+
+def test_upserts_retry_collisions_but_not_deterministic_failures() -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST, RESOURCE_DOES_NOT_EXIST
+
+    from cxr.registry import upsert
+
+    calls: list[str] = []
+
+    def collides_twice(key: str) -> None:
+        calls.append(key)
+        if len(calls) < 3:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed", error_code=BAD_REQUEST)
+
+    upsert(collides_twice, "champion")
+    assert calls == ["champion"] * 3
+
+    def missing(key: str) -> None:
+        calls.append(key)
+        raise MlflowException("Registered Model with name=x not found", error_code=RESOURCE_DOES_NOT_EXIST)
+
+    calls.clear()
+    with pytest.raises(MlflowException, match="not found"):
+        upsert(missing, "champion")
+    assert calls == ["champion"]
+
+
+def test_the_file_lock_times_out_with_a_clear_error(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    client = SimpleNamespace(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    with promotion_lock(client, NAME) as kind:
+        assert kind == "file"
+        with pytest.raises(PromotionError, match=rf"model '{NAME}': another promotion held .* for over 0 s"):
+            with promotion_lock(client, NAME, timeout_s=0.2):
+                pass
+    with promotion_lock(client, NAME, timeout_s=0.2):  # released: free again
+        pass
