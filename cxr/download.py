@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.config import Base, Download, ResolvedPaths
 from cxr.dvcops import DATA_DVC, DvcError, has_remote, read_data_dvc, run_dvc, stage_status, track_raw
-from cxr.rawstore import RawStore, pack
+from cxr.rawstore import SKIPPED_FILE, RawStore, fresh_dir, pack
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ def source_description(base: Base, cfg: Download, root: Path) -> dict:
     if cfg.source == "synthetic":
         desc.update(per_class=cfg.synthetic.per_class, size=cfg.synthetic.size, seed=base.seed)
     elif cfg.source == "kaggle":
-        desc.update(handle=cfg.kaggle.handle, version=cfg.kaggle.version, policy=cfg.policy)
+        desc.update(handle=cfg.kaggle.handle, version=cfg.kaggle.version, policy=cfg.policy, max_pixels=cfg.max_pixels)
     else:
-        desc.update(path=str(local_path(cfg, root).resolve()), policy=cfg.policy)
+        desc.update(path=str(local_path(cfg, root).resolve()), policy=cfg.policy, max_pixels=cfg.max_pixels)
     return desc
 
 
@@ -101,9 +101,13 @@ def _fill(staging: Path, base: Base, cfg: Download, root: Path) -> None:
         src = local_path(cfg, root)
         expected = None
     staging.rmdir()  # ingest builds its destination atomically and refuses to overwrite a half-made one
-    report = ingest(src, staging, list(base.folders), policy=cfg.policy, expected_counts=expected, workers=cfg.workers)
+    report = ingest(src, staging, list(base.folders), policy=cfg.policy, expected_counts=expected, workers=cfg.workers,
+                    max_pixels=cfg.max_pixels)
     if report.bad:
         log.warning("%d bad files skipped (policy 'skip'), e.g. %s", len(report.bad), report.bad[0])
+        # Stored with the data (and so in its version), where the split step's data report picks it up.
+        skipped = [{"path": b.path, "reason": b.reason} for b in report.bad]
+        (staging / SKIPPED_FILE).write_text(json.dumps({"source": str(src), "skipped": skipped}, indent=2) + "\n")
 
 
 def download(base: Base, cfg: Download, paths: ResolvedPaths) -> DownloadResult:
@@ -116,8 +120,8 @@ def download(base: Base, cfg: Download, paths: ResolvedPaths) -> DownloadResult:
         return DownloadResult(raw, read_data_dvc(root)["outs"][0]["md5"], fingerprint, True, _counts(raw, base.folders))
 
     raw.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".raw-", dir=raw.parent))
-    loose = Path(tempfile.mkdtemp(prefix=".raw-loose-", dir=raw.parent))
+    staging = fresh_dir(raw.parent, ".raw-")
+    loose = fresh_dir(raw.parent, ".raw-loose-")
     try:
         _fill(loose, base, cfg, root)
         archives = pack(loose, staging)

@@ -43,6 +43,11 @@ def data_report_markdown(report: dict) -> str:
     for key, title in (("sizes", "Image sizes"), ("modes", "Image modes")):
         if report.get(key):
             lines.append(f"{title}: " + ", ".join(f"{k} ({v})" for k, v in report[key].items()) + ".")
+    skipped = report.get("skipped") or []
+    if skipped:
+        lines += ["", f"Left out of the data (download.policy 'skip'): {len(skipped)} file(s).", "",
+                  "| file | reason |", "| --- | --- |"]
+        lines += [f"| `{s['path']}` | {s['reason'].replace('|', '/')} |" for s in skipped]
     return "\n".join(lines)
 
 
