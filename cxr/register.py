@@ -147,6 +147,22 @@ def _data_source(settings: Settings) -> str:
     return f"a local copy of the COVID-19 Radiography Database ({d.local.path})"
 
 
+def calibration_text(cal: dict, fmt) -> str:
+    """What temperature the served model applies and why, and what it does on held-out data (Markdown)."""
+    fitted = cal.get("temperature_fitted", cal.get("temperature"))
+    applied = cal.get("temperature_applied", True)
+    text = (f"Temperature fitted on validation: T = {fmt(fitted)}; "
+            + (f"applied, as {cal['criterion']}. " if applied and cal.get("criterion") else "applied. " if applied
+               else f"**not applied** (served probabilities are the raw softmax): the rule is that "
+                    f"{cal.get('criterion', 'it must help on validation')}, and it did not. ")
+            + f"Test ECE {fmt(cal.get('ece_uncalibrated'))} unscaled, {fmt(cal.get('ece'))} as served; Brier "
+            f"{fmt(cal.get('brier'))}.")
+    if cal.get("fitted_worsens_test_ece"):
+        text += (f" Warning: the fitted temperature makes held-out (test) calibration worse (ECE "
+                 f"{fmt(cal.get('ece_uncalibrated'))} -> {fmt(cal.get('ece_at_fitted_temperature'))}).")
+    return text
+
+
 def model_card(settings: Settings, meta: dict, metrics: dict, cam: dict, lineage: dict[str, str],
                data_report: dict | None = None) -> str:
     """The model card (Markdown): use, data, classes, training, test metrics with CIs, calibration, CAMs, limits."""
@@ -181,6 +197,11 @@ def model_card(settings: Settings, meta: dict, metrics: dict, cam: dict, lineage
         lines.append(f"- Images: {data_report.get('images', 'n/a')}; near-duplicate groups: {dup.get('groups', 'n/a')} "
                      f"({dup.get('images_in_groups', 'n/a')} images), exact copies: {dup.get('exact_copies', 'n/a')}, "
                      f"groups with conflicting labels: {len(dup.get('label_conflicts') or [])}")
+        skipped = data_report.get("skipped") or []
+        if skipped:
+            shown = "; ".join(f"`{s['path']}` ({s['reason']})" for s in skipped[:10])
+            lines.append(f"- Left out under `download.policy: skip`: {len(skipped)} file(s): {shown}"
+                         + (" ..." if len(skipped) > 10 else ""))
     lines += [
         "",
         "## Classes",
@@ -222,9 +243,7 @@ def model_card(settings: Settings, meta: dict, metrics: dict, cam: dict, lineage
     cal = metrics.get("calibration") or {}
     lines += ["", "## Calibration", ""]
     if cal:
-        lines.append(f"Temperature scaling fitted on validation: T = {_fmt(cal.get('temperature'))}; test ECE "
-                     f"{_fmt(cal.get('ece_uncalibrated'))} before, {_fmt(cal.get('ece'))} after; Brier "
-                     f"{_fmt(cal.get('brier'))}. The served model applies this temperature.")
+        lines.append(calibration_text(cal, _fmt))
     else:
         lines.append("No calibration recorded: the served probabilities are the raw softmax.")
     lines += ["", "## Grad-CAM", ""]
@@ -306,6 +325,23 @@ def _create_version(client, name: str, source: str, run_id: str, model_id: str |
         raise
 
 
+def _log_registered_report(client, settings: Settings, paths: ResolvedPaths, run_id: str, version: str) -> None:
+    """Log the report page to the run, naming the run and the version (known only now) in its lineage."""
+    import tempfile
+
+    from cxr.report import build_report
+
+    if not paths.metrics.is_file():
+        return
+    try:
+        with tempfile.TemporaryDirectory(prefix="cxr-report-") as tmp:
+            page = build_report(settings, paths, Path(tmp) / paths.report.name,
+                                registered={"run_id": run_id, "name": settings.base.model_name, "version": version})
+            client.log_artifact(run_id, str(page), "pipeline")
+    except Exception:  # noqa: BLE001 - the version exists; failing now would make a retry register another
+        log.exception("the report naming version %s could not be logged to run %s", version, run_id)
+
+
 def register(settings: Settings, paths: ResolvedPaths) -> RegisterResult:
     """Log the pipeline's outputs to one MLflow run and register the servable model as a new version."""
     import mlflow
@@ -338,7 +374,8 @@ def register(settings: Settings, paths: ResolvedPaths) -> RegisterResult:
         "data_source": settings.download.source,
     }
     meta = {k: v for k, v in load_checkpoint(paths.best_checkpoint).items() if k != "model"}
-    card = model_card(settings, meta, metrics, cam, lineage, _load_json(paths.data_report))
+    data_report = _load_json(paths.data_report)
+    card = model_card(settings, meta, metrics, cam, lineage, data_report)
 
     mlflow.set_tracking_uri(uri)
     exp_id = _experiment(mlflow, settings.base.experiment, root)
@@ -354,13 +391,15 @@ def register(settings: Settings, paths: ResolvedPaths) -> RegisterResult:
                     step = int(row.pop("epoch"))
                     mlflow.log_metrics({f"epoch/{k}": float(v) for k, v in row.items() if v != ""}, step=step)
         mlflow.log_metrics(flat_metrics(metrics, "test/"))
+        # Files left out under download.policy 'skip' (listed in pipeline/report.json and the model card).
+        mlflow.log_metric("data/skipped_files", len(data_report.get("skipped") or []))
         mlflow.log_metrics({f"cam/{k}": float(v) for k, v in flatten(cam).items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
         mlflow.log_artifacts(str(paths.eval_reports), "evaluation")
         if paths.gradcam_reports.is_dir():
             mlflow.log_artifacts(str(paths.gradcam_reports), "gradcam")
         # The manifest lets the promotion gate (cxr.promote) map predictions to image hashes later.
-        for extra in (paths.report, paths.data_report, paths.manifest, paths.train_reports / "history.csv", root / "params.yaml",
+        for extra in (paths.data_report, paths.manifest, paths.train_reports / "history.csv", root / "params.yaml",
                       root / "dvc.lock"):
             if extra.is_file():
                 mlflow.log_artifact(str(extra), "pipeline")
@@ -372,4 +411,5 @@ def register(settings: Settings, paths: ResolvedPaths) -> RegisterResult:
     mv = _create_version(client, settings.base.model_name, info.model_uri, run_id, info.model_id, tags,
                          version_description(card, run_id))
     log.info("MLflow run %s; registered %s version %s", run_id, settings.base.model_name, mv.version)
+    _log_registered_report(client, settings, paths, run_id, str(mv.version))
     return RegisterResult(run_id, settings.base.model_name, str(mv.version), uri)
