@@ -351,6 +351,12 @@ def test_register_logs_the_pyfunc_with_lineage_and_a_model_card(tmp_path: Path, 
     local = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="model_card.md",
                                                 dst_path=str(tmp_path / "dl"), tracking_uri=uri)
     assert Path(local).read_text() == card
+    # The report logged to the run names the run and the version, which the report stage cannot know.
+    page = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="pipeline/report.html",
+                                               dst_path=str(tmp_path / "dl"), tracking_uri=uri)
+    page = Path(page).read_text()
+    assert f"<code>{result.run_id}</code>" in page and f"{result.model_name} version {result.version}" in page
+    assert client.get_run(result.run_id).data.metrics["data/skipped_files"] == 0
     model = mlflow.pyfunc.load_model(f"models:/{result.model_name}/{result.version}")
     assert model.unwrap_python_model().temperature == 1.5
     out = model.predict(pd.DataFrame({"image": [np.full((30, 30), 128, np.uint8)]}))
