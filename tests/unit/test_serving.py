@@ -246,8 +246,15 @@ def test_predict_writes_csv_and_json_with_gradcam(store, tmp_path: Path) -> None
     np.testing.assert_allclose(table.filter(like="p_").to_numpy()[:2], direct.drop(columns="label").to_numpy(), atol=1e-6)
     cams = sorted((tmp_path / "cams").glob("*.png"))
     assert len(cams) == 3 and len({c.name for c in cams}) == 3  # img0 twice (folder and file): names stay unique
-    overlay = cv2.imread(str(cams[0]))
-    assert overlay.shape == (SIZE, SIZE, 3) and overlay.std() > 0
+    # Each overlay is drawn at its file's own resolution (not the model's SIZE), plus a fixed frame
+    # for the title and the colour bar.
+    frames = set()
+    for path, image in zip(table["gradcam"], table["path"]):
+        overlay, source = cv2.imread(path), cv2.imread(image)
+        assert overlay.std() > 0
+        frames.add((overlay.shape[0] - source.shape[0], overlay.shape[1] - source.shape[1]))
+    assert len(frames) == 1 and min(next(iter(frames))) > 0, frames
+    assert len({cv2.imread(p).shape for p in table["gradcam"]}) == len({cv2.imread(p).shape for p in table["path"]}) == 2
 
     json_out = predict(store["model_uri"], [single], tmp_path / "pred.json", tracking_uri=store["uri"])
     rows = json.loads(json_out.read_text())
