@@ -145,7 +145,8 @@ def test_report_from_a_pipeline_run_renders_in_chromium(tmp_path: Path) -> None:
     data_md5 = __import__("yaml").safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
     for needle in (data_md5, "archive-A", "Pointing game".lower(), "augmentations", "ECE", "COVID vs rest"):
         assert needle.lower() in page.lower(), needle
-    expected = len(list(paths.eval_reports.glob("*.png"))) + len(list(paths.gradcam_reports.glob("gallery-*.png")))
+    # Every evaluation figure and gallery, and the training curves drawn from reports/train/history.csv.
+    expected = len(list(paths.eval_reports.glob("*.png"))) + len(list(paths.gradcam_reports.glob("gallery-*.png"))) + 1
     assert page.count('<img src="data:image/png;base64,') == expected >= 9
 
     probe = tmp_path / "probe.html"
