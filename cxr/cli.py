@@ -154,7 +154,7 @@ def _registry(params: Path, root: Path | None):
     """Settings, project root and an MLflow client on the project's tracking store."""
     from mlflow import MlflowClient
 
-    from cxr.register import check_tracking, tracking_uri
+    from cxr.tracking import check_tracking, tracking_uri
 
     s, r = setup(params, root)
     uri = tracking_uri(r)
@@ -250,7 +250,7 @@ def predict(
     """
     from cxr.predict import check_output
     from cxr.predict import predict as step
-    from cxr.register import tracking_uri
+    from cxr.tracking import tracking_uri
 
     _run(check_output, out)  # a wrong suffix is refused before the model loads
     s, r = setup(params, root)
@@ -274,7 +274,7 @@ def sweep(
     import time
 
     from cxr.experiments import log_sweep, queue, run_queue
-    from cxr.register import tracking_uri
+    from cxr.tracking import tracking_uri
 
     s, r = setup(params, root)
     names: list[str] | None = None
@@ -317,7 +317,7 @@ def tune(
 ) -> None:
     """Search tune.space on the validation split (Optuna, tracked in MLflow); write the best params file."""
     from cxr.dvcops import run_dvc
-    from cxr.register import tracking_uri
+    from cxr.tracking import tracking_uri
     from cxr.tune import tune as step
 
     s, r = setup(params, root)

@@ -222,6 +222,8 @@ class Download(_Section):
 
     source: Literal["synthetic", "kaggle", "local"] = "synthetic"
     policy: Literal["fail", "skip"] = "fail"
+    #: An image with more pixels is refused from its header, before it is decoded (a decompression bomb).
+    max_pixels: int = Field(25_000_000, ge=64 * 64)  # 64 px a side is the smallest image ingest accepts
     workers: int = Field(2, ge=1)
     synthetic: SyntheticSource = Field(default_factory=SyntheticSource)
     kaggle: KaggleSource = Field(default_factory=KaggleSource)

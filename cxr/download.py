@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.config import Base, Download, ResolvedPaths
 from cxr.dvcops import DATA_DVC, DvcError, has_remote, read_data_dvc, run_dvc, stage_status, track_raw
 from cxr.rawindex import IndexEntry, build_index, from_ingestion, index_path, write_index
-from cxr.rawstore import RawStore, pack
+from cxr.rawstore import SKIPPED_FILE, RawStore, fresh_dir, pack
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,9 @@ def source_description(base: Base, cfg: Download, root: Path) -> dict:
     if cfg.source == "synthetic":
         desc.update(per_class=cfg.synthetic.per_class, size=cfg.synthetic.size, seed=base.seed)
     elif cfg.source == "kaggle":
-        desc.update(handle=cfg.kaggle.handle, version=cfg.kaggle.version, policy=cfg.policy)
+        desc.update(handle=cfg.kaggle.handle, version=cfg.kaggle.version, policy=cfg.policy, max_pixels=cfg.max_pixels)
     else:
-        desc.update(path=str(local_path(cfg, root).resolve()), policy=cfg.policy)
+        desc.update(path=str(local_path(cfg, root).resolve()), policy=cfg.policy, max_pixels=cfg.max_pixels)
     return desc
 
 
@@ -105,9 +105,13 @@ def _fill(staging: Path, base: Base, cfg: Download, root: Path) -> dict[str, Ind
         src = local_path(cfg, root)
         expected = None
     staging.rmdir()  # ingest builds its destination atomically and refuses to overwrite a half-made one
-    report = ingest(src, staging, list(base.folders), policy=cfg.policy, expected_counts=expected, workers=cfg.workers)
+    report = ingest(src, staging, list(base.folders), policy=cfg.policy, expected_counts=expected, workers=cfg.workers,
+                    max_pixels=cfg.max_pixels)
     if report.bad:
         log.warning("%d bad files skipped (policy 'skip'), e.g. %s", len(report.bad), report.bad[0])
+        # Stored with the data (and so in its version), where the split step's data report picks it up.
+        skipped = [{"path": b.path, "reason": b.reason} for b in report.bad]
+        (staging / SKIPPED_FILE).write_text(json.dumps({"source": str(src), "skipped": skipped}, indent=2) + "\n")
     return from_ingestion(report.records)
 
 
@@ -121,8 +125,8 @@ def download(base: Base, cfg: Download, paths: ResolvedPaths) -> DownloadResult:
         return DownloadResult(raw, read_data_dvc(root)["outs"][0]["md5"], fingerprint, True, _counts(raw, base.folders))
 
     raw.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".raw-", dir=raw.parent))
-    loose = Path(tempfile.mkdtemp(prefix=".raw-loose-", dir=raw.parent))
+    staging = fresh_dir(raw.parent, ".raw-")
+    loose = fresh_dir(raw.parent, ".raw-loose-")
     try:
         known = _fill(loose, base, cfg, root)
         # Ingestion has decoded and hashed every image: keep that beside the images, versioned with them.

@@ -82,6 +82,7 @@ def evaluate(
         headline_metrics,
         per_source_metrics,
         sensitivity_by_class,
+        temperature_check,
     )
 
     model, meta = load_trained(paths.best_checkpoint, pick_device(device))
@@ -98,7 +99,13 @@ def evaluate(
     v_logits, v_labels = split_logits(model, valid, classes, paths, size, cfg.batch_size)
     t_logits, t_labels = split_logits(model, test, classes, paths, size, cfg.batch_size)
 
-    temperature = float(fit_temperature(v_logits, v_labels))
+    fitted = float(fit_temperature(v_logits, v_labels))
+    check = temperature_check(v_logits, v_labels, seed=base.seed)
+    # Serving and every figure below use the temperature only when it helps on held-out validation folds.
+    temperature = fitted if check["helps"] else 1.0
+    log.info("temperature %.3f fitted on validation %s (%s: %.4f scaled vs %.4f unscaled)", fitted,
+             "used" if check["helps"] else "not used", check["criterion"], check["valid_cv_nll_scaled"],
+             check["valid_cv_nll_unscaled"])
     v_probs, t_probs = softmax(v_logits, temperature), softmax(t_logits, temperature)
     threshold = None
     pos = cfg.positive_class
@@ -108,14 +115,23 @@ def evaluate(
     m = classification_metrics(t_labels, t_probs, classes, pos, threshold, cfg.n_boot, base.seed, cfg.ci)
     cal = calibration(t_labels, t_probs)
     uncal = calibration(t_labels, softmax(t_logits))
+    # Reported, never used for any choice: what the fitted temperature does to held-out (test) calibration.
+    fitted_ece = calibration(t_labels, softmax(t_logits, fitted))["ece"]
     cm = m.pop("confusion_matrix")
     metrics = {
         **m,
         "calibration": {
             "temperature": temperature,
+            "temperature_fitted": fitted,
+            "temperature_applied": check["helps"],
+            "criterion": check["criterion"],
+            "valid_cv_nll_scaled": check["valid_cv_nll_scaled"],
+            "valid_cv_nll_unscaled": check["valid_cv_nll_unscaled"],
             "ece": cal["ece"],
             "brier": cal["brier"],
             "ece_uncalibrated": uncal["ece"],
+            "ece_at_fitted_temperature": fitted_ece,
+            "fitted_worsens_test_ece": bool(fitted_ece > uncal["ece"]),
         },
         "valid_accuracy": float((v_probs.argmax(1) == v_labels).mean()),
     }
@@ -131,7 +147,9 @@ def evaluate(
     write_json(paths.metrics, headline_metrics(metrics))
     write_json(paths.sensitivity, sensitivity_by_class(metrics))
     write_json(paths.confusion, {"classes": list(classes), "counts": cm})
-    write_json(paths.calibration, {"temperature": temperature, "positive_class": pos, "threshold": threshold})
+    write_json(paths.calibration, {"temperature": temperature, "temperature_fitted": fitted,
+                                   "temperature_applied": check["helps"], "criterion": check["criterion"],
+                                   "positive_class": pos, "threshold": threshold})
 
     with paths.predictions.open("w", newline="") as fh:
         w = csv.writer(fh, lineterminator="\n")

@@ -139,14 +139,14 @@ def log_sweep(root: Path, settings: Settings, uri: str, sweep: str, names: Seque
     import mlflow
 
     from cxr.metrics import flat_metrics
-    from cxr.register import _experiment, check_tracking, flatten
+    from cxr.tracking import check_tracking, ensure_experiment, flatten
 
     check_tracking(uri)
     exps = [e for e in list_experiments(root) if names is None or e.name in names]
     if names is not None and (missing := set(names) - {e.name for e in exps}):
         raise ValueError(f"no DVC experiment named {sorted(missing)} in {root}")
     mlflow.set_tracking_uri(uri)
-    exp_id = _experiment(mlflow, settings.base.experiment, root, uri)
+    exp_id = ensure_experiment(mlflow, settings.base.experiment, root, uri)
     client = mlflow.MlflowClient(uri)
     parents = client.search_runs([exp_id], f"tags.`cxr.sweep` = '{sweep}' and tags.`cxr.kind` = 'sweep'")
     logged_now: list[str] = []

@@ -339,3 +339,27 @@ def gallery(
         ax.imshow(overlay(img, cam, alpha=alpha))
         ax.set_title(str(title), fontsize=8)
     return fig
+
+
+def cam_figure(image: np.ndarray, cam: np.ndarray, title: str, alpha: float = 0.45, dpi: int = 100):
+    """One CAM overlay at the image's own resolution (one figure pixel per image pixel), a colour bar and a title.
+
+    The axes are placed by hand in pixels rather than by a layout engine, which would rescale the
+    image; save with ``fig.savefig(path, dpi=dpi)`` (no ``bbox_inches``) to keep that mapping.
+    """
+    from matplotlib import cm as colormaps
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    img = overlay(image, cam, alpha=alpha)
+    h, w = img.shape[:2]
+    top, gap, bar, ticks = 34, 12, 18, 56  # pixels: title band, gap, colour bar, its tick labels
+    width, height = w + gap + bar + ticks, h + top + 8
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 8 / height, w / width, h / height))
+    ax.imshow(img, interpolation="nearest")
+    ax.set_axis_off()
+    cax = fig.add_axes(((w + gap) / width, 8 / height, bar / width, h / height))
+    fig.colorbar(colormaps.ScalarMappable(Normalize(0.0, 1.0), "jet"), cax=cax, label="Grad-CAM (normalised)")
+    fig.text(0.5 * w / width, 1 - (top / 2) / height, title, ha="center", va="center", fontsize=10)
+    return fig

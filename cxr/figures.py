@@ -258,3 +258,29 @@ def plot_augmentations(image: np.ndarray, augment: Augment, n: int = 6, seed: in
         fontsize=8,
     )
     return fig
+
+
+def plot_training_curves(history: Sequence[dict], best_epoch: int | None = None) -> Figure:
+    """Loss (train, validation) and validation accuracy / macro F1 per epoch, the selected epoch marked."""
+    from matplotlib.figure import Figure
+
+    def series(key: str) -> np.ndarray:
+        return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in history])
+
+    epochs = series("epoch")
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    loss_ax, score_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, series("train_loss"), "o-", label="train loss")
+    loss_ax.plot(epochs, series("val_loss"), "o-", label="validation loss")
+    loss_ax.set_xlabel("Epoch")
+    loss_ax.set_ylabel("Cross-entropy")
+    score_ax.plot(epochs, series("val_accuracy"), "o-", label="validation accuracy")
+    score_ax.plot(epochs, series("val_macro_f1"), "o-", label="validation macro F1")
+    score_ax.set_xlabel("Epoch")
+    score_ax.set_ylim(0.0, 1.0)
+    for ax in (loss_ax, score_ax):
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", ls="--", lw=1.0, label=f"selected (epoch {best_epoch})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig

@@ -101,6 +101,14 @@ def run_gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "a
         metrics["lung_energy_per_class"] = {
             c: _mean(energy[labels[has_lung] == i]) for i, c in enumerate(classes)
         }
+        metrics["lung_mask_images"] = int(has_lung.sum())
+    else:
+        # Older releases of the dataset (the flat layout) ship no lung masks: say so rather than stay silent.
+        metrics["lung_energy_absent"] = (
+            f"no lung masks in {paths.raw} for the {len(test)} test images (<FOLDER>/masks/<name>; the dataset's "
+            "older flat layout has none), so the share of CAM energy inside the lungs cannot be measured"
+        )
+        log.warning("Grad-CAM: %s", metrics["lung_energy_absent"])
     has_lesion = np.array([m is not None and m.any() for m in lesions])
     if has_lesion.any():
         m = np.stack([lm for lm, h in zip(lesions, has_lesion) if h])

@@ -12,7 +12,6 @@ import re
 import shutil
 import socket
 import stat
-import tempfile
 import threading
 import time
 import uuid
@@ -23,9 +22,10 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
 from cxr.dedup import pil_dhash
+from cxr.rawstore import fresh_dir
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ CLASS_ALIASES: dict[str, str] = {
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LAYOUTS = ("v5", "flat")
 MIN_SIDE = 64
+MAX_PIXELS = 25_000_000  # download.max_pixels's default
 MAX_ROOT_DEPTH = 3
 KAGGLE_HOST = "www.kaggle.com"
 
@@ -315,7 +316,7 @@ def safe_extract(
         raise DataError(f"{archive}: not a readable zip archive ({exc})") from exc
     with zf:
         plan = _check_members(archive, zf.infolist(), max_total_bytes, max_ratio, max_members)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        tmp = fresh_dir(target.parent, f".{target.name}.partial-")
         try:
             root = tmp.resolve()
             written = 0
@@ -389,12 +390,29 @@ def _check_decoded(im: Image.Image, expect_mask: bool) -> str | None:
     return None
 
 
-def _inspect_bytes(data: bytes, expect_mask: bool = False, fingerprint: bool = True) -> _Inspection:
+def _open_header(data: bytes) -> Image.Image:
+    """Parse a PNG's or JPEG's header (nothing decoded yet); other content through ``Image.open``.
+
+    PNG and JPEG go straight to their Pillow plugins, as ``Image.open`` would, without its
+    decompression-bomb check: ``download.max_pixels`` is the limit here, checked by the caller from
+    the header, and Pillow's own would only warn (or refuse, with its limit in the message) first.
+    """
+    fp = io.BytesIO(data)
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return PngImagePlugin.PngImageFile(fp)
+    if data.startswith(b"\xff\xd8\xff"):
+        return JpegImagePlugin.JpegImageFile(fp)
+    return Image.open(fp)
+
+
+def _inspect_bytes(
+    data: bytes, expect_mask: bool = False, fingerprint: bool = True, max_pixels: int = MAX_PIXELS
+) -> _Inspection:
     """Validate an encoded image by a full decode of its bytes; hash it when valid."""
     if not data:
         return _Inspection("empty file (0 bytes)")
     try:
-        im = Image.open(io.BytesIO(data))
+        im = _open_header(data)
     except UnidentifiedImageError:
         return _Inspection("not an image (unrecognised content)")
     except Exception as exc:  # PIL raises many kinds for corrupt headers
@@ -403,6 +421,11 @@ def _inspect_bytes(data: bytes, expect_mask: bool = False, fingerprint: bool = T
         fmt = im.format or "?"
         if fmt not in ("PNG", "JPEG"):
             return _Inspection(f"unsupported format {fmt} (expected PNG or JPEG)")
+        if im.width * im.height > max_pixels:
+            return _Inspection(
+                f"too large ({im.width}x{im.height} = {im.width * im.height:,} pixels, above "
+                f"download.max_pixels = {max_pixels:,}); not decoded"
+            )
         if fmt == "PNG" and data.rfind(b"IEND") < 0:
             return _Inspection("truncated PNG (no IEND chunk)")
         if fmt == "JPEG" and not data.rstrip(b"\x00\r\n ")[-2:] == b"\xff\xd9":
@@ -421,13 +444,13 @@ def _inspect_bytes(data: bytes, expect_mask: bool = False, fingerprint: bool = T
         return _Inspection(None, digest, dh, im.width, im.height, im.mode, fmt, len(data))
 
 
-def validate_image(path: Path, expect_mask: bool = False) -> str | None:
+def validate_image(path: Path, expect_mask: bool = False, max_pixels: int = MAX_PIXELS) -> str | None:
     """Fully decode an image file; return the reason it is bad, or None when it is a usable PNG/JPEG."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         return f"unreadable ({exc.strerror or exc})"
-    return _inspect_bytes(data, expect_mask, fingerprint=False).reason
+    return _inspect_bytes(data, expect_mask, fingerprint=False, max_pixels=max_pixels).reason
 
 
 # ----------------------------------------------------------------------------- metadata
@@ -568,13 +591,13 @@ def _plan_class(root: Path, cls: str, cls_dir: Path, warnings: list[str]) -> lis
     return tasks
 
 
-def _process(task: _Task, build: Path) -> _Inspection:
+def _process(task: _Task, build: Path, max_pixels: int = MAX_PIXELS) -> _Inspection:
     """Read a file once, validate and hash it from those bytes, and stage the bytes when valid."""
     try:
         data = task.src.read_bytes()
     except OSError as exc:
         return _Inspection(f"unreadable ({exc.strerror or exc})")
-    result = _inspect_bytes(data, expect_mask=task.is_mask, fingerprint=not task.is_mask)
+    result = _inspect_bytes(data, expect_mask=task.is_mask, fingerprint=not task.is_mask, max_pixels=max_pixels)
     if result.reason is None:
         with open(build / task.out, "xb") as fh:
             fh.write(data)
@@ -626,8 +649,8 @@ def _replace_dir(build: Path, dest: Path) -> None:
 
 @contextlib.contextmanager
 def _temp_dir(parent: Path, prefix: str) -> Iterator[Path]:
-    """A temporary folder in parent, removed on exit if still there."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    """A temporary folder in parent (the user's umask, as it may become the destination), removed on exit if still there."""
+    path = fresh_dir(parent, prefix)
     try:
         yield path
     finally:
@@ -651,6 +674,7 @@ def ingest(
     policy: str = "fail",
     expected_counts: Mapping[str, int] | None = None,
     workers: int = 1,
+    max_pixels: int = MAX_PIXELS,
 ) -> IngestReport:
     """Ingest a folder or .zip in any known layout into canonical dest/<CLASS>/images (+ masks, metadata), atomically."""
     t0 = time.perf_counter()
@@ -682,6 +706,7 @@ def ingest(
         tasks: list[_Task] = []
         metadata: dict[str, dict[str, str]] = {}
         sheets: dict[str, Path] = {}
+        bad_sheets: list[BadFile] = []
         for cls in wanted:
             cls_dir = class_dirs[cls][0]
             tasks += _plan_class(root, cls, cls_dir, warnings)
@@ -690,9 +715,11 @@ def ingest(
                     metadata[cls] = {k.lower(): v for k, v in read_metadata(sheet).items()}
                     sheets[cls] = sheet
                 except DataError as exc:
-                    msg = f"metadata for class {cls!r} not used: {exc}"
-                    logger.warning(msg)
-                    warnings.append(msg)
+                    # A sheet is input like an image: it names each image's source archive.
+                    if policy == "fail":
+                        raise DataError(f"{exc}. Fix it, remove it, or use policy 'skip' to leave it out.") from None
+                    bad_sheets.append(BadFile(sheet.relative_to(root).as_posix(), str(exc).removeprefix(f"{sheet}: ")))
+                    logger.warning("skipping metadata sheet %s for class %r: %s", sheet, cls, exc)
 
         build = stack.enter_context(_temp_dir(dest.parent, f".{dest.name}.build-"))
         for cls in wanted:
@@ -700,13 +727,14 @@ def ingest(
             if any(t.is_mask for t in tasks if t.cls == cls):
                 (build / cls / "masks").mkdir(parents=True)
         logger.info("ingesting %d files (%s layout) from %s with %d worker(s)", len(tasks), layout, root, workers)
-        results = _run_all(tasks, lambda t: _process(t, build), max(1, workers))
+        results = _run_all(tasks, lambda t: _process(t, build, max_pixels), max(1, workers))
 
         bad = [BadFile(t.rel, r.reason) for t, r in zip(tasks, results) if r.reason is not None]
         if bad and policy == "fail":
             raise DataError(_bad_message(source, bad))
         for b in bad:
             logger.warning("skipping bad file %s: %s", b.path, b.reason)
+        bad += bad_sheets
 
         good_images = {(t.cls, t.src.name) for t, r in zip(tasks, results) if not t.is_mask and r.reason is None}
         counts = {cls: 0 for cls in wanted}

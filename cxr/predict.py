@@ -95,7 +95,7 @@ def load_model(model_uri: str, tracking_uri: str | None = None):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from cxr.register import check_tracking
+    from cxr.tracking import check_tracking
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
@@ -162,7 +162,7 @@ def predict(
         chunk = np.stack(images)
         result = model.predict(to_frame(list(chunk)))
         if gradcam_dir is not None:
-            _gradcam(clf, chunk, result["label"].tolist(), [names[i] for i in kept], Path(gradcam_dir))
+            _gradcam(clf, chunk, result, [files[i] for i in kept], [names[i] for i in kept], Path(gradcam_dir))
         for i, (_, r) in zip(kept, result.iterrows()):
             row = {"path": str(files[i]), **{c: float(r[c]) for c in prob_columns}, "label": r["label"]}
             if gradcam_dir is not None:
@@ -176,19 +176,27 @@ def predict(
     return PredictResult(out, predicted, failed)
 
 
-def _gradcam(clf, images: np.ndarray, labels: list[str], names: list[str], folder: Path) -> None:
-    """Write a Grad-CAM overlay PNG for the predicted class of each image."""
+def _gradcam(clf, images: np.ndarray, result, files: Sequence[Path], names: list[str], folder: Path) -> None:
+    """Write a Grad-CAM overlay PNG for the predicted class of each image, at the file's own resolution."""
     import cv2
 
-    from cxr.explain import compute_cams, overlay
+    from cxr.data import to_gray
+    from cxr.explain import cam_figure, compute_cams
 
+    labels = result["label"].tolist()
     targets = [clf.classes.index(label) for label in labels]
     cams = compute_cams(clf.model, clf.input_tensor(images), targets, clf.arch, batch_size=16)
     folder.mkdir(parents=True, exist_ok=True)
-    for image, cam, name in zip(images, cams, names):
+    for i, (cam, name) in enumerate(zip(cams, names)):
         path = folder / name
-        if not cv2.imwrite(str(path), cv2.cvtColor(overlay(image, cam), cv2.COLOR_RGB2BGR)):
-            raise OSError(f"{path}: cannot write the Grad-CAM overlay")
+        # The map is drawn over the file as it is (it was decoded once already, so it decodes again).
+        original = to_gray(cv2.imdecode(np.fromfile(files[i], np.uint8), cv2.IMREAD_UNCHANGED))
+        title = f"predicted {labels[i]} (p = {float(result[f'p_{labels[i]}'].iloc[i]):.2f})"
+        fig = cam_figure(original, cam, title)
+        try:
+            fig.savefig(path, dpi=fig.dpi)
+        except OSError as err:
+            raise OSError(f"{path}: cannot write the Grad-CAM overlay ({err})") from None
 
 
 __all__ = ["predict", "collect_images", "check_output", "load_model", "ModelUnavailable", "PredictResult",

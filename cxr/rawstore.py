@@ -22,7 +22,26 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 ARCHIVE_SUFFIX = ".zip"
+#: The files the download step left out under ``download.policy: skip`` (path and reason), beside the archives.
+SKIPPED_FILE = "skipped.json"
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can record: no build time leaks into the bytes
+
+
+def fresh_dir(parent: Path, prefix: str) -> Path:
+    """A new empty folder with a unique name in ``parent``, with the permissions the user's umask gives.
+
+    ``tempfile.mkdtemp`` makes its folder ``0700``; a folder later renamed into place as ``data/raw``
+    must be as readable as any other the user makes (teammates on a shared machine read it).
+    """
+    import uuid
+
+    while True:
+        path = Path(parent) / f"{prefix}{uuid.uuid4().hex[:12]}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
 
 
 def archive_path(root: Path, folder: str) -> Path:

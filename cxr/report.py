@@ -11,7 +11,7 @@ import html
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ EVAL_FIGURES: tuple[tuple[str, str], ...] = (
     ("confusion_matrix.png", "Confusion matrix (test): counts and row-normalised"),
     ("roc.png", "ROC curves, one-vs-rest (test)"),
     ("precision_recall.png", "Precision-recall curves, one-vs-rest (test)"),
-    ("reliability.png", "Reliability diagram after temperature scaling (test)"),
+    ("reliability.png", "Reliability diagram (test), at the temperature the served model applies"),
     ("augmentations.png", "Train augmentations on one training image"),
 )
 
@@ -99,8 +99,12 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
 
 def _img(path: Path, caption: str) -> str:
     """A figure with the PNG inlined as a base64 data URI."""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    mime = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
+    return _img_bytes(path.read_bytes(), caption, "image/png" if path.suffix.lower() == ".png" else "image/jpeg")
+
+
+def _img_bytes(raw: bytes, caption: str, mime: str = "image/png") -> str:
+    """A figure with encoded image bytes inlined as a base64 data URI."""
+    data = base64.b64encode(raw).decode("ascii")
     return (
         f'<figure><img src="data:{mime};base64,{data}" alt="{_e(caption)}">'
         f"<figcaption>{_e(caption)}</figcaption></figure>"
@@ -156,14 +160,37 @@ def _metrics_section(m: Mapping[str, Any]) -> str:
         ]
     cal = m.get("calibration")
     if cal:
-        rows = [
-            ["temperature (fitted on validation)", _fmt(cal.get("temperature"))],
-            ["ECE (after scaling)", _fmt(cal.get("ece"))],
-            ["ECE (before scaling)", _fmt(cal.get("ece_uncalibrated"))],
-            ["Brier score", _fmt(cal.get("brier"))],
-        ]
-        parts += ["<h3>Calibration</h3>", _table(["metric", "value"], rows)]
+        parts += ["<h3>Calibration</h3>", _calibration(cal)]
     return "\n".join(parts)
+
+
+def _calibration(cal: Mapping[str, Any]) -> str:
+    """The temperature: fitted, applied or not and by which rule, and what it does on held-out data."""
+    fitted = cal.get("temperature_fitted", cal.get("temperature"))
+    applied = cal.get("temperature_applied", True)
+    rows = [
+        ["temperature fitted on validation", _fmt(fitted)],
+        ["temperature applied (served, and used for every test figure)", _fmt(cal.get("temperature"))],
+    ]
+    if "valid_cv_nll_scaled" in cal:
+        rows += [["validation NLL, cross-validated: scaled / unscaled",
+                  f"{_fmt(cal.get('valid_cv_nll_scaled'))} / {_fmt(cal.get('valid_cv_nll_unscaled'))}"]]
+    rows += [
+        ["test ECE, unscaled", _fmt(cal.get("ece_uncalibrated"))],
+        ["test ECE at the fitted temperature", _fmt(cal.get("ece_at_fitted_temperature", cal.get("ece")))],
+        ["test ECE as served", _fmt(cal.get("ece"))],
+        ["test Brier score as served", _fmt(cal.get("brier"))],
+    ]
+    rule = cal.get("criterion")
+    note = (f'<p class="muted">Rule: the fitted temperature is applied only when {_e(rule)}. '
+            f'{"It did, so it is applied." if applied else "It did not, so the served probabilities are the raw softmax."}'
+            "</p>" if rule else "")
+    warn = ""
+    if cal.get("fitted_worsens_test_ece"):
+        warn = (f'<p class="warn">The temperature fitted on validation makes held-out (test) calibration worse: ECE '
+                f'{_fmt(cal.get("ece_uncalibrated"))} unscaled, {_fmt(cal.get("ece_at_fitted_temperature"))} '
+                f'scaled{"" if applied else " (it is not applied)"}.</p>')
+    return note + warn + _table(["metric", "value"], rows)
 
 
 def _source_section(m: Mapping[str, Any]) -> str:
@@ -222,6 +249,9 @@ def _gradcam_section(folder: Path, cam_file: Path, classes: Iterable[str]) -> st
             ["share of CAM energy inside the lungs", _fmt(cam.get("lung_energy"))],
             ["lung area fraction (energy share of a uniform map)", _fmt(cam.get("lung_area_fraction"))],
         ]
+    else:
+        reason = cam.get("lung_energy_absent", "the gradcam step recorded no lung masks")
+        rows += [["share of CAM energy inside the lungs", f"not measured: {_e(reason)}"]]
     if "pointing_game" in cam:
         chance = cam.get("pointing_game_chance")
         hit = cam.get("pointing_game")
@@ -282,55 +312,115 @@ def _data_section(paths: ResolvedPaths) -> str:
     for key, title in (("sizes", "Image sizes"), ("modes", "Image modes")):
         if rep.get(key):
             parts += [f"<h3>{_e(title)}</h3>", _table(["", "images"], [[_e(k), _fmt(v)] for k, v in rep[key].items()])]
+    skipped = rep.get("skipped") or []
+    parts.append("<h3>Files left out</h3>")
+    if skipped:
+        parts += [f'<p class="warn">{len(skipped)} file(s) of the source were left out of the data '
+                  "(<code>download.policy: skip</code>):</p>",
+                  _table(["file", "reason"], [[f"<code>{_e(s.get('path'))}</code>", _e(s.get("reason"))]
+                                              for s in skipped])]
+    else:
+        parts.append('<p class="muted">None: every file of the source is in the data.</p>')
     return "\n".join(parts)
 
 
-def drift_sections(path: Path) -> list[tuple[str, str, str]]:
-    """The drift check's section (id, title, HTML) when the flow wrote a drift report, else none."""
-    from cxr.drift import INTENSITY_FEATURES, read_report
+def _training_section(paths: ResolvedPaths) -> str:
+    """The per-epoch curves from the train step's history, and the selected epoch."""
+    import csv
+    import io
 
-    report = read_report(path)
-    if report is None:
-        return []
-    if report.status != "checked":
-        return [("drift", "Data drift", f"<p class=\"muted\">Not checked: {_e('; '.join(report.reasons))}</p>")]
-    verdict = (f'<p class="warn">Drift flagged: {_e("; ".join(report.reasons))}</p>' if report.flagged
-               else f"<p>No drift at alpha {_fmt(report.alpha)}.</p>")
-    parts = [
-        verdict,
-        f"<p>Reference: {_e(report.reference)} of champion version {_e(report.champion_version)} "
-        f"({_fmt(report.n_reference)} images); current: {_e(report.current)} ({_fmt(report.n_current)} images).</p>",
-        _table(["test", "statistic", "p-value"],
-               [[_e(name), _fmt(t.get("stat"), 4), _fmt(t.get("p"), 4)] for name, t in report.tests.items()]),
+    from cxr import figures
+
+    history_path = paths.history
+    if not history_path.is_file():
+        log.warning("%s: not found; the training curves are left out", history_path)
+        return '<p class="warn">No training history (run the train step).</p>'
+    with history_path.open(newline="") as fh:
+        history = list(csv.DictReader(fh))
+    summary = _read_json(paths.train_metrics) or {}
+    best = summary.get("best_epoch")
+    fig = figures.plot_training_curves(history, best)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    rows = [["epochs run", _fmt(summary.get("epochs_run", len(history)))], ["selected epoch (on validation)", _fmt(best)]]
+    rows += [[_e(k.removeprefix("best_").replace("_", " ")), _fmt(v)] for k, v in summary.items() if k.startswith("best_val")]
+    rows += [["training speed (images/s)", _fmt(summary.get("train_images_per_s"), 1)]]
+    return _img_bytes(buf.getvalue(), "Loss and validation scores per epoch") + _table(["", "value"], rows)
+
+
+def _lineage_section(settings: Settings, paths: ResolvedPaths, registered: Mapping[str, str] | None) -> str:
+    """Which code, data and params made this page, and the MLflow run and registered version it belongs to."""
+    from cxr.dvcops import data_version, file_hash
+    from cxr.tracking import git_commit
+
+    commit, dirty = git_commit(paths.root)
+    rows = [
+        ["git commit", f"<code>{_e(commit)}</code>" + (" (with uncommitted changes)" if dirty else "")],
+        ["data version (md5 in <code>data.dvc</code>)", f"<code>{_e(data_version(paths.root) or 'n/a')}</code>"],
+        ["<code>dvc.lock</code> sha256", f"<code>{_e(file_hash(paths.root / 'dvc.lock') or 'none')}</code>"],
+        ["params fingerprint", f"<code>{_e(settings.fingerprint())}</code>"],
     ]
-    if report.counts:
-        ref, cur = report.counts.get("reference", {}), report.counts.get("current", {})
-        parts += ["<h3>Images per class</h3>",
-                  _table(["class", "reference", "current"],
-                         [[_e(c), _fmt(ref.get(c, 0)), _fmt(cur.get(c, 0))] for c in sorted(set(ref) | set(cur))])]
-    if report.intensity:
-        parts += ["<h3>Mean intensity statistics (gray levels)</h3>",
-                  _table(["", "reference", "current"],
-                         [[_e(f), _fmt(report.intensity["reference"].get(f), 1), _fmt(report.intensity["current"].get(f), 1)]
-                          for f in INTENSITY_FEATURES])]
-    return [("drift", "Data drift against the champion", "\n".join(parts))]
+    if registered:
+        rows += [
+            ["MLflow run", f"<code>{_e(registered.get('run_id'))}</code>"],
+            ["registered model version", f"{_e(registered.get('name'))} version {_e(registered.get('version'))}"],
+        ]
+        note = ""
+    else:
+        rows += [["MLflow run", "none yet"], ["registered model version", "not registered yet"]]
+        note = ('<p class="muted">Built by the report stage, before registration. The copy logged to the MLflow '
+                "run (artifact <code>pipeline/report.html</code>) names that run and the registered version; "
+                "<code>dvc.lock</code> is the one before this run's stages were recorded.</p>")
+    return note + _table(["", ""], rows)
 
 
-def build_report(settings: Settings, paths: ResolvedPaths, out: Path | None = None) -> Path:
-    """Write the self-contained HTML report (default ``base.paths.report``); return its path."""
+def _params_section(settings: Settings) -> str:
+    """Every parameter as one row per key, section by section."""
+    from cxr.tracking import flatten
+
+    sections = settings.model_dump(mode="json")
+    parts = []
+    for name, block in sections.items():
+        items = flatten(block) if isinstance(block, dict) else {"": block}
+        rows = [[f"<code>{_e(f'{name}.{k}' if k else name)}</code>",
+                 _e(json.dumps(v) if isinstance(v, (list, dict)) or v is None else v)] for k, v in items.items()]
+        parts += [f"<h3>{_e(name)}</h3>", _table(["key", "value"], rows)]
+    return "\n".join(parts)
+
+
+def build_report(
+    settings: Settings,
+    paths: ResolvedPaths,
+    out: Path | None = None,
+    registered: Mapping[str, str] | None = None,
+    extra_sections: Sequence[tuple[str, str, str]] = (),
+) -> Path:
+    """Write the self-contained HTML report (default ``base.paths.report``); return its path.
+
+    ``registered`` (``run_id``, ``name``, ``version``) is known only after registration: the copy logged
+    to MLflow carries it, the page the report stage writes says the model is not registered yet.
+    ``extra_sections`` (id, title, HTML) come from outside the DVC graph (the flow's drift check) and
+    go into that registered copy only, so the stage's page depends on nothing ``dvc.yaml`` does not list.
+    """
     out = Path(out) if out is not None else paths.report
     metrics = _read_json(paths.metrics_full, required=True) or {}
-    params = json.dumps(settings.model_dump(mode="json"), indent=2, sort_keys=False)
     sections = [
+        ("lineage", "Lineage", _lineage_section(settings, paths, registered)),
         ("metrics", "Test metrics", _metrics_section(metrics)),
         ("sources", "By image source", _source_section(metrics)),
         ("figures", "Evaluation figures", _figures_section(paths.eval_reports)),
         ("gradcam", "Grad-CAM: where the model looks",
          _gradcam_section(paths.gradcam_reports, paths.cam_metrics_full, settings.base.labels)),
+        ("training", "Training", _training_section(paths)),
         ("data", "Data", _data_section(paths)),
-        ("params", "Parameters", f"<pre>{_e(params)}</pre>"),
+        ("params", "Parameters", _params_section(settings)),
     ]
-    sections[-1:-1] = drift_sections(paths.drift)
+    sections[-1:-1] = list(extra_sections) or [
+        ("drift", "Data drift", '<p class="muted">Checked by each pipeline run against the champion, after the '
+         "split; its result is the Prefect artifact <code>cxr-drift</code>, an MLflow run tagged "
+         "<code>cxr.kind=drift</code>, and a section of the copy of this page logged with the registered "
+         "version.</p>"),
+    ]
     nav = " ".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title, _ in sections)
     body = "\n".join(f'<section id="{sid}"><h2>{_e(title)}</h2>\n{content}</section>' for sid, title, content in sections)
     title = f"{settings.base.model_name}: evaluation report"

@@ -13,7 +13,7 @@ import numpy as np
 from cxr.config import Base, ResolvedPaths, Split, check_split_fits
 from cxr.data import write_json, write_manifest
 from cxr.rawindex import IMAGE_SUFFIXES, read_index, sheet_sources
-from cxr.rawstore import RawStore, archive_path
+from cxr.rawstore import SKIPPED_FILE, RawStore, archive_path
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,26 @@ def make_split(base: Base, cfg: Split, paths: ResolvedPaths) -> SplitResult:
     ]
     write_manifest(rows, paths.manifest)
     report = data_report(rows, prints)
+    report["skipped"] = skipped_files(paths.raw)
+    if report["skipped"]:
+        log.warning("%d files were left out of the raw data (download.policy 'skip'); listed in %s",
+                    len(report["skipped"]), paths.data_report)
     write_json(paths.data_report, report, sort_keys=True)
     log.info("split %d images: %s", len(rows), report["counts"])
     return SplitResult(paths.manifest, paths.data_report, report["counts"], report["duplicates"]["groups"])
+
+
+def skipped_files(raw: Path) -> list[dict[str, str]]:
+    """The files the download step left out (path and reason); empty when none were."""
+    import json
+
+    path = raw / SKIPPED_FILE
+    if not path.is_file():
+        return []
+    try:
+        return list(json.loads(path.read_text())["skipped"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a list of skipped files ({err}); run the download step again") from None
 
 
 def data_report(rows: list[dict[str, str]], prints: list[tuple]) -> dict:

@@ -317,10 +317,11 @@ def train(
         "world": world,
     }
     start_epoch, best_score, best_epoch, history, resumed_from, stale = 0, None, 0, [], None, 0
+    best_snapshot: dict = {}
     last, best = paths.last_checkpoint, paths.best_checkpoint
     if resume and last.exists():
         state = load_checkpoint(last)
-        if state.get("fingerprint") == fingerprint and not state.get("complete"):
+        if state.get("fingerprint") == fingerprint and not state.get("complete") and "best" in state:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -330,8 +331,12 @@ def train(
             best_score, best_epoch, stale = state["best_score"], int(state["best_epoch"]), int(state["stale"])
             history = json.loads(state["history"])
             resumed_from = start_epoch
+            best_snapshot = state["best"]
             if main:
                 log.info("resuming from %s after epoch %d", last, start_epoch)
+                # DVC deletes best.pt (a cached, non-persistent output) before it reruns the stage, and the
+                # loop writes best.pt only when the score improves: write the best so far back from last.pt.
+                save_checkpoint(best, best_snapshot)
     net: nn.Module = model
     if distributed:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -373,7 +378,10 @@ def train(
             meta = {"arch": cfg.arch, "classes": list(classes), "image_size": cfg.image_size,
                     "params": cfg.model_dump(mode="json"), "epoch": epoch, "val": scores}
             if improved:
-                save_checkpoint(best, {"model": model.state_dict(), **meta})
+                # A copy on the CPU: last.pt carries it, so a resumed run can always restore best.pt.
+                weights = {k_: v.detach().to("cpu", copy=True) for k_, v in model.state_dict().items()}
+                best_snapshot = {"model": weights, **meta}
+                save_checkpoint(best, best_snapshot)
             save_checkpoint(
                 last,
                 {
@@ -385,6 +393,7 @@ def train(
                     "rng": _rng_state(),
                     "best_score": best_score,
                     "best_epoch": best_epoch,
+                    "best": best_snapshot,
                     "stale": stale,
                     "history": json.dumps(history),
                     "fingerprint": fingerprint,

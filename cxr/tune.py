@@ -100,7 +100,7 @@ def tune(settings: Settings, paths: ResolvedPaths, uri: str, trials: int | None 
     import optuna
 
     from cxr.data import read_manifest, write_json
-    from cxr.register import _experiment, check_tracking
+    from cxr.tracking import check_tracking, ensure_experiment
     from cxr.train import train
 
     cfg = settings.tune
@@ -114,7 +114,7 @@ def tune(settings: Settings, paths: ResolvedPaths, uri: str, trials: int | None 
     better = min if goal == "minimize" else max
     check_tracking(uri)
     mlflow.set_tracking_uri(uri)
-    exp_id = _experiment(mlflow, settings.base.experiment, paths.root, uri)
+    exp_id = ensure_experiment(mlflow, settings.base.experiment, paths.root, uri)
     if paths.tune.exists():
         shutil.rmtree(paths.tune)  # trials of an earlier study; their runs stay in MLflow
     paths.tune.mkdir(parents=True)

@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from cxr.config import load_settings
 from cxr.notify import notify_failure
-from cxr.register import check_tracking, tracking_uri
+from cxr.tracking import check_tracking, tracking_uri
 from cxr.report import metrics_markdown
 from tasks.pipeline_tasks import (
     FLOW_TIMEOUT_S, STAGES, check_drift, download_data, gate_version, register_model, repro_stage,
@@ -45,6 +45,11 @@ def data_report_markdown(report: dict) -> str:
     for key, title in (("sizes", "Image sizes"), ("modes", "Image modes")):
         if report.get(key):
             lines.append(f"{title}: " + ", ".join(f"{k} ({v})" for k, v in report[key].items()) + ".")
+    skipped = report.get("skipped") or []
+    if skipped:
+        lines += ["", f"Left out of the data (download.policy 'skip'): {len(skipped)} file(s).", "",
+                  "| file | reason |", "| --- | --- |"]
+        lines += [f"| `{s['path']}` | {s['reason'].replace('|', '/')} |" for s in skipped]
     return "\n".join(lines)
 
 

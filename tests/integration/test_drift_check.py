@@ -24,7 +24,7 @@ def test_drift_check_against_the_champion(tmp_path: Path, monkeypatch) -> None:
     import mlflow
 
     from cxr.drift import log_to_mlflow, read_report, run_drift_check
-    from cxr.register import tracking_uri
+    from cxr.tracking import tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     root = make_project(tmp_path / "p", tiny_params(train={"epochs": 1}))

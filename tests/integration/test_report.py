@@ -145,7 +145,8 @@ def test_report_from_a_pipeline_run_renders_in_chromium(tmp_path: Path) -> None:
     data_md5 = __import__("yaml").safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
     for needle in (data_md5, "archive-A", "Pointing game".lower(), "augmentations", "ECE", "COVID vs rest"):
         assert needle.lower() in page.lower(), needle
-    expected = len(list(paths.eval_reports.glob("*.png"))) + len(list(paths.gradcam_reports.glob("gallery-*.png")))
+    # Every evaluation figure and gallery, and the training curves drawn from reports/train/history.csv.
+    expected = len(list(paths.eval_reports.glob("*.png"))) + len(list(paths.gradcam_reports.glob("gallery-*.png"))) + 1
     assert page.count('<img src="data:image/png;base64,') == expected >= 9
 
     probe = tmp_path / "probe.html"
@@ -164,3 +165,46 @@ def test_report_from_a_pipeline_run_renders_in_chromium(tmp_path: Path) -> None:
     image = cv2.imread(str(shot), cv2.IMREAD_GRAYSCALE)
     assert image is not None and image.shape == (2400, 1280)
     assert shot.stat().st_size > 30_000 and float(np.std(image)) > 10  # text, tables and figures, not a blank page
+
+
+def test_report_shows_lineage_training_curves_params_and_why_a_measure_is_absent(tmp_path: Path) -> None:
+    from cxr.report import build_report
+
+    settings, paths = _fake_outputs(tmp_path)
+    metrics = json.loads(paths.metrics.read_text())
+    metrics["calibration"] = {
+        "temperature": 1.0, "temperature_fitted": 0.843, "temperature_applied": False,
+        "criterion": "5-fold cross-validated NLL on the validation split improves over no scaling",
+        "valid_cv_nll_scaled": 0.51, "valid_cv_nll_unscaled": 0.5, "ece": 0.023, "ece_uncalibrated": 0.023,
+        "ece_at_fitted_temperature": 0.042, "fitted_worsens_test_ece": True, "brier": 0.2,
+    }
+    paths.metrics.write_text(json.dumps(metrics))
+    (paths.gradcam_reports / "metrics.json").write_text(json.dumps(
+        {"method": "gradcam", "images": 4, "lung_energy_absent": "no lung masks in data/raw for the 4 test images"}))
+    paths.train_reports.mkdir(parents=True)
+    (paths.train_reports / "history.csv").write_text(
+        "epoch,lr,train_loss,val_loss,val_accuracy,val_macro_f1,images_per_s,seconds\n"
+        "1,0.001,1.3,1.2,0.4,0.35,100,1\n2,0.001,1.0,0.9,0.6,0.55,100,1\n3,0.0005,0.8,1.0,0.55,0.5,100,1\n")
+    (paths.train_reports / "metrics.json").write_text(json.dumps(
+        {"best_val_accuracy": 0.6, "best_epoch": 2, "epochs_run": 3, "train_images_per_s": 100.0}))
+    paths.data_report.parent.mkdir(parents=True)
+    paths.data_report.write_text(json.dumps({"images": 4, "counts": {"COVID": {"train": 2, "valid": 1, "test": 1}},
+                                             "skipped": [{"path": "COVID/images/<big>.png",
+                                                          "reason": "too large (10000x10000)"}]}))
+
+    page = build_report(settings, paths).read_text()
+    assert page.count('src="data:image/png;base64,') == 3  # the training curves besides the two figures
+    assert "selected epoch (on validation)</td><td>2</td>" in page
+    assert "git commit" in page and "not registered yet" in page
+    assert "not measured: no lung masks in data/raw for the 4 test images" in page
+    assert "makes held-out (test) calibration worse" in page and "0.023 unscaled, 0.042 scaled" in page
+    assert "applied only when 5-fold cross-validated NLL" in page and "raw softmax" in page
+    assert "<code>COVID/images/&lt;big&gt;.png</code></td><td>too large (10000x10000)</td>" in page
+    # A parameter table, one row per key, instead of a JSON dump.
+    assert "<pre>" not in page
+    assert "<td><code>train.augment.rotate_deg</code></td><td>10.0</td>" in page
+    assert "<td><code>download.max_pixels</code></td><td>25000000</td>" in page
+
+    page = build_report(settings, paths, tmp_path / "registered.html",
+                        registered={"run_id": "abc123", "name": "cxr-classifier", "version": "7"}).read_text()
+    assert "<code>abc123</code>" in page and "cxr-classifier version 7" in page and "not registered yet" not in page

@@ -18,14 +18,18 @@ from scipy.stats import binomtest
 from conftest import make_project, tiny_params
 from cxr.config import load_settings
 
-pytestmark = pytest.mark.slow
+# The fixture trains a model (minutes on a quiet 2-core CPU): the suite-wide 900 s limit is a hang guard that a
+# busy machine would trip; the result never depends on how long it takes.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
-#: A from-scratch ResNet-18 that reaches about 0.8 validation accuracy in 8 epochs (3 minutes on a 2-core CPU):
-#: no augmentation and a gentler learning rate, so that so short a run learns the lesions rather than still
-#: settling (with the default augmentation and lr the same 8 epochs end near 0.75 and point less reliably).
+#: A from-scratch ResNet-18 that reaches about 0.77 validation accuracy in 8 epochs: no augmentation and a
+#: gentler learning rate, so that so short a run learns the lesions rather than still settling. The least data
+#: that shows it with a wide margin: 580 training images (at 150 per class, 340 of them, the hit rate still
+#: passes but the lesion energy does not); the 160 test images keep the binomial test meaningful.
+#: Measured at these settings: hit rate 0.37 against 0.033 by chance, lesion energy 0.12, lung energy 0.36.
 TRAINED = {
-    "download": {"synthetic": {"per_class": 300, "workers": 2}, "workers": 2},
-    "split": {"valid": 100, "test": 160},
+    "download": {"synthetic": {"per_class": 200, "workers": 2}, "workers": 2},
+    "split": {"valid": 60, "test": 160},
     "train": {"image_size": 128, "epochs": 8, "batch_size": 32, "num_workers": 0, "lr": 0.001,
               "warmup_epochs": 2, "augment": {"p": 0.0}},
     "gradcam": {"method": "gradcam", "stride": 8, "per_class": 1, "batch_size": 32},
@@ -56,7 +60,7 @@ def test_trained_model_points_into_the_lesions_far_more_often_than_chance(explai
     n = explained["pointing_game_images"]
     assert explained["target_layer"] == "layer2"
     assert 0.005 < chance < 0.1  # lesions cover a few percent of the image
-    # Far above chance: at least 4x the hit rate of a uniformly random peak, and not a fluke of 120 images.
+    # Far above chance: at least 4x the hit rate of a uniformly random peak, and not a fluke of ~120 images.
     assert hit_rate > 4 * chance, explained
     assert binomtest(round(hit_rate * n), n, chance, alternative="greater").pvalue < 1e-6, explained
 

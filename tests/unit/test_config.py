@@ -33,6 +33,7 @@ def test_real_params_load_with_four_classes() -> None:
         ({"base": {"classes": ["COVID", "Pneumonia"]}}, "base.classes"),
         ({"evaluate": {"positive_class": "Covid"}}, "positive_class"),
         ({"download": {"source": "local"}}, "download.local.path"),
+        ({"download": {"max_pixels": 100}}, "download.max_pixels"),
     ],
 )
 def test_bad_values_name_the_key(change: dict, key: str) -> None:

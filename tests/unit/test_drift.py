@@ -121,16 +121,15 @@ def test_sides_new_images_else_the_test_split() -> None:
 
 
 def test_report_section_and_round_trip(dataset, embed, tmp_path) -> None:
-    from cxr.drift import read_report, write_report
-    from cxr.report import drift_sections
+    from cxr.drift import read_report, report_sections, write_report
 
-    assert drift_sections(tmp_path / "none.json") == []
+    assert report_sections(tmp_path / "none.json") == []
     (xa, ya), (xb, yb) = _halves(dataset)
     report = check_drift(_sample(xa, ya), _sample(_exposure(xb), yb), embed, CFG, seed=0)
     report.reference, report.current, report.champion_version = "ref <split>", "new", "3"
     write_report(report, tmp_path / "drift.json")
     assert read_report(tmp_path / "drift.json") == report
-    [(sid, _, html)] = drift_sections(tmp_path / "drift.json")
+    [(sid, _, html)] = report_sections(tmp_path / "drift.json")
     assert sid == "drift"
     assert "Drift flagged" in html and "embedding_mmd" in html and "ref &lt;split&gt;" in html
 

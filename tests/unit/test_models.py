@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -35,10 +34,8 @@ def test_gray_stem_equals_rgb_stem_on_replicated_input(tmp_path: Path) -> None:
 def test_missing_weights_fail_fast_with_advice(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     monkeypatch.setattr("cxr.models._hub_reachable", lambda url, timeout_s: False)
-    start = time.perf_counter()
     with pytest.raises(WeightsUnavailable, match="weights: null"):
         build_model("resnet18", 4, "DEFAULT")
-    assert time.perf_counter() - start < 10
     with pytest.raises(WeightsUnavailable, match="does not exist"):
         build_model("resnet18", 4, str(tmp_path / "nope.pth"))
     with pytest.raises(WeightsUnavailable, match="not a weights name"):

@@ -250,8 +250,15 @@ def test_predict_writes_csv_and_json_with_gradcam(store, tmp_path: Path) -> None
     np.testing.assert_allclose(table.filter(like="p_").to_numpy()[:2], direct.drop(columns="label").to_numpy(), atol=1e-6)
     cams = sorted((tmp_path / "cams").glob("*.png"))
     assert len(cams) == 3 and len({c.name for c in cams}) == 3  # img0 twice (folder and file): names stay unique
-    overlay = cv2.imread(str(cams[0]))
-    assert overlay.shape == (SIZE, SIZE, 3) and overlay.std() > 0
+    # Each overlay is drawn at its file's own resolution (not the model's SIZE), plus a fixed frame
+    # for the title and the colour bar.
+    frames = set()
+    for path, image in zip(table["gradcam"], table["path"]):
+        overlay, source = cv2.imread(path), cv2.imread(image)
+        assert overlay.std() > 0
+        frames.add((overlay.shape[0] - source.shape[0], overlay.shape[1] - source.shape[1]))
+    assert len(frames) == 1 and min(next(iter(frames))) > 0, frames
+    assert len({cv2.imread(p).shape for p in table["gradcam"]}) == len({cv2.imread(p).shape for p in table["path"]}) == 2
 
     json_out = predict(store["model_uri"], [single], tmp_path / "pred.json", tracking_uri=store["uri"]).out
     rows = json.loads(json_out.read_text())
@@ -373,6 +380,12 @@ def test_register_logs_the_pyfunc_with_lineage_and_a_model_card(tmp_path: Path, 
     local = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="model_card.md",
                                                 dst_path=str(tmp_path / "dl"), tracking_uri=uri)
     assert Path(local).read_text() == card
+    # The report logged to the run names the run and the version, which the report stage cannot know.
+    page = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="pipeline/report.html",
+                                               dst_path=str(tmp_path / "dl"), tracking_uri=uri)
+    page = Path(page).read_text()
+    assert f"<code>{result.run_id}</code>" in page and f"{result.model_name} version {result.version}" in page
+    assert client.get_run(result.run_id).data.metrics["data/skipped_files"] == 0
     model = mlflow.pyfunc.load_model(f"models:/{result.model_name}/{result.version}")
     assert model.unwrap_python_model().temperature == 1.5
     out = model.predict(pd.DataFrame({"image": [np.full((30, 30), 128, np.uint8)]}))
@@ -380,7 +393,7 @@ def test_register_logs_the_pyfunc_with_lineage_and_a_model_card(tmp_path: Path, 
 
 
 def test_version_description_is_cut_to_the_registry_limit() -> None:
-    from cxr.register import version_description
+    from cxr.modelcard import version_description
 
     card = "\n".join(f"line {i}" for i in range(2000))
     text = version_description(card, "run123", limit=500)
@@ -448,7 +461,7 @@ def test_artifacts_go_beside_the_store_not_into_the_working_folder(tmp_path: Pat
 
 
 def test_artifact_location_follows_the_tracking_uri(tmp_path: Path) -> None:
-    from cxr.register import artifact_location
+    from cxr.tracking import artifact_location
 
     assert artifact_location(f"sqlite:///{tmp_path / 'store' / 'x.db'}", tmp_path / "p") == (
         (tmp_path / "store" / "mlartifacts").as_uri())

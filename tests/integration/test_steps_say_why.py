@@ -1,0 +1,76 @@
+"""The evaluate and gradcam steps on a small project: what they apply, and why a measure is missing."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from conftest import make_project, tiny_params
+from cxr.config import load_settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Tiny synthetic data, split, and an untrained checkpoint: what is checked here needs no training."""
+    from cxr.download import download
+    from cxr.models import build_model
+    from cxr.split import make_split
+    from cxr.train import save_checkpoint
+
+    root = make_project(tmp_path_factory.mktemp("steps") / "p",
+                        tiny_params(download={"synthetic": {"per_class": 10, "size": 96}}, split={"valid": 8, "test": 8}))
+    s = load_settings(root / "params.yaml")
+    paths = s.paths(root)
+    download(s.base, s.download, paths)
+    make_split(s.base, s.split, paths, 1)
+    classes = list(s.base.labels)
+    model = build_model("resnet18", len(classes), None)
+    save_checkpoint(paths.best_checkpoint, {"model": model.state_dict(), "arch": "resnet18", "classes": classes,
+                                            "image_size": 48, "epoch": 0})
+    return s, paths
+
+
+@pytest.mark.parametrize("helps", [False, True])
+def test_evaluation_and_serving_apply_the_temperature_only_when_it_helps_on_validation(
+    project, monkeypatch, helps: bool
+) -> None:
+    from cxr import metrics as metrics_module
+    from cxr.evaluate import evaluate
+    from cxr.serving import read_temperature
+
+    s, paths = project
+    real = metrics_module.temperature_check
+    monkeypatch.setattr(metrics_module, "temperature_check", lambda *a, **k: {**real(*a, **k), "helps": helps})
+    evaluate(s.base, s.evaluate, paths, "cpu")
+    cal = json.loads(paths.metrics.read_text())["calibration"]
+    assert cal["temperature_applied"] is helps and cal["criterion"] == metrics_module.TEMPERATURE_CRITERION
+    assert cal["temperature_fitted"] != 1.0
+    assert cal["temperature"] == (cal["temperature_fitted"] if helps else 1.0)
+    # What serving reads: the applied temperature.
+    assert read_temperature(paths.eval_reports / "calibration.json") == pytest.approx(cal["temperature"])
+    assert cal["fitted_worsens_test_ece"] == (cal["ece_at_fitted_temperature"] > cal["ece_uncalibrated"])
+
+
+def test_without_lung_masks_the_metrics_and_the_log_say_why(project, monkeypatch, caplog) -> None:
+    from cxr import gradcam
+
+    s, paths = project
+    real_mask = gradcam._mask
+    # The older flat layout of the dataset has no lung masks (lesion masks exist only in synthetic data).
+    monkeypatch.setattr(gradcam, "_mask", lambda store, rel, size: None if "/masks/" in rel else real_mask(store, rel, size))
+    with caplog.at_level(logging.WARNING, logger="cxr.gradcam"):
+        gradcam.run_gradcam(s.base, s.gradcam, paths, "cpu")
+    metrics = json.loads((paths.gradcam_reports / "metrics.json").read_text())
+    assert "lung_energy" not in metrics
+    assert "no lung masks" in metrics["lung_energy_absent"] and "8 test images" in metrics["lung_energy_absent"]
+    assert "no lung masks" in caplog.text
+
+    monkeypatch.setattr(gradcam, "_mask", real_mask)
+    gradcam.run_gradcam(s.base, s.gradcam, paths, "cpu")
+    metrics = json.loads((paths.gradcam_reports / "metrics.json").read_text())
+    assert metrics["lung_mask_images"] == 8 and "lung_energy_absent" not in metrics
