@@ -184,3 +184,41 @@ def on_device(backend: str, device: torch.device) -> bool:
     if backend == "auto":
         return device.type == "cuda"
     return backend == "device"
+
+
+def preview_figure(image: np.ndarray, augment: Augment, n: int = 6, seed: int = 0):
+    """The original 2-D uint8 image and ``n`` seeded draws of the train augmentations, by both paths.
+
+    Top row: the CPU path (loader workers, ``cxr.augment.apply_cpu``); bottom row: the device path
+    (whole batches, ``cxr.augment.apply_batch``, run here on CPU tensors). Column ``i`` uses the
+    sample seed ``seed + i`` in both rows, as training would for that sample.
+    """
+    import torch
+    from matplotlib.figure import Figure
+
+    image = np.asarray(image)
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise ValueError(f"expected a 2-D uint8 image, got shape {image.shape} and dtype {image.dtype}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got n={n}")
+    params = np.stack([draw_params(augment, seed + i) for i in range(n)])
+    cpu = [apply_cpu(image.copy(), p) for p in params]
+    batch = torch.from_numpy(np.repeat(image[None, None], n, axis=0))
+    device = apply_batch(batch, torch.from_numpy(params), clahe=augment.clahe > 0)[:, 0].numpy()
+    fig = Figure(figsize=(2.0 * (n + 1), 4.6), layout="constrained")
+    axes = fig.subplots(2, n + 1, squeeze=False)
+    for row, (name, tiles) in enumerate((("CPU path", cpu), ("device path", list(device)))):
+        titled = [("original", image)] + [(f"{name} #{i + 1}", t) for i, t in enumerate(tiles)]
+        for col, (title, tile) in enumerate(titled):
+            ax = axes[row, col]
+            ax.axis("off")
+            ax.imshow(tile, cmap="gray", vmin=0, vmax=255)
+            ax.set_title(title, fontsize=8)
+    fig.suptitle(
+        f"Train augmentations, the same seeds by both paths (p={augment.p}, rotate ±{augment.rotate_deg}°, "
+        f"shift ±{augment.shift}, scale ±{augment.scale}, brightness ±{augment.brightness}, "
+        f"contrast ±{augment.contrast}, gamma {augment.gamma[0]}-{augment.gamma[1]}, clahe p={augment.clahe}, "
+        f"hflip p={augment.hflip})",
+        fontsize=8,
+    )
+    return fig

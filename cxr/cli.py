@@ -108,7 +108,7 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> N
     from cxr.evaluate import evaluate as step
 
     s, r = setup(params, root)
-    res = _run(step, s.base, s.evaluate, s.paths(r), s.train.device, s.train.augment)
+    res = _run(step, s.base, s.evaluate, s.paths(r), s.train.device)
     typer.echo(f"test accuracy {res.accuracy:.4f}, macro AUC {res.macro_auc}")
 
 

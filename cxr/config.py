@@ -105,6 +105,11 @@ class ResolvedPaths(BaseModel):
         return self.train_reports / "metrics.json"
 
     @property
+    def augmentation_preview(self) -> Path:
+        """The train augmentations drawn on one training image, by both paths."""
+        return self.train_reports / "augmentations.png"
+
+    @property
     def calibration(self) -> Path:
         """Temperature and decision threshold chosen on validation; the served model applies them."""
         return self.eval_reports / "calibration.json"

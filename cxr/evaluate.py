@@ -6,19 +6,14 @@ import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cxr.config import Augment, Base, Evaluate, ResolvedPaths
-from cxr.data import CachedImages, Manifest, decoded_cache, load_raw, read_manifest, write_json
-from cxr.rawstore import RawStore
+from cxr.config import Base, Evaluate, ResolvedPaths
+from cxr.data import CachedImages, Manifest, decoded_cache, read_manifest, write_json
 from cxr.train import load_trained, pick_device, predict
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -50,29 +45,8 @@ def split_logits(
     return predict(model, loader, device)
 
 
-def augmentation_preview(
-    manifest: Manifest, paths: ResolvedPaths, augment: Augment, size: int, seed: int
-) -> Figure | None:
-    """The augmentation grid on the first training image (test images stay unseen), or None without one."""
-    from cxr import figures
-
-    train_rows = manifest.select("train").rows
-    if not train_rows:
-        log.warning("%s: no training image for the augmentation preview", paths.manifest)
-        return None
-    first = min(train_rows, key=lambda r: r["path"])
-    with RawStore(paths.raw) as store:
-        image = load_raw(store, first["path"], size)
-    return figures.plot_augmentations(image, augment, seed=seed)
-
-
-def evaluate(
-    base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "auto", augment: Augment | None = None
-) -> EvalResult:
-    """Score the best checkpoint on the test split; calibrate and choose thresholds on valid only.
-
-    With ``augment`` (the train section's), also draws the augmentation preview ``augmentations.png``.
-    """
+def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "auto") -> EvalResult:
+    """Score the best checkpoint on the test split; calibrate and choose thresholds on valid only."""
     from cxr import figures
     from cxr.metrics import (
         calibration,
@@ -168,10 +142,6 @@ def evaluate(
         "precision_recall.png": figures.plot_pr(t_labels, t_probs, classes),
         "reliability.png": figures.plot_reliability(t_labels, t_probs),
     }
-    if augment is not None:
-        preview = augmentation_preview(manifest, paths, augment, size, base.seed)
-        if preview is not None:
-            figs["augmentations.png"] = preview
     for name, fig in figs.items():
         fig.savefig(out / name, dpi=110, bbox_inches="tight")
     log.info("test accuracy %.4f (n=%d), macro AUC %s", m["accuracy"], len(t_labels), m.get("macro_auc"))

@@ -4,7 +4,7 @@ Every ``plot_*`` function returns a new :class:`matplotlib.figure.Figure` and ne
 touches pyplot's global state, so it is safe in worker processes and threads. The
 caller saves it, e.g. ``fig.savefig(path, dpi=150)`` or :func:`save_figure`, which
 also creates the parent directory. ``roc_points``/``pr_points`` return plain rows
-for DVC plots files. ``plot_augmentations`` previews the train augmentations on one image, by both paths.
+for DVC plots files.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import numpy as np
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from cxr.config import Augment
 
 logger = logging.getLogger(__name__)
 
@@ -219,45 +217,6 @@ def pr_points(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> 
         )
     return rows
 
-
-def plot_augmentations(image: np.ndarray, augment: Augment, n: int = 6, seed: int = 0) -> Figure:
-    """The original 2-D uint8 image and ``n`` seeded draws of the train augmentations, by both paths.
-
-    Top row: the CPU path (loader workers, ``cxr.augment.apply_cpu``); bottom row: the device path
-    (whole batches, ``cxr.augment.apply_batch``, run here on CPU tensors). Column ``i`` uses the
-    sample seed ``seed + i`` in both rows, as training would for that sample.
-    """
-    import torch
-    from matplotlib.figure import Figure
-
-    from cxr.augment import apply_batch, apply_cpu, draw_params
-
-    image = np.asarray(image)
-    if image.ndim != 2 or image.dtype != np.uint8:
-        raise ValueError(f"expected a 2-D uint8 image, got shape {image.shape} and dtype {image.dtype}")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got n={n}")
-    params = np.stack([draw_params(augment, seed + i) for i in range(n)])
-    cpu = [apply_cpu(image.copy(), p) for p in params]
-    batch = torch.from_numpy(np.repeat(image[None, None], n, axis=0))
-    device = apply_batch(batch, torch.from_numpy(params), clahe=augment.clahe > 0)[:, 0].numpy()
-    fig = Figure(figsize=(2.0 * (n + 1), 4.6), layout="constrained")
-    axes = fig.subplots(2, n + 1, squeeze=False)
-    for row, (name, tiles) in enumerate((("CPU path", cpu), ("device path", list(device)))):
-        titled = [("original", image)] + [(f"{name} #{i + 1}", t) for i, t in enumerate(tiles)]
-        for col, (title, tile) in enumerate(titled):
-            ax = axes[row, col]
-            ax.axis("off")
-            ax.imshow(tile, cmap="gray", vmin=0, vmax=255)
-            ax.set_title(title, fontsize=8)
-    fig.suptitle(
-        f"Train augmentations, the same seeds by both paths (p={augment.p}, rotate ±{augment.rotate_deg}°, "
-        f"shift ±{augment.shift}, scale ±{augment.scale}, brightness ±{augment.brightness}, "
-        f"contrast ±{augment.contrast}, gamma {augment.gamma[0]}-{augment.gamma[1]}, clahe p={augment.clahe}, "
-        f"hflip p={augment.hflip})",
-        fontsize=8,
-    )
-    return fig
 
 
 def plot_training_curves(history: Sequence[dict], best_epoch: int | None = None) -> Figure:

@@ -27,7 +27,6 @@ EVAL_FIGURES: tuple[tuple[str, str], ...] = (
     ("roc.png", "ROC curves, one-vs-rest (test)"),
     ("precision_recall.png", "Precision-recall curves, one-vs-rest (test)"),
     ("reliability.png", "Reliability diagram (test), at the temperature the served model applies"),
-    ("augmentations.png", "Train augmentations on one training image"),
 )
 
 _OVERALL_KEYS: tuple[tuple[str, str], ...] = (
@@ -345,7 +344,10 @@ def _training_section(paths: ResolvedPaths) -> str:
     rows = [["epochs run", _fmt(summary.get("epochs_run", len(history)))], ["selected epoch (on validation)", _fmt(best)]]
     rows += [[_e(k.removeprefix("best_").replace("_", " ")), _fmt(v)] for k, v in summary.items() if k.startswith("best_val")]
     rows += [["training speed (images/s)", _fmt(summary.get("train_images_per_s"), 1)]]
-    return _img_bytes(buf.getvalue(), "Loss and validation scores per epoch") + _table(["", "value"], rows)
+    preview = (_img(paths.augmentation_preview, "Train augmentations on one training image: the CPU path (top) and "
+                    "the device path (bottom), the same seeds")
+               if paths.augmentation_preview.is_file() else "")
+    return _img_bytes(buf.getvalue(), "Loss and validation scores per epoch") + _table(["", "value"], rows) + preview
 
 
 def _lineage_section(settings: Settings, paths: ResolvedPaths, registered: Mapping[str, str] | None) -> str:

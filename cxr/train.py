@@ -415,9 +415,22 @@ def train(
         summary = {f"best_{k_}": v for k_, v in best_row.items() if k_.startswith("val_")}
         summary.update(best_epoch=best_epoch, epochs_run=len(history), train_images_per_s=round(mean_speed, 2))
         write_json(paths.train_metrics, summary)
+        write_preview(train_m, x_train, cfg, base.seed, paths.augmentation_preview)
     if distributed:
         dist.barrier()
     return result
+
+
+def write_preview(train_m, images: np.ndarray, cfg: Train, seed: int, out: Path) -> None:
+    """Draw the train augmentations on the first training image (by path), by both paths, into ``out``."""
+    from cxr.augment import preview_figure
+
+    first = min(range(len(train_m)), key=lambda i: train_m.rows[i]["path"])
+    fig = preview_figure(np.array(images[first]), cfg.augment, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    os.replace(tmp, out)
 
 
 def manifest_hash(manifest) -> str:

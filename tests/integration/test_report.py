@@ -116,8 +116,8 @@ def _run_pipeline(root: Path) -> None:
         w.writeheader()
         w.writerows(rows)
     s = load_settings(root / "params.yaml")
-    # In process with the train augmentations, so the preview is drawn whether or not the CLI passes them.
-    evaluate(s.base, s.evaluate, s.paths(root), s.train.device, s.train.augment)
+    # In process (the same function `cxr evaluate` calls).
+    evaluate(s.base, s.evaluate, s.paths(root), s.train.device)
     proc = subprocess.run([sys.executable, "-m", "cxr", "gradcam"], cwd=root, capture_output=True, text=True)
     assert proc.returncode == 0, f"cxr gradcam: {proc.stderr}"
 
@@ -135,7 +135,7 @@ def test_report_from_a_pipeline_run_renders_in_chromium(tmp_path: Path) -> None:
     metrics = json.loads(paths.metrics_full.read_text())
     assert set(metrics["per_source"]) == {"archive-A", "archive-B"}
     assert sum(b["n"] for b in metrics["per_source"].values()) == metrics["n"]
-    assert (paths.eval_reports / "augmentations.png").stat().st_size > 5000
+    assert paths.augmentation_preview.stat().st_size > 5000
 
     out = build_report(s, paths)
     assert out == root / "reports" / "report.html"

@@ -106,6 +106,9 @@ def test_stage_deps_cover_its_import_closure(stage: str) -> None:
         rel for f in command_closure(m.group(1)) if not covered(rel := f.relative_to(REPO).as_posix(), deps)
     )
     assert not missing, f"dvc.yaml stage {stage!r} imports {missing} but does not list them in deps"
+    closure = {f.relative_to(REPO).as_posix() for f in command_closure(m.group(1))}
+    extra = sorted(d for d in deps if d.endswith(".py") and d not in closure)
+    assert not extra, f"dvc.yaml stage {stage!r} lists {extra}, which its command never imports (needless reruns)"
 
 
 @pytest.mark.parametrize("stage", STAGES)

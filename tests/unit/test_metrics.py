@@ -346,12 +346,13 @@ def test_roc_points(fig_data) -> None:
 
 
 def test_augmentation_preview_grid(tmp_path) -> None:
+    from cxr.augment import preview_figure
     from cxr.config import Augment
 
     rng = np.random.default_rng(0)
     image = (rng.random((64, 64)) * 255).astype(np.uint8)
     aug = Augment(rotate_deg=20, p=1.0)
-    fig = figures.plot_augmentations(image, aug, n=5, seed=3)
+    fig = preview_figure(image, aug, n=5, seed=3)
     shown = [np.asarray(ax.images[0].get_array()) for ax in fig.axes if ax.images]
     assert len(shown) == 12  # two rows: the original, then 5 draws, by the CPU path and by the device path
     cpu, device = shown[:6], shown[6:]
@@ -359,9 +360,9 @@ def test_augmentation_preview_grid(tmp_path) -> None:
     assert all(not np.array_equal(t, image) for t in cpu[1:] + device[1:])  # p=1: every tile is changed
     # The same seed gives the same augmentation by both paths (bilinear rounding aside).
     assert all(np.abs(a.astype(int) - b).max() <= 3 for a, b in zip(cpu[1:], device[1:]))
-    again = figures.plot_augmentations(image, aug, n=5, seed=3)
+    again = preview_figure(image, aug, n=5, seed=3)
     assert all(np.array_equal(np.asarray(a.images[0].get_array()), np.asarray(b.images[0].get_array()))
                for a, b in zip(fig.axes, again.axes) if a.images)
     assert figures.save_figure(fig, tmp_path / "aug.png", dpi=60).stat().st_size > 1024
     with pytest.raises(ValueError, match="2-D uint8"):
-        figures.plot_augmentations(image.astype(np.float32), aug)
+        preview_figure(image.astype(np.float32), aug)
