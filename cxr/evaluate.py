@@ -75,6 +75,7 @@ def evaluate(
     """
     from cxr import figures
     from cxr.metrics import calibration, choose_threshold, classification_metrics, fit_temperature, per_source_metrics
+    from cxr.probes import shortcut_probes
 
     model, meta = load_trained(paths.best_checkpoint, pick_device(device))
     classes = tuple(meta["classes"])
@@ -117,6 +118,7 @@ def evaluate(
     )
     if by_source:
         metrics["per_source"] = by_source
+    metrics["probes"] = shortcut_probes(model, test, classes, paths.raw, size, cfg.batch_size)
     out = paths.eval_reports
     out.mkdir(parents=True, exist_ok=True)
     write_json(paths.metrics, metrics)
@@ -147,4 +149,5 @@ def evaluate(
     for name, fig in figs.items():
         fig.savefig(out / name, dpi=110, bbox_inches="tight")
     log.info("test accuracy %.4f (n=%d), macro AUC %s", m["accuracy"], len(t_labels), m.get("macro_auc"))
+    log.info("shortcut probes: %s", metrics["probes"]["summary"])
     return EvalResult(paths.metrics, float(m["accuracy"]), m.get("macro_auc"))
