@@ -14,7 +14,7 @@ from benchmarks.common import RESULTS_JSON, RESULTS_MD, SIZES, WORK, command_lin
 from benchmarks.common import write_results
 
 #: Other names accepted on the command line.
-ALIASES: dict[str, str] = {"train": "input", "cam": "gradcam", "serving": "pyfunc"}
+ALIASES: dict[str, str] = {"train": "input", "cam": "gradcam", "serving": "pyfunc", "recipe": "quality"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,8 +23,6 @@ import os
 import shutil
 import subprocess
 import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np

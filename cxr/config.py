@@ -287,7 +287,11 @@ class Train(_Section):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: float = Field(0.5, ge=0)
+    #: After the warm-up: cosine decay to zero, or the base rate throughout (the reference notebooks' way).
+    schedule: Literal["cosine", "constant"] = "cosine"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    #: Decay of a per-step exponential moving average of the weights, which is then validated and kept; null: off.
+    ema_decay: float | None = Field(None, gt=0, lt=1)
     class_balance: Literal["none", "loss", "sampler"] = "loss"
     grad_clip: float | None = Field(1.0, gt=0)
     amp: bool = True

@@ -58,6 +58,7 @@ def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "aut
         sensitivity_by_class,
         temperature_check,
     )
+    from cxr.probes import shortcut_probes
 
     model, meta = load_trained(paths.best_checkpoint, pick_device(device))
     classes = tuple(meta["classes"])
@@ -115,6 +116,7 @@ def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "aut
     )
     if by_source:
         metrics["per_source"] = by_source
+    metrics["probes"] = shortcut_probes(model, test, classes, paths.raw, size, cfg.batch_size)
     out = paths.eval_reports
     out.mkdir(parents=True, exist_ok=True)
     write_json(paths.metrics_full, metrics)
@@ -145,4 +147,5 @@ def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "aut
     for name, fig in figs.items():
         fig.savefig(out / name, dpi=110, bbox_inches="tight")
     log.info("test accuracy %.4f (n=%d), macro AUC %s", m["accuracy"], len(t_labels), m.get("macro_auc"))
+    log.info("shortcut probes: %s", metrics["probes"]["summary"])
     return EvalResult(paths.metrics_full, float(m["accuracy"]), m.get("macro_auc"))

@@ -15,6 +15,7 @@ from cxr.config import Base, GradCam, ResolvedPaths
 from cxr.data import decoded_cache, read_manifest, to_input, write_json
 from cxr.evaluate import softmax
 from cxr.metrics import cam_headline
+from cxr.probes import lung_mask_path, read_mask
 from cxr.rawstore import RawStore
 from cxr.train import load_trained, pick_device
 
@@ -28,17 +29,6 @@ class GradCamResult:
     folder: Path
     metrics: Path
     images: int
-
-
-def _mask(store: RawStore, rel: str, size: int) -> np.ndarray | None:
-    """A mask of the raw data (``<FOLDER>/masks|lesions/<name>``) at ``size``, or None when there is none."""
-    if not store.exists(rel):
-        return None
-    m = cv2.imdecode(np.frombuffer(store.read(rel), np.uint8), cv2.IMREAD_GRAYSCALE)
-    if m is None:
-        log.warning("%s: mask cannot be decoded, ignored", store.describe(rel))
-        return None
-    return cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST) > 127
 
 
 def _mean(values: np.ndarray) -> float | None:
@@ -87,8 +77,8 @@ def run_gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "a
     pred = probs.argmax(1)
 
     with RawStore(paths.raw) as store:
-        lungs = [_mask(store, f'{r["folder"]}/masks/{Path(r["path"]).name}', size) for r in test.rows]
-        lesions = [_mask(store, f'{r["folder"]}/lesions/{Path(r["path"]).name}', size) for r in test.rows]
+        lungs = [read_mask(store, lung_mask_path(r), size) for r in test.rows]
+        lesions = [read_mask(store, f'{r["folder"]}/lesions/{Path(r["path"]).name}', size) for r in test.rows]
     layer = cfg.target_layer or _layer_name(model, arch, cfg.stride)
     metrics: dict = {"method": cfg.method, "target_layer": layer, "images": len(test)}
     has_lung = np.array([m is not None for m in lungs])

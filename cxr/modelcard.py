@@ -54,6 +54,12 @@ def metric_tags(metrics: dict, positive: str | None) -> dict[str, str]:
                 tags[f"test.{positive}.threshold"] = f"{binary['threshold']:.6g}"
     if "n" in metrics:
         tags["test.n"] = str(metrics["n"])
+    probes = metrics.get("probes") or {}
+    for name in ("format", "lungs"):
+        if name in probes:
+            tags[f"probe.{name}.shortcut"] = str(bool(probes[name].get("shortcut"))).lower()
+    if probes.get("summary"):
+        tags["probe.summary"] = str(probes["summary"])[:500]
     return tags
 
 
@@ -167,6 +173,17 @@ def model_card(settings: Settings, meta: dict, metrics: dict, cam: dict, lineage
         lines.append(calibration_text(cal, _fmt))
     else:
         lines.append("No calibration recorded: the served probabilities are the raw softmax.")
+    probes = metrics.get("probes") or {}
+    if probes:
+        lines += ["", "## Shortcut probes", "", str(probes.get("summary", ""))]
+        fmt = probes.get("format") or {}
+        if fmt:
+            lines.append(f"- Test images re-encoded in the other format: accuracy {_fmt(fmt.get('accuracy'))} "
+                         f"against {_fmt(fmt.get('accuracy_original'))} as stored")
+        lungs = probes.get("lungs") or {}
+        if lungs:
+            lines.append(f"- Outside the lungs blanked: accuracy {_fmt(lungs.get('accuracy_lungs_only'))}; lungs "
+                         f"blanked: {_fmt(lungs.get('accuracy_lungs_blanked'))} (chance {_fmt(lungs.get('chance'))})")
     lines += ["", "## Grad-CAM", ""]
     if cam:
         if "lung_energy" in cam:

@@ -323,6 +323,44 @@ def _data_section(paths: ResolvedPaths) -> str:
     return "\n".join(parts)
 
 
+def _probes_section(m: Mapping[str, Any]) -> str:
+    """The shortcut probes: accuracy after re-encoding the test images, and with the lungs or their outside blanked."""
+    probes = m.get("probes") or {}
+    if not probes:
+        return '<p class="muted">No shortcut probes were recorded for this model.</p>'
+    parts = []
+    verdict_class = "warn" if probes.get("shortcut") else "muted"
+    parts.append(f'<p class="{verdict_class}">{_e(probes.get("summary", ""))}</p>')
+    fmt = probes.get("format") or {}
+    if fmt:
+        rows = [[_e("all"), _fmt(fmt.get("n")), _fmt(fmt.get("accuracy_original")), _e("the other format"),
+                 _fmt(fmt.get("accuracy")), _fmt(fmt.get("changed"))]]
+        for name, block in (fmt.get("by_format") or {}).items():
+            rows.append([_e(name.upper()), _fmt(block.get("n")), _fmt(block.get("accuracy_original")),
+                         _e(str(block.get("reencoded_as", "")).upper()), _fmt(block.get("accuracy")),
+                         _fmt(block.get("changed"))])
+        parts.append(
+            f'<h3>Format</h3><p class="muted">Each test image re-encoded in the other format (PNG as JPEG at quality '
+            f'{_fmt(fmt.get("jpeg_quality"))}, JPEG as PNG) and scored again. A drop of {_fmt(fmt.get("threshold"), 2)} '
+            "or more on the images of one format means the model reads the encoding (each class of the dataset comes "
+            "from its own archives). JPEG to PNG is lossless: that row is a control.</p>"
+        )
+        parts.append(_table(["stored as", "n", "accuracy", "re-encoded as", "accuracy re-encoded",
+                             "answers changed"], rows))
+    lungs = probes.get("lungs")
+    if lungs:
+        rows = [[_fmt(lungs.get("n")), _fmt(lungs.get("accuracy_original")), _fmt(lungs.get("accuracy_lungs_only")),
+                 _fmt(lungs.get("accuracy_lungs_blanked")), _fmt(lungs.get("chance"))]]
+        parts.append(
+            '<h3>Lungs</h3><p class="muted">The test images with everything outside the lung masks blanked, and '
+            "with the lungs blanked (set to black). A model that keeps "
+            f'{_fmt(100 * float(lungs.get("threshold", 0)), 0)}% or more of its accuracy above chance with the '
+            "lungs blanked reads the class from elsewhere.</p>"
+        )
+        parts.append(_table(["n", "accuracy", "outside the lungs blanked", "lungs blanked", "chance"], rows))
+    return "\n".join(parts)
+
+
 def _training_section(paths: ResolvedPaths) -> str:
     """The per-epoch curves from the train step's history, and the selected epoch."""
     import csv
@@ -410,6 +448,7 @@ def build_report(
         ("lineage", "Lineage", _lineage_section(settings, paths, registered)),
         ("metrics", "Test metrics", _metrics_section(metrics)),
         ("sources", "By image source", _source_section(metrics)),
+        ("probes", "Shortcut probes", _probes_section(metrics)),
         ("figures", "Evaluation figures", _figures_section(paths.eval_reports)),
         ("gradcam", "Grad-CAM: where the model looks",
          _gradcam_section(paths.gradcam_reports, paths.cam_metrics_full, settings.base.labels)),

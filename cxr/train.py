@@ -65,10 +65,12 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def lr_lambda(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up then cosine decay to zero, as a factor of the base rate."""
+def lr_lambda(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
+    """Linear warm-up then cosine decay to zero (or a constant rate), as a factor of the base rate."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -125,8 +127,9 @@ def train_one_epoch(
     cfg: Train,
     desc: str = "train",
     show: bool = True,
+    ema: nn.Module | None = None,
 ) -> tuple[float, float, float]:
-    """One pass over ``loader``; returns (mean loss, images/s, seconds)."""
+    """One pass over ``loader`` (updating ``ema``, an ``AveragedModel``, after each step); (mean loss, images/s, s)."""
     model.train()
     total_loss, total_n = torch.zeros((), device=device), 0
     progress = Progress(len(loader.sampler), desc, show)
@@ -145,6 +148,8 @@ def train_one_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         total_loss += loss.detach() * len(y)
         total_n += len(y)
         progress.update(len(y), loss.detach())
@@ -181,6 +186,15 @@ def validation_scores(logits: np.ndarray, labels: np.ndarray, k: int) -> dict[st
         "val_accuracy": float((pred == labels).mean()),
         "val_macro_f1": float(f1_score(labels, pred, labels=list(range(k)), average="macro", zero_division=0)),
     }
+
+
+def make_ema(model: nn.Module, decay: float | None) -> nn.Module | None:
+    """An exponential moving average of the weights and BatchNorm statistics, updated per step; None when off."""
+    if decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _better(monitor: str, new: float, best: float | None) -> bool:
@@ -300,10 +314,13 @@ def train(
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = make_ema(model, cfg.ema_decay)
+    # With EMA, the averaged weights are what is validated, kept and shipped.
+    scored = ema.module if ema is not None else model
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, total_steps, warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, total_steps, warmup, cfg.schedule))
     # bf16 autocast needs no loss scaling; the scaler is kept (disabled) so checkpoints have one shape.
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     loss_weight = torch.tensor(weights, dtype=torch.float32, device=device) if cfg.class_balance == "loss" else None
@@ -322,7 +339,9 @@ def train(
     if resume and last.exists():
         state = load_checkpoint(last)
         if state.get("fingerprint") == fingerprint and not state.get("complete") and "best" in state:
-            model.load_state_dict(state["model"])
+            model.load_state_dict(state["train_model"] if "train_model" in state else state["model"])
+            if ema is not None:
+                ema.load_state_dict(state["ema"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
@@ -349,14 +368,14 @@ def train(
         lr = optimizer.param_groups[0]["lr"]
         desc = f"epoch {epoch + 1}/{cfg.epochs}"
         train_loss, speed, seconds = train_one_epoch(
-            net, train_loader, criterion, optimizer, scheduler, device, cfg, desc, main
+            net, train_loader, criterion, optimizer, scheduler, device, cfg, desc, main, ema
         )
         if distributed:
             t = torch.tensor([train_loss], device=device)
             dist.all_reduce(t)
             train_loss = float(t) / world
         speeds.append(speed * world)
-        logits, labels = predict(model, valid_loader, device, cfg.amp, cfg.channels_last)
+        logits, labels = predict(scored, valid_loader, device, cfg.amp, cfg.channels_last)
         scores = validation_scores(logits, labels, k)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, **scores}
         row.update(images_per_s=speed * world, seconds=seconds)
@@ -379,14 +398,15 @@ def train(
                     "params": cfg.model_dump(mode="json"), "epoch": epoch, "val": scores}
             if improved:
                 # A copy on the CPU: last.pt carries it, so a resumed run can always restore best.pt.
-                weights = {k_: v.detach().to("cpu", copy=True) for k_, v in model.state_dict().items()}
+                weights = {k_: v.detach().to("cpu", copy=True) for k_, v in scored.state_dict().items()}
                 best_snapshot = {"model": weights, **meta}
                 save_checkpoint(best, best_snapshot)
             save_checkpoint(
                 last,
                 {
                     **meta,
-                    "model": model.state_dict(),
+                    "model": scored.state_dict(),
+                    **({"train_model": model.state_dict(), "ema": ema.state_dict()} if ema is not None else {}),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),

@@ -25,6 +25,8 @@ KEYS: dict[str, tuple[str, ...]] = {
     "gpu": ("gpu_resnet18_224_images_per_s", "gpu_resnet18_224_ceiling_images_per_s",
             "gpu_resnet18_224_fraction_of_ceiling", "gpu_resnet50_224_fraction_of_ceiling",
             "gpu_speedup_vs_reference_style", "gpu_gradcam_batched_speedup"),
+    "quality": ("real_dev_accuracy", "real_dev_macro_auc", "real_dev_covid_sensitivity", "real_dev_reference_accuracy",
+                "real_dev_accuracy_gain_vs_reference"),
 }
 
 
@@ -75,6 +77,33 @@ def test_benchmark_runs_tiny_and_writes_keys(name: str, work: Path, tmp_path: Pa
     assert data["earlier_key"] == 1.5  # merged, not overwritten
     assert data["machine"]["cpu_count"] >= 1 and data["machine"]["torch"]
     assert data["machine"]["torch_threads"] == 1
+
+
+@pytest.mark.slow
+def test_quality_benchmark_runs_tiny_through_the_pipeline_steps(work: Path, tmp_path: Path, capsys) -> None:
+    data = _run("quality", work, tmp_path, capsys)
+    for key in KEYS["quality"]:
+        assert isinstance(data[key], (int, float)), key
+    assert 0 <= data["real_dev_accuracy"] <= 1 and 0 <= data["real_dev_reference_accuracy"] <= 1
+    assert data["real_dev_accuracy_gain_vs_reference"] == pytest.approx(
+        data["real_dev_accuracy"] - data["real_dev_reference_accuracy"], abs=1e-3)
+    assert data["real_dev_images"] == 24 and data["real_dev_epochs"] == 1
+    assert data["real_dev_train_s"] > 0 and data["real_dev_reference_images_per_s"] > 0
+    assert 0 <= data["real_dev_format_probe_accuracy"] <= 1  # the shortcut probe ran in evaluation
+
+
+def test_quality_budget_cuts_epochs() -> None:
+    from benchmarks.quality import BUDGET_EPOCH_PIXELS, fit_budget, recipes
+
+    assert fit_budget({"image_size": 128, "epochs": 30})["epochs"] == 8
+    assert fit_budget({"image_size": 96, "epochs": 30})["epochs"] == BUDGET_EPOCH_PIXELS // 96**2
+    with pytest.raises(ValueError, match="image_size=2048"):
+        fit_budget({"image_size": 2048, "epochs": 1})
+    full = recipes("full")
+    ref, ours = full["reference"], full["ours"]
+    assert ref["lr"] == 3e-5 and ref["batch_size"] == 16 and ref["augment"]["hflip"] == 0.5
+    assert ref["image_size"] == ours["image_size"] and ref["epochs"] == ours["epochs"]  # the same budget
+    assert ours["weights"] is None and ref.get("ema_decay") is None  # from scratch; no recipe feature of ours
 
 
 @pytest.mark.slow
