@@ -149,7 +149,8 @@ def ceiling(arch: str, cfg, device, px: int, batch: int, steps: int, warmup: int
     from torch import nn
 
     from cxr.models import build_model
-    from cxr.train import _autocast, seed_everything
+    from cxr.inference import autocast as _autocast
+    from cxr.train import seed_everything
 
     _torch_defaults()
     seed_everything(0, cfg.deterministic)  # the same cuDNN flags as the training run

@@ -11,15 +11,18 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
-from cxr.config import Augment
 from cxr.models import GRAY_MEAN, GRAY_STD
 from cxr.rawstore import RawStore
+
+if TYPE_CHECKING:  # only for annotations: the served model reads images through this module without pydantic
+    from cxr.config import Augment
 
 log = logging.getLogger(__name__)
 

@@ -332,7 +332,7 @@ def _champion(settings: Settings, uri: str, dst: Path) -> tuple[str, Path, Path]
 
 def run_drift_check(settings: Settings, paths: ResolvedPaths, uri: str) -> DriftReport:
     """Compare the current data with the champion's and write the report to ``base.paths.drift``."""
-    from cxr.train import load_trained
+    from cxr.inference import load_trained
 
     cfg = settings.drift
     with tempfile.TemporaryDirectory(prefix="cxr-drift-") as tmp:

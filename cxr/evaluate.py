@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from cxr.config import Base, Evaluate, ResolvedPaths
 from cxr.data import CachedImages, Manifest, decoded_cache, read_manifest, write_json
-from cxr.train import load_trained, pick_device, predict
+from cxr.inference import load_trained, pick_device, predict, softmax
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +25,6 @@ class EvalResult:
     metrics: Path
     accuracy: float
     macro_auc: float | None
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax of ``logits / temperature``."""
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def split_logits(

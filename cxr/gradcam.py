@@ -13,11 +13,10 @@ import torch
 
 from cxr.config import Base, GradCam, ResolvedPaths
 from cxr.data import decoded_cache, read_manifest, to_input, write_json
-from cxr.evaluate import softmax
 from cxr.metrics import cam_headline
 from cxr.probes import lung_mask_path, read_mask
 from cxr.rawstore import RawStore
-from cxr.train import load_trained, pick_device
+from cxr.inference import load_trained, pick_device, read_temperature, softmax
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,14 @@ def run_gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "a
     # One batched pass gives the predictions and the maps for the predicted class.
     cams, logits = compute_cams(model, x, None, arch, cfg.method, cfg.batch_size, return_logits=True,
                                 layer=cfg.target_layer, stride=cfg.stride)
-    probs = softmax(logits)
+    # The probabilities a user of the served model sees: with the temperature evaluation chose on validation.
+    if paths.calibration.is_file():
+        temperature = read_temperature(paths.calibration)
+    else:
+        temperature = 1.0
+        log.warning("%s: not found (run the evaluate step first); the galleries show uncalibrated probabilities",
+                    paths.calibration)
+    probs = softmax(logits, temperature)
     pred = probs.argmax(1)
 
     with RawStore(paths.raw) as store:

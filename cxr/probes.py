@@ -87,7 +87,7 @@ def lung_mask_path(row: dict[str, str]) -> str:
 
 
 def _predict(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int) -> np.ndarray:
-    from cxr.train import predict
+    from cxr.inference import predict
 
     loader = DataLoader(CachedImages(images, labels), batch_size=batch_size, shuffle=False)
     logits, _ = predict(model, loader, next(model.parameters()).device)

@@ -129,7 +129,7 @@ def register(
 
     from cxr.metrics import flat_metrics
     from cxr.serving import log_pyfunc
-    from cxr.train import load_checkpoint
+    from cxr.inference import load_checkpoint
 
     root = paths.root
     uri = tracking_uri(root)

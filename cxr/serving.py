@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import importlib.metadata
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -23,6 +22,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from cxr.inference import read_temperature
+
 log = logging.getLogger(__name__)
 
 IMAGE_COLUMN = "image"
@@ -30,7 +31,8 @@ CHECKPOINT_ARTIFACT = "checkpoint"
 CALIBRATION_ARTIFACT = "calibration"
 DEFAULT_BATCH_SIZE = 32
 
-#: Distributions the served model imports (cxr.config needs pydantic and yaml; mlflow unpickles with cloudpickle).
+#: Distributions the served model imports: it reads images (cxr.data) and runs the model (cxr.inference, cxr.models),
+#: and imports no training, configuration or tracking code; mlflow unpickles it with cloudpickle.
 SERVING_REQUIREMENTS: tuple[str, ...] = (
     "mlflow",
     "torch",
@@ -38,8 +40,6 @@ SERVING_REQUIREMENTS: tuple[str, ...] = (
     "numpy",
     "pandas",
     "opencv-python-headless",
-    "pydantic",
-    "pyyaml",
     "cloudpickle",
 )
 
@@ -58,20 +58,6 @@ class BadImage(mlflow.exceptions.MlflowException, ValueError):
 def prob_column(label: str) -> str:
     """The output column of one class's probability."""
     return f"p_{label}"
-
-
-def read_temperature(path: Path) -> float:
-    """The ``temperature`` of a calibration.json written by the evaluate step."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: calibration file not found; run the evaluate step first") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    t = data.get("temperature") if isinstance(data, dict) else None
-    if not isinstance(t, (int, float)) or isinstance(t, bool) or not np.isfinite(t) or t <= 0:
-        raise ValueError(f"{path}: 'temperature' must be a positive number, got {t!r}")
-    return float(t)
 
 
 def pinned_requirements(names: Sequence[str] = SERVING_REQUIREMENTS) -> list[str]:
@@ -203,7 +189,7 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
         """Load the checkpoint (weights only) and the temperature from the model's artifacts."""
         import torch
 
-        from cxr.train import load_trained
+        from cxr.inference import load_trained
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model, meta = load_trained(Path(context.artifacts[CHECKPOINT_ARTIFACT]), self.device)
@@ -251,7 +237,7 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (N, K): softmax of logits / temperature."""
-        from cxr.evaluate import softmax
+        from cxr.inference import softmax
 
         logits = self.logits(images).astype(np.float64)
         return softmax(logits, self.temperature) if len(logits) else logits
@@ -305,7 +291,7 @@ def log_pyfunc(
 ) -> "mlflow.models.model.ModelInfo":
     """Log the classifier as an MLflow pyfunc model in the active run (starts one when none is active)."""
     import cxr
-    from cxr.train import load_checkpoint
+    from cxr.inference import load_checkpoint
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
@@ -334,5 +320,5 @@ def log_pyfunc(
     )
 
 
-__all__ = ["CxrClassifier", "log_pyfunc", "prob_column", "read_temperature", "pinned_requirements", "as_items",
+__all__ = ["CxrClassifier", "log_pyfunc", "prob_column", "pinned_requirements", "as_items",
            "load_one", "signature", "to_frame", "IMAGE_COLUMN", "BadImage"]

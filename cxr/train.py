@@ -11,7 +11,6 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader
 from cxr.augment import apply_batch, on_device
 from cxr.config import Base, ResolvedPaths, Train
 from cxr.data import CachedImages, SeededSampler, decoded_cache, read_manifest, to_input, write_json
+from cxr.inference import autocast, load_checkpoint, pick_device, predict
 from cxr.models import build_model
 
 log = logging.getLogger(__name__)
@@ -56,15 +56,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def pick_device(choice: str) -> torch.device:
-    """``auto`` takes the GPU when there is one."""
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
-
-
 def lr_lambda(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
     """Linear warm-up then cosine decay to zero (or a constant rate), as a factor of the base rate."""
     if warmup > 0 and step < warmup:
@@ -80,12 +71,6 @@ def class_weights(labels: np.ndarray, k: int) -> np.ndarray:
     counts = np.bincount(labels, minlength=k).astype(np.float64)
     w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / k, 0.0)
     return w
-
-
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 class Progress:
@@ -140,7 +125,7 @@ def train_one_epoch(
             images = apply_batch(images.to(device, non_blocking=True), params, clahe=cfg.augment.clahe > 0)
         x = to_input(images, device, cfg.channels_last)
         y = labels.to(device, non_blocking=True)
-        with _autocast(device, cfg.amp):
+        with autocast(device, cfg.amp):
             loss = criterion(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -155,23 +140,6 @@ def train_one_epoch(
         progress.update(len(y), loss.detach())
     seconds = progress.close()
     return float(total_loss) / max(1, total_n), total_n / max(seconds, 1e-9), seconds
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False, channels_last: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (N, K) and labels (N,) for a deterministic loader."""
-    was_training = model.training
-    model.eval()
-    logits, labels = [], []
-    for images, y in loader:
-        with _autocast(device, amp):
-            out = model(to_input(images, device, channels_last))
-        logits.append(out.float().cpu())
-        labels.append(y)
-    model.train(was_training)
-    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
 
 def validation_scores(logits: np.ndarray, labels: np.ndarray, k: int) -> dict[str, float]:
@@ -209,11 +177,6 @@ def save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint safely (tensors and plain containers only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _rng_state() -> dict:
@@ -461,15 +424,5 @@ def manifest_hash(manifest) -> str:
     for r in manifest.rows:
         h.update(f"{r['path']}|{r['sha256']}|{r['label']}|{r['split']}\n".encode())
     return h.hexdigest()[:16]
-
-
-def load_trained(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """The model of a checkpoint, in eval mode, with its metadata (classes, arch, image size)."""
-    state = load_checkpoint(path)
-    model = build_model(state["arch"], len(state["classes"]), None)
-    model.load_state_dict(state["model"])
-    model.to(device).eval()
-    meta = {k: v for k, v in state.items() if k != "model"}
-    return model, meta
 
 

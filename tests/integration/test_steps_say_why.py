@@ -41,7 +41,7 @@ def test_evaluation_and_serving_apply_the_temperature_only_when_it_helps_on_vali
 ) -> None:
     from cxr import metrics as metrics_module
     from cxr.evaluate import evaluate
-    from cxr.serving import read_temperature
+    from cxr.inference import read_temperature
 
     s, paths = project
     real = metrics_module.temperature_check
@@ -60,9 +60,10 @@ def test_without_lung_masks_the_metrics_and_the_log_say_why(project, monkeypatch
     from cxr import gradcam
 
     s, paths = project
-    real_mask = gradcam._mask
+    real_mask = gradcam.read_mask
     # The older flat layout of the dataset has no lung masks (lesion masks exist only in synthetic data).
-    monkeypatch.setattr(gradcam, "_mask", lambda store, rel, size: None if "/masks/" in rel else real_mask(store, rel, size))
+    monkeypatch.setattr(gradcam, "read_mask",
+                        lambda store, rel, size: None if "/masks/" in rel else real_mask(store, rel, size))
     with caplog.at_level(logging.WARNING, logger="cxr.gradcam"):
         gradcam.run_gradcam(s.base, s.gradcam, paths, "cpu")
     metrics = json.loads((paths.gradcam_reports / "metrics.json").read_text())
@@ -70,7 +71,7 @@ def test_without_lung_masks_the_metrics_and_the_log_say_why(project, monkeypatch
     assert "no lung masks" in metrics["lung_energy_absent"] and "8 test images" in metrics["lung_energy_absent"]
     assert "no lung masks" in caplog.text
 
-    monkeypatch.setattr(gradcam, "_mask", real_mask)
+    monkeypatch.setattr(gradcam, "read_mask", real_mask)
     gradcam.run_gradcam(s.base, s.gradcam, paths, "cpu")
     metrics = json.loads((paths.gradcam_reports / "metrics.json").read_text())
     assert metrics["lung_mask_images"] == 8 and "lung_energy_absent" not in metrics

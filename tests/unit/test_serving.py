@@ -56,7 +56,7 @@ def make_images(folder: Path, n: int = 4, seed: int = 1) -> list[Path]:
 
 def reference_logits(checkpoint: Path, images: list[np.ndarray]) -> np.ndarray:
     """Logits computed by hand from the project's decode and to_input: what the pyfunc must reproduce."""
-    from cxr.train import load_trained
+    from cxr.inference import load_trained
 
     model, meta = load_trained(checkpoint)
     x = torch.from_numpy(np.stack([decode(im, meta["image_size"]) for im in images])).unsqueeze(1)
@@ -177,7 +177,7 @@ def test_bad_inputs_are_named(store, tmp_path: Path) -> None:
 
 
 def test_read_temperature_rejects_bad_files(tmp_path: Path) -> None:
-    from cxr.serving import read_temperature
+    from cxr.inference import read_temperature
 
     path = tmp_path / "calibration.json"
     path.write_text(json.dumps({"threshold": 0.3}))
@@ -467,3 +467,26 @@ def test_artifact_location_follows_the_tracking_uri(tmp_path: Path) -> None:
         (tmp_path / "store" / "mlartifacts").as_uri())
     assert artifact_location("postgresql://u@db/mlflow", tmp_path / "p") == (tmp_path / "p" / "mlartifacts").as_uri()
     assert artifact_location("http://127.0.0.1:5000", tmp_path) is None  # the server's --artifacts-destination
+
+
+def test_the_served_model_imports_no_training_code(tmp_path: Path) -> None:
+    """Loading the served model and predicting runs through cxr.data, cxr.models and cxr.inference only."""
+    ckpt = make_checkpoint(tmp_path / "best.pt")
+    image = tmp_path / "x.png"
+    cv2.imwrite(str(image), np.full((40, 40), 128, np.uint8))
+    code = (
+        "import sys, types\n"
+        "import pandas as pd\n"
+        "from cxr.serving import CxrClassifier\n"
+        "clf = CxrClassifier()\n"
+        f"ctx = types.SimpleNamespace(artifacts={{'checkpoint': {str(ckpt)!r}}}, model_config={{}})\n"
+        "clf.load_context(ctx)\n"
+        f"out = clf.predict(ctx, pd.DataFrame({{'image': [{str(image)!r}]}}))\n"
+        "assert len(out) == 1\n"
+        "print(sorted(m for m in sys.modules if m.startswith('cxr.')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(eval(proc.stdout))  # noqa: S307 - the list our own subprocess printed
+    assert not loaded & {"cxr.train", "cxr.config", "cxr.evaluate", "cxr.register", "cxr.augment", "cxr.tracking"}, loaded
+    assert {"cxr.inference", "cxr.data", "cxr.models"} <= loaded
