@@ -64,11 +64,14 @@ def run(size: str, work: Path) -> Outcome:
     paths = paths[:: max(1, len(paths) // n)][:n]
     images = np.stack([load_image(p, px) for p in paths])
 
+    from cxr.tracking import ensure_experiment
+
     previous_uri = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{scratch / 'mlflow.db'}")
+    uri = f"sqlite:///{scratch / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
     try:
-        mlflow.set_experiment("bench-pyfunc")
-        with mlflow.start_run():
+        # Artifacts beside the throw-away store, not in ./mlruns of whatever folder this runs from.
+        with mlflow.start_run(experiment_id=ensure_experiment(mlflow, "bench-pyfunc", scratch, uri)):
             info = serving.log_pyfunc(ckpt, None, name="model")
         loaded = mlflow.pyfunc.load_model(info.model_uri)
     finally:
