@@ -150,7 +150,7 @@ def run_recipe(root: Path, source: Path, size: str, seed: int, run: str, train: 
     if keep_last:  # the reference notebook keeps whatever the last epoch gave
         shutil.copyfile(paths.last_checkpoint, paths.best_checkpoint)
     evaluate(s.base, s.evaluate, paths, device=s.train.device)
-    m = json.loads(paths.metrics.read_text())
+    m = json.loads(paths.metrics_full.read_text())
     sens = {c: m["per_class"][c]["sensitivity"] for c in CLASSES}
     return {
         "accuracy": m["accuracy"], "accuracy_ci": [m["accuracy_ci_low"], m["accuracy_ci_high"]],
@@ -182,7 +182,7 @@ def split(root: Path, source: Path, size: str, seed: int) -> dict:
     from cxr.split import make_split
 
     s = settings_for(source, size, seed, "ours", recipes(size)["ours"])
-    return make_split(s.base, s.split, s.paths(root), workers=1).counts
+    return make_split(s.base, s.split, s.paths(root)).counts
 
 
 def _mean(runs: list[dict], key: str) -> float:

@@ -145,9 +145,11 @@ def test_report_from_a_pipeline_run_renders_in_chromium(tmp_path: Path) -> None:
     data_md5 = __import__("yaml").safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
     for needle in (data_md5, "archive-A", "Pointing game".lower(), "augmentations", "ECE", "COVID vs rest"):
         assert needle.lower() in page.lower(), needle
-    # Every evaluation figure and gallery, and the training curves drawn from reports/train/history.csv.
-    expected = len(list(paths.eval_reports.glob("*.png"))) + len(list(paths.gradcam_reports.glob("gallery-*.png"))) + 1
-    assert page.count('<img src="data:image/png;base64,') == expected >= 9
+    # Every evaluation figure and gallery, the training curves drawn from reports/train/history.csv and the
+    # augmentation preview the train step drew.
+    expected = (len(list(paths.eval_reports.glob("*.png"))) + len(list(paths.gradcam_reports.glob("gallery-*.png")))
+                + 2)
+    assert page.count('<img src="data:image/png;base64,') == expected >= 10
 
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", IMAGE_PROBE + "</body>"))
@@ -171,14 +173,14 @@ def test_report_shows_lineage_training_curves_params_and_why_a_measure_is_absent
     from cxr.report import build_report
 
     settings, paths = _fake_outputs(tmp_path)
-    metrics = json.loads(paths.metrics.read_text())
+    metrics = json.loads(paths.metrics_full.read_text())
     metrics["calibration"] = {
         "temperature": 1.0, "temperature_fitted": 0.843, "temperature_applied": False,
         "criterion": "5-fold cross-validated NLL on the validation split improves over no scaling",
         "valid_cv_nll_scaled": 0.51, "valid_cv_nll_unscaled": 0.5, "ece": 0.023, "ece_uncalibrated": 0.023,
         "ece_at_fitted_temperature": 0.042, "fitted_worsens_test_ece": True, "brier": 0.2,
     }
-    paths.metrics.write_text(json.dumps(metrics))
+    paths.metrics_full.write_text(json.dumps(metrics))
     (paths.gradcam_reports / "metrics.json").write_text(json.dumps(
         {"method": "gradcam", "images": 4, "lung_energy_absent": "no lung masks in data/raw for the 4 test images"}))
     paths.train_reports.mkdir(parents=True)

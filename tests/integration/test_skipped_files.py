@@ -42,7 +42,7 @@ def test_skipped_files_reach_the_data_report_and_its_markdown(tmp_path: Path) ->
     download(s.base, s.download, paths)
     # Teammates on a shared machine can read the data (as the umask allows), not only its owner.
     assert stat.S_IMODE(paths.raw.stat().st_mode) & 0o055 == 0o055 & ~_umask()
-    make_split(s.base, s.split, paths, 1)
+    make_split(s.base, s.split, paths)
 
     report = json.loads(paths.data_report.read_text())
     skipped = {r["path"]: r["reason"] for r in report["skipped"]}

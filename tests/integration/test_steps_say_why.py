@@ -27,7 +27,7 @@ def project(tmp_path_factory):
     s = load_settings(root / "params.yaml")
     paths = s.paths(root)
     download(s.base, s.download, paths)
-    make_split(s.base, s.split, paths, 1)
+    make_split(s.base, s.split, paths)
     classes = list(s.base.labels)
     model = build_model("resnet18", len(classes), None)
     save_checkpoint(paths.best_checkpoint, {"model": model.state_dict(), "arch": "resnet18", "classes": classes,
@@ -47,12 +47,12 @@ def test_evaluation_and_serving_apply_the_temperature_only_when_it_helps_on_vali
     real = metrics_module.temperature_check
     monkeypatch.setattr(metrics_module, "temperature_check", lambda *a, **k: {**real(*a, **k), "helps": helps})
     evaluate(s.base, s.evaluate, paths, "cpu")
-    cal = json.loads(paths.metrics.read_text())["calibration"]
+    cal = json.loads(paths.metrics_full.read_text())["calibration"]
     assert cal["temperature_applied"] is helps and cal["criterion"] == metrics_module.TEMPERATURE_CRITERION
     assert cal["temperature_fitted"] != 1.0
     assert cal["temperature"] == (cal["temperature_fitted"] if helps else 1.0)
     # What serving reads: the applied temperature.
-    assert read_temperature(paths.eval_reports / "calibration.json") == pytest.approx(cal["temperature"])
+    assert read_temperature(paths.calibration) == pytest.approx(cal["temperature"])
     assert cal["fitted_worsens_test_ece"] == (cal["ece_at_fitted_temperature"] > cal["ece_uncalibrated"])
 
 
