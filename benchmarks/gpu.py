@@ -224,7 +224,7 @@ def end_to_end(cfg, base, paths, device) -> dict:
     _torch_defaults()
     with Utilisation(device) as util, timer() as t:
         result = train(cfg, base, paths, resume=False)
-    with (paths.train_reports / "history.csv").open() as fh:
+    with paths.history.open() as fh:
         history = list(csv.DictReader(fh))
     speeds = [float(r["images_per_s"]) for r in history]
     seconds = [float(r["seconds"]) for r in history]
