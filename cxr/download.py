@@ -90,7 +90,8 @@ def _fill(staging: Path, base: Base, cfg: Download, root: Path) -> dict[str, Ind
         counts = cfg.synthetic.counts(base.folders)
         generate(staging, counts, size=cfg.synthetic.size, seed=base.seed, workers=cfg.synthetic.workers)
         return {}
-    from cxr.ingest import download_kaggle, ingest
+    from cxr.ingest import ingest
+    from cxr.kaggle import download_kaggle
 
     if cfg.source == "kaggle":
         src = download_kaggle(

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import json
 import logging
 import os
-import re
 import shutil
-import socket
-import stat
-import threading
 import time
 import uuid
 import zipfile
@@ -20,41 +14,25 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
-from urllib.parse import urlparse
 
-from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
-
-from cxr.dedup import pil_dhash
+from cxr.extract import safe_extract
+from cxr.layout import (
+    IMAGE_SUFFIXES,
+    DataError,
+    canonical_class,
+    class_dirs,
+    find_dataset_root,
+    folder_class,
+    resolve_classes,
+    visible_dirs,
+)
+from cxr.metadata import metadata_files, read_metadata
 from cxr.rawstore import fresh_dir
+from cxr.validate import MAX_PIXELS, Inspection, inspect_bytes
 
 logger = logging.getLogger(__name__)
 
-CANONICAL_CLASSES = ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia")
-CLASS_ALIASES: dict[str, str] = {
-    "covid": "COVID",
-    "covid19": "COVID",
-    "normal": "Normal",
-    "lungopacity": "Lung_Opacity",
-    "viralpneumonia": "Viral Pneumonia",
-}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-LAYOUTS = ("v5", "flat")
-MIN_SIDE = 64
-MAX_PIXELS = 25_000_000  # download.max_pixels's default
-MAX_ROOT_DEPTH = 3
-KAGGLE_HOST = "www.kaggle.com"
-
-_IGNORED_DIRS = {"__macosx"}
-_RATIO_MIN_BYTES = 1 << 20
 _MAX_LISTED_BAD = 20
-
-
-class DataError(ValueError):
-    """Bad input data; message names the file or folder."""
-
-
-class DownloadError(RuntimeError):
-    """The dataset could not be downloaded (offline, no credentials, or Kaggle refused)."""
 
 
 @dataclass(frozen=True)
@@ -133,404 +111,6 @@ class IngestReport:
         return json.dumps(self.to_dict(include_records), indent=2, sort_keys=True)
 
 
-# ----------------------------------------------------------------------------- class names and layout
-
-
-def normalise_name(name: str) -> str:
-    """Lower-case a folder name and drop spaces, underscores and hyphens."""
-    return re.sub(r"[\s_\-]+", "", name).lower()
-
-
-def canonical_class(name: str) -> str | None:
-    """Canonical class for a folder or class name, or None when it is not a known alias."""
-    return CLASS_ALIASES.get(normalise_name(name))
-
-
-def _resolve_classes(classes: Sequence[str]) -> list[str]:
-    """Canonical names of the requested classes, order kept, duplicates dropped."""
-    if isinstance(classes, str):
-        raise TypeError("classes must be a sequence of class names, not one string")
-    out: list[str] = []
-    for c in classes:
-        name = canonical_class(c) or str(c)
-        if name not in out:
-            out.append(name)
-    if not out:
-        raise DataError("no classes requested")
-    return out
-
-
-def _folder_class(name: str, wanted: Sequence[str]) -> str | None:
-    """Class a folder name stands for: a known alias, or a requested class with no alias."""
-    canon = canonical_class(name)
-    if canon is not None:
-        return canon
-    norm = normalise_name(name)
-    for w in wanted:
-        if normalise_name(w) == norm:
-            return w
-    return None
-
-
-def _visible_dirs(folder: Path) -> list[Path]:
-    """Sub-folders of folder, sorted, without hidden and __MACOSX folders."""
-    try:
-        entries = list(os.scandir(folder))
-    except OSError as exc:
-        raise DataError(f"cannot list folder {folder}: {exc}") from exc
-    out = []
-    for e in entries:
-        if e.name.startswith(".") or e.name.lower() in _IGNORED_DIRS:
-            continue
-        with contextlib.suppress(OSError):
-            if e.is_dir():
-                out.append(Path(e.path))
-    return sorted(out)
-
-
-def _class_dirs(folder: Path, wanted: Sequence[str]) -> dict[str, list[Path]]:
-    """Class -> sub-folders of folder whose names map to that class."""
-    found: dict[str, list[Path]] = {}
-    for d in _visible_dirs(folder):
-        cls = _folder_class(d.name, wanted)
-        if cls is not None:
-            found.setdefault(cls, []).append(d)
-    return found
-
-
-def find_dataset_root(path: Path, classes: Sequence[str]) -> tuple[Path, str]:
-    """Locate the folder holding the class folders; return it and the layout name ('v5' or 'flat')."""
-    path = Path(path)
-    if not path.is_dir():
-        raise DataError(f"dataset folder {path} does not exist or is not a folder")
-    wanted = _resolve_classes(classes)
-    candidates: list[tuple[int, int, int, Path, dict[str, list[Path]]]] = []
-    frontier = [path]
-    for depth in range(MAX_ROOT_DEPTH + 1):
-        next_frontier: list[Path] = []
-        for folder in frontier:
-            dirs = _class_dirs(folder, wanted)
-            if dirs:
-                n_wanted = sum(1 for c in wanted if c in dirs)
-                candidates.append((-n_wanted, -len(dirs), depth, folder, dirs))
-            elif depth < MAX_ROOT_DEPTH:
-                next_frontier.extend(_visible_dirs(folder))
-        frontier = next_frontier
-    if not candidates:
-        raise DataError(
-            f"no class folders ({', '.join(wanted)}) found in {path} or up to {MAX_ROOT_DEPTH} folders below it"
-        )
-    candidates.sort(key=lambda c: c[:3])
-    best = candidates[0]
-    ties = [c[3] for c in candidates[1:] if c[:3] == best[:3]]
-    if ties:
-        raise DataError(
-            f"ambiguous dataset root under {path}: class folders in both {best[3]} and {', '.join(map(str, ties))}"
-        )
-    root, dirs = best[3], best[4]
-    for cls in wanted:
-        if cls not in dirs:
-            present = ", ".join(sorted(d.name for ds in dirs.values() for d in ds)) or "none"
-            raise DataError(f"class {cls!r} missing: no folder for it in {root} (class folders found: {present})")
-        if len(dirs[cls]) > 1:
-            raise DataError(
-                f"class {cls!r} has several folders in {root}: {', '.join(d.name for d in dirs[cls])}"
-            )
-    layout = "v5" if any((dirs[c][0] / "images").is_dir() for c in wanted) else "flat"
-    return root, layout
-
-
-# ----------------------------------------------------------------------------- zip extraction
-
-
-def _member_parts(info: zipfile.ZipInfo) -> list[str]:
-    """Safe relative path parts of a zip member; DataError when it is absolute or climbs out."""
-    name = info.filename
-    if "\x00" in name:
-        raise DataError(f"zip member {name!r}: NUL byte in its name")
-    norm = name.replace("\\", "/")
-    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm):
-        raise DataError(f"zip member {name!r}: absolute path refused")
-    parts = [p for p in norm.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise DataError(f"zip member {name!r}: parent reference '..' refused")
-    return parts
-
-
-def _check_members(
-    archive: Path, infos: list[zipfile.ZipInfo], max_total_bytes: int, max_ratio: float, max_members: int
-) -> list[tuple[zipfile.ZipInfo, list[str], bool]]:
-    """Validate every member's name, type and size before anything is extracted."""
-    if len(infos) > max_members:
-        raise DataError(f"zip {archive}: {len(infos)} members, more than the limit of {max_members}")
-    plan = []
-    total = total_packed = 0
-    for info in infos:
-        parts = _member_parts(info)
-        if not parts or parts[0].lower() in _IGNORED_DIRS:
-            continue
-        ftype = stat.S_IFMT(info.external_attr >> 16)
-        if ftype == stat.S_IFLNK:
-            raise DataError(f"zip member {info.filename!r}: symbolic link refused")
-        if ftype not in (0, stat.S_IFREG, stat.S_IFDIR):
-            raise DataError(f"zip member {info.filename!r}: special file (mode {oct(ftype)}) refused")
-        is_dir = info.is_dir() or ftype == stat.S_IFDIR
-        if not is_dir:
-            if info.flag_bits & 0x1:
-                raise DataError(f"zip member {info.filename!r}: encrypted members are not supported")
-            total += info.file_size
-            total_packed += info.compress_size
-            if total > max_total_bytes:
-                raise DataError(
-                    f"zip member {info.filename!r}: total uncompressed size passes the limit of {max_total_bytes} bytes"
-                )
-            if info.file_size > _RATIO_MIN_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
-                raise DataError(
-                    f"zip member {info.filename!r}: compression ratio "
-                    f"{info.file_size / max(info.compress_size, 1):.0f} passes the limit of {max_ratio:g}"
-                )
-        plan.append((info, parts, is_dir))
-    if total > _RATIO_MIN_BYTES and total > max_ratio * max(total_packed, 1):
-        raise DataError(f"zip {archive}: overall compression ratio passes the limit of {max_ratio:g}")
-    return plan
-
-
-def safe_extract(
-    archive: Path,
-    target: Path,
-    max_total_bytes: int = 4 * 2**30,
-    max_ratio: float = 200.0,
-    max_members: int = 200_000,
-) -> Path:
-    """Extract a zip safely (no absolute, '..', symlink or oversize members) into target, atomically."""
-    archive, target = Path(archive), Path(target)
-    if target.exists():
-        if target.is_dir() and not any(target.iterdir()):
-            target.rmdir()
-        else:
-            raise DataError(f"extraction target {target} already exists")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DataError(f"{archive}: not a readable zip archive ({exc})") from exc
-    with zf:
-        plan = _check_members(archive, zf.infolist(), max_total_bytes, max_ratio, max_members)
-        tmp = fresh_dir(target.parent, f".{target.name}.partial-")
-        try:
-            root = tmp.resolve()
-            written = 0
-            for info, parts, is_dir in plan:
-                out = tmp.joinpath(*parts)
-                if not out.resolve().is_relative_to(root):  # defence in depth
-                    raise DataError(f"zip member {info.filename!r}: resolves outside the target")
-                if is_dir:
-                    out.mkdir(parents=True, exist_ok=True)
-                    continue
-                out.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    with zf.open(info) as src, open(out, "xb") as dst:
-                        while chunk := src.read(1 << 20):
-                            written += len(chunk)
-                            if written > max_total_bytes:
-                                raise DataError(
-                                    f"zip member {info.filename!r}: extracted size passes the limit of {max_total_bytes} bytes"
-                                )
-                            dst.write(chunk)
-                except FileExistsError as exc:
-                    raise DataError(f"zip member {info.filename!r}: appears twice in {archive}") from exc
-                except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError) as exc:
-                    raise DataError(f"zip member {info.filename!r}: cannot extract ({exc})") from exc
-            os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    logger.info("extracted %d members of %s into %s (%d bytes)", len(plan), archive, target, written)
-    return target
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-@dataclass(frozen=True)
-class _Inspection:
-    """Result of decoding one file from its bytes."""
-
-    reason: str | None
-    sha256: str = ""
-    dhash: int = 0
-    width: int = 0
-    height: int = 0
-    mode: str = ""
-    format: str = ""
-    nbytes: int = 0
-
-
-def _alpha_is_real(im: Image.Image) -> bool:
-    """True when an image with an alpha channel (or tRNS) is not fully opaque."""
-    if im.mode in ("RGBA", "LA"):
-        return im.getchannel("A").getextrema()[0] < 255
-    if "transparency" in im.info:
-        return im.convert("RGBA").getchannel("A").getextrema()[0] < 255
-    return False
-
-
-def _check_decoded(im: Image.Image, expect_mask: bool) -> str | None:
-    """Reason a decoded image is unusable (mode, alpha, size), else None."""
-    mode = im.mode
-    if mode.startswith("I") or mode == "F":
-        return f"unsupported mode {mode} (16/32-bit; expected 8-bit L or RGB)"
-    allowed = ("1", "L", "P", "RGB", "RGBA", "LA") if expect_mask else ("L", "RGB", "RGBA", "LA")
-    if mode not in allowed:
-        return f"unsupported mode {mode} (expected L or RGB)"
-    if not expect_mask and _alpha_is_real(im):
-        return f"unsupported mode {mode} with real transparency (alpha channel not fully opaque)"
-    if min(im.size) < MIN_SIDE:
-        return f"too small ({im.width}x{im.height}, need at least {MIN_SIDE} px a side)"
-    return None
-
-
-def _open_header(data: bytes) -> Image.Image:
-    """Parse a PNG's or JPEG's header (nothing decoded yet); other content through ``Image.open``.
-
-    PNG and JPEG go straight to their Pillow plugins, as ``Image.open`` would, without its
-    decompression-bomb check: ``download.max_pixels`` is the limit here, checked by the caller from
-    the header, and Pillow's own would only warn (or refuse, with its limit in the message) first.
-    """
-    fp = io.BytesIO(data)
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return PngImagePlugin.PngImageFile(fp)
-    if data.startswith(b"\xff\xd8\xff"):
-        return JpegImagePlugin.JpegImageFile(fp)
-    return Image.open(fp)
-
-
-def _inspect_bytes(
-    data: bytes, expect_mask: bool = False, fingerprint: bool = True, max_pixels: int = MAX_PIXELS
-) -> _Inspection:
-    """Validate an encoded image by a full decode of its bytes; hash it when valid."""
-    if not data:
-        return _Inspection("empty file (0 bytes)")
-    try:
-        im = _open_header(data)
-    except UnidentifiedImageError:
-        return _Inspection("not an image (unrecognised content)")
-    except Exception as exc:  # PIL raises many kinds for corrupt headers
-        return _Inspection(f"not an image ({type(exc).__name__}: {exc})")
-    with im:
-        fmt = im.format or "?"
-        if fmt not in ("PNG", "JPEG"):
-            return _Inspection(f"unsupported format {fmt} (expected PNG or JPEG)")
-        if im.width * im.height > max_pixels:
-            return _Inspection(
-                f"too large ({im.width}x{im.height} = {im.width * im.height:,} pixels, above "
-                f"download.max_pixels = {max_pixels:,}); not decoded"
-            )
-        if fmt == "PNG" and data.rfind(b"IEND") < 0:
-            return _Inspection("truncated PNG (no IEND chunk)")
-        if fmt == "JPEG" and not data.rstrip(b"\x00\r\n ")[-2:] == b"\xff\xd9":
-            return _Inspection("truncated JPEG (no end-of-image marker)")
-        if ImageFile.LOAD_TRUNCATED_IMAGES:
-            logger.debug("PIL LOAD_TRUNCATED_IMAGES is on; relying on end-marker checks")
-        try:
-            im.load()
-        except Exception as exc:  # truncated data, CRC errors, decompression bombs
-            return _Inspection(f"truncated or corrupt {fmt} ({type(exc).__name__}: {exc})")
-        reason = _check_decoded(im, expect_mask)
-        if reason:
-            return _Inspection(reason)
-        digest = hashlib.sha256(data).hexdigest()
-        dh = pil_dhash(im) if fingerprint else 0
-        return _Inspection(None, digest, dh, im.width, im.height, im.mode, fmt, len(data))
-
-
-def validate_image(path: Path, expect_mask: bool = False, max_pixels: int = MAX_PIXELS) -> str | None:
-    """Fully decode an image file; return the reason it is bad, or None when it is a usable PNG/JPEG."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        return f"unreadable ({exc.strerror or exc})"
-    return _inspect_bytes(data, expect_mask, fingerprint=False, max_pixels=max_pixels).reason
-
-
-# ----------------------------------------------------------------------------- metadata
-
-
-_GENERIC_URL_PARTS = {"c", "d", "datasets", "competitions", "articles", "category", "tree", "blob"}
-
-
-def source_from_url(url: str) -> str:
-    """Short source-archive name from a metadata URL, e.g. 'kaggle.com/c/rsna-pneumonia-detection-challenge'."""
-    text = (url or "").strip()
-    if not text:
-        return "unknown"
-    parsed = urlparse(text if "://" in text else f"//{text}")
-    host = (parsed.hostname or "").lower()
-    if not host or "." not in host:
-        return text[:80]
-    host = host.removeprefix("www.")
-    parts = [p for p in parsed.path.split("/") if p]
-    if host in ("kaggle.com", "github.com"):
-        lead = [p for p in parts[:1] if p.lower() in _GENERIC_URL_PARTS]
-        rest = [p for p in parts[len(lead) :]]
-        return "/".join([host, *lead, *rest[: 1 if lead else 2]])
-    return "/".join([host, *parts[:1]])
-
-
-def read_metadata(xlsx: Path) -> dict[str, str]:
-    """Map FILE NAME (stem, as in the sheet) -> source archive derived from URL, using openpyxl read-only."""
-    import openpyxl  # local: only needed when a sheet is present
-
-    xlsx = Path(xlsx)
-    try:
-        wb = openpyxl.load_workbook(xlsx, read_only=True, data_only=True)
-    except Exception as exc:  # zipfile, XML and KeyError flavours
-        raise DataError(f"{xlsx}: cannot read metadata sheet ({type(exc).__name__}: {exc})") from exc
-    try:
-        if not wb.worksheets:
-            raise DataError(f"{xlsx}: metadata workbook has no sheet")
-        rows = wb.worksheets[0].iter_rows(values_only=True)
-        name_col = url_col = None
-        header: tuple = ()
-        for header in rows:
-            cols = [normalise_name(str(v)) if v is not None else "" for v in header]
-            if "filename" in cols:
-                name_col = cols.index("filename")
-                url_col = cols.index("url") if "url" in cols else None
-                break
-        if name_col is None:
-            raise DataError(f"{xlsx}: no 'FILE NAME' column in the metadata sheet")
-        out: dict[str, str] = {}
-        for row in rows:
-            if name_col >= len(row) or row[name_col] is None:
-                continue
-            name = str(row[name_col]).strip()
-            if not name:
-                continue
-            if name.lower().endswith(IMAGE_SUFFIXES):
-                name = name.rsplit(".", 1)[0]
-            url = row[url_col] if url_col is not None and url_col < len(row) else None
-            out[name] = source_from_url(str(url)) if url is not None else "unknown"
-        return out
-    finally:
-        wb.close()
-
-
-def _metadata_files(root: Path, cls_dir: Path, cls: str, wanted: Sequence[str]) -> list[Path]:
-    """Metadata sheets for a class: '<CLASS>.metadata.xlsx' (any alias, any 'matadata' typo) at the root or in its folder."""
-    found = []
-    for folder in (root, cls_dir):
-        with contextlib.suppress(OSError):
-            for e in sorted(os.scandir(folder), key=lambda e: e.name):
-                if e.name.startswith(".") or not e.name.lower().endswith(".xlsx") or not e.is_file():
-                    continue
-                if _folder_class(e.name.split(".", 1)[0], wanted) == cls:
-                    found.append(Path(e.path))
-    return found
-
-
-# ----------------------------------------------------------------------------- ingest
-
 
 @dataclass(frozen=True)
 class _Task:
@@ -591,20 +171,20 @@ def _plan_class(root: Path, cls: str, cls_dir: Path, warnings: list[str]) -> lis
     return tasks
 
 
-def _process(task: _Task, build: Path, max_pixels: int = MAX_PIXELS) -> _Inspection:
+def _process(task: _Task, build: Path, max_pixels: int = MAX_PIXELS) -> Inspection:
     """Read a file once, validate and hash it from those bytes, and stage the bytes when valid."""
     try:
         data = task.src.read_bytes()
     except OSError as exc:
-        return _Inspection(f"unreadable ({exc.strerror or exc})")
-    result = _inspect_bytes(data, expect_mask=task.is_mask, fingerprint=not task.is_mask, max_pixels=max_pixels)
+        return Inspection(f"unreadable ({exc.strerror or exc})")
+    result = inspect_bytes(data, expect_mask=task.is_mask, fingerprint=not task.is_mask, max_pixels=max_pixels)
     if result.reason is None:
         with open(build / task.out, "xb") as fh:
             fh.write(data)
     return result
 
 
-def _run_all(tasks: list[_Task], fn: Callable[[_Task], _Inspection], workers: int) -> list[_Inspection]:
+def _run_all(tasks: list[_Task], fn: Callable[[_Task], Inspection], workers: int) -> list[Inspection]:
     """Apply fn to every task, in order, on a thread pool when workers > 1."""
     if workers <= 1 or len(tasks) < 2:
         return [fn(t) for t in tasks]
@@ -683,7 +263,7 @@ def ingest(
     source, dest = Path(source), Path(dest)
     if not source.exists():
         raise DataError(f"source {source} does not exist")
-    wanted = _resolve_classes(classes)
+    wanted = resolve_classes(classes)
     _check_paths(source, dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     warnings: list[str] = []
@@ -697,9 +277,9 @@ def ingest(
         else:
             folder = source
         root, layout = find_dataset_root(folder, wanted)
-        class_dirs = _class_dirs(root, wanted)
-        for d in _visible_dirs(root):
-            cls = _folder_class(d.name, wanted)
+        cls_folders = class_dirs(root, wanted)
+        for d in visible_dirs(root):
+            cls = folder_class(d.name, wanted)
             if cls is not None and cls not in wanted:
                 logger.info("ignoring folder %s (class %r not requested)", d, cls)
 
@@ -708,9 +288,9 @@ def ingest(
         sheets: dict[str, Path] = {}
         bad_sheets: list[BadFile] = []
         for cls in wanted:
-            cls_dir = class_dirs[cls][0]
+            cls_dir = cls_folders[cls][0]
             tasks += _plan_class(root, cls, cls_dir, warnings)
-            for sheet in _metadata_files(root, cls_dir, cls, wanted)[:1]:
+            for sheet in metadata_files(root, cls_dir, cls, wanted)[:1]:
                 try:
                     metadata[cls] = {k.lower(): v for k, v in read_metadata(sheet).items()}
                     sheets[cls] = sheet
@@ -761,7 +341,7 @@ def ingest(
             )
         for cls in wanted:
             if counts[cls] == 0:
-                raise DataError(f"class {cls!r}: no valid images in {class_dirs[cls][0]} (all {len(bad)} refused)")
+                raise DataError(f"class {cls!r}: no valid images in {cls_folders[cls][0]} (all {len(bad)} refused)")
             if masks[cls] == 0 and (build / cls / "masks").is_dir():
                 (build / cls / "masks").rmdir()
         for cls, sheet in sheets.items():
@@ -809,141 +389,3 @@ def ingest(
     )
     return report
 
-
-# ----------------------------------------------------------------------------- Kaggle download
-
-
-def _credentials_source() -> str | None:
-    """Where Kaggle credentials come from, or None when there are none."""
-    env = os.environ
-    if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
-        return "KAGGLE_USERNAME/KAGGLE_KEY"
-    if env.get("KAGGLE_API_TOKEN"):
-        return "KAGGLE_API_TOKEN"
-    home = Path.home()
-    folders = [home / ".kaggle", home / ".config" / "kaggle"]
-    if env.get("KAGGLE_CONFIG_DIR"):
-        folders.insert(0, Path(env["KAGGLE_CONFIG_DIR"]))
-    if env.get("XDG_CONFIG_HOME"):
-        folders.append(Path(env["XDG_CONFIG_HOME"]) / "kaggle")
-    for folder in folders:
-        for name in ("kaggle.json", "access_token"):
-            if (folder / name).is_file():
-                return str(folder / name)
-    with contextlib.suppress(Exception):  # kagglehub's own lookup (API differs between versions)
-        from kagglehub.config import get_kaggle_credentials
-
-        if get_kaggle_credentials():
-            return "kagglehub"
-    return None
-
-
-def _reachable(host: str, port: int, timeout_s: float) -> str | None:
-    """None when a TCP connection to host:port opens within timeout_s (DNS included), else the reason."""
-    outcome: list[str | None] = []
-
-    def attempt() -> None:
-        """Open and close one connection, recording the outcome."""
-        try:
-            with socket.create_connection((host, port), timeout=timeout_s):
-                outcome.append(None)
-        except OSError as exc:
-            outcome.append(f"{type(exc).__name__}: {exc}")
-
-    thread = threading.Thread(target=attempt, name="kaggle-reachability", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if not outcome:
-        return f"no answer within {timeout_s:g}s"
-    return outcome[0]
-
-
-def _proxy_endpoint() -> tuple[str, int] | None:
-    """Host and port of an HTTPS proxy from the environment, if one is set."""
-    for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-        if os.environ.get(key):
-            parsed = urlparse(os.environ[key] if "://" in os.environ[key] else f"//{os.environ[key]}")
-            if parsed.hostname:
-                return parsed.hostname, parsed.port or 8080
-    return None
-
-
-def _cached_version(cache_dir: Path, handle: str, version: int | None) -> Path | None:
-    """A complete earlier kagglehub download of handle (that version, or the newest) under cache_dir."""
-    base = cache_dir / "datasets" / handle
-    if version is not None:
-        candidates = [version]
-    else:
-        found = base.glob("*.complete") if base.is_dir() else []
-        candidates = sorted((int(m.stem) for m in found if m.stem.isdigit()), reverse=True)
-    for v in candidates:
-        path = base / "versions" / str(v)
-        if (base / f"{v}.complete").is_file() and path.is_dir():  # kagglehub's completion marker
-            return path
-    return None
-
-
-@contextlib.contextmanager
-def _env(key: str, value: str) -> Iterator[None]:
-    """Set an environment variable for the duration of a block."""
-    old = os.environ.get(key)
-    os.environ[key] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
-
-
-def download_kaggle(handle: str, version: int | None, cache_dir: Path, timeout_s: float = 10.0) -> Path:
-    """Download a Kaggle dataset with kagglehub into cache_dir (reusing an earlier download); DownloadError fast when offline or unauthenticated."""
-    handle = handle.strip().strip("/")
-    if "/versions/" in handle:
-        handle, _, pinned = handle.partition("/versions/")
-        if version is not None and int(pinned) != version:
-            raise ValueError(f"handle pins version {pinned} but version={version} was given")
-        version = int(pinned)
-    if handle.count("/") != 1:
-        raise ValueError(f"Kaggle handle must look like 'owner/dataset', got {handle!r}")
-    cache_dir = Path(cache_dir).expanduser().resolve()
-    fix = "or ingest a local copy instead (data source: local, with path: <folder or .zip of the dataset>)"
-
-    cached = _cached_version(cache_dir, handle, version)
-    if cached is not None and version is not None:
-        logger.info("reusing cached Kaggle download %s", cached)
-        return cached
-
-    problem = None
-    creds = _credentials_source()
-    if creds is None:
-        problem = (
-            "no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY, or put kaggle.json in ~/.kaggle/ "
-            "(or ~/.config/kaggle/)"
-        )
-    else:
-        host, port = _proxy_endpoint() or (KAGGLE_HOST, 443)
-        reason = _reachable(host, port, timeout_s)
-        if reason is not None:
-            problem = f"cannot reach {host}:{port} ({reason}); the machine seems offline"
-    if problem is not None:
-        if cached is not None:
-            logger.warning("%s; using the newest cached download %s", problem, cached)
-            return cached
-        raise DownloadError(f"cannot download Kaggle dataset {handle!r}: {problem}; {fix}")
-
-    try:
-        import kagglehub
-    except ImportError as exc:
-        raise DownloadError(f"kagglehub is not installed (pip install kagglehub); {fix}") from exc
-    ref = handle if version is None else f"{handle}/versions/{version}"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("downloading Kaggle dataset %s into %s (credentials: %s)", ref, cache_dir, creds)
-    try:
-        with _env("KAGGLEHUB_CACHE", str(cache_dir)):
-            path = kagglehub.dataset_download(ref)
-    except Exception as exc:  # kagglehub raises requests/HTTP/own errors
-        raise DownloadError(f"kagglehub could not download {ref!r}: {type(exc).__name__}: {exc}; {fix}") from exc
-    logger.info("Kaggle dataset %s is at %s", ref, path)
-    return Path(path)

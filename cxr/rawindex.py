@@ -48,7 +48,7 @@ def index_path(raw: Path) -> Path:
 
 def sheet_sources(raw: Path, folders: Iterable[str]) -> dict[str, str]:
     """Image file stem (lower case) -> source archive, from the dataset's metadata sheets where present."""
-    from cxr.ingest import read_metadata
+    from cxr.metadata import read_metadata
 
     out: dict[str, str] = {}
     for folder in folders:

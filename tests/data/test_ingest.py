@@ -17,18 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr import ingest as ing
-from cxr.ingest import (
-    CLASS_ALIASES,
-    DataError,
-    DownloadError,
-    download_kaggle,
-    find_dataset_root,
-    ingest,
-    read_metadata,
-    safe_extract,
-    validate_image,
-)
+from cxr import kaggle, layout, metadata
+from cxr.extract import safe_extract
+from cxr.ingest import ingest
+from cxr.kaggle import DownloadError, download_kaggle
+from cxr.layout import CLASS_ALIASES, DataError, find_dataset_root
+from cxr.metadata import read_metadata
+from cxr.validate import validate_image
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 SAMPLE = SHARED / "cxr-sample"
@@ -93,11 +88,11 @@ def zip_folder(folder: Path, archive: Path, top: str | None = None) -> Path:
 
 
 def test_class_aliases_map_old_names() -> None:
-    assert ing.canonical_class("COVID-19") == "COVID"
-    assert ing.canonical_class("NORMAL") == "Normal"
-    assert ing.canonical_class("viral_pneumonia") == "Viral Pneumonia"
-    assert ing.canonical_class("Lung Opacity") == "Lung_Opacity"
-    assert ing.canonical_class("images") is None
+    assert layout.canonical_class("COVID-19") == "COVID"
+    assert layout.canonical_class("NORMAL") == "Normal"
+    assert layout.canonical_class("viral_pneumonia") == "Viral Pneumonia"
+    assert layout.canonical_class("Lung Opacity") == "Lung_Opacity"
+    assert layout.canonical_class("images") is None
     assert set(CLASS_ALIASES.values()) == set(CLASSES)
 
 
@@ -519,11 +514,11 @@ def test_read_metadata_bad_file(tmp_path: Path) -> None:
 
 
 def test_source_from_url() -> None:
-    assert ing.source_from_url("https://www.kaggle.com/c/rsna-pneumonia-detection-challenge/data") == (
+    assert metadata.source_from_url("https://www.kaggle.com/c/rsna-pneumonia-detection-challenge/data") == (
         "kaggle.com/c/rsna-pneumonia-detection-challenge"
     )
-    assert ing.source_from_url("https://bimcv.cipf.es/bimcv-projects/bimcv-covid19/#1590") == "bimcv.cipf.es/bimcv-projects"
-    assert ing.source_from_url("") == "unknown"
+    assert metadata.source_from_url("https://bimcv.cipf.es/bimcv-projects/bimcv-covid19/#1590") == "bimcv.cipf.es/bimcv-projects"
+    assert metadata.source_from_url("") == "unknown"
 
 
 def _no_credentials(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
@@ -547,7 +542,7 @@ def test_download_offline_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyP
     _no_credentials(monkeypatch, tmp_path / "home")
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "0" * 32)
-    monkeypatch.setattr(ing, "KAGGLE_HOST", "kaggle.invalid")
+    monkeypatch.setattr(kaggle, "KAGGLE_HOST", "kaggle.invalid")
     for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(key, raising=False)
     with pytest.raises(DownloadError, match="cannot reach"):
