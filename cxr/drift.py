@@ -394,30 +394,13 @@ def log_to_mlflow(report: DriftReport, settings: Settings, uri: str, root: Path,
 
 def report_sections(path: Path) -> list[tuple[str, str, str]]:
     """The drift check's section of the HTML report (id, title, HTML) when the flow wrote a drift report, else none."""
-    from cxr.report import _e, _fmt, _table
+    from cxr.templating import render_html
 
     report = read_report(path)
     if report is None:
         return []
-    if report.status != "checked":
-        return [("drift", "Data drift", f"<p class=\"muted\">Not checked: {_e('; '.join(report.reasons))}</p>")]
-    verdict = (f'<p class="warn">Drift flagged: {_e("; ".join(report.reasons))}</p>' if report.flagged
-               else f"<p>No drift at alpha {_fmt(report.alpha)}.</p>")
-    parts = [
-        verdict,
-        f"<p>Reference: {_e(report.reference)} of champion version {_e(report.champion_version)} "
-        f"({_fmt(report.n_reference)} images); current: {_e(report.current)} ({_fmt(report.n_current)} images).</p>",
-        _table(["test", "statistic", "p-value"],
-               [[_e(name), _fmt(t.get("stat"), 4), _fmt(t.get("p"), 4)] for name, t in report.tests.items()]),
-    ]
-    if report.counts:
-        ref, cur = report.counts.get("reference", {}), report.counts.get("current", {})
-        parts += ["<h3>Images per class</h3>",
-                  _table(["class", "reference", "current"],
-                         [[_e(c), _fmt(ref.get(c, 0)), _fmt(cur.get(c, 0))] for c in sorted(set(ref) | set(cur))])]
-    if report.intensity:
-        parts += ["<h3>Mean intensity statistics (gray levels)</h3>",
-                  _table(["", "reference", "current"],
-                         [[_e(f), _fmt(report.intensity["reference"].get(f), 1), _fmt(report.intensity["current"].get(f), 1)]
-                          for f in INTENSITY_FEATURES])]
-    return [("drift", "Data drift against the champion", "\n".join(parts))]
+    title = "Data drift against the champion" if report.status == "checked" else "Data drift"
+    counts = sorted(set(report.counts.get("reference", {})) | set(report.counts.get("current", {})))
+    html = render_html("report_drift.html.j2", drift=report, count_classes=counts,
+                       intensity_features=list(INTENSITY_FEATURES))
+    return [("drift", title, html)]

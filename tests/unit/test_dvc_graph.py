@@ -85,6 +85,32 @@ def command_closure(command: str) -> set[Path]:
     return import_closure(project_imports(names) | {REPO / PACKAGE / "__init__.py"}, entry)
 
 
+TEMPLATES = REPO / PACKAGE / "templates"
+# {% include "x" %}, {% import "x" as m %}, {% from "x" import m %}, {% extends "x" %}
+RENDERERS = {"render_html", "render_text", "get_template"}
+TEMPLATE_REF = re.compile(r"""\{%-?\s*(?:include|import|from|extends)\s+["']([^"']+)["']""")
+
+
+def rendered_templates(files: set[Path]) -> set[Path]:
+    """The templates code in ``files`` renders (``render_html("x.html.j2", ...)``), with those they pull in."""
+    todo = []
+    for f in files:
+        for n in ast.walk(ast.parse(f.read_text())):
+            if isinstance(n, ast.Call) and n.args and isinstance(n.args[0], ast.Constant):
+                name = n.func.id if isinstance(n.func, ast.Name) else getattr(n.func, "attr", "")
+                if name in RENDERERS and isinstance(n.args[0].value, str):
+                    todo.append(TEMPLATES / n.args[0].value)
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        assert path.is_file(), f"{path.relative_to(REPO)} is rendered but does not exist"
+        seen.add(path)
+        todo.extend(TEMPLATES / name for name in TEMPLATE_REF.findall(path.read_text()))
+    return seen
+
+
 def stages() -> dict[str, dict]:
     return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
@@ -109,6 +135,25 @@ def test_stage_deps_cover_its_import_closure(stage: str) -> None:
     closure = {f.relative_to(REPO).as_posix() for f in command_closure(m.group(1))}
     extra = sorted(d for d in deps if d.endswith(".py") and d not in closure)
     assert not extra, f"dvc.yaml stage {stage!r} lists {extra}, which its command never imports (needless reruns)"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_deps_cover_the_templates_it_renders(stage: str) -> None:
+    spec = stages()[stage]
+    command = re.fullmatch(r"python -m cxr ([a-z_-]+)", spec["cmd"].strip()).group(1)
+    deps = [d for d in spec.get("deps", []) if isinstance(d, str)]
+    used = {f.relative_to(REPO).as_posix() for f in rendered_templates(command_closure(command))}
+    missing = sorted(rel for rel in used if not covered(rel, deps))
+    assert not missing, f"dvc.yaml stage {stage!r} renders {missing} but does not list them in deps"
+    listed = [d for d in deps if covered(d, ["cxr/templates"])]
+    assert not listed or used, f"dvc.yaml stage {stage!r} lists {listed}, but renders no template (needless reruns)"
+
+
+def test_template_closure_follows_includes() -> None:
+    # The report renders its page and sections; each section template imports the shared macros.
+    names = {f.name for f in rendered_templates(command_closure("report"))}
+    assert {"report.html.j2", "report_metrics.html.j2", "macros.html.j2"} <= names
+    assert not rendered_templates(command_closure("train"))
 
 
 @pytest.mark.parametrize("stage", STAGES)
