@@ -43,11 +43,14 @@ repro: venv  ## fetch the data, then reproduce the DVC stages
 	$(PY) -m cxr download
 	$(PY) -m dvc repro
 
+# One pytest worker per core; a module's tests stay on one worker, so its fixtures are built once.
+TEST_WORKERS ?= auto
+
 test: venv sysdeps  ## every test that runs on a CPU (CI runs this)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 test-fast: venv  ## the tests not marked slow
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope -m "not slow"
 
 bench: venv  ## benchmarks: writes benchmarks/results.json
 	$(PY) -m benchmarks

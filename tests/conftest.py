@@ -13,7 +13,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxr.cli import quiet_telemetry
+
+
+def _share_the_cores() -> None:
+    """Under pytest-xdist, give each worker its share of the cores (and its subprocesses, by the environment).
+
+    Two workers with torch's default of one thread per core would run four OpenMP threads on two cores, where
+    OpenMP slows down several-fold. Set before torch is imported; an explicit OMP_NUM_THREADS wins.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        share = str(max(1, (os.cpu_count() or 1) // workers))
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, share)
+
+
+_share_the_cores()
+
+from cxr.cli import quiet_telemetry  # noqa: E402  (after the thread settings: it may import torch)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "cxr-sample"
