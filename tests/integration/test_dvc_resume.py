@@ -10,8 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -19,7 +18,8 @@ import pytest
 import torch
 
 from conftest import make_project, tiny_params
-from cxr.dvcops import DvcError, dvc_env, run_dvc
+from cxr.config import load_settings
+from cxr.dvcops import DvcError, run_dvc
 
 pytestmark = pytest.mark.slow
 
@@ -52,11 +52,25 @@ KILL_HOOK = textwrap.dedent(
 )
 
 
-def _project(root: Path) -> Path:
-    make_project(root, tiny_params(train={"epochs": EPOCHS}))
-    proc = subprocess.run([sys.executable, "-m", "cxr", "download"], cwd=root, capture_output=True, text=True,
-                          env=dvc_env())
-    assert proc.returncode == 0, proc.stderr
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A project with its data made and its split stage run by DVC: what every run of the test starts from.
+
+    Built once and copied: the data comes from the download step in-process (its command is tested
+    elsewhere), and ``dvc repro split`` records the split in dvc.lock, so each copy's ``dvc repro train``
+    runs the training stage only, the one that is killed and resumed.
+    """
+    from cxr.download import download
+
+    root = make_project(tmp_path_factory.mktemp("prepared") / "project", tiny_params(train={"epochs": EPOCHS}))
+    s = load_settings(root / "params.yaml")
+    download(s.base, s.download, s.paths(root))
+    run_dvc(["repro", "split"], root)
+    return root
+
+
+def _project(prepared: Path, root: Path) -> Path:
+    shutil.copytree(prepared, root, symlinks=True)
     return root
 
 
@@ -75,15 +89,15 @@ def _outcome(root: Path) -> tuple[list[dict], dict, dict]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[list[dict], dict, dict]:
-    root = _project(tmp_path_factory.mktemp("reference") / "project")
+def reference(prepared: Path, tmp_path_factory) -> tuple[list[dict], dict, dict]:
+    root = _project(prepared, tmp_path_factory.mktemp("reference") / "project")
     _repro(root)
     return _outcome(root)
 
 
 @pytest.mark.parametrize("target", ["group", "stage"])
 def test_killed_dvc_repro_resumes_to_the_uninterrupted_result(
-    target: str, reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    target: str, prepared: Path, reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tasks.pipeline_tasks import is_transient
 
@@ -91,7 +105,7 @@ def test_killed_dvc_repro_resumes_to_the_uninterrupted_result(
     best_epoch = ref_metrics["best_epoch"]
     # The case that lost best.pt: killed after the best epoch, and no later epoch improves on it.
     assert best_epoch < EPOCHS, f"the reference run's best epoch is its last ({ref_metrics}); pick other params"
-    root = _project(tmp_path / "project")
+    root = _project(prepared, tmp_path / "project")
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(KILL_HOOK)

@@ -28,14 +28,21 @@ def _cxr(root: Path, *args: str, env: dict | None = None) -> str:
     return proc.stdout
 
 
-def _project(tmp_path: Path) -> Path:
-    """A tiny project whose data is generated, versioned and committed (queued experiments start from a commit)."""
+@pytest.fixture(scope="module")
+def committed(tmp_path_factory) -> Path:
+    """A tiny project whose data is generated, versioned and committed (queued experiments start from a commit).
+
+    Built once, with the download step in-process (its command is tested elsewhere); each test works on a copy.
+    """
+    from cxr.download import download
+
     params = tiny_params(train={"epochs": 1}, evaluate={"n_boot": 20}, gradcam={"per_class": 1},
                          tune={"trials": 2, "epochs": 2, "prune_after_trials": 1})
     params["tune"]["space"] = SPACE
-    root = make_project(tmp_path / "p", params)
+    root = make_project(tmp_path_factory.mktemp("committed") / "p", params)
     shutil.copy(REPO / ".gitignore", root / ".gitignore")  # keeps last.pt and the decoded cache out of commits
-    _cxr(root, "download")
+    s = load_settings(root / "params.yaml")
+    download(s.base, s.download, s.paths(root))
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
     subprocess.run(["git", "add", "-A"], cwd=root, check=True, env=env)
@@ -43,17 +50,21 @@ def _project(tmp_path: Path) -> Path:
     return root
 
 
-def test_tune_two_trials_on_validation_only(tmp_path: Path, monkeypatch) -> None:
+def _project(committed: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(committed, tmp_path / "p", symlinks=True))
+
+
+def test_tune_two_trials_on_validation_only(committed: Path, tmp_path: Path, monkeypatch) -> None:
     import mlflow
 
+    from cxr.split import make_split
     from cxr.tune import tune
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    root = _project(tmp_path)
-    subprocess.run([sys.executable, "-m", "dvc", "repro", "split"], cwd=root, check=True, env=dvc_env(),
-                   capture_output=True)
+    root = _project(committed, tmp_path)
     settings = load_settings(root / "params.yaml")
     paths = settings.paths(root)
+    make_split(settings.base, settings.split, paths)
     # The test split points at files that do not exist: a search that touched it would fail.
     rows = list(csv.DictReader(paths.manifest.open()))
     for r in rows:
@@ -88,11 +99,11 @@ def test_tune_two_trials_on_validation_only(tmp_path: Path, monkeypatch) -> None
         assert [m.step for m in client.get_metric_history(child.info.run_id, "epoch/val_loss")][:1] == [1]
 
 
-def test_queued_grid_runs_and_is_logged_to_mlflow(tmp_path: Path, monkeypatch) -> None:
+def test_queued_grid_runs_and_is_logged_to_mlflow(committed: Path, tmp_path: Path, monkeypatch) -> None:
     import mlflow
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    root = _project(tmp_path)
+    root = _project(committed, tmp_path)
     shared = tmp_path / "shared-cache"
     out = _cxr(root, "sweep", "-S", "train.lr=0.001,0.003", "--name", "lr-grid", "-j", "1",
                env={CACHE_DIR_ENV: str(shared)})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,16 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import make_project, tiny_params
+from cxr.config import load_settings
 
 pytestmark = pytest.mark.slow
-
-
-def _project(root: Path) -> Path:
-    make_project(root, tiny_params(train={"epochs": 2, "batch_size": 16}))
-    for step in ("download", "split"):
-        proc = subprocess.run([sys.executable, "-m", "cxr", step], cwd=root, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-    return root
 
 
 def _last_row(root: Path) -> dict[str, float]:
@@ -29,15 +24,23 @@ def _last_row(root: Path) -> dict[str, float]:
 
 
 def test_two_gloo_processes_match_one(tmp_path: Path) -> None:
-    single = _project(tmp_path / "single")
-    proc = subprocess.run([sys.executable, "-m", "cxr", "train"], cwd=single, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    from cxr.download import download
+    from cxr.split import make_split
+    from cxr.train import train
 
-    multi = _project(tmp_path / "multi")
+    # The data and split are made once, in-process; the two trainings each get their own copy of the project.
+    single = make_project(tmp_path / "single", tiny_params(train={"epochs": 2, "batch_size": 16}))
+    s = load_settings(single / "params.yaml")
+    download(s.base, s.download, s.paths(single))
+    make_split(s.base, s.split, s.paths(single))
+    multi = tmp_path / "multi"
+    shutil.copytree(single, multi, symlinks=True)
+    # The one-process reference needs no launcher: torchrun's two processes are what is tested.
+    train(s.train, s.base, s.paths(single), resume=False)
+
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "cxr", "train"]
-    proc = subprocess.run(cmd, cwd=multi, capture_output=True, text=True, env={
-        **__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(cmd, cwd=multi, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Only rank 0 logs epochs and writes checkpoints.
     assert proc.stderr.count("epoch 2/2 train_loss") == 1
