@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,12 +23,35 @@ pytestmark = pytest.mark.slow
 COMPARED = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1")
 
 
-def _prepared(root: Path, **changes) -> Path:
-    make_project(root, tiny_params(train={"epochs": 3, **changes}))
-    for step in ("download", "split"):
-        proc = subprocess.run([sys.executable, "-m", "cxr", step], cwd=root, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
+@pytest.fixture(scope="module")
+def prepared_template(tmp_path_factory) -> Path:
+    """A project with tiny params whose data is downloaded and split (in-process: only set-up), built once."""
+    from cxr.download import download
+    from cxr.split import make_split
+
+    root = make_project(tmp_path_factory.mktemp("training") / "project", tiny_params(train={"epochs": 3}))
+    s = load_settings(root / "params.yaml")
+    download(s.base, s.download, s.paths(root))
+    make_split(s.base, s.split, s.paths(root))
     return root
+
+
+@pytest.fixture
+def prepare(prepared_template: Path, tmp_path: Path):
+    """A fresh copy of the prepared project under ``tmp_path / name``."""
+
+    def _copy(name: str) -> Path:
+        return Path(shutil.copytree(prepared_template, tmp_path / name, symlinks=True))
+
+    return _copy
+
+
+def _train(root: Path, **kwargs):
+    """The train step in-process, on the project's params.yaml."""
+    from cxr.train import train
+
+    s = load_settings(root / "params.yaml")
+    return train(s.train, s.base, s.paths(root), **kwargs)
 
 
 def _history(root: Path) -> list[dict]:
@@ -43,26 +67,23 @@ def _same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_same_params_and_data_give_identical_results(tmp_path: Path) -> None:
-    from cxr.train import train
-
+def test_same_params_and_data_give_identical_results(prepare) -> None:
     results = []
     for name in ("a", "b"):
-        root = _prepared(tmp_path / name)
-        s = load_settings(root / "params.yaml")
-        res = train(s.train, s.base, s.paths(root), resume=False)
+        root = prepare(name)
+        res = _train(root, resume=False)
         results.append((res.best_epoch, _history(root), _weights(root)))
     assert results[0][0] == results[1][0]
     assert results[0][1] == results[1][1]
     assert _same_weights(results[0][2], results[1][2])
 
 
-def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
-    reference = _prepared(tmp_path / "reference")
-    proc = subprocess.run([sys.executable, "-m", "cxr", "train"], cwd=reference, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+def test_killed_training_resumes_to_the_uninterrupted_result(prepare) -> None:
+    reference = prepare("reference")
+    _train(reference, resume=False)
 
-    crashed = _prepared(tmp_path / "crashed")
+    # The kill and the resume go through the CLI: a real process dying mid-epoch is the point.
+    crashed = prepare("crashed")
     last = crashed / "models" / "last.pt"
     child = subprocess.Popen([sys.executable, "-m", "cxr", "train"], cwd=crashed,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -83,12 +104,23 @@ def test_killed_training_resumes_to_the_uninterrupted_result(tmp_path: Path) -> 
     assert _same_weights(_weights(crashed), _weights(reference))
 
 
-def test_a_changed_param_starts_afresh(tmp_path: Path) -> None:
-    root = _prepared(tmp_path / "p", epochs=1)
-    assert subprocess.run([sys.executable, "-m", "cxr", "train"], cwd=root, capture_output=True).returncode == 0
+class _Stop(Exception):
+    """Stops a run after its first epoch, leaving an unfinished last.pt (as a kill or a pruned trial does)."""
+
+
+def _stop(row: dict) -> None:
+    raise _Stop
+
+
+def test_a_changed_param_starts_afresh(prepare) -> None:
+    root = prepare("p")
+    with pytest.raises(_Stop):
+        _train(root, resume=True, on_epoch=_stop)
+    assert not torch.load(root / "models" / "last.pt", weights_only=True)["complete"]
+    # With the same params this checkpoint would be resumed (the test above); a changed param must not be.
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"]["epochs"] = 2
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, "-m", "cxr", "train"], cwd=root, capture_output=True, text=True)
-    assert proc.returncode == 0 and "resuming" not in proc.stderr
+    res = _train(root, resume=True)
+    assert res.resumed_from is None
     assert [r["epoch"] for r in _history(root)] == ["1", "2"]
