@@ -85,12 +85,12 @@ def test_flow_then_dvc_agree(tmp_path: Path, prefect_harness, monkeypatch) -> No
     shown = dvc(root, "metrics", "show", "--json")
     assert "accuracy" in shown
     # The headline table is readable: every metrics file's table fits a 160-column screen.
-    for path in ("reports/metrics.json", "reports/sensitivity.json", "reports/cam_metrics.json",
-                 "reports/train/metrics.json"):
-        table = dvc(root, "metrics", "show", path)
+    tables = {path: dvc(root, "metrics", "show", path) for path in (
+        "reports/metrics.json", "reports/sensitivity.json", "reports/cam_metrics.json", "reports/train/metrics.json")}
+    for table in tables.values():
         assert max(map(len, table.splitlines())) <= 160, table
-    assert "Viral Pneumonia" in dvc(root, "metrics", "show", "reports/sensitivity.json")
-    assert "COVID_vs_rest.sens" in dvc(root, "metrics", "show", "reports/metrics.json")
+    assert "Viral Pneumonia" in tables["reports/sensitivity.json"]
+    assert "COVID_vs_rest.sens" in tables["reports/metrics.json"]
     for fig in ("confusion_matrix.png", "roc.png", "precision_recall.png", "reliability.png"):
         assert (root / "reports" / "eval" / fig).stat().st_size > 1000
     overlays = list((root / "reports" / "gradcam").glob("*/*.png"))
