@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,12 +98,21 @@ def test_report_without_metrics_names_the_file_and_writes_nothing(tmp_path: Path
 
 
 def _run_pipeline(root: Path) -> None:
-    """download, split, train, evaluate and gradcam on tiny params; test images get two fake sources."""
-    from cxr.evaluate import evaluate
+    """download, split, train, evaluate and gradcam on small params; test images get two fake sources.
 
-    for step in ("download", "split", "train"):
-        proc = subprocess.run([sys.executable, "-m", "cxr", step], cwd=root, capture_output=True, text=True)
-        assert proc.returncode == 0, f"cxr {step}: {proc.stderr}"
+    In process: the same functions the `cxr` steps call (the report's input is their output, not how they ran).
+    """
+    from cxr.download import download
+    from cxr.evaluate import evaluate
+    from cxr.gradcam import run_gradcam
+    from cxr.split import make_split
+    from cxr.train import train
+
+    s = load_settings(root / "params.yaml")
+    paths = s.paths(root)
+    download(s.base, s.download, paths)
+    make_split(s.base, s.split, paths)
+    train(s.train, s.base, paths, False)
     # Synthetic data has no source metadata; two made-up archives exercise the per-source audit end to end.
     manifest = root / "data" / "split" / "manifest.csv"
     with manifest.open(newline="") as fh:
@@ -115,11 +123,8 @@ def _run_pipeline(root: Path) -> None:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-    s = load_settings(root / "params.yaml")
-    # In process (the same function `cxr evaluate` calls).
-    evaluate(s.base, s.evaluate, s.paths(root), s.train.device)
-    proc = subprocess.run([sys.executable, "-m", "cxr", "gradcam"], cwd=root, capture_output=True, text=True)
-    assert proc.returncode == 0, f"cxr gradcam: {proc.stderr}"
+    evaluate(s.base, s.evaluate, paths, s.train.device)
+    run_gradcam(s.base, s.gradcam, paths, s.train.device)
 
 
 @pytest.mark.slow
@@ -128,7 +133,9 @@ def test_report_from_a_pipeline_run_renders_in_chromium(tmp_path: Path) -> None:
         pytest.skip("chromium not installed (apt-get install -y --no-install-recommends chromium)")
     from cxr.report import build_report
 
-    root = make_project(tmp_path / "p", tiny_params())
+    # Smaller than tiny: the page is the point, not the model (one gallery per class needs one case each).
+    root = make_project(tmp_path / "p", tiny_params(download={"synthetic": {"size": 64}}, train={"image_size": 32},
+                                                    evaluate={"n_boot": 20}, gradcam={"per_class": 1}))
     _run_pipeline(root)
     s = load_settings(root / "params.yaml")
     paths = s.paths(root)
