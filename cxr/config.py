@@ -292,6 +292,8 @@ class Train(_Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     #: Decay of a per-step exponential moving average of the weights, which is then validated and kept; null: off.
     ema_decay: float | None = Field(None, gt=0, lt=1)
+    #: Mixup's Beta(a, a) concentration: each batch is blended with a shuffled copy of itself; 0: off.
+    mixup: float = Field(0.0, ge=0)
     class_balance: Literal["none", "loss", "sampler"] = "loss"
     grad_clip: float | None = Field(1.0, gt=0)
     amp: bool = True

@@ -102,6 +102,17 @@ class Progress:
         return seconds
 
 
+def mix_batch(
+    x: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup: the batch blended with a shuffled copy of itself; (mixed images, the partners' labels, weight of ``y``)."""
+    # max(lam, 1 - lam): each image keeps the larger share, so the loss's first term is its own label.
+    lam = float(rng.beta(alpha, alpha))
+    lam = max(lam, 1.0 - lam)
+    perm = torch.from_numpy(rng.permutation(len(y))).to(y.device)
+    return x.mul(lam).add_(x[perm], alpha=1.0 - lam), y[perm], lam
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -113,8 +124,12 @@ def train_one_epoch(
     desc: str = "train",
     show: bool = True,
     ema: nn.Module | None = None,
+    mix_rng: np.random.Generator | None = None,
 ) -> tuple[float, float, float]:
-    """One pass over ``loader`` (updating ``ema``, an ``AveragedModel``, after each step); (mean loss, images/s, s)."""
+    """One pass over ``loader`` (updating ``ema``, an ``AveragedModel``, after each step); (mean loss, images/s, s).
+
+    With ``cfg.mixup`` > 0, ``mix_rng`` draws each batch's mixing weight and pairing.
+    """
     model.train()
     total_loss, total_n = torch.zeros((), device=device), 0
     progress = Progress(len(loader.sampler), desc, show)
@@ -125,8 +140,16 @@ def train_one_epoch(
             images = apply_batch(images.to(device, non_blocking=True), params, clahe=cfg.augment.clahe > 0)
         x = to_input(images, device, cfg.channels_last)
         y = labels.to(device, non_blocking=True)
-        with autocast(device, cfg.amp):
-            loss = criterion(model(x), y)
+        if cfg.mixup > 0:
+            if mix_rng is None:
+                raise ValueError("train.mixup > 0 needs a mix_rng")
+            x, y_mix, lam = mix_batch(x, y, cfg.mixup, mix_rng)
+            with autocast(device, cfg.amp):
+                out = model(x)
+                loss = lam * criterion(out, y) + (1.0 - lam) * criterion(out, y_mix)
+        else:
+            with autocast(device, cfg.amp):
+                loss = criterion(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -330,8 +353,10 @@ def train(
         sampler.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
         desc = f"epoch {epoch + 1}/{cfg.epochs}"
+        # Seeded per (seed, epoch, rank), so a resumed run mixes the same pairs.
+        mix_rng = np.random.default_rng([base.seed, epoch, rank]) if cfg.mixup > 0 else None
         train_loss, speed, seconds = train_one_epoch(
-            net, train_loader, criterion, optimizer, scheduler, device, cfg, desc, main, ema
+            net, train_loader, criterion, optimizer, scheduler, device, cfg, desc, main, ema, mix_rng
         )
         if distributed:
             t = torch.tensor([train_loss], device=device)

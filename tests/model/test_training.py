@@ -124,3 +124,16 @@ def test_a_changed_param_starts_afresh(prepare) -> None:
     res = _train(root, resume=True)
     assert res.resumed_from is None
     assert [r["epoch"] for r in _history(root)] == ["1", "2"]
+
+
+def test_mixup_training_is_reproducible_and_changes_the_training(tmp_path: Path) -> None:
+    from cxr.train import train
+
+    weights = {}
+    for name, mixup in (("a", 0.4), ("b", 0.4), ("off", 0.0)):
+        root = _prepared(tmp_path / name, epochs=1, mixup=mixup)
+        s = load_settings(root / "params.yaml")
+        train(s.train, s.base, s.paths(root), resume=False)
+        weights[name] = _weights(root)
+    assert _same_weights(weights["a"], weights["b"])
+    assert not _same_weights(weights["a"], weights["off"])

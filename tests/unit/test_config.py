@@ -30,6 +30,7 @@ def test_real_params_load_with_four_classes() -> None:
         ({"split": {"valid": 0}}, "split.valid"),
         ({"train": {"augment": {"gamma": [1.2, 0.8]}}}, "train.augment.gamma"),
         ({"train": {"arch": "resnet9000"}}, "train.arch"),
+        ({"train": {"mixup": -0.2}}, "train.mixup"),
         ({"base": {"classes": ["COVID", "Pneumonia"]}}, "base.classes"),
         ({"evaluate": {"positive_class": "Covid"}}, "positive_class"),
         ({"download": {"source": "local"}}, "download.local.path"),
