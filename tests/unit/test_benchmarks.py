@@ -1,66 +1,21 @@
-"""Smoke test of `python -m benchmarks`: each benchmark runs at its tiny size and writes its keys."""
+"""Smoke test of `python -m benchmarks`: each quick benchmark runs at its tiny size and writes its keys.
+
+The ones that train or run the whole flow have their own modules (tests/model, tests/integration), so that
+the test workers run them side by side.
+"""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))  # benchmarks/ is run from the repository root, not installed
-
-from benchmarks import BENCHMARKS  # noqa: E402
-from benchmarks.__main__ import main  # noqa: E402
-from benchmarks.common import Figure, Outcome, record_lines, write_results  # noqa: E402
-
-KEYS: dict[str, tuple[str, ...]] = {
-    "ingest": ("ingest_images_per_s_per_core", "dvc_add_full_s", "dvc_noop_repro_full_s"),
-    "input": ("input_pipeline_speedup_vs_reference", "train_step_overhead", "train_step_reference_images_per_s",
-              "train_step_ours_images_per_s"),
-    "gradcam": ("gradcam_batched_speedup",),
-    "pyfunc": ("pyfunc_batch_overhead", "pyfunc_single_latency_ms"),
-    "flow": ("flow_overhead_vs_dvc_repro", "flow_overhead_first_run_vs_dvc_repro"),
-    "gpu": ("gpu_resnet18_224_images_per_s", "gpu_resnet18_224_ceiling_images_per_s",
-            "gpu_resnet18_224_fraction_of_ceiling", "gpu_resnet50_224_fraction_of_ceiling",
-            "gpu_speedup_vs_reference_style", "gpu_gradcam_batched_speedup"),
-    "quality": ("real_dev_accuracy", "real_dev_macro_auc", "real_dev_covid_sensitivity", "real_dev_reference_accuracy",
-                "real_dev_accuracy_gain_vs_reference"),
-}
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads(monkeypatch):
-    """`--threads 1` sets torch's and OpenCV's threads and OMP_NUM_THREADS for the process: undo them afterwards."""
-    import cv2
-    import torch
-
-    before, cv2_before = torch.get_num_threads(), cv2.getNumThreads()
-    monkeypatch.setenv("OMP_NUM_THREADS", str(before))
-    monkeypatch.setenv("MKL_NUM_THREADS", str(before))
-    yield
-    torch.set_num_threads(before)
-    cv2.setNumThreads(cv2_before)
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    """One work folder for the module, so the tiny synthetic dataset is generated once."""
-    return tmp_path_factory.mktemp("bench-work")
-
-
-def _run(name: str, work: Path, tmp_path: Path, capsys) -> dict:
-    results = tmp_path / "results.json"
-    notes = tmp_path / "RESULTS.md"
-    (tmp_path / "results.json").write_text(json.dumps({"earlier_key": 1.5}))
-    rc = main([name, "--size", "tiny", "--threads", "1", "--results", str(results), "--notes", str(notes),
-               "--work", str(work)])
-    printed = capsys.readouterr().out
-    assert rc == 0
-    assert f"== {name} ==" in printed
-    assert not notes.exists()  # tiny runs never add lines to RESULTS.md
-    return json.loads(results.read_text())
+# benchsupport first: it puts the repository root on sys.path for `benchmarks`.
+from benchsupport import KEYS, restore_threads, run_tiny, work  # noqa: F401  (fixtures used by the tests)
+from benchmarks import BENCHMARKS
+from benchmarks.__main__ import main
+from benchmarks.common import Figure, Outcome, record_lines, write_results
 
 
 def test_every_benchmark_has_keys() -> None:
@@ -69,7 +24,7 @@ def test_every_benchmark_has_keys() -> None:
 
 @pytest.mark.parametrize("name", ["ingest", "input", "gradcam", "pyfunc"])
 def test_benchmark_runs_tiny_and_writes_keys(name: str, work: Path, tmp_path: Path, capsys) -> None:
-    data = _run(name, work, tmp_path, capsys)
+    data = run_tiny(name, work, tmp_path, capsys)
     if name == "pyfunc" and "pyfunc_batch_overhead" not in data:
         pytest.skip("cxr.serving absent: the pyfunc benchmark skipped itself")
     for key in KEYS[name]:
@@ -77,19 +32,6 @@ def test_benchmark_runs_tiny_and_writes_keys(name: str, work: Path, tmp_path: Pa
     assert data["earlier_key"] == 1.5  # merged, not overwritten
     assert data["machine"]["cpu_count"] >= 1 and data["machine"]["torch"]
     assert data["machine"]["torch_threads"] == 1
-
-
-@pytest.mark.slow
-def test_quality_benchmark_runs_tiny_through_the_pipeline_steps(work: Path, tmp_path: Path, capsys) -> None:
-    data = _run("quality", work, tmp_path, capsys)
-    for key in KEYS["quality"]:
-        assert isinstance(data[key], (int, float)), key
-    assert 0 <= data["real_dev_accuracy"] <= 1 and 0 <= data["real_dev_reference_accuracy"] <= 1
-    assert data["real_dev_accuracy_gain_vs_reference"] == pytest.approx(
-        data["real_dev_accuracy"] - data["real_dev_reference_accuracy"], abs=1e-3)
-    assert data["real_dev_images"] == 24 and data["real_dev_epochs"] == 1
-    assert data["real_dev_train_s"] > 0 and data["real_dev_reference_images_per_s"] > 0
-    assert 0 <= data["real_dev_format_probe_accuracy"] <= 1  # the shortcut probe ran in evaluation
 
 
 def test_quality_budget_cuts_epochs() -> None:
@@ -105,15 +47,6 @@ def test_quality_budget_cuts_epochs() -> None:
     assert ref["image_size"] == ours["image_size"] and ref["epochs"] == ours["epochs"]  # the same budget
     assert ours["weights"] is None and ref.get("ema_decay") is None  # from scratch; no recipe feature of ours
     assert ref["mixup"] == 0.0
-
-
-@pytest.mark.slow
-def test_flow_benchmark_runs_tiny(work: Path, tmp_path: Path, capsys) -> None:
-    data = _run("flow", work, tmp_path, capsys)
-    assert data["flow_overhead_vs_dvc_repro"] > 0
-    assert data["flow_s"] > data["flow_prefect_trivial_served_s"] > 0
-    assert data["flow_first_run_s"] > data["flow_prefect_trivial_s"] > 0
-    assert data["flow_dvc_gate_s"] > 0  # the baseline does what the flow does, the promotion gate included
 
 
 def test_unknown_benchmark_is_an_error(tmp_path: Path) -> None:
@@ -159,16 +92,3 @@ def test_gpu_benchmark_refuses_without_cuda(size: str, work: Path, tmp_path: Pat
     assert not notes.exists()
 
 
-@pytest.mark.slow
-def test_gpu_benchmark_dry_run_on_the_cpu(work: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    """The GPU benchmark's whole logic at the tiny size on the CPU, so that it runs first time on a GPU."""
-    import torch
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setenv("BENCH_GPU_ON_CPU", "1")
-    data = _run("gpu", work, tmp_path, capsys)
-    for key in KEYS["gpu"]:
-        assert isinstance(data[key], (int, float)) and data[key] > 0, key
-    assert data["gpu_device"] == "CPU (dry run)"
-    assert data["gpu_resnet18_device_images_per_s"] > 0 and data["gpu_resnet18_cpu_images_per_s"] > 0
-    assert data["gpu_gradcam_max_abs_diff"] < 1e-3

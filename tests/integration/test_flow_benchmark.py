@@ -1,0 +1,18 @@
+"""`python -m benchmarks flow` at its tiny size: the whole flow against the same steps without Prefect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchsupport import restore_threads, run_tiny, work  # noqa: F401  (fixtures used by the tests)
+
+
+@pytest.mark.slow
+def test_flow_benchmark_runs_tiny(work: Path, tmp_path: Path, capsys) -> None:
+    data = run_tiny("flow", work, tmp_path, capsys)
+    assert data["flow_overhead_vs_dvc_repro"] > 0
+    assert data["flow_s"] > data["flow_prefect_trivial_served_s"] > 0
+    assert data["flow_first_run_s"] > data["flow_prefect_trivial_s"] > 0
+    assert data["flow_dvc_gate_s"] > 0  # the baseline does what the flow does, the promotion gate included

@@ -1,0 +1,37 @@
+"""The benchmarks that train, at their tiny sizes: the recipe judge on real-dev look-alikes, the GPU one on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchsupport import KEYS, restore_threads, run_tiny, work  # noqa: F401  (fixtures used by the tests)
+
+
+@pytest.mark.slow
+def test_quality_benchmark_runs_tiny_through_the_pipeline_steps(work: Path, tmp_path: Path, capsys) -> None:
+    data = run_tiny("quality", work, tmp_path, capsys)
+    for key in KEYS["quality"]:
+        assert isinstance(data[key], (int, float)), key
+    assert 0 <= data["real_dev_accuracy"] <= 1 and 0 <= data["real_dev_reference_accuracy"] <= 1
+    assert data["real_dev_accuracy_gain_vs_reference"] == pytest.approx(
+        data["real_dev_accuracy"] - data["real_dev_reference_accuracy"], abs=1e-3)
+    assert data["real_dev_images"] == 24 and data["real_dev_epochs"] == 1
+    assert data["real_dev_train_s"] > 0 and data["real_dev_reference_images_per_s"] > 0
+    assert 0 <= data["real_dev_format_probe_accuracy"] <= 1  # the shortcut probe ran in evaluation
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_dry_run_on_the_cpu(work: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """The GPU benchmark's whole logic at the tiny size on the CPU, so that it runs first time on a GPU."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("BENCH_GPU_ON_CPU", "1")
+    data = run_tiny("gpu", work, tmp_path, capsys)
+    for key in KEYS["gpu"]:
+        assert isinstance(data[key], (int, float)) and data[key] > 0, key
+    assert data["gpu_device"] == "CPU (dry run)"
+    assert data["gpu_resnet18_device_images_per_s"] > 0 and data["gpu_resnet18_cpu_images_per_s"] > 0
+    assert data["gpu_gradcam_max_abs_diff"] < 1e-3
