@@ -126,14 +126,14 @@ def test_a_changed_param_starts_afresh(prepare) -> None:
     assert [r["epoch"] for r in _history(root)] == ["1", "2"]
 
 
-def test_mixup_training_is_reproducible_and_changes_the_training(tmp_path: Path) -> None:
-    from cxr.train import train
-
+def test_mixup_training_is_reproducible_and_changes_the_training(prepare) -> None:
     weights = {}
     for name, mixup in (("a", 0.4), ("b", 0.4), ("off", 0.0)):
-        root = _prepared(tmp_path / name, epochs=1, mixup=mixup)
-        s = load_settings(root / "params.yaml")
-        train(s.train, s.base, s.paths(root), resume=False)
+        root = prepare(name)
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        params["train"].update(epochs=1, mixup=mixup)
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        _train(root, resume=False)
         weights[name] = _weights(root)
     assert _same_weights(weights["a"], weights["b"])
     assert not _same_weights(weights["a"], weights["off"])
