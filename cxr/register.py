@@ -47,7 +47,8 @@ def inputs_hash(settings: Settings, root: Path) -> str:
         node.pop(keys[-1], None)
     h = hashlib.sha256(json.dumps({"data": data_version(root), "params": params}, sort_keys=True).encode())
     package = root / "cxr"
-    for f in sorted(package.rglob("*.py")):
+    # Every file of the package, templates included: they shape the model card and report registered with it.
+    for f in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         h.update(f.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()[:32]
 

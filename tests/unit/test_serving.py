@@ -431,6 +431,9 @@ def test_register_twice_with_the_same_inputs_registers_once(tmp_path: Path, monk
     assert reg.register(changed, paths).new
     (paths.root / "cxr" / "models.py").write_text((paths.root / "cxr" / "models.py").read_text() + "\n# edited\n")
     assert reg.register(settings, paths).new
+    card = paths.root / "cxr" / "templates" / "model_card.md.j2"
+    card.write_text(card.read_text() + "\nEdited.\n")
+    assert reg.register(settings, paths).new  # a template shapes the registered card: it is code too
     data = yaml.safe_load((paths.root / "data.dvc").read_text())
     data["outs"][0]["md5"] = "def456.dir"
     (paths.root / "data.dvc").write_text(yaml.safe_dump(data))
