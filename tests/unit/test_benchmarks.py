@@ -49,6 +49,18 @@ def test_quality_budget_cuts_epochs() -> None:
     assert ref["mixup"] == 0.0
 
 
+def test_quality_runs_write_only_their_own_files(tmp_path: Path) -> None:
+    """Two recipes on one split share the data and the split, and nothing they write: no run reads another's figures."""
+    from benchmarks.quality import recipes, settings_for
+
+    shared = {"raw", "cache", "manifest", "data_report"}
+    runs = [settings_for(tmp_path, "tiny", 0, name, train).paths(tmp_path) for name, train in recipes("tiny").items()]
+    a, b = (r.model_dump() for r in runs)
+    assert {k for k in a if a[k] == b[k]} == shared | {"root"}
+    other_seed = settings_for(tmp_path, "tiny", 1, "ours", recipes("tiny")["ours"]).paths(tmp_path).model_dump()
+    assert {k for k in a if a[k] == other_seed[k]} == {"raw", "cache", "root"}
+
+
 def test_unknown_benchmark_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main(["nope", "--results", str(tmp_path / "r.json")])
