@@ -284,7 +284,7 @@ class Train(_Section):
     image_size: int = Field(128, ge=32, le=1024)
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(32, ge=1)
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: float = Field(0.5, ge=0)
     #: After the warm-up: cosine decay to zero, or the base rate throughout (the reference notebooks' way).
