@@ -105,21 +105,19 @@ def tiny_source(work: Path, per_class: int) -> Path:
 
 def settings_for(source: Path, size: str, seed: int, run: str, train: dict) -> "object":
     """Validated settings: params.yaml, the local source, the split, one recipe's train section, per-run paths."""
-    from cxr.config import parse_settings
+    from cxr.config import Paths, parse_settings
 
     sz = SIZES[size]
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     split_dir = f"runs/seed{seed}"
     run_dir = f"{split_dir}/{run}"
+    # Every output of a run lives in its own folder (runs made side by side must never read each other's
+    # figures); only the raw data, its decoded cache and the split are shared.
+    paths = {k: f"{run_dir}/{Path(v).name}" for k, v in Paths().model_dump().items()}
+    paths.update({"raw": "data/raw", "cache": "data/cache",
+                  "manifest": f"{split_dir}/manifest.csv", "data_report": f"{split_dir}/report.json"})
     params = deep_update(params, {
-        "base": {"seed": seed, "classes": CLASSES, "paths": {
-            "raw": "data/raw", "cache": "data/cache",
-            "manifest": f"{split_dir}/manifest.csv", "data_report": f"{split_dir}/report.json",
-            "model_dir": f"{run_dir}/models", "train_reports": f"{run_dir}/train", "eval_reports": f"{run_dir}/eval",
-            "gradcam_reports": f"{run_dir}/gradcam", "metrics": f"{run_dir}/metrics.json",
-            "sensitivity": f"{run_dir}/sensitivity.json", "metrics_full": f"{run_dir}/metrics_full.json",
-            "cam_metrics": f"{run_dir}/cam_metrics.json", "report": f"{run_dir}/report.html",
-            "drift": f"{run_dir}/drift.json", "tune": f"{run_dir}/tune"}},
+        "base": {"seed": seed, "classes": CLASSES, "paths": paths},
         "download": {"source": "local", "local": {"path": str(source.resolve())}},
         "split": {"mode": "stratified", "valid": sz["valid"], "test": sz["test"]},
         "evaluate": {"n_boot": sz["n_boot"], "positive_class": "COVID"},
