@@ -259,13 +259,13 @@ class Augment(_Section):
     rotate_deg: float = Field(10.0, ge=0, le=45)
     shift: float = Field(0.05, ge=0, le=0.3)
     scale: float = Field(0.10, ge=0, le=0.5)
-    brightness: float = Field(0.15, ge=0, le=1)
-    contrast: float = Field(0.15, ge=0, le=1)
+    brightness: float = Field(0.10, ge=0, le=1)
+    contrast: float = Field(0.10, ge=0, le=1)
     gamma: tuple[float, float] = (0.85, 1.15)
     clahe: float = Field(0.0, ge=0, le=1)
     #: Off by default: a flip moves the heart to the wrong side.
     hflip: float = Field(0.0, ge=0, le=1)
-    p: float = Field(0.8, ge=0, le=1)
+    p: float = Field(0.5, ge=0, le=1)
 
     @field_validator("gamma")
     @classmethod
