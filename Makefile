@@ -43,14 +43,15 @@ repro: venv  ## fetch the data, then reproduce the DVC stages
 	$(PY) -m cxr download
 	$(PY) -m dvc repro
 
-# One pytest worker per core; a module's tests stay on one worker, so its fixtures are built once.
+# One pytest worker per core; a module's tests stay on one worker, so its fixtures are built once. The long
+# modules start first (tests/conftest.py orders them; xdist's own reorder would start them last).
 TEST_WORKERS ?= auto
 
 test: venv sysdeps  ## every test that runs on a CPU (CI runs this)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test-fast: venv  ## the tests not marked slow
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope -m "not slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder -m "not slow"
 
 bench: venv  ## benchmarks: writes benchmarks/results.json
 	$(PY) -m benchmarks

@@ -110,6 +110,36 @@ def tracking_under_tmp(session_tracking_uri: str, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", session_tracking_uri)
 
 
+#: The modules that take longest (minutes, most of it one module-scoped fixture or one end-to-end run), longest
+#: first. Under ``--dist loadscope`` a module runs whole on one worker, so the suite ends no sooner than the last
+#: long module started plus its length: these start first, the many short tests fill in around them. Only the
+#: order changes; what passes does not.
+LONGEST_FIRST = (
+    "tests/model/test_pointing.py",
+    "tests/integration/test_flow_benchmark.py",
+    "tests/integration/test_pipeline.py",
+    "tests/integration/test_experiments.py",
+    "tests/integration/test_prefect_deployment.py",
+    "tests/integration/test_dvc_resume.py",
+)
+
+
+def _schedule_rank(item: pytest.Item) -> tuple[int, int]:
+    path = Path(str(item.path)).relative_to(REPO).as_posix()
+    if path in LONGEST_FIRST:
+        return 0, LONGEST_FIRST.index(path)
+    return (1 if item.get_closest_marker("slow") else 2), 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The long modules first, then the other slow ones, then the rest (a stable sort: files keep their order).
+
+    The Makefile passes ``--no-loadscope-reorder``: pytest-xdist's default order, most tests first, would
+    start the long modules, which have one or two tests each, last.
+    """
+    items.sort(key=_schedule_rank)
+
+
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     """The real chest X-ray sample beside the repository."""

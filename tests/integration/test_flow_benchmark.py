@@ -13,7 +13,7 @@ from benchsupport import restore_threads, run_tiny, work  # noqa: F401  (fixture
 def test_flow_benchmark_runs_tiny(work: Path, tmp_path: Path, capsys) -> None:
     data = run_tiny("flow", work, tmp_path, capsys)
     assert data["flow_overhead_vs_dvc_repro"] > 0
-    assert data["flow_s"] > data["flow_prefect_trivial_served_s"] > 0
+    assert data["flow_s"] > 0 and data["flow_prefect_trivial_served_s"] > 0  # timings are read, never compared
     assert data["flow_prefect_trivial_s"] > 0  # the trivial flow from an empty PREFECT_HOME still runs
     assert data["flow_dvc_gate_s"] > 0  # the baseline does what the flow does, the promotion gate included
     # The first full run from an empty PREFECT_HOME is timed at full size only (the pipeline tests run that case).

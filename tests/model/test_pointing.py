@@ -23,18 +23,20 @@ from cxr.config import load_settings
 # busy machine would trip; the result never depends on how long it takes.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
-#: A from-scratch ResNet-18 that reaches about 0.77 validation accuracy in 8 epochs: no augmentation and a
+#: A from-scratch ResNet-18 trained for 4 epochs in batches of 16 (145 steps), with no augmentation and a
 #: gentler learning rate, so that so short a run learns the lesions rather than still settling. The least data
-#: that shows it with a wide margin: 580 training images (at 150 per class, 340 of them, the hit rate still
-#: passes but the lesion energy does not); the 160 test images keep the binomial test meaningful.
-#: Measured at these settings: hit rate 0.37 against 0.033 by chance, lesion energy 0.12, lung energy 0.36.
-#: At 96 px (stride 8, same data and epochs: 0.80 validation accuracy) the margin is gone: hit rate 0.19,
-#: lesion energy 0.067 against the 0.065 the test asks for, lung energy 0.33 against 0.18 of the area.
+#: that shows it with a wide margin: 580 training images (with 8 epochs in batches of 32, 340 of them kept the
+#: hit rate but not the lesion energy); the 160 test images keep the binomial test meaningful.
+#: Measured at these settings (base seeds 42 / 1 / 2, which also change the data and the split): validation
+#: accuracy 0.73 / 0.83 / 0.80, hit rate 0.30 / 0.35 / 0.38 against 0.033 by chance, lesion energy 0.11 / 0.18 / 0.15.
+#: What does not keep the margin: batches of 8 for 4 epochs (hit rate 0.026, at chance); batches of 32 for 4
+#: epochs at lr 2e-3 (0.043) or for 6 (lesion energy 0.075); COVID and Normal only (0.136); and 96 px
+#: (batches of 32, 8 epochs: hit rate 0.19, lesion energy 0.067 against the 0.065 asked for).
 TRAINED = {
     "download": {"synthetic": {"per_class": 200, "workers": 2}, "workers": 2},
     "split": {"valid": 60, "test": 160},
-    "train": {"image_size": 128, "epochs": 8, "batch_size": 32, "num_workers": 0, "lr": 0.001,
-              "warmup_epochs": 2, "augment": {"p": 0.0}},
+    "train": {"image_size": 128, "epochs": 4, "batch_size": 16, "num_workers": 0, "lr": 0.001,
+              "warmup_epochs": 1, "augment": {"p": 0.0}},
     "gradcam": {"method": "gradcam", "stride": 8, "per_class": 1, "batch_size": 32},
 }
 
