@@ -11,6 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cxr.archs import SUPPORTED_ARCHS
+
 #: Class folders of the Kaggle COVID-19 Radiography Database (v5), in the project's label order.
 DATASET_CLASSES: tuple[str, ...] = ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia")
 
@@ -312,8 +314,6 @@ class Train(_Section):
     @field_validator("arch")
     @classmethod
     def _arch(cls, v: str) -> str:
-        from cxr.models import SUPPORTED_ARCHS
-
         if v not in SUPPORTED_ARCHS:
             raise ValueError(f"unknown arch {v!r}; supported: {sorted(SUPPORTED_ARCHS)}")
         return v

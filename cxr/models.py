@@ -9,20 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
+from cxr.archs import SUPPORTED_ARCHS
 
-SUPPORTED_ARCHS: frozenset[str] = frozenset(
-    {
-        "resnet18",
-        "resnet34",
-        "resnet50",
-        "resnet101",
-        "resnet152",
-        "densenet121",
-        "efficientnet_b0",
-        "convnext_tiny",
-    }
-)
+log = logging.getLogger(__name__)
 
 #: ImageNet normalisation collapsed to one gray channel (the mean of the RGB statistics).
 GRAY_MEAN: float = (0.485 + 0.456 + 0.406) / 3

@@ -366,3 +366,18 @@ def test_augmentation_preview_grid(tmp_path) -> None:
     assert figures.save_figure(fig, tmp_path / "aug.png", dpi=60).stat().st_size > 1024
     with pytest.raises(ValueError, match="2-D uint8"):
         preview_figure(image.astype(np.float32), aug)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_validation_macro_f1_is_scikit_learns(seed: int) -> None:
+    """The train step's model-selection F1 (numpy, no scikit-learn import) agrees with scikit-learn's, classes
+    never predicted or absent from the labels included."""
+    from cxr.train import validation_scores
+
+    rng = np.random.default_rng(seed)
+    k, n = 4, 37
+    labels = rng.integers(0, k - 1, n)  # class 3 never occurs
+    logits = rng.normal(size=(n, k)).astype(np.float32)
+    logits[:, 0] -= 10  # class 0 never predicted
+    expected = f1_score(labels, logits.argmax(1), labels=list(range(k)), average="macro", zero_division=0)
+    assert validation_scores(logits, labels, k)["val_macro_f1"] == pytest.approx(expected, abs=1e-12)
