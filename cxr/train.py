@@ -202,10 +202,15 @@ def _better(monitor: str, new: float, best: float | None) -> bool:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Write atomically: a crash mid-write never leaves a broken checkpoint."""
+    """Write atomically: a crash mid-write never leaves a broken checkpoint.
+
+    Through a file object, so the zip's record names do not come from the temporary file's name (which holds
+    the PID): the same state gives the same bytes, and DVC records the same hash for a rerun.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(state, tmp)
+    with tmp.open("wb") as fh:
+        torch.save(state, fh)
     os.replace(tmp, path)
 
 
