@@ -254,7 +254,7 @@ def test_output_statistics_match_the_reference_on_an_image() -> None:
 def test_steps_are_drawn_independently() -> None:
     aug = Augment()
     # Enough draws that about 1,500 take all three steps, whatever the default p: the correlation bound below
-    # is then about five standard errors.
+    # is then about four standard errors of a correlation between independent draws.
     draws = np.stack([draw_params(aug, s) for s in range(round(1500 / aug.p**3))])
     affine, bc, gamma = draws[:, COL["sx"]] != 1, draws[:, COL["alpha"]] != 1, draws[:, COL["gamma"]] != 1
     # Each step on its own coin (A.Compose seeded per sample applies all three or none).
