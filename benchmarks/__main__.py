@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import os
 import sys
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=WORK, help="work folder (caches, throw-away projects)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch/OpenMP threads per process (default: torch's choice); also passed to subprocesses")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="training runs side by side, each in its own process (quality); the others run one "
+                             "at a time")
     args = parser.parse_args(argv)
 
     if args.results is None:  # a smoke run never overwrites the recorded full-size figures
@@ -41,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown benchmark {n!r}; choose from {', '.join(BENCHMARKS)}")
         if n not in names:
             names.append(n)
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     quiet_env()
     if args.threads is not None:
         if args.threads < 1:
@@ -59,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         module = importlib.import_module(f"benchmarks.{name}")
         try:
-            outcome = module.run(args.size, args.work)
+            options = {"jobs": args.jobs} if "jobs" in inspect.signature(module.run).parameters else {}
+            outcome = module.run(args.size, args.work, **options)
         except Exception as err:  # one failing benchmark must not hide the others' figures
             logging.getLogger("benchmarks").exception("benchmark %s failed", name)
             failed.append(f"{name}: {err}")

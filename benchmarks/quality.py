@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import multiprocessing
+import os
 import shutil
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -198,17 +202,53 @@ def _probe(run: dict, *keys: str) -> float | None:
     return v
 
 
-def run(size: str, work: Path) -> Outcome:
-    """Run the quality benchmark at ``size`` with scratch space under ``work``."""
+def _worker_init() -> None:
+    """A side-by-side run's process: the thread count ``--threads`` put in the environment, quiet logs."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads:
+        import cv2
+        import torch
+
+        torch.set_num_threads(int(threads))
+        cv2.setNumThreads(int(threads))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run_all(root: Path, source: Path, size: str, recipe: dict[str, dict], jobs: int) -> dict[tuple[int, str], dict]:
+    """Every (split seed, recipe) run, ``jobs`` at a time in their own processes; {(seed, recipe): figures}.
+
+    The runs are independent (own folders, seeded), so side by side they give the figures they give one after
+    the other; only their timings change, as they share the machine.
+    """
+    runs = [(seed, name) for seed in SIZES[size]["seeds"] for name in recipe]
+    if jobs <= 1:
+        return {(seed, name): run_recipe(root, source, size, seed, name, recipe[name], keep_last=name == "reference")
+                for seed, name in runs}
+    # spawn, not fork: the parent may hold torch's thread pools, which a forked child cannot use.
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(runs)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init)
+    futures: dict[tuple[int, str], Future] = {}
+    try:
+        for seed, name in runs:
+            futures[seed, name] = pool.submit(run_recipe, root, source, size, seed, name, recipe[name],
+                                              name == "reference")
+        return {key: future.result() for key, future in futures.items()}
+    finally:  # on a failure, runs not yet started are dropped rather than trained for nothing
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run(size: str, work: Path, jobs: int = 1) -> Outcome:
+    """Run the quality benchmark at ``size`` with scratch space under ``work``, ``jobs`` training runs at a time."""
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs}: at least one run at a time")
     t0 = time.perf_counter()
     root, source, counts = prepare(work, size)
     ingest_s = time.perf_counter() - t0
     recipe = recipes(size)
-    results: dict[str, list[dict]] = {"ours": [], "reference": []}
     for seed in SIZES[size]["seeds"]:
         split(root, source, size, seed)
-        for name, train in recipe.items():
-            results[name].append(run_recipe(root, source, size, seed, name, train, keep_last=name == "reference"))
+    done = run_all(root, source, size, recipe, jobs)
+    results = {name: [done[seed, name] for seed in SIZES[size]["seeds"]] for name in recipe}
 
     ours, ref = results["ours"], results["reference"]
     out = Outcome("quality")
@@ -256,6 +296,7 @@ def run(size: str, work: Path) -> Outcome:
         "real_dev_epochs": ours[0]["epochs"],
         "real_dev_images": int(sum(counts.values())),
         "real_dev_ingest_s": ingest_s,
+        "real_dev_jobs": jobs,
     }
     for name, runs in (("", ours), ("reference_", ref)):
         for r, seed in zip(runs, SIZES[size]["seeds"]):
@@ -280,6 +321,8 @@ def run(size: str, work: Path) -> Outcome:
             f", AUC {r['macro_auc']:.4f} [{r['macro_auc_ci'][0]:.4f}, {r['macro_auc_ci'][1]:.4f}]; reference "
             f"{b['accuracy']:.3f} [{b['accuracy_ci'][0]:.3f}, {b['accuracy_ci'][1]:.3f}], AUC {b['macro_auc']:.4f}"
         )
+    if jobs > 1:
+        out.notes.append(f"{jobs} runs trained side by side: each training time and speed is under that sharing")
     out.notes.append(
         f"{sum(counts.values())} images {counts}, {ours[0]['epochs']} epochs at {ours[0]['image_size']} px from "
         "scratch; each class comes from other sources (Viral Pneumonia: paediatric JPEGs), so the accuracy can "

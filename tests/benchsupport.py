@@ -48,12 +48,12 @@ def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("bench-work")
 
 
-def run_tiny(name: str, work: Path, tmp_path: Path, capsys) -> dict:
+def run_tiny(name: str, work: Path, tmp_path: Path, capsys, *options: str) -> dict:
     results = tmp_path / "results.json"
     notes = tmp_path / "RESULTS.md"
     (tmp_path / "results.json").write_text(json.dumps({"earlier_key": 1.5}))
     rc = main([name, "--size", "tiny", "--threads", "1", "--results", str(results), "--notes", str(notes),
-               "--work", str(work)])
+               "--work", str(work), *options])
     printed = capsys.readouterr().out
     assert rc == 0
     assert f"== {name} ==" in printed

@@ -11,7 +11,10 @@ from benchsupport import KEYS, restore_threads, run_tiny, work  # noqa: F401  (f
 
 @pytest.mark.slow
 def test_quality_benchmark_runs_tiny_through_the_pipeline_steps(work: Path, tmp_path: Path, capsys) -> None:
-    data = run_tiny("quality", work, tmp_path, capsys)
+    """Side by side (``--jobs 2``, each run in its own process), with the figures of one run after the other."""
+    from benchmarks import quality
+
+    data = run_tiny("quality", work, tmp_path, capsys, "--jobs", "2")
     for key in KEYS["quality"]:
         assert isinstance(data[key], (int, float)), key
     assert 0 <= data["real_dev_accuracy"] <= 1 and 0 <= data["real_dev_reference_accuracy"] <= 1
@@ -20,6 +23,13 @@ def test_quality_benchmark_runs_tiny_through_the_pipeline_steps(work: Path, tmp_
     assert data["real_dev_images"] == 24 and data["real_dev_epochs"] == 1
     assert data["real_dev_train_s"] > 0 and data["real_dev_reference_images_per_s"] > 0
     assert 0 <= data["real_dev_format_probe_accuracy"] <= 1  # the shortcut probe ran in evaluation
+    assert data["real_dev_jobs"] == 2
+
+    one_by_one = quality.run("tiny", tmp_path / "one-by-one", jobs=1).extra
+    figures = [k for k in one_by_one if "accuracy" in k or "auc" in k or "sensitivity" in k]
+    assert len(figures) > 20
+    # results.json keeps 4 digits
+    assert {k: data[k] for k in figures} == {k: pytest.approx(one_by_one[k], abs=5e-5) for k in figures}
 
 
 @pytest.mark.slow
