@@ -293,6 +293,7 @@ class Train(_Section):
     schedule: Literal["cosine", "constant"] = "cosine"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     #: Decay of a per-step exponential moving average of the weights, which is then validated and kept; null: off.
+    #: Warmed up: ``min(decay, (1 + n) / (10 + n))`` after n steps, so the first steps' weights fade out.
     ema_decay: float | None = Field(None, gt=0, lt=1)
     #: Mixup's Beta(a, a) concentration: each batch is blended with a shuffled copy of itself; 0: off.
     mixup: float = Field(0.0, ge=0)

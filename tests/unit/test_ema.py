@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cxr.train import lr_lambda, make_ema
+from cxr.train import ema_decay_at, lr_lambda, make_ema
 
 
 def test_ema_tracks_the_weights_at_its_decay() -> None:
@@ -19,9 +19,36 @@ def test_ema_tracks_the_weights_at_its_decay() -> None:
         model[0].weight.fill_(1.0)
         model[1].running_mean.fill_(1.0)
     ema.update_parameters(model)
-    assert torch.allclose(ema.module[0].weight, torch.full((1, 2), 0.1))
-    assert torch.allclose(ema.module[1].running_mean, torch.full((1,), 0.1))  # BatchNorm statistics averaged too
+    w = 1 - ema_decay_at(0.9, 1)  # 1 - 2/11: early on the average is short
+    assert torch.allclose(ema.module[0].weight, torch.full((1, 2), w))
+    assert torch.allclose(ema.module[1].running_mean, torch.full((1,), w))  # BatchNorm statistics averaged too
     assert model[0].weight.eq(1.0).all()  # the trained weights are untouched
+    assert ema.module[1].num_batches_tracked == model[1].num_batches_tracked  # integer buffers: the latest
+
+
+def test_ema_decay_warms_up_to_its_setting() -> None:
+    """The first steps' weights fade from the average: after 288 steps (8 short epochs) at 0.99, the first
+    step's share is a product of warmed-up decays, far below the 0.99^288 = 6% a fixed decay leaves."""
+    assert ema_decay_at(0.99, 0) == 0.1 and ema_decay_at(0.99, 1) == 2 / 11
+    assert ema_decay_at(0.99, 10**6) == 0.99 and ema_decay_at(0.5, 10) == 0.5
+    share = 1.0
+    for n in range(1, 288):
+        share *= ema_decay_at(0.99, n)
+    assert share < 0.05 * 0.99**288
+
+
+def test_ema_holds_the_settled_weights() -> None:
+    """After many steps at fixed weights the average is those weights, whatever the first ones were."""
+    model = nn.Linear(3, 1)
+    ema = make_ema(model, 0.99)
+    ema.update_parameters(model)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+        model.bias.fill_(-1.0)
+    for _ in range(2000):
+        ema.update_parameters(model)
+    assert torch.allclose(ema.module.weight, model.weight, atol=1e-4)
+    assert torch.allclose(ema.module.bias, model.bias, atol=1e-4)
 
 
 def test_constant_schedule_keeps_the_rate_after_warmup() -> None:

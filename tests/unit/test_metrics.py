@@ -372,6 +372,7 @@ def test_augmentation_preview_grid(tmp_path) -> None:
 def test_validation_macro_f1_is_scikit_learns(seed: int) -> None:
     """The train step's model-selection F1 (numpy, no scikit-learn import) agrees with scikit-learn's, classes
     never predicted or absent from the labels included."""
+    from cxr.metrics import macro_f1
     from cxr.train import validation_scores
 
     rng = np.random.default_rng(seed)
@@ -381,3 +382,4 @@ def test_validation_macro_f1_is_scikit_learns(seed: int) -> None:
     logits[:, 0] -= 10  # class 0 never predicted
     expected = f1_score(labels, logits.argmax(1), labels=list(range(k)), average="macro", zero_division=0)
     assert validation_scores(logits, labels, k)["val_macro_f1"] == pytest.approx(expected, abs=1e-12)
+    assert macro_f1(labels, logits.argmax(1), k) == pytest.approx(expected, abs=1e-12)
