@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch/OpenMP threads per process (default: torch's choice); also passed to subprocesses")
     parser.add_argument("--jobs", type=int, default=1,
                         help="training runs side by side, each in its own process (quality); the others run one "
-                             "at a time")
+                             "at a time. Without --threads, each process gets its share of the cores")
     args = parser.parse_args(argv)
 
     if args.results is None:  # a smoke run never overwrites the recorded full-size figures
@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             names.append(n)
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
+    if args.jobs > 1 and args.threads is None:  # N processes each taking every core would oversubscribe the CPU
+        args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
     quiet_env()
     if args.threads is not None:
         if args.threads < 1:

@@ -25,7 +25,7 @@ import multiprocessing
 import os
 import shutil
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -218,7 +218,8 @@ def run_all(root: Path, source: Path, size: str, recipe: dict[str, dict], jobs: 
     """Every (split seed, recipe) run, ``jobs`` at a time in their own processes; {(seed, recipe): figures}.
 
     The runs are independent (own folders, seeded), so side by side they give the figures they give one after
-    the other; only their timings change, as they share the machine.
+    the other; only their timings change, as they share the machine. The processes are spawned, so a script
+    calling this with ``jobs > 1`` needs an ``if __name__ == "__main__":`` guard.
     """
     runs = [(seed, name) for seed in SIZES[size]["seeds"] for name in recipe]
     if jobs <= 1:
@@ -227,13 +228,15 @@ def run_all(root: Path, source: Path, size: str, recipe: dict[str, dict], jobs: 
     # spawn, not fork: the parent may hold torch's thread pools, which a forked child cannot use.
     pool = ProcessPoolExecutor(max_workers=min(jobs, len(runs)), mp_context=multiprocessing.get_context("spawn"),
                                initializer=_worker_init)
-    futures: dict[tuple[int, str], Future] = {}
     try:
-        for seed, name in runs:
-            futures[seed, name] = pool.submit(run_recipe, root, source, size, seed, name, recipe[name],
-                                              name == "reference")
-        return {key: future.result() for key, future in futures.items()}
-    finally:  # on a failure, runs not yet started are dropped rather than trained for nothing
+        futures = {pool.submit(run_recipe, root, source, size, seed, name, recipe[name], name == "reference"):
+                   (seed, name) for seed, name in runs}
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in done:  # the first failure, as soon as it happens, not after the runs submitted before it
+            if future.exception() is not None:
+                raise future.exception()
+        return {futures[future]: future.result() for future in futures}
+    finally:  # on a failure, queued runs are dropped (the pool may already have handed out one more than it runs)
         pool.shutdown(wait=True, cancel_futures=True)
 
 
