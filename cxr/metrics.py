@@ -127,7 +127,8 @@ def _cm_stats(cm: np.ndarray) -> dict[str, np.ndarray]:
 def macro_f1(y_true: np.ndarray, pred: np.ndarray, k: int) -> float:
     """Macro F1 of predicted labels over all ``k`` classes, a class never true nor predicted scoring 0.
 
-    scikit-learn's ``f1_score(average="macro", labels=range(k), zero_division=0)``, without importing it.
+    scikit-learn's ``f1_score(average="macro", labels=range(k), zero_division=0)``, without importing it. Model
+    selection's figure; ``classification_metrics``' ``macro_f1`` averages over the classes present instead.
     """
     y = np.asarray(y_true, dtype=np.int64)
     cm = np.bincount(y * k + np.asarray(pred, dtype=np.int64), minlength=k * k).reshape(k, k)

@@ -177,9 +177,10 @@ def validation_scores(logits: np.ndarray, labels: np.ndarray, k: int) -> dict[st
 def ema_decay_at(decay: float, updates: int) -> float:
     """The EMA's decay after ``updates`` averaging steps: ``min(decay, (1 + n) / (10 + n))``.
 
-    A fixed decay would keep ``decay^steps`` of the first step's near-random weights: at 0.99 over a short
-    run's 288 steps that is 6%, enough to ruin the average. Warmed up, the average spans the latest part of
-    the run and lengthens to ``1 / (1 - decay)`` steps as the run goes on.
+    A fixed decay would keep about ``decay^steps`` of the first step's near-random weights: at 0.99 over a
+    short run's 288 steps that is 6%, enough to ruin the average. Warmed up, the average spans about the
+    latest tenth of the run until it reaches ``1 / (1 - decay)`` steps: 0.99 is reached after 890 steps, so
+    in a 288-step run any decay from 0.97 up gives the same average (the warm-up's own).
     """
     return min(decay, (1.0 + updates) / (10.0 + updates))
 
@@ -190,15 +191,19 @@ def make_ema(model: nn.Module, decay: float | None) -> nn.Module | None:
         return None
     from torch.optim.swa_utils import AveragedModel
 
+    ema = AveragedModel(model, use_buffers=True)
+
     @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
-        weight = 1.0 - ema_decay_at(decay, int(n_averaged))
-        if torch.is_floating_point(averaged[0]):
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], _n_on_device: torch.Tensor) -> None:
+        # The step count from the CPU copy: reading the one passed in, on the GPU, would wait for the device.
+        weight = 1.0 - ema_decay_at(decay, int(ema.n_averaged))
+        if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):
             torch._foreach_lerp_(averaged, current, weight)
         else:  # integer buffers (BatchNorm's batch count) have no average: the latest
             torch._foreach_copy_(averaged, current)
 
-    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+    ema.multi_avg_fn = update
+    return ema
 
 
 def _better(monitor: str, new: float, best: float | None) -> bool:

@@ -376,10 +376,11 @@ def test_validation_macro_f1_is_scikit_learns(seed: int) -> None:
     from cxr.train import validation_scores
 
     rng = np.random.default_rng(seed)
-    k, n = 4, 37
-    labels = rng.integers(0, k - 1, n)  # class 3 never occurs
+    k, n = 5, 37
+    labels = rng.integers(0, 3, n)  # classes 3 and 4 never occur
     logits = rng.normal(size=(n, k)).astype(np.float32)
     logits[:, 0] -= 10  # class 0 never predicted
+    logits[:, 4] -= 10  # class 4 neither occurs nor is predicted: 0/0, scored 0
     expected = f1_score(labels, logits.argmax(1), labels=list(range(k)), average="macro", zero_division=0)
     assert validation_scores(logits, labels, k)["val_macro_f1"] == pytest.approx(expected, abs=1e-12)
     assert macro_f1(labels, logits.argmax(1), k) == pytest.approx(expected, abs=1e-12)
