@@ -12,7 +12,7 @@ from pathlib import Path
 
 from benchmarks import BENCHMARKS
 from benchmarks.common import RESULTS_JSON, RESULTS_MD, SIZES, WORK, command_line, quiet_env, record_lines, table
-from benchmarks.common import write_results
+from benchmarks.common import setup_process, write_results
 
 #: Other names accepted on the command line.
 ALIASES: dict[str, str] = {"train": "input", "cam": "gradcam", "serving": "pyfunc", "recipe": "quality"}
@@ -49,19 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--jobs must be >= 1")
     if args.jobs > 1 and args.threads is None:  # N processes each taking every core would oversubscribe the CPU
         args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
     quiet_env()
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be >= 1")
-        # Before torch is imported (the benchmark modules import it lazily), and inherited by subprocesses.
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
-        os.environ["MKL_NUM_THREADS"] = str(args.threads)
-        import cv2
-        import torch
-
-        torch.set_num_threads(args.threads)
-        cv2.setNumThreads(args.threads)  # OpenCV's own pool (warps, resizes) would otherwise use every core
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_process(args.threads)  # before the benchmark modules, which import torch lazily
 
     failed = []
     for name in names:

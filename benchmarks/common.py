@@ -29,6 +29,25 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 
 
+def setup_process(threads: int | None) -> None:
+    """A benchmark process's threads and logging: the main one (``--threads``) and each side-by-side run's.
+
+    ``threads`` sets torch's, OpenMP's and OpenCV's pools (OpenCV's warps and resizes would otherwise use every
+    core), in the environment too, before torch is imported, so that subprocesses inherit it.
+    """
+    import logging
+
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        os.environ["MKL_NUM_THREADS"] = str(threads)
+        import cv2
+        import torch
+
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
 def quiet_env() -> None:
     """Telemetry off for everything the benchmarks start (DVC, Prefect, MLflow, Albumentations)."""
     from cxr.cli import quiet_telemetry

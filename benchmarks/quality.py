@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import multiprocessing
 import os
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmarks.common import REPO, Figure, Outcome, Row, git_dvc_repo
+from benchmarks.common import REPO, Figure, Outcome, Row, git_dvc_repo, setup_process
 
 SOURCE = REPO.parent / "shared" / "cxr-dev"
 CLASSES: list[str] = ["COVID", "Normal", "Viral Pneumonia"]
@@ -205,13 +204,7 @@ def _probe(run: dict, *keys: str) -> float | None:
 def _worker_init() -> None:
     """A side-by-side run's process: the thread count ``--threads`` put in the environment, quiet logs."""
     threads = os.environ.get("OMP_NUM_THREADS")
-    if threads:
-        import cv2
-        import torch
-
-        torch.set_num_threads(int(threads))
-        cv2.setNumThreads(int(threads))
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_process(int(threads) if threads else None)
 
 
 def run_all(root: Path, source: Path, size: str, recipe: dict[str, dict], jobs: int) -> dict[tuple[int, str], dict]:
