@@ -224,6 +224,7 @@ def end_to_end(cfg, base, paths, device) -> dict:
     _torch_defaults()
     with Utilisation(device) as util, timer() as t:
         result = train(cfg, base, paths, resume=False)
+    paths.last_checkpoint.unlink()  # the resume state (four times the weights): a benchmark run never resumes
     with paths.history.open() as fh:
         history = list(csv.DictReader(fh))
     speeds = [float(r["images_per_s"]) for r in history]

@@ -153,6 +153,7 @@ def run_recipe(root: Path, source: Path, size: str, seed: int, run: str, train: 
     if keep_last:  # the reference notebook keeps whatever the last epoch gave
         shutil.copyfile(paths.last_checkpoint, paths.best_checkpoint)
     evaluate(s.base, s.evaluate, paths, device=s.train.device)
+    paths.last_checkpoint.unlink()  # the resume state (four times the weights): a finished run never resumes
     m = json.loads(paths.metrics_full.read_text())
     sens = {c: m["per_class"][c]["sensitivity"] for c in CLASSES}
     return {

@@ -43,9 +43,9 @@ def restore_threads(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
+def work(module_tmp: Path) -> Path:
     """One work folder for the module, so the tiny synthetic dataset is generated once."""
-    return tmp_path_factory.mktemp("bench-work")
+    return module_tmp
 
 
 def run_tiny(name: str, work: Path, tmp_path: Path, capsys, *options: str) -> dict:

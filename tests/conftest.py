@@ -87,6 +87,20 @@ def tiny_project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "project", tiny_params())
 
 
+@pytest.fixture(scope="module")
+def module_tmp(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[Path]:
+    """A folder for one module's shared fixtures, removed when the module is done unless one of its tests failed.
+
+    The same rule as ``tmp_path`` under ``tmp_path_retention_policy = "failed"``: each trained project holds
+    hundreds of MB of checkpoints, and a whole session's worth would fill a small disk.
+    """
+    failed_before = request.session.testsfailed
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 #: What an MLflow call without a tracking URI would leave in the checkout.
 STRAY_STORES = ("mlruns", "mlartifacts", "mlflow.db")
 

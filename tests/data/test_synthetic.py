@@ -20,9 +20,9 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory) -> tuple[Path, Path, SyntheticSummary]:
-    a = tmp_path_factory.mktemp("syn_a")
-    b = tmp_path_factory.mktemp("syn_b")
+def two_runs(module_tmp: Path) -> tuple[Path, Path, SyntheticSummary]:
+    a = module_tmp / "a"
+    b = module_tmp / "b"
     summary = generate(a, COUNTS, size=299, seed=7, workers=1)
     generate(b, dict(reversed(list(COUNTS.items()))), size=299, seed=7, workers=2, progress=True)
     return a, b, summary

@@ -57,7 +57,7 @@ KILL_HOOK = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
+def prepared(module_tmp: Path) -> Path:
     """A project with its data made and its split stage run by DVC: what every run of the test starts from.
 
     Built once and copied: the data comes from the download step in-process (its command is tested
@@ -66,7 +66,7 @@ def prepared(tmp_path_factory) -> Path:
     """
     from cxr.download import download
 
-    root = make_project(tmp_path_factory.mktemp("prepared") / "project", tiny_params(train=TRAIN))
+    root = make_project(module_tmp / "prepared", tiny_params(train=TRAIN))
     s = load_settings(root / "params.yaml")
     download(s.base, s.download, s.paths(root))
     run_dvc(["repro", "split"], root)
@@ -93,8 +93,8 @@ def _outcome(root: Path) -> tuple[list[dict], dict, dict]:
 
 
 @pytest.fixture(scope="module")
-def reference(prepared: Path, tmp_path_factory) -> tuple[list[dict], dict, dict]:
-    root = _project(prepared, tmp_path_factory.mktemp("reference") / "project")
+def reference(prepared: Path, module_tmp: Path) -> tuple[list[dict], dict, dict]:
+    root = _project(prepared, module_tmp / "reference")
     _repro(root)
     return _outcome(root)
 

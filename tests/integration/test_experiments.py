@@ -29,7 +29,7 @@ def _cxr(root: Path, *args: str, env: dict | None = None) -> str:
 
 
 @pytest.fixture(scope="module")
-def committed(tmp_path_factory) -> Path:
+def committed(module_tmp: Path) -> Path:
     """A tiny project whose data is generated, versioned and committed (queued experiments start from a commit).
 
     Built once, with the download step in-process (its command is tested elsewhere); each test works on a copy.
@@ -39,7 +39,7 @@ def committed(tmp_path_factory) -> Path:
     params = tiny_params(train={"epochs": 1}, evaluate={"n_boot": 20}, gradcam={"per_class": 1},
                          tune={"trials": 2, "epochs": 2, "prune_after_trials": 1})
     params["tune"]["space"] = SPACE
-    root = make_project(tmp_path_factory.mktemp("committed") / "p", params)
+    root = make_project(module_tmp / "p", params)
     shutil.copy(REPO / ".gitignore", root / ".gitignore")  # keeps last.pt and the decoded cache out of commits
     s = load_settings(root / "params.yaml")
     download(s.base, s.download, s.paths(root))

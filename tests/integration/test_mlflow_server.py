@@ -39,9 +39,9 @@ def pg():
 
 
 @pytest.fixture(scope="module")
-def server(pg, tmp_path_factory):
+def server(pg, module_tmp: Path):
     """``mlflow server`` on the cluster, artifacts proxied to a tmp folder; stopped by PID (process group)."""
-    root = tmp_path_factory.mktemp("mlflow-server")
+    root = module_tmp
     with mlflow_server(pg.url("mlflow"), root / "artifacts", root / "mlflow.log") as proc:
         yield proc
 

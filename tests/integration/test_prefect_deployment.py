@@ -43,9 +43,10 @@ def fast_params(**changes) -> dict:
 # --- fixtures ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
+def prefect_server(module_tmp: Path) -> Iterator[dict[str, str]]:
     """A real ``prefect server start`` on 127.0.0.1 with its own PREFECT_HOME; yields the clients' environment."""
-    home = tmp_path_factory.mktemp("prefect-home")
+    home = module_tmp / "prefect-home"
+    home.mkdir()
     env = {
         **os.environ,
         "PREFECT_HOME": str(home),

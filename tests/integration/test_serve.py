@@ -103,11 +103,11 @@ def registered_project(root: Path, tracking: str) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[dict]:
+def server(module_tmp: Path) -> Iterator[dict]:
     """`mlflow models serve -m models:/<name>@champion --env-manager local` on a free 127.0.0.1 port."""
     import mlflow
 
-    root = tmp_path_factory.mktemp("serve")
+    root = module_tmp
     tracking = f"sqlite:///{root / 'mlflow.db'}"
     name, version = registered_project(root / "project", tracking)
     client = mlflow.MlflowClient(tracking)

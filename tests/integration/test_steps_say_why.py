@@ -15,14 +15,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
+def project(module_tmp: Path):
     """Tiny synthetic data, split, and an untrained checkpoint: what is checked here needs no training."""
     from cxr.download import download
     from cxr.models import build_model
     from cxr.split import make_split
     from cxr.train import save_checkpoint
 
-    root = make_project(tmp_path_factory.mktemp("steps") / "p",
+    root = make_project(module_tmp / "p",
                         tiny_params(download={"synthetic": {"per_class": 10, "size": 96}}, split={"valid": 8, "test": 8}))
     s = load_settings(root / "params.yaml")
     paths = s.paths(root)

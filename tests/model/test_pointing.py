@@ -44,13 +44,13 @@ TRAINED = {
 
 
 @pytest.fixture(scope="module")
-def explained(tmp_path_factory) -> dict:
+def explained(module_tmp: Path) -> dict:
     from cxr.download import download
     from cxr.gradcam import run_gradcam
     from cxr.split import make_split
     from cxr.train import train
 
-    root = make_project(tmp_path_factory.mktemp("pointing") / "project", tiny_params(**TRAINED))
+    root = make_project(module_tmp / "project", tiny_params(**TRAINED))
     s = load_settings(root / "params.yaml")
     paths = s.paths(root)
     download(s.base, s.download, paths)

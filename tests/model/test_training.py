@@ -24,12 +24,12 @@ COMPARED = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1")
 
 
 @pytest.fixture(scope="module")
-def prepared_template(tmp_path_factory) -> Path:
+def prepared_template(module_tmp: Path) -> Path:
     """A project with tiny params whose data is downloaded and split (in-process: only set-up), built once."""
     from cxr.download import download
     from cxr.split import make_split
 
-    root = make_project(tmp_path_factory.mktemp("training") / "project", tiny_params(train={"epochs": 3}))
+    root = make_project(module_tmp / "project", tiny_params(train={"epochs": 3}))
     s = load_settings(root / "params.yaml")
     download(s.base, s.download, s.paths(root))
     make_split(s.base, s.split, s.paths(root))

@@ -65,13 +65,13 @@ def reference_logits(checkpoint: Path, images: list[np.ndarray]) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> dict:
+def store(module_tmp: Path) -> dict:
     """One pyfunc model (temperature 2) logged into a throw-away sqlite store."""
     import mlflow
 
     from cxr.serving import log_pyfunc
 
-    root = tmp_path_factory.mktemp("serving")
+    root = module_tmp
     checkpoint = make_checkpoint(root / "best.pt")
     calibration = root / "calibration.json"
     calibration.write_text(json.dumps({"temperature": 2.0, "positive_class": "COVID", "threshold": 0.5}))
