@@ -45,6 +45,7 @@ SIZES: dict[str, dict] = {
 #: The reference notebook's recipe, as overrides of the train section (image size and epochs as ours).
 REFERENCE: dict = {
     "arch": "resnet18",
+    "optimizer": "adamw",  # with no weight decay: Adam
     "lr": 3e-5,
     "batch_size": 16,
     "weight_decay": 0.0,

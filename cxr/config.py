@@ -286,8 +286,12 @@ class Train(_Section):
     image_size: int = Field(128, ge=32, le=1024)
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(32, ge=1)
+    #: AdamW, or SGD with Nesterov momentum (``momentum``); ``lr`` and ``weight_decay`` apply to either.
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    #: SGD's momentum (Nesterov when above 0); unused by AdamW.
+    momentum: float = Field(0.9, ge=0, lt=1)
     warmup_epochs: float = Field(0.5, ge=0)
     #: After the warm-up: cosine decay to zero, or the base rate throughout (the reference notebooks' way).
     schedule: Literal["cosine", "constant"] = "cosine"

@@ -206,6 +206,14 @@ def make_ema(model: nn.Module, decay: float | None) -> nn.Module | None:
     return ema
 
 
+def make_optimizer(model: nn.Module, cfg: Train) -> torch.optim.Optimizer:
+    """``train.optimizer``: AdamW, or SGD with Nesterov momentum; the same rate and weight decay for every tensor."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def _better(monitor: str, new: float, best: float | None) -> bool:
     if best is None:
         return True
@@ -322,7 +330,7 @@ def train(
     model = build_model(cfg.arch, k, cfg.weights).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg)
     ema = make_ema(model, cfg.ema_decay)
     # With EMA, the averaged weights are what is validated, kept and shipped.
     scored = ema.module if ema is not None else model

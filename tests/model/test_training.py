@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import shutil
 import signal
@@ -137,3 +138,15 @@ def test_mixup_training_is_reproducible_and_changes_the_training(prepare) -> Non
         weights[name] = _weights(root)
     assert _same_weights(weights["a"], weights["b"])
     assert not _same_weights(weights["a"], weights["off"])
+
+
+def test_sgd_training_runs_and_keeps_its_momentum_for_a_resume(prepare) -> None:
+    root = prepare("sgd")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"].update(epochs=1, optimizer="sgd", lr=0.05, momentum=0.9)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    res = _train(root, resume=False)
+    assert math.isfinite(res.best_score)
+    state = torch.load(root / "models" / "last.pt", weights_only=True)["optimizer"]
+    assert state["param_groups"][0]["nesterov"]
+    assert all("momentum_buffer" in s for s in state["state"].values())

@@ -44,6 +44,7 @@ def test_quality_budget_cuts_epochs() -> None:
     full = recipes("full")
     ref, ours = full["reference"], full["ours"]
     assert ref["lr"] == 3e-5 and ref["batch_size"] == 16 and ref["augment"]["hflip"] == 0.5
+    assert ref["optimizer"] == "adamw" and ref["weight_decay"] == 0.0  # Adam, whatever optimiser ours uses
     assert ref["image_size"] == ours["image_size"] and ref["epochs"] == ours["epochs"]  # the same budget
     assert ours["weights"] is None and ref.get("ema_decay") is None  # from scratch; no recipe feature of ours
     assert ref["mixup"] == 0.0

@@ -1,11 +1,13 @@
-"""Weight averaging: the EMA follows the weights at the configured decay, and is off by default."""
+"""Optimisation settings: the EMA follows the weights at the configured decay (off by default), the schedule,
+the optimiser."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from cxr.train import ema_decay_at, lr_lambda, make_ema
+from cxr.config import Train
+from cxr.train import ema_decay_at, lr_lambda, make_ema, make_optimizer
 
 
 def test_ema_tracks_the_weights_at_its_decay() -> None:
@@ -56,3 +58,15 @@ def test_constant_schedule_keeps_the_rate_after_warmup() -> None:
     assert lr_lambda(0, 100, 10, "constant") == lr_lambda(0, 100, 10, "cosine") == 0.1
     assert lr_lambda(99, 100, 10, "constant") == 1.0
     assert lr_lambda(99, 100, 10, "cosine") < 0.01
+
+
+def test_optimizer_is_adamw_or_nesterov_sgd_with_the_configured_rate() -> None:
+    model = nn.Linear(3, 2)
+    adamw = make_optimizer(model, Train(lr=1e-3, weight_decay=0.01))
+    assert type(adamw) is torch.optim.AdamW
+    assert (adamw.defaults["lr"], adamw.defaults["weight_decay"]) == (1e-3, 0.01)
+    sgd = make_optimizer(model, Train(optimizer="sgd", lr=0.05, weight_decay=5e-4, momentum=0.9))
+    assert type(sgd) is torch.optim.SGD
+    assert (sgd.defaults["lr"], sgd.defaults["weight_decay"], sgd.defaults["momentum"]) == (0.05, 5e-4, 0.9)
+    assert sgd.defaults["nesterov"]
+    assert not make_optimizer(model, Train(optimizer="sgd", momentum=0.0)).defaults["nesterov"]  # needs momentum
