@@ -105,8 +105,6 @@ def test_gpu_benchmark_refuses_without_cuda(size: str, work: Path, tmp_path: Pat
     assert not notes.exists()
 
 
-
-
 def test_quality_runs_side_by_side_raise_the_first_failure(tmp_path: Path) -> None:
     """With ``--jobs``, a run that fails in its process fails the benchmark with its own error, naming the run."""
     from benchmarks.quality import recipes, run_all
