@@ -11,8 +11,18 @@ import sys
 from pathlib import Path
 
 from benchmarks import BENCHMARKS
-from benchmarks.common import RESULTS_JSON, RESULTS_MD, SIZES, WORK, command_line, quiet_env, record_lines, table
-from benchmarks.common import setup_process, write_results
+from benchmarks.common import (
+    RESULTS_JSON,
+    RESULTS_MD,
+    SIZES,
+    WORK,
+    command_line,
+    quiet_env,
+    record_lines,
+    setup_process,
+    table,
+    write_results,
+)
 
 #: Other names accepted on the command line.
 ALIASES: dict[str, str] = {"train": "input", "cam": "gradcam", "serving": "pyfunc", "recipe": "quality"}

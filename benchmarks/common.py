@@ -222,8 +222,8 @@ def synthetic_dataset(work: Path, size: str) -> Path:
     import json as _json
     import shutil
 
-    from cxr.config import FULL_COUNTS
-    from cxr.synthetic import generate
+    from cxr.core.sections import FULL_COUNTS
+    from cxr.data.synthetic import generate
 
     counts, px = (dict(FULL_COUNTS), 299) if size == "full" else ({c: 6 for c in FULL_COUNTS}, 64)
     out = work / f"synthetic-{size}-{px}-s0"

@@ -1,15 +1,15 @@
-"""Training on one GPU: ``cxr.train.train`` end to end against the model alone on ready GPU tensors (the ceiling).
+"""Training on one GPU: ``cxr.training.loop.train`` end to end against the model alone on ready GPU tensors (the ceiling).
 
 Full size: the synthetic dataset at the real one's size (21,165 images at 299 px, generated here), 224 px,
 batch 256, ``params.yaml``'s training settings otherwise (bf16 autocast, channels-last), one DataLoader
 worker per core. In the same run:
 
 - ResNet-18 and ResNet-50: the ceiling (forward, backward and optimiser step, as ``train_one_epoch``
-  does them, on batches already normalised on the GPU) and ``cxr.train.train`` with augmentation on
+  does them, on batches already normalised on the GPU) and ``cxr.training.loop.train`` with augmentation on
   the device and in the loader workers (``train.augment_backend``), per epoch;
 - ResNet-18 with ``train.compile`` and with ``train.deterministic: false`` (the cuDNN autotuner);
 - the reference notebook's style: PIL and torchvision transforms per image, batch 16, fp32, no workers;
-- Grad-CAM: ``cxr.explain.compute_cams`` in batches against the library's call per image;
+- Grad-CAM: ``cxr.evaluation.cam.compute_cams`` in batches against the library's call per image;
 - GPU utilisation (``torch.cuda.utilization``, else ``nvidia-smi``) while training, and the device name.
 
 Without CUDA it measures nothing and says so. ``BENCH_GPU_ON_CPU=1`` runs the same code on the CPU
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import Figure, Outcome, Row, synthetic_dataset, timer
+from cxr.training.dataset import AugmentedImages
 
 CLASSES: tuple[str, ...] = ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia")
 ARCHS: tuple[str, ...] = ("resnet18", "resnet50")
@@ -60,7 +61,7 @@ def _sync(device) -> None:
 
 def _project(work: Path, size: str, valid: int):
     """The synthetic dataset and a train/valid manifest over it; returns (source folder, manifest path)."""
-    from cxr.data import write_manifest
+    from cxr.data.manifest import write_manifest
 
     src = synthetic_dataset(work, size)
     root = work / f"gpu-{size}"
@@ -80,7 +81,7 @@ def _project(work: Path, size: str, valid: int):
 
 def _paths(root: Path, src: Path, manifest: Path, run: str):
     """Resolved paths of one training run: shared data and cache, its own checkpoints and reports."""
-    from cxr.config import Paths
+    from cxr.core.paths import Paths
 
     return Paths(raw=str(src), cache=str(root / "cache"), manifest=str(manifest), model_dir=f"runs/{run}/models",
                  train_reports=f"runs/{run}/reports").resolve(root)
@@ -132,7 +133,7 @@ class Utilisation:
 
 
 def _torch_defaults() -> None:
-    """Undo what an earlier run in this process set (cxr.train.seed_everything sets process-wide flags)."""
+    """Undo what an earlier run in this process set (cxr.training.optim.seed_everything sets process-wide flags)."""
     import torch
 
     torch.use_deterministic_algorithms(False)
@@ -148,9 +149,9 @@ def ceiling(arch: str, cfg, device, px: int, batch: int, steps: int, warmup: int
     import torch
     from torch import nn
 
-    from cxr.models import build_model
-    from cxr.inference import autocast as _autocast
-    from cxr.train import seed_everything
+    from cxr.model.inference import autocast as _autocast
+    from cxr.model.networks import build_model
+    from cxr.training.optim import seed_everything
 
     _torch_defaults()
     seed_everything(0, cfg.deterministic)  # the same cuDNN flags as the training run
@@ -195,16 +196,18 @@ def ceiling(arch: str, cfg, device, px: int, batch: int, steps: int, warmup: int
 
 
 def loader_start(paths, cfg, seed: int, device) -> float:
-    """Seconds from a fresh training loader (as ``cxr.train.train`` builds it) to its first batch: workers starting."""
+    """Seconds from a fresh training loader (as ``cxr.training.loop.train`` builds it) to its first batch: workers starting."""
     from torch.utils.data import DataLoader
 
-    from cxr.augment import on_device
-    from cxr.data import CachedImages, SeededSampler, decoded_cache, read_manifest
+    from cxr.data.manifest import read_manifest
+    from cxr.model.cache import decoded_cache
+    from cxr.training.dataset import SeededSampler
+    from cxr.training.presets import on_device
 
     train_m = read_manifest(paths.manifest).select("train")
     images = decoded_cache(train_m, paths.raw, paths.cache, cfg.image_size, workers=max(1, cfg.num_workers))
     labels = train_m.labels(CLASSES)
-    loader = DataLoader(CachedImages(images, labels, cfg.augment, defer=on_device(cfg.augment_backend, device)),
+    loader = DataLoader(AugmentedImages(images, labels, cfg.augment, defer=on_device(cfg.augment_backend, device)),
                         batch_size=cfg.batch_size, sampler=SeededSampler(len(labels), seed), drop_last=True,
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                         persistent_workers=cfg.num_workers > 0, prefetch_factor=4 if cfg.num_workers > 0 else None)
@@ -215,10 +218,10 @@ def loader_start(paths, cfg, seed: int, device) -> float:
 
 
 def end_to_end(cfg, base, paths, device) -> dict:
-    """``cxr.train.train`` from scratch; per-epoch images/s, wall seconds and GPU utilisation."""
+    """``cxr.training.loop.train`` from scratch; per-epoch images/s, wall seconds and GPU utilisation."""
     import csv
 
-    from cxr.train import train
+    from cxr.training.loop import train
 
     shutil.rmtree(paths.model_dir, ignore_errors=True)
     _torch_defaults()
@@ -241,7 +244,7 @@ def reference_style(src: Path, manifest_rows, device, px: int, batch: int, n: in
     from torch import nn
 
     from benchmarks.input import _reference_loader
-    from cxr.models import build_model
+    from cxr.model.networks import build_model
 
     _torch_defaults()  # the notebook's: no cuDNN autotuner, no deterministic algorithms
     rows = [r for r in manifest_rows if r["split"] == "train"]
@@ -270,8 +273,8 @@ def gradcam(src: Path, device, px: int, n: int, batch: int) -> tuple[float, floa
     import torch
 
     from benchmarks.gradcam import ARCH, _images, reference_cams
-    from cxr.explain import compute_cams
-    from cxr.models import build_model
+    from cxr.evaluation.cam import compute_cams
+    from cxr.model.networks import build_model
 
     _torch_defaults()
     x, targets = _images(src, n, px)
@@ -295,8 +298,8 @@ def run(size: str, work: Path) -> Outcome:
     import torch
 
     from benchmarks.common import REPO
-    from cxr.config import load_settings
-    from cxr.data import read_manifest
+    from cxr.core.config import load_settings
+    from cxr.data.manifest import read_manifest
 
     out = Outcome("gpu")
     device = _device()
@@ -350,7 +353,7 @@ def run(size: str, work: Path) -> Outcome:
                             "img/s"))
         for backend in ("device", "cpu"):
             r = results[f"{arch}_{backend}"]
-            out.rows.append(Row(f"{arch}: cxr.train.train, augmentation on {backend}, epochs 2+", r["steady"], "img/s",
+            out.rows.append(Row(f"{arch}: cxr.training.loop.train, augmentation on {backend}, epochs 2+", r["steady"], "img/s",
                                 c, r["steady"] / c))
             out.rows.append(Row(f"{arch}: same, first epoch", r["first"], "img/s", r["steady"],
                                 r["first"] / r["steady"]))
@@ -408,7 +411,7 @@ def run(size: str, work: Path) -> Outcome:
         if r["util"] is not None:
             out.extra[f"gpu_{key}_utilisation_pct"] = r["util"]
     out.notes += [
-        f"end to end = cxr.train.train's own images/s over its training loop (validation and checkpoints excluded), "
+        f"end to end = cxr.training.loop.train's own images/s over its training loop (validation and checkpoints excluded), "
         f"mean of the epochs after the first; {sz['epochs']} epochs, params.yaml's settings otherwise",
         "the ceiling runs the same model, optimiser, autocast, memory format and cuDNN flags on 4 ready batches",
         f"the first epoch includes starting {common['num_workers']} loader workers (the first-batch rows) and the "

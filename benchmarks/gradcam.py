@@ -1,4 +1,4 @@
-"""Batched Grad-CAM (``cxr.explain.compute_cams``) vs one image at a time the library's default way, on the CPU.
+"""Batched Grad-CAM (``cxr.evaluation.cam.compute_cams``) vs one image at a time the library's default way, on the CPU.
 
 The baseline is how the reference projects use pytorch-grad-cam: one ``GradCAM(model, target_layers)``
 call per image, with the model as trained (parameters requiring grad), so every call runs a forward
@@ -27,7 +27,7 @@ def _images(src: Path, n: int, px: int):
     """``n`` synthetic images, normalised model input (n, 1, px, px), and class targets."""
     import torch
 
-    from cxr.data import load_image, to_input
+    from cxr.model.preprocess import load_image, to_input
 
     paths = sorted(src.glob("*/images/*.png"))
     chosen = paths[:: max(1, len(paths) // n)][:n]
@@ -40,7 +40,7 @@ def reference_cams(model, x, targets: list[int]) -> np.ndarray:
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from cxr.explain import target_layers
+    from cxr.evaluation.cam import target_layers
 
     maps = []
     for i, t in enumerate(targets):
@@ -63,8 +63,8 @@ def run(size: str, work: Path) -> Outcome:
     """Run the Grad-CAM benchmark at ``size`` with scratch space under ``work``."""
     import torch
 
-    from cxr.explain import compute_cams
-    from cxr.models import build_model
+    from cxr.evaluation.cam import compute_cams
+    from cxr.model.networks import build_model
 
     sz = SIZES[size]
     src = synthetic_dataset(work, size)

@@ -1,9 +1,9 @@
 """Ingestion (validate + hash + stage) vs a naive PIL loop; DVC tracking and a no-op ``dvc status`` + ``dvc repro``.
 
 At full size: the 21,165-image synthetic dataset (299 px, with masks: about 42k files), ingested by
-``cxr.ingest.ingest`` with one worker per core into a loose folder, then stored and versioned the
-project's way (``cxr.rawstore.pack``: one uncompressed zip per class folder in ``data/raw`` of a fresh
-git + DVC repository, then ``cxr.dvcops.track_raw``); a stage that depends on ``data/raw`` is
+``cxr.data.ingest.ingest`` with one worker per core into a loose folder, then stored and versioned the
+project's way (``cxr.data.rawstore.pack``: one uncompressed zip per class folder in ``data/raw`` of a fresh
+git + DVC repository, then ``cxr.core.dvc.track_raw``); a stage that depends on ``data/raw`` is
 reproduced once and the no-op ``dvc status`` and ``dvc repro`` are timed (and ``dvc status`` profiled
 when the no-op misses its goal).
 """
@@ -57,7 +57,7 @@ def naive_loop(files: list[Path]) -> None:
 
 def _dvc(args: list[str], root: Path) -> tuple[float, str]:
     """Seconds and output of ``python -m dvc ARGS`` in ``root`` (raises on failure)."""
-    from cxr.dvcops import run_dvc
+    from cxr.core.dvc import run_dvc
 
     t0 = time.perf_counter()
     out = run_dvc(args, root)
@@ -96,22 +96,23 @@ def profile_dvc_status(root: Path, out_file: Path, top: int = 15) -> list[str]:
 
 def split_both_ways(root: Path, workers: int, size: str) -> tuple[float, float]:
     """Seconds of the project's split of ``root/data/raw`` with its index, and with the index moved away."""
-    from cxr.config import Base, Paths, Split
-    from cxr.rawindex import index_path
-    from cxr.split import make_split
+    from cxr.core.paths import Paths
+    from cxr.core.sections import Base, Split
+    from cxr.data.rawindex import index_path
+    from cxr.data.split import split
 
     base = Base(classes=list(CLASSES))
     cfg = Split(valid=400, test=400, workers=workers) if size == "full" else Split(valid=8, test=8, workers=workers)
     paths = Paths().resolve(root)
     index = index_path(paths.raw)
     with timer() as t_index:
-        make_split(base, cfg, paths)
+        split(base, cfg, paths)
     with_index = paths.manifest.read_bytes()
     aside = index.with_name("index.aside")
     os.replace(index, aside)
     try:
         with timer() as t_hash:
-            make_split(base, cfg, paths)
+            split(base, cfg, paths)
     finally:
         os.replace(aside, index)
     if paths.manifest.read_bytes() != with_index:
@@ -121,10 +122,10 @@ def split_both_ways(root: Path, workers: int, size: str) -> tuple[float, float]:
 
 def run(size: str, work: Path) -> Outcome:
     """Run the ingestion and DVC benchmark at ``size`` ('full' or 'tiny') with scratch space under ``work``."""
-    from cxr.dvcops import track_raw
-    from cxr.ingest import ingest
-    from cxr.rawindex import build_index, from_ingestion, index_path, write_index
-    from cxr.rawstore import pack
+    from cxr.core.dvc import track_raw
+    from cxr.data.ingest import ingest
+    from cxr.data.rawindex import build_index, from_ingestion, index_path, write_index
+    from cxr.data.rawstore import pack
 
     src = synthetic_dataset(work, size)
     workers = os.cpu_count() or 1
@@ -191,7 +192,7 @@ def run(size: str, work: Path) -> Outcome:
         Row("no-op dvc status", t_status, "s"),
         Row("no-op dvc repro", t_repro, "s"),
         Row("dvc --version (start-up floor)", t_version, "s"),
-        Row("split (cxr.split.make_split) reading the index", t_split_index, "s", t_split_hash,
+        Row("split (cxr.data.split.split) reading the index", t_split_index, "s", t_split_hash,
             t_split_hash / t_split_index),
         Row("split decoding and hashing every image (no index)", t_split_hash, "s"),
         Row("write the index at download (from ingestion's records)", t_index["s"], "s"),

@@ -1,8 +1,8 @@
 """The input pipeline and whole training steps on the CPU: the reference notebooks' style vs ours.
 
 Reference style: PIL open per image, torchvision Resize/RandomRotation(20)/RandomHorizontalFlip/ToTensor/
-Normalize, a DataLoader with no workers, fp32. Ours: ``cxr.data.decoded_cache`` (decode once into a
-uint8 memory map), ``CachedImages`` with the preset on the CPU (``cxr.augment.apply_cpu``),
+Normalize, a DataLoader with no workers, fp32. Ours: ``cxr.model.cache.decoded_cache`` (decode once into a
+uint8 memory map), ``CachedImages`` with the preset on the CPU (``cxr.training.presets.apply_cpu``),
 ``SeededSampler``, a DataLoader with one worker per core, and ``to_input`` for the float conversion
 and normalisation.
 
@@ -12,7 +12,7 @@ alike. The headline ``input_pipeline_speedup_vs_reference`` is per core: ours in
 the reference in one process. Dividing the with-workers figure by the worker count instead assumes the
 workers had every core to themselves while the main process (which normalises the batches) had none,
 and on a shared machine it swings with whoever else runs (recorded 3.04 and 1.74 on the same code).
-(b) whole training steps of ResNet-18 (``cxr.train.train_one_epoch`` for ours) against the same
+(b) whole training steps of ResNet-18 (``cxr.training.loop.train_one_epoch`` for ours) against the same
 model's forward + backward + step on ready tensors, which gives ``train_step_overhead``.
 """
 
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import Figure, Outcome, Row, synthetic_dataset, timer
+from cxr.training.dataset import AugmentedImages
 
 CLASSES: tuple[str, ...] = ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia")
 #: images, pipeline px, training px, training steps, batch size
@@ -45,7 +46,7 @@ def _subset(src: Path, n: int) -> tuple[list[Path], np.ndarray]:
 
 def _manifest(src: Path, paths: list[Path], labels: np.ndarray):
     """A train-only manifest of the subset (the form ``decoded_cache`` takes)."""
-    from cxr.data import Manifest
+    from cxr.data.manifest import Manifest
 
     rows = []
     for p, y in zip(paths, labels):
@@ -62,7 +63,7 @@ class ReferenceImages:
     def __init__(self, paths: list[Path], labels: np.ndarray, size: int) -> None:
         from torchvision import transforms as T
 
-        from cxr.models import GRAY_MEAN, GRAY_STD
+        from cxr.model.preprocess import GRAY_MEAN, GRAY_STD
 
         self.paths, self.labels = paths, labels
         # One gray channel (not RGB) so that both sides feed the same 1-channel model.
@@ -92,14 +93,14 @@ def _reference_loader(paths: list[Path], labels: np.ndarray, size: int, batch: i
 
 
 def _our_loader(images: np.ndarray, labels: np.ndarray, aug, batch: int, workers: int):
-    """The training loader exactly as ``cxr.train.train`` builds it (pinned memory only with CUDA, as there)."""
+    """The training loader exactly as ``cxr.training.loop.train`` builds it (pinned memory only with CUDA, as there)."""
     import torch
     from torch.utils.data import DataLoader
 
-    from cxr.data import CachedImages, SeededSampler
+    from cxr.training.dataset import SeededSampler
 
     return DataLoader(
-        CachedImages(images, labels, aug),
+        AugmentedImages(images, labels, aug),
         batch_size=batch,
         sampler=SeededSampler(len(labels), 0, True),
         drop_last=True,
@@ -112,7 +113,7 @@ def _our_loader(images: np.ndarray, labels: np.ndarray, aug, batch: int, workers
 
 def _drain_ours(loader, channels_last: bool) -> int:
     """One epoch of model-ready batches; returns the images seen."""
-    from cxr.data import to_input
+    from cxr.model.preprocess import to_input
 
     n = 0
     for images, _labels in loader:
@@ -131,7 +132,7 @@ def _drain_reference(loader) -> int:
 def _model(channels_last: bool):
     import torch
 
-    from cxr.models import build_model
+    from cxr.model.networks import build_model
 
     torch.manual_seed(0)
     model = build_model("resnet18", len(CLASSES))
@@ -194,9 +195,10 @@ def run(size: str, work: Path) -> Outcome:
     from torch import nn
 
     from benchmarks.common import REPO
-    from cxr.config import load_settings
-    from cxr.data import decoded_cache, to_input
-    from cxr.train import train_one_epoch
+    from cxr.core.config import load_settings
+    from cxr.model.cache import decoded_cache
+    from cxr.model.preprocess import to_input
+    from cxr.training.loop import train_one_epoch
 
     sz = SIZES[size]
     workers = os.cpu_count() or 1
@@ -322,7 +324,7 @@ def run(size: str, work: Path) -> Outcome:
         f"interleaved rounds whose ratios ranged {min(one_core_ratios):.2f} to {max(one_core_ratios):.2f}; "
         f"the with-workers figure also counts the {workers} cores the workers may have had",
         "the reference decodes the PNG every time; ours decodes once into the cache (its build is a separate row)",
-        f"train_step_overhead = whole steps ({steps} x {batch}, cxr.train.train_one_epoch, loader workers starting "
+        f"train_step_overhead = whole steps ({steps} x {batch}, cxr.training.loop.train_one_epoch, loader workers starting "
         f"included) / as many ready-tensor steps, in {rounds} interleaved rounds whose ratios ranged "
         f"{min(round_ratios):.2f} to {max(round_ratios):.2f}",
         "the reference model runs in the default memory format, ours in params' channels_last",

@@ -1,7 +1,7 @@
-"""The served MLflow pyfunc (``cxr.serving``) vs the bare torch model on the same preprocessed images.
+"""The served MLflow pyfunc (``cxr.serving.pyfunc``) vs the bare torch model on the same preprocessed images.
 
 A ResNet-18 checkpoint (random weights: speed does not depend on them) is logged the project's way
-(``cxr.serving.log_pyfunc`` into a throw-away SQLite tracking store) and loaded back with
+(``cxr.serving.pyfunc.log_pyfunc`` into a throw-away SQLite tracking store) and loaded back with
 ``mlflow.pyfunc.load_model``. Inputs are uint8 arrays already at the model's resolution, so both sides
 do the same work apart from the wrapper: DataFrame in, normalisation, batching, softmax, DataFrame out.
 """
@@ -36,18 +36,18 @@ def _median_s(fn, calls: int) -> float:
 
 
 def run(size: str, work: Path) -> Outcome:
-    """Run the pyfunc benchmark at ``size`` with scratch space under ``work``; skipped without cxr.serving."""
+    """Run the pyfunc benchmark at ``size`` with scratch space under ``work``; skipped without cxr.serving.pyfunc."""
     out = Outcome("pyfunc")
     try:
-        from cxr import serving
+        from cxr.serving import pyfunc as serving
     except ImportError as err:
-        out.skipped = f"cxr.serving is not available ({err})"
+        out.skipped = f"cxr.serving.pyfunc is not available ({err})"
         return out
     import mlflow
     import torch
 
-    from cxr.data import load_image, to_input
-    from cxr.models import build_model
+    from cxr.model.networks import build_model
+    from cxr.model.preprocess import load_image, to_input
 
     sz = SIZES[size]
     px, n = sz["px"], sz["batch"]
@@ -64,7 +64,7 @@ def run(size: str, work: Path) -> Outcome:
     paths = paths[:: max(1, len(paths) // n)][:n]
     images = np.stack([load_image(p, px) for p in paths])
 
-    from cxr.tracking import ensure_experiment
+    from cxr.core.tracking import ensure_experiment
 
     previous_uri = mlflow.get_tracking_uri()
     uri = f"sqlite:///{scratch / 'mlflow.db'}"

@@ -1,10 +1,10 @@
 """Recipe quality on real chest X-rays: the default recipe vs the reference notebook's, same splits, same budget.
 
 The data is ``../shared/cxr-dev`` (1,767 real images, three classes; see its PROVENANCE.md), taken in as a
-user would: the ``local`` download source (``cxr.download.download``, so ingestion and DVC versioning
-run too), then the project's split (``cxr.split.make_split``: valid 300, test 300, stratified, duplicate
+user would: the ``local`` download source (``cxr.data.download.download``, so ingestion and DVC versioning
+run too), then the project's split (``cxr.data.split.split``: valid 300, test 300, stratified, duplicate
 groups kept on one side) for each of three split seeds. On every split both recipes train from scratch
-with ``cxr.train.train`` and are scored on the test split by ``cxr.evaluate.evaluate`` (bootstrap CIs and
+with ``cxr.training.loop.train`` and are scored on the test split by ``cxr.evaluation.evaluate.evaluate`` (bootstrap CIs and
 the shortcut probes), within the same budget of ``8 x 128^2`` epoch-pixels:
 
 * ours: ``params.yaml``'s train section as it is (cut to the budget if it asks for more);
@@ -88,7 +88,7 @@ def tiny_source(work: Path, per_class: int) -> Path:
     """A cxr-dev look-alike in seconds: generated images, flat layout, COVID/Normal PNG, Viral Pneumonia JPEG."""
     import cv2
 
-    from cxr.synthetic import render
+    from cxr.data.synthetic import render
 
     out = work / f"quality-tiny-src-{per_class}"
     if (out / "manifest.csv").is_file():
@@ -109,7 +109,8 @@ def tiny_source(work: Path, per_class: int) -> Path:
 
 def settings_for(source: Path, size: str, seed: int, run: str, train: dict) -> "object":
     """Validated settings: params.yaml, the local source, the split, one recipe's train section, per-run paths."""
-    from cxr.config import Paths, parse_settings
+    from cxr.core.config import parse_settings
+    from cxr.core.paths import Paths
 
     sz = SIZES[size]
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -141,8 +142,8 @@ def recipes(size: str) -> dict[str, dict]:
 
 def run_recipe(root: Path, source: Path, size: str, seed: int, run: str, train: dict, keep_last: bool) -> dict:
     """Train one recipe on one split from scratch and evaluate it; the test figures, timing and probes."""
-    from cxr.evaluate import evaluate
-    from cxr.train import train as train_model
+    from cxr.evaluation.evaluate import evaluate
+    from cxr.training.loop import train as train_model
 
     s = settings_for(source, size, seed, run, train)
     paths = s.paths(root)
@@ -168,7 +169,7 @@ def run_recipe(root: Path, source: Path, size: str, seed: int, run: str, train: 
 
 def prepare(work: Path, size: str) -> tuple[Path, Path, dict]:
     """A fresh git + DVC project with the data taken in through the ``local`` source; (root, source, counts)."""
-    from cxr.download import download
+    from cxr.data.download import download
 
     if size == "tiny":
         source = tiny_source(work, SIZES["tiny"]["per_class"])
@@ -184,10 +185,10 @@ def prepare(work: Path, size: str) -> tuple[Path, Path, dict]:
 
 def split(root: Path, source: Path, size: str, seed: int) -> dict:
     """The project's split for one seed; its counts."""
-    from cxr.split import make_split
+    from cxr.data.split import split
 
     s = settings_for(source, size, seed, "ours", recipes(size)["ours"])
-    return make_split(s.base, s.split, s.paths(root)).counts
+    return split(s.base, s.split, s.paths(root)).counts
 
 
 def _mean(runs: list[dict], key: str) -> float:

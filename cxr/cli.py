@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from cxr.config import ConfigError, Settings, load_settings
+from cxr.core.config import Settings, load_settings
+from cxr.core.sections import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chest X-ray classification pipeline.")
 
@@ -71,7 +72,7 @@ def _run(fn, *args, **kwargs):
 @app.command()
 def download(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
     """Fetch or generate the raw data and version it in data.dvc."""
-    from cxr.download import download as step
+    from cxr.data.download import download as step
 
     s, r = setup(params, root)
     res = _run(step, s.base, s.download, s.paths(r))
@@ -81,10 +82,10 @@ def download(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> N
 @app.command()
 def split(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
     """Write the seeded valid/test/train manifest and the data report."""
-    from cxr.split import make_split
+    from cxr.data.split import split
 
     s, r = setup(params, root)
-    res = _run(make_split, s.base, s.split, s.paths(r))
+    res = _run(split, s.base, s.split, s.paths(r))
     typer.echo(f"manifest {res.manifest}: {res.counts}")
 
 
@@ -95,7 +96,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint when it matches.")] = True,
 ) -> None:
     """Train and keep the best checkpoint on validation."""
-    from cxr.train import train as step
+    from cxr.training.loop import train as step
 
     s, r = setup(params, root)
     res = _run(step, s.train, s.base, s.paths(r), resume)
@@ -105,7 +106,7 @@ def train(
 @app.command()
 def evaluate(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
     """Score the best checkpoint on the test split."""
-    from cxr.evaluate import evaluate as step
+    from cxr.evaluation.evaluate import evaluate as step
 
     s, r = setup(params, root)
     res = _run(step, s.base, s.evaluate, s.paths(r), s.train.device)
@@ -115,20 +116,20 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> N
 @app.command()
 def gradcam(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
     """Grad-CAM overlays and explanation metrics on the test split."""
-    from cxr.gradcam import run_gradcam
+    from cxr.evaluation.gradcam import gradcam
 
     s, r = setup(params, root)
-    res = _run(run_gradcam, s.base, s.gradcam, s.paths(r), s.train.device)
+    res = _run(gradcam, s.base, s.gradcam, s.paths(r), s.train.device)
     typer.echo(f"{res.images} overlays in {res.folder}")
 
 
 @app.command()
 def report(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
     """One self-contained HTML page: metrics with intervals, figures, Grad-CAM, data and params."""
-    from cxr.report import build_report
+    from cxr.reporting.report import report
 
     s, r = setup(params, root)
-    res = _run(build_report, s, s.paths(r))
+    res = _run(report, s, s.paths(r))
     typer.echo(f"report in {res}")
 
 
@@ -139,7 +140,7 @@ def register(
     force: Annotated[bool, typer.Option("--force", help="Register even when a version has the same inputs.")] = False,
 ) -> None:
     """Log the pipeline run to MLflow and register the model (nothing new when its inputs are unchanged)."""
-    from cxr.register import register as step
+    from cxr.registry.register import register as step
 
     s, r = setup(params, root)
     res = _run(step, s, s.paths(r), params.resolve(), force)
@@ -154,7 +155,7 @@ def _registry(params: Path, root: Path | None):
     """Settings, project root and an MLflow client on the project's tracking store."""
     from mlflow import MlflowClient
 
-    from cxr.tracking import check_tracking, tracking_uri
+    from cxr.core.tracking import check_tracking, tracking_uri
 
     s, r = setup(params, root)
     uri = tracking_uri(r)
@@ -180,7 +181,7 @@ def gate(
     root: RootOpt = None,
 ) -> None:
     """Make a version the challenger and run the promotion gate (promotes when it passes and auto_promote is on)."""
-    from cxr.promote import register_challenger
+    from cxr.registry.promote import register_challenger
 
     s, r, client = _registry(params, root)
     p = s.paths(r)
@@ -206,8 +207,8 @@ def promote(
     root: RootOpt = None,
 ) -> None:
     """Manual promotion to champion, recorded with who, when and why."""
-    from cxr.promote import promote as step
-    from cxr.registry import default_actor
+    from cxr.registry.aliases import default_actor
+    from cxr.registry.promote import promote as step
 
     s, r, client = _registry(params, root)
     res = _run(step, client, s.base.model_name, version, reason, actor or default_actor(r), force=force)
@@ -223,8 +224,8 @@ def rollback(
     root: RootOpt = None,
 ) -> None:
     """Move champion back to the previous champion, recorded with who, when and why."""
-    from cxr.promote import rollback as step
-    from cxr.registry import default_actor
+    from cxr.registry.aliases import default_actor
+    from cxr.registry.promote import rollback as step
 
     s, r, client = _registry(params, root)
     res = _run(step, client, s.base.model_name, reason, actor or default_actor(r))
@@ -248,9 +249,9 @@ def predict(
     Exit codes: 0 the table is written, 1 nothing could be done (no model or alias, the tracking server down,
     no readable image, a bad output name), 2 bad params.
     """
-    from cxr.predict import check_output
-    from cxr.predict import predict as step
-    from cxr.tracking import tracking_uri
+    from cxr.core.tracking import tracking_uri
+    from cxr.serving.predict import check_output
+    from cxr.serving.predict import predict as step
 
     _run(check_output, out)  # a wrong suffix is refused before the model loads
     s, r = setup(params, root)
@@ -273,8 +274,8 @@ def sweep(
     """Queue a DVC experiment grid, run it, and log every experiment to MLflow under one parent run."""
     import time
 
-    from cxr.experiments import log_sweep, queue, run_queue
-    from cxr.tracking import tracking_uri
+    from cxr.core.tracking import tracking_uri
+    from cxr.training.sweeps import log_sweep, queue, run_queue
 
     s, r = setup(params, root)
     names: list[str] | None = None
@@ -302,8 +303,8 @@ def exp_show(
     root: RootOpt = None,
 ) -> None:
     """`dvc exp show` cut to the headline metrics and the params that differ between experiments."""
-    from cxr.dvcops import run_dvc
-    from cxr.experiments import show_args
+    from cxr.core.dvc import run_dvc
+    from cxr.training.sweeps import show_args
 
     typer.echo(_run(run_dvc, show_args(md), (root or Path(".")).resolve()), nl=False)
 
@@ -316,9 +317,9 @@ def tune(
     queue: Annotated[bool, typer.Option("--queue", help="Also queue the best values as a DVC experiment.")] = False,
 ) -> None:
     """Search tune.space on the validation split (Optuna, tracked in MLflow); write the best params file."""
-    from cxr.dvcops import run_dvc
-    from cxr.tracking import tracking_uri
-    from cxr.tune import tune as step
+    from cxr.core.dvc import run_dvc
+    from cxr.core.tracking import tracking_uri
+    from cxr.training.tune import tune as step
 
     s, r = setup(params, root)
     res = _run(step, s, s.paths(r), tracking_uri(r), trials)

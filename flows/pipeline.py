@@ -8,12 +8,18 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from cxr.config import load_settings
-from cxr.notify import notify_failure
-from cxr.tracking import check_tracking, tracking_uri
-from cxr.report import metrics_markdown
+from cxr.core.config import load_settings
+from cxr.core.notify import notify_failure
+from cxr.core.tracking import check_tracking, tracking_uri
+from cxr.reporting.summary import metrics_markdown
 from tasks.pipeline_tasks import (
-    FLOW_TIMEOUT_S, STAGES, check_drift, download_data, gate_version, register_model, repro_stage,
+    FLOW_TIMEOUT_S,
+    STAGES,
+    check_drift,
+    download_data,
+    gate_version,
+    register_model,
+    repro_stage,
 )
 
 #: Fixed artifact keys: each run adds a version, so the UI shows the history of each.

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from cxr.config import load_settings
-from cxr.dvcops import DvcError, DvcLockBusy, StageKilled, run_dvc, stream_command
+from cxr.core.config import load_settings
+from cxr.core.dvc import DvcError, DvcLockBusy, StageKilled, run_dvc, stream_command
 
 #: The DVC stages in pipeline order (dvc.yaml owns their commands, deps and outs).
 STAGES: tuple[str, ...] = ("split", "train", "evaluate", "gradcam", "report")
@@ -32,8 +32,8 @@ PERMANENT_OS_ERRORS: tuple[type[BaseException], ...] = (
 )
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` is worth a retry: network or I/O trouble, an unreachable tracker, a busy DVC lock."""
-    from cxr.config import ConfigError
-    from cxr.tracking import TrackingUnavailable
+    from cxr.core.sections import ConfigError
+    from cxr.core.tracking import TrackingUnavailable
 
     if isinstance(exc, (ConfigError, ValueError, *PERMANENT_OS_ERRORS)):
         return False
@@ -61,7 +61,7 @@ def stream_dvc(args: list[str], root: Path, logger: logging.Logger | logging.Log
 )
 def download_data(params: str, root: str) -> dict:
     """Fetch or generate ``data/raw`` and version it in ``data.dvc``."""
-    from cxr.download import download
+    from cxr.data.download import download
 
     s = load_settings(params)
     res = download(s.base, s.download, s.paths(Path(root)))
@@ -95,7 +95,7 @@ def register_model(params: str, root: str) -> dict:
     """Log the run to MLflow and register a new model version, or point to the version with the same inputs."""
     from prefect.artifacts import create_markdown_artifact
 
-    from cxr.register import register
+    from cxr.registry.register import register
 
     s = load_settings(params)
     res = register(s, s.paths(Path(root)), Path(params))
@@ -115,16 +115,17 @@ def register_model(params: str, root: str) -> dict:
 )
 def check_drift(params: str, root: str, data_version: str | None) -> dict:
     """Compare the current data with the champion's; publish the report, log it to MLflow, notify on drift."""
+    DRIFT_ARTIFACT = "cxr-drift"
     from prefect.artifacts import create_markdown_artifact
 
-    from cxr.drift import DRIFT_ARTIFACT, log_to_mlflow, run_drift_check
-    from cxr.notify import notify_drift
-    from cxr.tracking import tracking_uri
+    from cxr.core.notify import notify_drift
+    from cxr.core.tracking import tracking_uri
+    from cxr.monitoring.drift import drift, log_to_mlflow
 
     s = load_settings(params)
     root_path = Path(root)
     uri = tracking_uri(root_path)
-    report = run_drift_check(s, s.paths(root_path), uri)
+    report = drift(s, s.paths(root_path), uri)
     create_markdown_artifact(key=DRIFT_ARTIFACT, markdown=report.markdown(),
                              description=f"Data drift of data version {data_version} against the champion")
     # Nothing measured (no champion yet) leaves nothing in MLflow.
@@ -151,8 +152,8 @@ def gate_version(params: str, root: str, version: str, blocked_by: str | None = 
     from mlflow import MlflowClient
     from prefect.artifacts import create_markdown_artifact
 
-    from cxr.promote import register_challenger
-    from cxr.tracking import tracking_uri
+    from cxr.core.tracking import tracking_uri
+    from cxr.registry.promote import register_challenger
 
     s = load_settings(params)
     paths = s.paths(Path(root))

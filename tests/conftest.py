@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 
-
 def _share_the_cores() -> None:
     """Under pytest-xdist, give each worker its share of the cores (and its subprocesses, by the environment).
 
@@ -163,7 +162,7 @@ def sample_dir() -> Path:
 
 
 def label_reading_model(classes: tuple[str, ...]):
-    """A pyfunc under the cxr.serving contract (``image`` paths in; ``p_<class>`` and ``label`` out) that reads
+    """A pyfunc under the cxr.serving.pyfunc contract (``image`` paths in; ``p_<class>`` and ``label`` out) that reads
     the label written in each image file: a champion stand-in whose answers a test controls."""
     import mlflow
     import pandas as pd

@@ -1,4 +1,4 @@
-"""Tests of cxr.dedup: hashes, near-duplicate robustness on real X-rays, grouping speed."""
+"""Tests of cxr.data.duplicates: hashes, near-duplicate robustness on real X-rays, grouping speed."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.dedup import (
+from cxr.data.duplicates import (
     DEFAULT_HASH_SIZE,
     DEFAULT_THRESHOLD,
     dhash,

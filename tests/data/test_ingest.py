@@ -1,4 +1,4 @@
-"""Tests of cxr.ingest on the real sample and on planted faults."""
+"""Tests of cxr.data.ingest on the real sample and on planted faults."""
 
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr import kaggle, layout, metadata
-from cxr.extract import safe_extract
-from cxr.ingest import ingest
-from cxr.kaggle import DownloadError, download_kaggle
-from cxr.layout import CLASS_ALIASES, DataError, find_dataset_root
-from cxr.metadata import read_metadata
-from cxr.validate import validate_image
+from cxr.data import kaggle, layout, metadata
+from cxr.data.extract import safe_extract
+from cxr.data.imagecheck import validate_image
+from cxr.data.ingest import ingest
+from cxr.data.kaggle import DownloadError, download_kaggle
+from cxr.data.layout import CLASS_ALIASES, DataError, find_dataset_root
+from cxr.data.metadata import read_metadata
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 SAMPLE = SHARED / "cxr-sample"
@@ -171,7 +171,7 @@ def test_reingest_replaces_dest_and_fail_keeps_it(tmp_path: Path) -> None:
 @needs_sample
 def test_expected_counts_mismatch_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     data = small_dataset(tmp_path / "src", 2)
-    with caplog.at_level(logging.WARNING, logger="cxr.ingest"):
+    with caplog.at_level(logging.WARNING, logger="cxr.data.ingest"):
         report = ingest(data, tmp_path / "dest", CLASSES, expected_counts={"COVID-19": 3616})
     assert report.count_mismatch == {"COVID": {"expected": 3616, "found": 2}}
     assert not report.ok
@@ -333,7 +333,7 @@ def test_exact_duplicates_are_reported(tmp_path: Path, caplog: pytest.LogCapture
     data = small_dataset(tmp_path / "src", 3)
     first = sorted((data / "COVID" / "images").iterdir())[0]
     shutil.copyfile(first, data / "COVID" / "images" / "copy-of-first.png")
-    with caplog.at_level(logging.WARNING, logger="cxr.ingest"):
+    with caplog.at_level(logging.WARNING, logger="cxr.data.ingest"):
         report = ingest(data, tmp_path / "dest", CLASSES)
     group = [f"COVID/images/{first.name}", "COVID/images/copy-of-first.png"]
     assert sorted(report.duplicates) == [sorted(group)]

@@ -1,4 +1,4 @@
-"""Tests for the deterministic synthetic chest-X-ray generator (cxr.synthetic)."""
+"""Tests for the deterministic synthetic chest-X-ray generator (cxr.data.synthetic)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.synthetic import SYNTHETIC_CLASSES, SyntheticSummary, generate, render
+from cxr.data.synthetic import SYNTHETIC_CLASSES, SyntheticSummary, generate, render
 
 COUNTS = {"COVID": 3, "Normal": 2, "Lung_Opacity": 3, "Viral Pneumonia": 2}
 

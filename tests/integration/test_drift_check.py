@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import make_project, tiny_params
-from cxr.config import load_settings
+
+from cxr.core.config import load_settings
 
 pytestmark = pytest.mark.slow
 
@@ -19,14 +19,15 @@ pytestmark = pytest.mark.slow
 def test_drift_check_against_the_champion(tmp_path: Path, monkeypatch) -> None:
     import mlflow
 
-    from cxr.download import download
-    from cxr.drift import log_to_mlflow, read_report, run_drift_check
-    from cxr.evaluate import evaluate
-    from cxr.promote import promote
-    from cxr.register import register
-    from cxr.split import make_split
-    from cxr.tracking import tracking_uri
-    from cxr.train import train
+    from cxr.core.tracking import tracking_uri
+    from cxr.data.download import download
+    from cxr.data.split import split
+    from cxr.evaluation.evaluate import evaluate
+    from cxr.monitoring.drift import drift, log_to_mlflow
+    from cxr.monitoring.report import read_report
+    from cxr.registry.promote import promote
+    from cxr.registry.register import register
+    from cxr.training.loop import train
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     root = make_project(tmp_path / "p", tiny_params(train={"epochs": 1}))
@@ -34,9 +35,9 @@ def test_drift_check_against_the_champion(tmp_path: Path, monkeypatch) -> None:
     paths = settings.paths(root)
     uri = tracking_uri(root)
     download(settings.base, settings.download, paths)
-    make_split(settings.base, settings.split, paths)
+    split(settings.base, settings.split, paths)
 
-    first = run_drift_check(settings, paths, uri)
+    first = drift(settings, paths, uri)
     assert first.status == "skipped" and "no champion" in first.reasons[0]
 
     train(settings.train, settings.base, paths, resume=False)
@@ -44,7 +45,7 @@ def test_drift_check_against_the_champion(tmp_path: Path, monkeypatch) -> None:
     registered = register(settings, paths, root / "params.yaml")
     assert registered.version == "1"
     promote(mlflow.MlflowClient(uri), settings.base.model_name, registered.version, "test", "test")
-    report = run_drift_check(settings, paths, uri)
+    report = drift(settings, paths, uri)
     assert report.status == "checked" and report.champion_version == "1"
     assert "test split" in report.current
     assert report.n_reference == report.n_current == 16  # tiny params: 16 valid, 16 test

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_project, tiny_params
-from cxr.config import load_settings
-from cxr.dvcops import DvcError, run_dvc
+
+from cxr.core.config import load_settings
+from cxr.core.dvc import DvcError, run_dvc
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ def prepared(module_tmp: Path) -> Path:
     elsewhere), and ``dvc repro split`` records the split in dvc.lock, so each copy's ``dvc repro train``
     runs the training stage only, the one that is killed and resumed.
     """
-    from cxr.download import download
+    from cxr.data.download import download
 
     root = make_project(module_tmp / "prepared", tiny_params(train=TRAIN))
     s = load_settings(root / "params.yaml")

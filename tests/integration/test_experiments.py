@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, make_project, tiny_params
-from cxr.config import CACHE_DIR_ENV, load_settings
-from cxr.dvcops import dvc_env
+
+from cxr.core.config import load_settings
+from cxr.core.dvc import dvc_env
+from cxr.core.paths import CACHE_DIR_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,7 @@ def committed(module_tmp: Path) -> Path:
 
     Built once, with the download step in-process (its command is tested elsewhere); each test works on a copy.
     """
-    from cxr.download import download
+    from cxr.data.download import download
 
     params = tiny_params(train={"epochs": 1}, evaluate={"n_boot": 20}, gradcam={"per_class": 1},
                          tune={"trials": 2, "epochs": 2, "prune_after_trials": 1})
@@ -57,14 +58,14 @@ def _project(committed: Path, tmp_path: Path) -> Path:
 def test_tune_two_trials_on_validation_only(committed: Path, tmp_path: Path, monkeypatch) -> None:
     import mlflow
 
-    from cxr.split import make_split
-    from cxr.tune import tune
+    from cxr.data.split import split
+    from cxr.training.tune import tune
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     root = _project(committed, tmp_path)
     settings = load_settings(root / "params.yaml")
     paths = settings.paths(root)
-    make_split(settings.base, settings.split, paths)
+    split(settings.base, settings.split, paths)
     # The test split points at files that do not exist: a search that touched it would fail.
     rows = list(csv.DictReader(paths.manifest.open()))
     for r in rows:

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import label_reading_model
 from integration.servers import closed_port, mlflow_server, postgres_cluster, postgres_unavailable
 
@@ -84,7 +83,7 @@ def manifest(tmp: Path) -> tuple[Path, Path, list[dict[str, str]]]:
 
 def register_version(tmp: Path, rows, n_right: int, tags: dict[str, str] | None = None, metrics=GOOD,
                      model: bool = False, name: str = NAME) -> str:
-    """One run like cxr.register's (lineage tags, test metrics, evaluation/predictions.csv) and a new version."""
+    """One run like cxr.registry.register's (lineage tags, test metrics, evaluation/predictions.csv) and a new version."""
     import mlflow
 
     exp = mlflow.set_experiment("cxr-it")
@@ -116,9 +115,10 @@ def test_gate_promotion_rollback_and_serving_by_alias(client, tmp_path: Path) ->
     import mlflow
     import pandas as pd
 
-    from cxr.config import Registry
-    from cxr.promote import promote, register_challenger, rollback
-    from cxr.registry import CHAMPION, PREVIOUS, DataSourceMismatch, GateRefused, alias_version, audit_log
+    from cxr.core.sections import Registry
+    from cxr.core.tracking import CHAMPION, PREVIOUS
+    from cxr.registry.aliases import DataSourceMismatch, GateRefused, alias_version, audit_log
+    from cxr.registry.promote import promote, register_challenger, rollback
 
     cfg = Registry(min_accuracy=0.5, min_macro_auc=0.7, min_sensitivity={"COVID": 0.5}, margin=0.02,
                    test="mcnemar", auto_promote=True)
@@ -128,7 +128,7 @@ def test_gate_promotion_rollback_and_serving_by_alias(client, tmp_path: Path) ->
     assert first.promotion is not None and alias_version(client, NAME, CHAMPION) == v1
     assert client.get_registered_model(NAME).tags["data_source"] == "kaggle"
 
-    # The champion serves by alias, under the cxr.serving contract.
+    # The champion serves by alias, under the cxr.serving.pyfunc contract.
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     out = model.predict(pd.DataFrame({"image": [str(raw / rows[0]["path"]), str(raw / rows[1]["path"])]}))
     assert list(out["label"]) == [rows[0]["label"], rows[1]["label"]]
@@ -168,8 +168,9 @@ def test_gate_promotion_rollback_and_serving_by_alias(client, tmp_path: Path) ->
 def test_two_promotions_at_once_leave_exactly_one_champion(client, tmp_path: Path, lock: bool) -> None:
     from mlflow import MlflowClient
 
-    from cxr.promote import promote
-    from cxr.registry import CHAMPION, alias_version
+    from cxr.core.tracking import CHAMPION
+    from cxr.registry.aliases import alias_version
+    from cxr.registry.promote import promote
 
     name = f"race-{'locked' if lock else 'unlocked'}"
     _, _, rows = manifest(tmp_path)
@@ -216,8 +217,9 @@ def test_two_promotions_at_once_leave_exactly_one_champion(client, tmp_path: Pat
 def test_advisory_lock_excludes_a_second_promoter(pg, server, tmp_path: Path, client) -> None:
     from mlflow import MlflowClient
 
-    from cxr.promote import promote
-    from cxr.registry import CHAMPION, alias_version, promotion_lock
+    from cxr.core.tracking import CHAMPION
+    from cxr.registry.aliases import alias_version, promotion_lock
+    from cxr.registry.promote import promote
 
     _, _, rows = manifest(tmp_path)
     v = register_version(tmp_path, rows, 100, name="locked-model")
@@ -234,7 +236,7 @@ def test_advisory_lock_excludes_a_second_promoter(pg, server, tmp_path: Path, cl
 
 
 def test_unreachable_tracking_server_fails_fast() -> None:
-    from cxr.tracking import TrackingUnavailable, check_tracking
+    from cxr.core.tracking import TrackingUnavailable, check_tracking
 
     with pytest.raises(TrackingUnavailable, match="unreachable"):
         check_tracking(f"http://127.0.0.1:{closed_port()}")

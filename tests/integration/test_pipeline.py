@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import deep_update, make_project, tiny_params
-from cxr.config import parse_settings
-from cxr.dvcops import dvc_env
+
+from cxr.core.config import parse_settings
+from cxr.core.dvc import dvc_env
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def small_params(**changes) -> dict:
 
 def download_in_process(root: Path) -> None:
     """`cxr download`'s function, in this process: set-up for tests about what comes after."""
-    from cxr.download import download
+    from cxr.data.download import download
 
     s = parse_settings(yaml.safe_load((root / "params.yaml").read_text()))
     download(s.base, s.download, s.paths(root))
@@ -143,11 +143,11 @@ def test_cli_steps_and_dvc_repro_share_the_stages(tmp_path: Path) -> None:
 
 
 def test_local_sample_ingests_and_trains_or_says_why(tmp_path: Path, sample_dir: Path) -> None:
-    from cxr.evaluate import evaluate
-    from cxr.gradcam import run_gradcam
-    from cxr.report import build_report
-    from cxr.split import make_split
-    from cxr.train import train
+    from cxr.data.split import split
+    from cxr.evaluation.evaluate import evaluate
+    from cxr.evaluation.gradcam import gradcam
+    from cxr.reporting.report import report
+    from cxr.training.loop import train
 
     # Four classes: Lung_Opacity has a single image, so `cxr split` refuses, naming the class and the keys.
     four = small_params(download={"source": "local", "local": {"path": str(sample_dir)}})
@@ -178,12 +178,12 @@ def test_local_sample_ingests_and_trains_or_says_why(tmp_path: Path, sample_dir:
     download_in_process(root)
     s = parse_settings(three)
     paths = s.paths(root)
-    make_split(s.base, s.split, paths)
+    split(s.base, s.split, paths)
     result = train(s.train, s.base, paths, False)
     assert result.best_epoch == 1 and paths.best_checkpoint.is_file()
     evaluate(s.base, s.evaluate, paths, s.train.device)
-    run_gradcam(s.base, s.gradcam, paths, s.train.device)
-    assert build_report(s, paths).stat().st_size > 10_000
+    gradcam(s.base, s.gradcam, paths, s.train.device)
+    assert report(s, paths).stat().st_size > 10_000
     metrics = json.loads((root / "reports" / "metrics_full.json").read_text())
     assert metrics["n"] == 24 and set(metrics["per_class"]) == {"COVID", "Normal", "Viral Pneumonia"}
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, deep_update, make_project, tiny_params
-from cxr.dvcops import dvc_env
 from integration.servers import Process, running_prefect_server, start_process, stop_process, tail
+
+from cxr.core.dvc import dvc_env
 
 pytestmark = pytest.mark.slow
 
@@ -68,9 +68,8 @@ def prefect_server(module_tmp: Path) -> Iterator[dict[str, str]]:
 @pytest.fixture
 def api(prefect_server):
     """In-process Prefect clients and flows talk to the test server."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}):
         yield prefect_server
@@ -213,8 +212,8 @@ def test_failed_run_changes_neither_registry_nor_cache_and_notifies(api, tmp_pat
     root = make_project(tmp_path / "project", fast_params(train={"device": "cuda"}))
     # The data exists before the run: the cache then holds exactly the raw data. (In process: `cxr download`'s
     # function; the flow's own download then finds it up to date.)
-    from cxr.config import load_settings
-    from cxr.download import download
+    from cxr.core.config import load_settings
+    from cxr.data.download import download
 
     s = load_settings(root / "params.yaml")
     download(s.base, s.download, s.paths(root))

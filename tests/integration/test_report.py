@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_project, tiny_params
-from cxr.config import load_settings, parse_settings
+
+from cxr.core.config import load_settings, parse_settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = (
@@ -69,10 +69,11 @@ def _fake_outputs(root: Path) -> tuple:
 
 
 def test_report_is_self_contained_and_escaped(tmp_path: Path) -> None:
-    from cxr.report import build_report, metrics_markdown
+    from cxr.reporting.report import report
+    from cxr.reporting.summary import metrics_markdown
 
     settings, paths = _fake_outputs(tmp_path)
-    out = build_report(settings, paths)
+    out = report(settings, paths)
     assert out == tmp_path / "reports" / "report.html"
     page = out.read_text()
     assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
@@ -88,12 +89,12 @@ def test_report_is_self_contained_and_escaped(tmp_path: Path) -> None:
 
 
 def test_report_without_metrics_names_the_file_and_writes_nothing(tmp_path: Path) -> None:
-    from cxr.report import build_report
+    from cxr.reporting.report import report
 
     settings = parse_settings(tiny_params())
     paths = settings.paths(tmp_path)
     with pytest.raises(FileNotFoundError, match="metrics_full.json"):
-        build_report(settings, paths)
+        report(settings, paths)
     assert not (tmp_path / "reports").exists()
 
 
@@ -102,16 +103,16 @@ def _run_pipeline(root: Path) -> None:
 
     In process: the same functions the `cxr` steps call (the report's input is their output, not how they ran).
     """
-    from cxr.download import download
-    from cxr.evaluate import evaluate
-    from cxr.gradcam import run_gradcam
-    from cxr.split import make_split
-    from cxr.train import train
+    from cxr.data.download import download
+    from cxr.data.split import split
+    from cxr.evaluation.evaluate import evaluate
+    from cxr.evaluation.gradcam import gradcam
+    from cxr.training.loop import train
 
     s = load_settings(root / "params.yaml")
     paths = s.paths(root)
     download(s.base, s.download, paths)
-    make_split(s.base, s.split, paths)
+    split(s.base, s.split, paths)
     train(s.train, s.base, paths, False)
     # Synthetic data has no source metadata; two made-up archives exercise the per-source audit end to end.
     manifest = root / "data" / "split" / "manifest.csv"
@@ -124,14 +125,14 @@ def _run_pipeline(root: Path) -> None:
         w.writeheader()
         w.writerows(rows)
     evaluate(s.base, s.evaluate, paths, s.train.device)
-    run_gradcam(s.base, s.gradcam, paths, s.train.device)
+    gradcam(s.base, s.gradcam, paths, s.train.device)
 
 
 @pytest.mark.slow
 def test_report_from_a_pipeline_run_renders_in_chromium(tmp_path: Path) -> None:
     if CHROMIUM is None:
         pytest.skip("chromium not installed (apt-get install -y --no-install-recommends chromium)")
-    from cxr.report import build_report
+    from cxr.reporting.report import report
 
     # Smaller than tiny: the page is the point, not the model (one gallery per class needs one case each).
     root = make_project(tmp_path / "p", tiny_params(download={"synthetic": {"size": 64}}, train={"image_size": 32},
@@ -144,7 +145,7 @@ def test_report_from_a_pipeline_run_renders_in_chromium(tmp_path: Path) -> None:
     assert sum(b["n"] for b in metrics["per_source"].values()) == metrics["n"]
     assert paths.augmentation_preview.stat().st_size > 5000
 
-    out = build_report(s, paths)
+    out = report(s, paths)
     assert out == root / "reports" / "report.html"
     page = out.read_text()
     assert not EXTERNAL.search(page), EXTERNAL.search(page)
@@ -177,7 +178,7 @@ def test_report_from_a_pipeline_run_renders_in_chromium(tmp_path: Path) -> None:
 
 
 def test_report_shows_lineage_training_curves_params_and_why_a_measure_is_absent(tmp_path: Path) -> None:
-    from cxr.report import build_report
+    from cxr.reporting.report import report
 
     settings, paths = _fake_outputs(tmp_path)
     metrics = json.loads(paths.metrics_full.read_text())
@@ -201,7 +202,7 @@ def test_report_shows_lineage_training_curves_params_and_why_a_measure_is_absent
                                              "skipped": [{"path": "COVID/images/<big>.png",
                                                           "reason": "too large (10000x10000)"}]}))
 
-    page = build_report(settings, paths).read_text()
+    page = report(settings, paths).read_text()
     assert page.count('src="data:image/png;base64,') == 3  # the training curves besides the two figures
     assert "selected epoch (on validation)</td><td>2</td>" in page
     assert "git commit" in page and "not registered yet" in page
@@ -214,6 +215,6 @@ def test_report_shows_lineage_training_curves_params_and_why_a_measure_is_absent
     assert "<td><code>train.augment.rotate_deg</code></td><td>10.0</td>" in page
     assert "<td><code>download.max_pixels</code></td><td>25000000</td>" in page
 
-    page = build_report(settings, paths, tmp_path / "registered.html",
+    page = report(settings, paths, tmp_path / "registered.html",
                         registered={"run_id": "abc123", "name": "cxr-classifier", "version": "7"}).read_text()
     assert "<code>abc123</code>" in page and "cxr-classifier version 7" in page and "not registered yet" not in page

@@ -23,10 +23,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
 from conftest import tiny_params
-from cxr.config import parse_settings
-from cxr.models import build_model
+
+from cxr.core.config import parse_settings
+from cxr.model.networks import build_model
 
 pytestmark = pytest.mark.slow
 
@@ -73,8 +73,8 @@ def post(url: str, payload: dict) -> tuple[int, dict]:
 
 
 def registered_project(root: Path, tracking: str) -> tuple[str, str]:
-    """Register a random-weight checkpoint through cxr.register (the pipeline's own path); return (name, version)."""
-    from cxr.register import register
+    """Register a random-weight checkpoint through cxr.registry.register (the pipeline's own path); return (name, version)."""
+    from cxr.registry.register import register
 
     settings = parse_settings(tiny_params())
     paths = settings.paths(root)

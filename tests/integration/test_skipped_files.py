@@ -7,10 +7,10 @@ import stat
 from pathlib import Path
 
 import pytest
+from conftest import make_project, tiny_params
 from PIL import Image
 
-from conftest import make_project, tiny_params
-from cxr.config import load_settings
+from cxr.core.config import load_settings
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ CLASSES = ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia")
 
 def _local_source(folder: Path) -> Path:
     """A loose v5 dataset with one undecodable image, one above the pixel limit, and a corrupt sheet."""
-    from cxr.synthetic import generate
+    from cxr.data.synthetic import generate
 
     generate(folder, {c: 20 for c in CLASSES}, size=96, seed=0)
     (folder / "Normal" / "images" / "Normal-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
@@ -29,8 +29,8 @@ def _local_source(folder: Path) -> Path:
 
 
 def test_skipped_files_reach_the_data_report_and_its_markdown(tmp_path: Path) -> None:
-    from cxr.download import download
-    from cxr.split import make_split
+    from cxr.data.download import download
+    from cxr.data.split import split
     from flows.pipeline import data_report_markdown
 
     source = _local_source(tmp_path / "source")
@@ -42,7 +42,7 @@ def test_skipped_files_reach_the_data_report_and_its_markdown(tmp_path: Path) ->
     download(s.base, s.download, paths)
     # Teammates on a shared machine can read the data (as the umask allows), not only its owner.
     assert stat.S_IMODE(paths.raw.stat().st_mode) & 0o055 == 0o055 & ~_umask()
-    make_split(s.base, s.split, paths)
+    split(s.base, s.split, paths)
 
     report = json.loads(paths.data_report.read_text())
     skipped = {r["path"]: r["reason"] for r in report["skipped"]}

@@ -7,9 +7,9 @@ import logging
 from pathlib import Path
 
 import pytest
-
 from conftest import make_project, tiny_params
-from cxr.config import load_settings
+
+from cxr.core.config import load_settings
 
 pytestmark = pytest.mark.slow
 
@@ -17,17 +17,17 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def project(module_tmp: Path):
     """Tiny synthetic data, split, and an untrained checkpoint: what is checked here needs no training."""
-    from cxr.download import download
-    from cxr.models import build_model
-    from cxr.split import make_split
-    from cxr.train import save_checkpoint
+    from cxr.data.download import download
+    from cxr.data.split import split
+    from cxr.model.networks import build_model
+    from cxr.training.checkpoints import save_checkpoint
 
     root = make_project(module_tmp / "p",
                         tiny_params(download={"synthetic": {"per_class": 10, "size": 96}}, split={"valid": 8, "test": 8}))
     s = load_settings(root / "params.yaml")
     paths = s.paths(root)
     download(s.base, s.download, paths)
-    make_split(s.base, s.split, paths)
+    split(s.base, s.split, paths)
     classes = list(s.base.labels)
     model = build_model("resnet18", len(classes), None)
     save_checkpoint(paths.best_checkpoint, {"model": model.state_dict(), "arch": "resnet18", "classes": classes,
@@ -39,9 +39,9 @@ def project(module_tmp: Path):
 def test_evaluation_and_serving_apply_the_temperature_only_when_it_helps_on_validation(
     project, monkeypatch, helps: bool
 ) -> None:
-    from cxr import metrics as metrics_module
-    from cxr.evaluate import evaluate
-    from cxr.inference import read_temperature
+    from cxr.evaluation.evaluate import evaluate
+    from cxr.model.inference import read_temperature
+    from cxr.stats import calibration as metrics_module
 
     s, paths = project
     real = metrics_module.temperature_check
@@ -57,21 +57,21 @@ def test_evaluation_and_serving_apply_the_temperature_only_when_it_helps_on_vali
 
 
 def test_without_lung_masks_the_metrics_and_the_log_say_why(project, monkeypatch, caplog) -> None:
-    from cxr import gradcam
+    from cxr.evaluation import gradcam
 
     s, paths = project
     real_mask = gradcam.read_mask
     # The older flat layout of the dataset has no lung masks (lesion masks exist only in synthetic data).
     monkeypatch.setattr(gradcam, "read_mask",
                         lambda store, rel, size: None if "/masks/" in rel else real_mask(store, rel, size))
-    with caplog.at_level(logging.WARNING, logger="cxr.gradcam"):
-        gradcam.run_gradcam(s.base, s.gradcam, paths, "cpu")
+    with caplog.at_level(logging.WARNING, logger="cxr.evaluation.gradcam"):
+        gradcam.gradcam(s.base, s.gradcam, paths, "cpu")
     metrics = json.loads((paths.gradcam_reports / "metrics.json").read_text())
     assert "lung_energy" not in metrics
     assert "no lung masks" in metrics["lung_energy_absent"] and "8 test images" in metrics["lung_energy_absent"]
     assert "no lung masks" in caplog.text
 
     monkeypatch.setattr(gradcam, "read_mask", real_mask)
-    gradcam.run_gradcam(s.base, s.gradcam, paths, "cpu")
+    gradcam.gradcam(s.base, s.gradcam, paths, "cpu")
     metrics = json.loads((paths.gradcam_reports / "metrics.json").read_text())
     assert metrics["lung_mask_images"] == 8 and "lung_energy_absent" not in metrics

@@ -7,24 +7,24 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_project, tiny_params
-from cxr.config import load_settings
+
+from cxr.core.config import load_settings
 
 pytestmark = pytest.mark.slow
 
 
 def test_device_augmentation_does_not_depend_on_the_workers(tmp_path: Path) -> None:
-    from cxr.download import download
-    from cxr.split import make_split
-    from cxr.train import train
+    from cxr.data.download import download
+    from cxr.data.split import split
+    from cxr.training.loop import train
 
     # One data set and split for the three runs: each run is read back before the next one overwrites it.
     root = make_project(tmp_path / "project", tiny_params(train={"epochs": 2}))
     s = load_settings(root / "params.yaml")
     paths = s.paths(root)
     download(s.base, s.download, paths)
-    make_split(s.base, s.split, paths)
+    split(s.base, s.split, paths)
 
     def _train(**changes) -> tuple[list[dict], dict]:
         train(s.train.model_copy(update=changes), s.base, paths, resume=False)

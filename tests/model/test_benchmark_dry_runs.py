@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from benchsupport import KEYS, restore_threads, run_tiny, work  # noqa: F401  (fixtures used by the tests)
 
 

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import make_project, tiny_params
-from cxr.config import load_settings
+
+from cxr.core.config import load_settings
 
 pytestmark = pytest.mark.slow
 
@@ -24,15 +24,15 @@ def _last_row(root: Path) -> dict[str, float]:
 
 
 def test_two_gloo_processes_match_one(tmp_path: Path) -> None:
-    from cxr.download import download
-    from cxr.split import make_split
-    from cxr.train import train
+    from cxr.data.download import download
+    from cxr.data.split import split
+    from cxr.training.loop import train
 
     # The data and split are made once, in-process; the two trainings each get their own copy of the project.
     single = make_project(tmp_path / "single", tiny_params(train={"epochs": 2, "batch_size": 16}))
     s = load_settings(single / "params.yaml")
     download(s.base, s.download, s.paths(single))
-    make_split(s.base, s.split, s.paths(single))
+    split(s.base, s.split, s.paths(single))
     multi = tmp_path / "multi"
     shutil.copytree(single, multi, symlinks=True)
     # The one-process reference needs no launcher: torchrun's two processes are what is tested.

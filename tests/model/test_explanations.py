@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cxr.explain import pointing_game
-from cxr.synthetic import render
+from cxr.data.synthetic import render
+from cxr.evaluation.cam import pointing_game
 
 LESION_CLASSES = ("COVID", "Lung_Opacity", "Viral Pneumonia")
 

@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import make_project, tiny_params
 from scipy.stats import binomtest
 
-from conftest import make_project, tiny_params
-from cxr.config import load_settings
+from cxr.core.config import load_settings
 
 # The fixture trains a model (minutes on a quiet 2-core CPU): the suite-wide 900 s limit is a hang guard that a
 # busy machine would trip; the result never depends on how long it takes.
@@ -45,18 +45,18 @@ TRAINED = {
 
 @pytest.fixture(scope="module")
 def explained(module_tmp: Path) -> dict:
-    from cxr.download import download
-    from cxr.gradcam import run_gradcam
-    from cxr.split import make_split
-    from cxr.train import train
+    from cxr.data.download import download
+    from cxr.data.split import split
+    from cxr.evaluation.gradcam import gradcam
+    from cxr.training.loop import train
 
     root = make_project(module_tmp / "project", tiny_params(**TRAINED))
     s = load_settings(root / "params.yaml")
     paths = s.paths(root)
     download(s.base, s.download, paths)
-    make_split(s.base, s.split, paths)
+    split(s.base, s.split, paths)
     trained = train(s.train, s.base, paths, resume=False)
-    run_gradcam(s.base, s.gradcam, paths, "cpu")
+    gradcam(s.base, s.gradcam, paths, "cpu")
     metrics = json.loads((paths.gradcam_reports / "metrics.json").read_text())
     metrics["val_accuracy"] = trained.best_score
     return metrics

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import make_project, tiny_params
-from cxr.config import load_settings
+
+from cxr.core.config import load_settings
 
 pytestmark = pytest.mark.slow
 
@@ -27,13 +27,13 @@ COMPARED = ("train_loss", "val_loss", "val_accuracy", "val_macro_f1")
 @pytest.fixture(scope="module")
 def prepared_template(module_tmp: Path) -> Path:
     """A project with tiny params whose data is downloaded and split (in-process: only set-up), built once."""
-    from cxr.download import download
-    from cxr.split import make_split
+    from cxr.data.download import download
+    from cxr.data.split import split
 
     root = make_project(module_tmp / "project", tiny_params(train={"epochs": 3}))
     s = load_settings(root / "params.yaml")
     download(s.base, s.download, s.paths(root))
-    make_split(s.base, s.split, s.paths(root))
+    split(s.base, s.split, s.paths(root))
     return root
 
 
@@ -49,7 +49,7 @@ def prepare(prepared_template: Path, tmp_path: Path):
 
 def _train(root: Path, **kwargs):
     """The train step in-process, on the project's params.yaml."""
-    from cxr.train import train
+    from cxr.training.loop import train
 
     s = load_settings(root / "params.yaml")
     return train(s.train, s.base, s.paths(root), **kwargs)

@@ -14,11 +14,20 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from oracles import train_transform
 from scipy.stats import ks_2samp
 
-from cxr.augment import IDENTITY, PARAMS, affine_matrices, affine_matrix, apply_batch, apply_cpu, draw_params, on_device
-from cxr.config import Augment
-from cxr.data import train_transform
+from cxr.core.sections import Augment
+from cxr.training.presets import (
+    IDENTITY,
+    PARAMS,
+    affine_matrices,
+    affine_matrix,
+    apply_batch,
+    apply_cpu,
+    draw_params,
+    on_device,
+)
 
 WIDE = Augment(rotate_deg=20, shift=0.1, scale=0.2, brightness=0.3, contrast=0.25, gamma=(0.7, 1.3), clahe=0.5,
                hflip=0.5, p=0.6)

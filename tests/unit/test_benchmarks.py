@@ -13,6 +13,7 @@ import pytest
 
 # benchsupport first: it puts the repository root on sys.path for `benchmarks`.
 from benchsupport import KEYS, restore_threads, run_tiny, work  # noqa: F401  (fixtures used by the tests)
+
 from benchmarks import BENCHMARKS
 from benchmarks.__main__ import main
 from benchmarks.common import Figure, Outcome, record_lines, write_results
@@ -26,7 +27,7 @@ def test_every_benchmark_has_keys() -> None:
 def test_benchmark_runs_tiny_and_writes_keys(name: str, work: Path, tmp_path: Path, capsys) -> None:
     data = run_tiny(name, work, tmp_path, capsys)
     if name == "pyfunc" and "pyfunc_batch_overhead" not in data:
-        pytest.skip("cxr.serving absent: the pyfunc benchmark skipped itself")
+        pytest.skip("cxr.serving.pyfunc absent: the pyfunc benchmark skipped itself")
     for key in KEYS[name]:
         assert isinstance(data[key], (int, float)) and data[key] > 0, key
     assert data["earlier_key"] == 1.5  # merged, not overwritten

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from cxr.train import save_checkpoint
+from cxr.training.checkpoints import save_checkpoint
 
 
 def test_a_checkpoint_is_the_same_bytes_whichever_process_writes_it(tmp_path, monkeypatch) -> None:

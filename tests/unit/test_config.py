@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, deep_update, real_params
-from cxr.config import DATASET_CLASSES, ConfigError, SplitTooLarge, load_settings, parse_settings
+
+from cxr.core.config import load_settings, parse_settings
+from cxr.core.sections import DATASET_CLASSES, ConfigError, SplitTooLarge
 
 
 def test_real_params_load_with_four_classes() -> None:
@@ -53,7 +54,7 @@ def test_split_larger_than_a_class_is_refused_before_any_work() -> None:
 
 
 def test_split_check_balanced_mode() -> None:
-    from cxr.config import Split, check_split_fits
+    from cxr.core.sections import Split, check_split_fits
 
     check_split_fits(Split(mode="balanced", valid=8, test=8), {"a": 10, "b": 10})
     with pytest.raises(SplitTooLarge, match="'b'"):
@@ -112,7 +113,7 @@ def test_config_defaults_are_the_params_file() -> None:
     """params.yaml holds the values; cxr.config's defaults may not drift from them (one source per value)."""
     from pathlib import Path
 
-    from cxr.config import Settings, load_settings
+    from cxr.core.config import Settings, load_settings
 
     repo = Path(__file__).resolve().parents[2]
     defaults = Settings().model_dump(mode="json")

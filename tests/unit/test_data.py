@@ -8,21 +8,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from oracles import train_transform
 
-from cxr.augment import draw_params
-from cxr.config import Augment
-from cxr.data import (
-    CachedImages,
-    Manifest,
-    SeededSampler,
-    cache_key,
-    decode,
-    decoded_cache,
-    to_gray,
-    to_input,
-    train_transform,
-)
-from cxr.models import GRAY_MEAN, GRAY_STD
+from cxr.core.sections import Augment
+from cxr.data.manifest import Manifest
+from cxr.model.cache import CachedImages, cache_key, decoded_cache
+from cxr.model.preprocess import GRAY_MEAN, GRAY_STD, decode, to_gray, to_input
+from cxr.training.dataset import AugmentedImages, SeededSampler
+from cxr.training.presets import draw_params
 
 
 def test_to_gray_handles_every_mode() -> None:
@@ -57,11 +50,11 @@ def test_normalisation_is_the_gray_imagenet_one() -> None:
 
 def test_augmentation_is_a_function_of_the_seed() -> None:
     images = np.random.default_rng(0).integers(0, 255, (3, 64, 64), dtype=np.uint8)
-    ds = CachedImages(images, np.array([0, 1, 2]), Augment(p=1.0))
+    ds = AugmentedImages(images, np.array([0, 1, 2]), Augment(p=1.0))
     a, b, c = ds[(1, 123)][0], ds[(1, 123)][0], ds[(1, 124)][0]
     assert torch.equal(a, b) and not torch.equal(a, c)
     # Deferred to the device: the untouched row travels with the parameters the same seed draws.
-    image, label, params = CachedImages(images, np.array([0, 1, 2]), Augment(p=1.0), defer=True)[(1, 123)]
+    image, label, params = AugmentedImages(images, np.array([0, 1, 2]), Augment(p=1.0), defer=True)[(1, 123)]
     assert torch.equal(image[0], torch.from_numpy(images[1])) and label == 1
     assert params.dtype == torch.float64 and torch.equal(params, torch.from_numpy(draw_params(Augment(p=1.0), 123)))
     plain = CachedImages(images, np.array([0, 1, 2]))
@@ -112,7 +105,7 @@ def test_decoded_cache_is_built_once_by_concurrent_writers(tmp_path: Path, monke
     """Queued experiments or a search's trials sharing one cache: one builds it, the others wait and read it."""
     import threading
 
-    from cxr import data
+    from cxr.model import cache as data
 
     raw = tmp_path / "raw"
     (raw / "A" / "images").mkdir(parents=True)
@@ -147,7 +140,7 @@ def test_decoded_cache_is_built_once_by_concurrent_writers(tmp_path: Path, monke
 
 
 def test_cache_dir_can_be_moved_out_of_the_project(tmp_path: Path, monkeypatch) -> None:
-    from cxr.config import CACHE_DIR_ENV, Paths
+    from cxr.core.paths import CACHE_DIR_ENV, Paths
 
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "shared"))
     assert Paths().resolve(tmp_path / "p").cache == (tmp_path / "shared").resolve()

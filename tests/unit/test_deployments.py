@@ -5,11 +5,9 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 POOLS = {"cxr-process": "process", "cxr-docker": "docker", "cxr-k8s": "kubernetes"}

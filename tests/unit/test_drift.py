@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from cxr.config import Drift
-from cxr.drift import Sample, check_drift, choose_sides, mmd_permutation_test, penultimate_features
-from cxr.synthetic import SYNTHETIC_CLASSES, render
+from cxr.core.sections import Drift
+from cxr.data.synthetic import SYNTHETIC_CLASSES, render
+from cxr.monitoring.drift import choose_sides, penultimate_features
+from cxr.monitoring.report import Sample, compare_samples
+from cxr.stats.twosample import mmd_permutation_test
 
 SIZE = 64
 PER_CLASS = 40
@@ -44,7 +46,7 @@ def dataset() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def embed():
     """Penultimate features of a seeded, untrained ResNet-18: a stand-in champion."""
-    from cxr.models import build_model
+    from cxr.model.networks import build_model
 
     torch.manual_seed(0)
     model = build_model("resnet18", len(SYNTHETIC_CLASSES))
@@ -63,7 +65,7 @@ def _halves(dataset):
 
 def test_two_halves_of_one_set_show_no_drift(dataset, embed) -> None:
     (xa, ya), (xb, yb) = _halves(dataset)
-    report = check_drift(_sample(xa, ya), _sample(xb, yb), embed, CFG, seed=0)
+    report = compare_samples(_sample(xa, ya), _sample(xb, yb), embed, CFG, seed=0)
     assert not report.flagged, report.markdown()
     assert report.tests["embedding_mmd"]["p"] > 0.05
     assert report.tests["class_mix"]["p"] > 0.05
@@ -84,7 +86,7 @@ def _noise(images: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("shift", [_exposure, _noise], ids=["exposure", "noise"])
 def test_planted_image_shift_is_flagged(dataset, embed, shift) -> None:
     (xa, ya), (xb, yb) = _halves(dataset)
-    report = check_drift(_sample(xa, ya), _sample(shift(xb), yb), embed, CFG, seed=0)
+    report = compare_samples(_sample(xa, ya), _sample(shift(xb), yb), embed, CFG, seed=0)
     assert report.flagged
     assert report.tests["embedding_mmd"]["p"] < CFG.alpha
     assert report.tests["class_mix"]["p"] > CFG.alpha  # the labels did not move
@@ -94,7 +96,7 @@ def test_planted_image_shift_is_flagged(dataset, embed, shift) -> None:
 def test_planted_class_mix_is_flagged(dataset, embed) -> None:
     (xa, ya), (xb, yb) = _halves(dataset)
     keep = np.isin(yb, ["COVID", "Viral Pneumonia"])
-    report = check_drift(_sample(xa, ya), _sample(xb[keep], yb[keep]), embed, CFG, seed=0)
+    report = compare_samples(_sample(xa, ya), _sample(xb[keep], yb[keep]), embed, CFG, seed=0)
     assert report.flagged
     assert report.tests["class_mix"]["p"] < CFG.alpha
     assert report.counts["current"].get("Normal", 0) == 0
@@ -103,7 +105,7 @@ def test_planted_class_mix_is_flagged(dataset, embed) -> None:
 
 def test_metrics_are_flat_numbers(dataset, embed) -> None:
     (xa, ya), (xb, yb) = _halves(dataset)
-    report = check_drift(_sample(xa[:20], ya[:20]), _sample(xb[:20], yb[:20]), embed, CFG, seed=0)
+    report = compare_samples(_sample(xa[:20], ya[:20]), _sample(xb[:20], yb[:20]), embed, CFG, seed=0)
     m = report.metrics()
     assert {"drift/flagged", "drift/embedding_mmd_p", "drift/class_mix_p", "drift/intensity_p"} <= set(m)
     assert all(isinstance(v, float) for v in m.values())
@@ -121,15 +123,16 @@ def test_sides_new_images_else_the_test_split() -> None:
 
 
 def test_report_section_and_round_trip(dataset, embed, tmp_path) -> None:
-    from cxr.drift import read_report, report_sections, write_report
+    from cxr.monitoring.report import read_report, write_report
+    from cxr.reporting.drift_section import drift_sections
 
-    assert report_sections(tmp_path / "none.json") == []
+    assert drift_sections(tmp_path / "none.json") == []
     (xa, ya), (xb, yb) = _halves(dataset)
-    report = check_drift(_sample(xa, ya), _sample(_exposure(xb), yb), embed, CFG, seed=0)
+    report = compare_samples(_sample(xa, ya), _sample(_exposure(xb), yb), embed, CFG, seed=0)
     report.reference, report.current, report.champion_version = "ref <split>", "new", "3"
     write_report(report, tmp_path / "drift.json")
     assert read_report(tmp_path / "drift.json") == report
-    [(sid, _, html)] = report_sections(tmp_path / "drift.json")
+    [(sid, _, html)] = drift_sections(tmp_path / "drift.json")
     assert sid == "drift"
     assert "Drift flagged" in html and "embedding_mmd" in html and "ref &lt;split&gt;" in html
 
@@ -137,8 +140,9 @@ def test_report_section_and_round_trip(dataset, embed, tmp_path) -> None:
 def test_champion_without_its_manifest_is_skipped_with_the_reason(tmp_path) -> None:
     import mlflow
 
-    from cxr.config import Settings
-    from cxr.drift import read_report, run_drift_check
+    from cxr.core.config import Settings
+    from cxr.monitoring.drift import drift
+    from cxr.monitoring.report import read_report
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
@@ -152,7 +156,7 @@ def test_champion_without_its_manifest_is_skipped_with_the_reason(tmp_path) -> N
     client.set_registered_model_alias(name, "champion", mv.version)
     paths = settings.paths(tmp_path)
 
-    report = run_drift_check(settings, paths, uri)
+    report = drift(settings, paths, uri)
     assert report.status == "skipped" and not report.flagged
     assert "no pipeline/manifest.csv" in report.reasons[0]
     assert read_report(paths.drift) == report

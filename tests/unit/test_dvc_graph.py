@@ -35,7 +35,7 @@ def imported_names(node: ast.AST) -> set[str]:
             names.update(a.name for a in n.names)
         elif isinstance(n, ast.ImportFrom) and n.module and n.level == 0:
             names.add(n.module)
-            # ``from cxr import figures`` imports the module cxr.figures
+            # ``from cxr import figures`` imports the module cxr.evaluation.figures
             names.update(f"{n.module}.{a.name}" for a in n.names)
     return names
 
@@ -145,7 +145,7 @@ def test_stage_deps_cover_the_templates_it_renders(stage: str) -> None:
     used = {f.relative_to(REPO).as_posix() for f in rendered_templates(command_closure(command))}
     missing = sorted(rel for rel in used if not covered(rel, deps))
     assert not missing, f"dvc.yaml stage {stage!r} renders {missing} but does not list them in deps"
-    listed = [d for d in deps if covered(d, ["cxr/templates"])]
+    listed = [d for d in deps if covered(d, ["cxr/reporting/templates"])]
     assert not listed or used, f"dvc.yaml stage {stage!r} lists {listed}, but renders no template (needless reruns)"
 
 
@@ -164,10 +164,10 @@ def test_stage_code_deps_exist(stage: str) -> None:
 
 
 def test_closure_sees_function_level_imports() -> None:
-    # The evaluate command imports cxr.evaluate inside its function, which imports cxr.figures inside another.
+    # The evaluate command imports cxr.evaluation.evaluate inside its function, which imports cxr.evaluation.figures inside another.
     files = {f.relative_to(REPO).as_posix() for f in command_closure("evaluate")}
-    assert {"cxr/evaluate.py", "cxr/figures.py", "cxr/config.py", "cxr/cli.py"} <= files
-    assert "cxr/register.py" not in files
+    assert {"cxr/evaluation/evaluate.py", "cxr/evaluation/figures.py", "cxr/config.py", "cxr/cli.py"} <= files
+    assert "cxr/registry/register.py" not in files
 
 
 def test_lock_records_the_committed_code() -> None:
@@ -218,7 +218,7 @@ def test_stage_params_exist(stage: str) -> None:
 
 def test_every_path_in_dvc_yaml_is_a_resolved_path() -> None:
     """dvc.yaml names no file that cxr.config does not: output names are defined once."""
-    from cxr.config import load_settings
+    from cxr.core.config import load_settings
 
     params = _params()
     paths = load_settings(REPO / "params.yaml").paths(REPO)

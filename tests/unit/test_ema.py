@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cxr.config import Train
-from cxr.train import ema_decay_at, lr_lambda, make_ema, make_optimizer
+from cxr.core.sections import Train
+from cxr.training.optim import ema_decay_at, lr_lambda, make_ema, make_optimizer
 
 
 def test_ema_tracks_the_weights_at_its_decay() -> None:

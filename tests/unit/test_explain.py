@@ -1,4 +1,4 @@
-"""Unit tests for cxr.explain (Grad-CAM wrappers and localisation scores)."""
+"""Unit tests for cxr.evaluation.cam (Grad-CAM wrappers and localisation scores)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,7 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 pytest.importorskip("pytorch_grad_cam")
 
-from cxr.explain import (  # noqa: E402
-    compute_cams,
-    energy_inside,
-    gallery,
-    iou_at_top,
-    overlay,
-    pointing_game,
-    target_layers,
-)
+from cxr.evaluation.cam import compute_cams, energy_inside, gallery, iou_at_top, overlay, pointing_game, target_layers
 
 SIZE = 64
 
@@ -68,7 +60,7 @@ def test_batched_maps_are_the_librarys_one_image_at_a_time(models, images, metho
     """Frozen parameters, a leaf at the target layer and channels-last change the cost, not the maps."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from cxr.explain import _cam_class
+    from cxr.evaluation.cam import _cam_class
 
     model = models[arch].eval()
     targets = [2, 0, 3]
@@ -215,7 +207,7 @@ def test_overlay_and_gallery(tmp_path) -> None:
 
 
 def test_cam_figure_draws_the_image_pixel_for_pixel_with_a_colour_bar_and_the_label() -> None:
-    from cxr.explain import cam_figure, overlay
+    from cxr.evaluation.cam import cam_figure, overlay
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (173, 211), dtype=np.uint8)  # not square, not the model's size

@@ -1,4 +1,4 @@
-"""Unit tests for cxr.metrics and cxr.figures."""
+"""Unit tests for cxr.metrics and cxr.evaluation.figures."""
 
 from __future__ import annotations
 
@@ -8,19 +8,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from cxr import figures
-from cxr.metrics import (
-    _weighted_auc,
-    calibration,
-    choose_threshold,
-    classification_metrics,
-    TEMPERATURE_CRITERION,
-    fit_temperature,
-    nll,
-    temperature_check,
-    flat_metrics,
-    per_source_metrics,
-)
+from cxr.core.tracking import flat_metrics
+from cxr.evaluation import figures
+from cxr.stats.calibration import TEMPERATURE_CRITERION, calibration, fit_temperature, nll, temperature_check
+from cxr.stats.classification import _weighted_auc, choose_threshold, classification_metrics, per_source_metrics
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 
@@ -346,8 +337,8 @@ def test_roc_points(fig_data) -> None:
 
 
 def test_augmentation_preview_grid(tmp_path) -> None:
-    from cxr.augment import preview_figure
-    from cxr.config import Augment
+    from cxr.core.sections import Augment
+    from cxr.training.presets import preview_figure
 
     rng = np.random.default_rng(0)
     image = (rng.random((64, 64)) * 255).astype(np.uint8)
@@ -372,8 +363,8 @@ def test_augmentation_preview_grid(tmp_path) -> None:
 def test_validation_macro_f1_is_scikit_learns(seed: int) -> None:
     """The train step's model-selection F1 (numpy, no scikit-learn import) agrees with scikit-learn's, classes
     never predicted or absent from the labels included."""
-    from cxr.metrics import macro_f1
-    from cxr.train import validation_scores
+    from cxr.stats.classification import macro_f1
+    from cxr.training.loop import validation_scores
 
     rng = np.random.default_rng(seed)
     k, n = 5, 37

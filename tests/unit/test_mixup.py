@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cxr.train import mix_batch
+from cxr.training.optim import mix_batch
 
 
 def test_mixup_blends_each_image_with_its_partner() -> None:

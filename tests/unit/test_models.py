@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxr.models import SUPPORTED_ARCHS, WeightsUnavailable, build_model
+from cxr.model.networks import SUPPORTED_ARCHS, WeightsUnavailable, build_model
 
 
 @pytest.mark.parametrize("arch", sorted(SUPPORTED_ARCHS))
@@ -33,7 +33,7 @@ def test_gray_stem_equals_rgb_stem_on_replicated_input(tmp_path: Path) -> None:
 
 def test_missing_weights_fail_fast_with_advice(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    monkeypatch.setattr("cxr.models._hub_reachable", lambda url, timeout_s: False)
+    monkeypatch.setattr("cxr.model.networks._hub_reachable", lambda url, timeout_s: False)
     with pytest.raises(WeightsUnavailable, match="weights: null"):
         build_model("resnet18", 4, "DEFAULT")
     with pytest.raises(WeightsUnavailable, match="does not exist"):

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from cxr.data import Manifest, decode
-from cxr.models import GRAY_MEAN, GRAY_STD
-from cxr.probes import FORMAT_DROP, image_format, reencode, shortcut_probes
+from cxr.data.manifest import Manifest
+from cxr.evaluation.probes import FORMAT_DROP, image_format, reencode, shortcut_probes
+from cxr.model.preprocess import GRAY_MEAN, GRAY_STD, decode
 
 SIZE = 64
 CLASSES = ("COVID", "Normal")
@@ -138,7 +138,7 @@ def test_a_model_that_reads_outside_the_lungs_is_flagged_and_one_that_reads_the_
 
 
 def test_the_report_section_says_shortcut_in_words() -> None:
-    from cxr.report import _probes_section
+    from cxr.reporting.report import _probes_section
 
     html = _probes_section({"probes": {
         "shortcut": True, "summary": "SHORTCUT: re-encoding the PNG test images as JPEG drops their accuracy",

@@ -12,15 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import label_reading_model
-from cxr.config import Registry
-from cxr.gate import bootstrap_noninferiority, evaluate_gate, mcnemar_noninferiority
-from cxr.promote import promote, register_challenger, rollback
-from cxr.registry import (
-    CHALLENGER,
-    CHAMPION,
-    PREVIOUS,
+
+from cxr.core.sections import Registry
+from cxr.core.tracking import CHALLENGER, CHAMPION, PREVIOUS
+from cxr.registry.aliases import (
     ChampionChanged,
     DataSourceMismatch,
     GateRefused,
@@ -30,6 +26,9 @@ from cxr.registry import (
     champion_history,
     promotion_lock,
 )
+from cxr.registry.gate import evaluate_gate
+from cxr.registry.promote import promote, register_challenger, rollback
+from cxr.stats.paired import bootstrap_noninferiority, mcnemar_noninferiority
 
 CLASSES = ("COVID", "Normal")
 NAME = "cxr-test"
@@ -390,7 +389,7 @@ def test_the_actor_is_the_git_user_else_the_system_account(tmp_path: Path, monke
     import pwd
     import subprocess
 
-    from cxr.registry import default_actor
+    from cxr.registry.aliases import default_actor
 
     home = tmp_path / "home"
     home.mkdir()
@@ -410,9 +409,9 @@ def test_the_actor_is_the_git_user_else_the_system_account(tmp_path: Path, monke
 
 def test_cli_gate_exits_3_on_refusal_and_promote_needs_force(store, tmp_path: Path, monkeypatch) -> None:
     import yaml
+    from conftest import tiny_params
     from typer.testing import CliRunner
 
-    from conftest import tiny_params
     from cxr.cli import GATE_REFUSED, app
 
     client, add = store
@@ -453,7 +452,7 @@ def test_upserts_retry_collisions_but_not_deterministic_failures() -> None:
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import BAD_REQUEST, RESOURCE_DOES_NOT_EXIST
 
-    from cxr.registry import upsert
+    from cxr.registry.aliases import upsert
 
     calls: list[str] = []
 

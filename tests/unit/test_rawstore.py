@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.config import Base, Paths, Split
-from cxr.data import load_raw
-from cxr.rawstore import RawStore, archive_path, pack
-from cxr.split import make_split
+from cxr.core.paths import Paths
+from cxr.core.sections import Base, Split
+from cxr.data.rawstore import RawStore, archive_path, pack
+from cxr.data.split import split
+from cxr.model.cache import load_raw
 
 
 def _loose(root: Path) -> Path:
@@ -85,7 +86,7 @@ def test_split_manifest_is_the_same_packed_or_loose(tmp_path: Path) -> None:
             raw.mkdir(parents=True)
             pack(_loose(tmp_path / "src"), raw)
         paths = Paths().resolve(root)
-        make_split(Base(classes=["COVID", "Normal"]), Split(valid=2, test=2), paths)
+        split(Base(classes=["COVID", "Normal"]), Split(valid=2, test=2), paths)
         manifests.append(paths.manifest.read_bytes())
     assert manifests[0] == manifests[1]
 

@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, tiny_params
-from cxr.config import parse_settings
-from cxr.data import decode, to_input
-from cxr.models import build_model
+
+from cxr.core.config import parse_settings
+from cxr.model.networks import build_model
+from cxr.model.preprocess import decode, to_input
 
 #: Deliberately not the params order, so a model that ignored the checkpoint's class order would be caught.
 CLASSES = ["Normal", "COVID", "Viral Pneumonia"]
@@ -56,7 +56,7 @@ def make_images(folder: Path, n: int = 4, seed: int = 1) -> list[Path]:
 
 def reference_logits(checkpoint: Path, images: list[np.ndarray]) -> np.ndarray:
     """Logits computed by hand from the project's decode and to_input: what the pyfunc must reproduce."""
-    from cxr.inference import load_trained
+    from cxr.model.inference import load_trained
 
     model, meta = load_trained(checkpoint)
     x = torch.from_numpy(np.stack([decode(im, meta["image_size"]) for im in images])).unsqueeze(1)
@@ -69,7 +69,7 @@ def store(module_tmp: Path) -> dict:
     """One pyfunc model (temperature 2) logged into a throw-away sqlite store."""
     import mlflow
 
-    from cxr.serving import log_pyfunc
+    from cxr.serving.pyfunc import log_pyfunc
 
     root = module_tmp
     checkpoint = make_checkpoint(root / "best.pt")
@@ -101,7 +101,7 @@ def test_probabilities_sum_to_one_in_the_checkpoint_class_order(store) -> None:
 
 
 def test_path_bytes_base64_and_arrays_give_the_same_answer(store) -> None:
-    from cxr.serving import to_frame
+    from cxr.serving.pyfunc import to_frame
 
     path = store["images"][2]
     raw = path.read_bytes()
@@ -131,7 +131,7 @@ def test_calibration_temperature_is_applied(store) -> None:
     """The logged model (T=2) equals softmax(logits / 2) of the uncalibrated model (T=1)."""
     from mlflow.pyfunc import PythonModelContext
 
-    from cxr.serving import CxrClassifier
+    from cxr.serving.pyfunc import CxrClassifier
 
     raw = CxrClassifier()
     raw.load_context(PythonModelContext(artifacts={"checkpoint": str(store["checkpoint"])}, model_config={}))
@@ -177,7 +177,7 @@ def test_bad_inputs_are_named(store, tmp_path: Path) -> None:
 
 
 def test_read_temperature_rejects_bad_files(tmp_path: Path) -> None:
-    from cxr.inference import read_temperature
+    from cxr.model.inference import read_temperature
 
     path = tmp_path / "calibration.json"
     path.write_text(json.dumps({"threshold": 0.3}))
@@ -197,7 +197,7 @@ def test_pins_strip_local_version_suffixes(monkeypatch, store) -> None:
 
     import mlflow
 
-    from cxr import serving
+    from cxr.serving import pyfunc as serving
 
     monkeypatch.setattr(importlib.metadata, "version", lambda name: {"torch": "2.14.1+cu130"}.get(name, "1.0"))
     assert serving.pinned_requirements(("torch", "numpy")) == ["torch==2.14.1", "numpy==1.0"]
@@ -209,7 +209,7 @@ def test_pins_strip_local_version_suffixes(monkeypatch, store) -> None:
     assert {"torch", "torchvision", "numpy", "opencv-python-headless", "pandas", "mlflow"} <= names
     assert all("==" in r and "+" not in r for r in reqs)
     assert f"torch=={torch.__version__.split('+')[0]}" in reqs
-    assert (local / "code" / "cxr" / "serving.py").is_file()
+    assert (local / "code" / "cxr" / "serving" / "pyfunc.py").is_file()
 
 
 @pytest.mark.slow
@@ -232,7 +232,7 @@ def test_loads_in_a_fresh_process(store) -> None:
 
 
 def test_predict_writes_csv_and_json_with_gradcam(store, tmp_path: Path) -> None:
-    from cxr.predict import predict
+    from cxr.serving.predict import predict
 
     folder = tmp_path / "in"
     nested = make_images(folder / "sub", n=2, seed=5)
@@ -267,14 +267,14 @@ def test_predict_writes_csv_and_json_with_gradcam(store, tmp_path: Path) -> None
 
 
 def test_predict_reports_a_bad_file_and_classifies_the_rest(store, tmp_path: Path, caplog) -> None:
-    from cxr.predict import predict
+    from cxr.serving.predict import predict
 
     folder = tmp_path / "in"
     good = make_images(folder, n=2)
     bad = folder / "img0_bad.jpg"  # sorts between the two good ones: rows keep the input order
     bad.write_bytes(b"\xff\xd8\xff garbage")
     out = tmp_path / "pred.csv"
-    with caplog.at_level("WARNING", logger="cxr.predict"):
+    with caplog.at_level("WARNING", logger="cxr.serving.predict"):
         result = predict(store["model_uri"], [folder], out, gradcam_dir=tmp_path / "cams", tracking_uri=store["uri"])
     assert result.predicted == 2 and list(result.failed) == [str(bad)]
     table = pd.read_csv(out)
@@ -332,7 +332,7 @@ def fake_project(root: Path) -> tuple:
 def test_register_logs_the_pyfunc_with_lineage_and_a_model_card(tmp_path: Path, monkeypatch) -> None:
     import mlflow
 
-    from cxr import register as reg
+    from cxr.registry import register as reg
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -343,7 +343,7 @@ def test_register_logs_the_pyfunc_with_lineage_and_a_model_card(tmp_path: Path, 
     def boom(*args, **kwargs):
         raise RuntimeError("artifact store went away")
 
-    monkeypatch.setattr("cxr.serving.log_pyfunc", boom)
+    monkeypatch.setattr("cxr.serving.pyfunc.log_pyfunc", boom)
     with pytest.raises(RuntimeError, match="went away"):
         reg.register(settings, paths)
     assert client.search_registered_models() == []
@@ -393,7 +393,7 @@ def test_register_logs_the_pyfunc_with_lineage_and_a_model_card(tmp_path: Path, 
 
 
 def test_version_description_is_cut_to_the_registry_limit() -> None:
-    from cxr.modelcard import version_description
+    from cxr.reporting.modelcard import version_description
 
     card = "\n".join(f"line {i}" for i in range(2000))
     text = version_description(card, "run123", limit=500)
@@ -404,8 +404,8 @@ def test_version_description_is_cut_to_the_registry_limit() -> None:
 def test_register_twice_with_the_same_inputs_registers_once(tmp_path: Path, monkeypatch) -> None:
     import mlflow
 
-    from cxr import register as reg
-    from cxr.config import parse_settings
+    from cxr.core.config import parse_settings
+    from cxr.registry import register as reg
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -429,7 +429,7 @@ def test_register_twice_with_the_same_inputs_registers_once(tmp_path: Path, monk
     changed = parse_settings({**settings.model_dump(mode="json"),
                               "train": {**settings.train.model_dump(mode="json"), "lr": 0.01}})
     assert reg.register(changed, paths).new
-    (paths.root / "cxr" / "models.py").write_text((paths.root / "cxr" / "models.py").read_text() + "\n# edited\n")
+    (paths.root / "cxr" / "model" / "networks.py").write_text((paths.root / "cxr" / "model" / "networks.py").read_text() + "\n# edited\n")
     assert reg.register(settings, paths).new
     card = paths.root / "cxr" / "templates" / "model_card.md.j2"
     card.write_text(card.read_text() + "\nEdited.\n")
@@ -444,7 +444,7 @@ def test_artifacts_go_beside_the_store_not_into_the_working_folder(tmp_path: Pat
     """With no MLFLOW_TRACKING_URI: mlflow.db and mlartifacts/ in the project, as the README says; nothing in cwd."""
     import mlflow
 
-    from cxr import register as reg
+    from cxr.registry import register as reg
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     elsewhere = tmp_path / "elsewhere"
@@ -464,7 +464,7 @@ def test_artifacts_go_beside_the_store_not_into_the_working_folder(tmp_path: Pat
 
 
 def test_artifact_location_follows_the_tracking_uri(tmp_path: Path) -> None:
-    from cxr.tracking import artifact_location
+    from cxr.core.tracking import artifact_location
 
     assert artifact_location(f"sqlite:///{tmp_path / 'store' / 'x.db'}", tmp_path / "p") == (
         (tmp_path / "store" / "mlartifacts").as_uri())
@@ -473,14 +473,14 @@ def test_artifact_location_follows_the_tracking_uri(tmp_path: Path) -> None:
 
 
 def test_the_served_model_imports_no_training_code(tmp_path: Path) -> None:
-    """Loading the served model and predicting runs through cxr.data, cxr.models and cxr.inference only."""
+    """Loading the served model and predicting runs through cxr.serving and cxr.model only."""
     ckpt = make_checkpoint(tmp_path / "best.pt")
     image = tmp_path / "x.png"
     cv2.imwrite(str(image), np.full((40, 40), 128, np.uint8))
     code = (
         "import sys, types\n"
         "import pandas as pd\n"
-        "from cxr.serving import CxrClassifier\n"
+        "from cxr.serving.pyfunc import CxrClassifier\n"
         "clf = CxrClassifier()\n"
         f"ctx = types.SimpleNamespace(artifacts={{'checkpoint': {str(ckpt)!r}}}, model_config={{}})\n"
         "clf.load_context(ctx)\n"
@@ -491,5 +491,8 @@ def test_the_served_model_imports_no_training_code(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     loaded = set(eval(proc.stdout))  # noqa: S307 - the list our own subprocess printed
-    assert not loaded & {"cxr.train", "cxr.config", "cxr.evaluate", "cxr.register", "cxr.augment", "cxr.tracking"}, loaded
-    assert {"cxr.inference", "cxr.data", "cxr.models"} <= loaded
+    # The serving and model packages, and the import-free list of architectures: no params (pydantic), no
+    # training, evaluation, registry or tracking code.
+    allowed = {"cxr", "cxr.core", "cxr.core.archs", "cxr.serving", "cxr.model"}
+    assert {m for m in loaded if m not in allowed and not m.startswith(("cxr.serving.", "cxr.model."))} == set()
+    assert {"cxr.model.inference", "cxr.model.preprocess", "cxr.model.networks"} <= loaded

@@ -9,8 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from cxr.config import Base, Paths, Split
-from cxr.split import assign_splits, make_split
+from cxr.core.paths import Paths
+from cxr.core.sections import Base, Split
+from cxr.data.split import assign_splits, split
 
 
 def _labels() -> list[str]:
@@ -64,7 +65,7 @@ def test_make_split_writes_identical_manifests_and_keeps_copies_together(tmp_pat
         root = tmp_path / run
         _raw(root / "data" / "raw")
         paths = Paths().resolve(root)
-        res = make_split(base, Split(valid=4, test=4), paths)
+        res = split(base, Split(valid=4, test=4), paths)
         manifests.append(paths.manifest.read_bytes())
         assert res.duplicate_groups == 1
     assert manifests[0] == manifests[1]
@@ -79,24 +80,24 @@ def test_missing_class_folder_and_bad_image_are_named(tmp_path: Path) -> None:
     _raw(root / "data" / "raw")
     paths = Paths().resolve(root)
     with pytest.raises(FileNotFoundError, match="Lung_Opacity"):
-        make_split(Base(classes=["COVID", "Lung_Opacity"]), Split(valid=2, test=2), paths)
+        split(Base(classes=["COVID", "Lung_Opacity"]), Split(valid=2, test=2), paths)
     (root / "data" / "raw" / "Normal" / "images" / "Normal-3.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="Normal-3.png"):
-        make_split(Base(classes=["COVID", "Normal"]), Split(valid=2, test=2), paths)
+        split(Base(classes=["COVID", "Normal"]), Split(valid=2, test=2), paths)
     assert not paths.manifest.exists()
 
 
 def test_index_from_ingestion_gives_the_same_split_without_decoding(tmp_path: Path, monkeypatch) -> None:
     """The download step's index (hashes, sizes, modes, sources) stands in for decoding every image again."""
-    import cxr.dedup
-    from cxr.rawindex import build_index, index_path, read_index, write_index
+    import cxr.data.duplicates
+    from cxr.data.rawindex import build_index, index_path, read_index, write_index
 
     base = Base(classes=["COVID", "Normal"], seed=3)
     root = tmp_path / "p"
     raw = root / "data" / "raw"
     _raw(raw)
     paths = Paths().resolve(root)
-    make_split(base, Split(valid=4, test=4), paths)
+    split(base, Split(valid=4, test=4), paths)
     without = paths.manifest.read_bytes()
     report = paths.data_report.read_bytes()
 
@@ -108,18 +109,18 @@ def test_index_from_ingestion_gives_the_same_split_without_decoding(tmp_path: Pa
     def no_decoding(*args, **kwargs):
         raise AssertionError("the split decoded an image although the index covers it")
 
-    monkeypatch.setattr(cxr.dedup, "fingerprint_bytes", no_decoding)
-    make_split(base, Split(valid=4, test=4), paths)
+    monkeypatch.setattr(cxr.data.duplicates, "fingerprint_bytes", no_decoding)
+    split(base, Split(valid=4, test=4), paths)
     assert paths.manifest.read_bytes() == without and paths.data_report.read_bytes() == report
 
     # An image the index does not know: the split hashes everything itself rather than trust a stale index.
     (raw / "Normal" / "images" / "Normal-50.png").write_bytes((raw / "Normal" / "images" / "Normal-1.png").read_bytes())
     with pytest.raises(ValueError, match="decoded an image"):
-        make_split(base, Split(valid=4, test=4), paths)
+        split(base, Split(valid=4, test=4), paths)
 
 
 def test_a_malformed_index_is_an_error_naming_it(tmp_path: Path) -> None:
-    from cxr.rawindex import read_index
+    from cxr.data.rawindex import read_index
 
     (tmp_path / "index.csv").write_text("path,sha\nx,y\n")
     with pytest.raises(ValueError, match="index.csv: not a raw data index"):

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import jinja2
 import pytest
-
 from conftest import tiny_params
-from cxr.config import parse_settings
-from cxr.modelcard import model_card
-from cxr.templating import environment, render_html, render_text
+
+from cxr.core.config import parse_settings
+from cxr.reporting.modelcard import model_card
+from cxr.reporting.templating import environment, render_html, render_text
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTILE = "<script>alert(1)</script>"
@@ -59,11 +59,11 @@ def test_a_missing_value_fails_loudly() -> None:
 
 def test_templates_ship_with_the_package() -> None:
     """What a wheel holds: every template is under the package and matched by the package-data globs."""
-    shipped = importlib.resources.files("cxr") / "templates"
+    shipped = importlib.resources.files("cxr.reporting") / "templates"
     names = {p.name for p in shipped.iterdir() if p.is_file()}
     assert {"report.html.j2", "macros.html.j2", "report_drift.html.j2", "model_card.md.j2"} <= names
-    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["cxr"]
-    on_disk = [p.relative_to(REPO / "cxr").as_posix() for p in (REPO / "cxr" / "templates").rglob("*") if p.is_file()
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["cxr.reporting"]
+    on_disk = [p.relative_to(REPO / "cxr" / "reporting").as_posix() for p in (REPO / "cxr" / "reporting" / "templates").rglob("*") if p.is_file()
                and "__pycache__" not in p.parts]
     unshipped = [f for f in on_disk if not any(fnmatch.fnmatchcase(f, g) and f.count("/") == g.count("/") for g in globs)]
     assert on_disk and not unshipped, f"templates a wheel would leave out: {unshipped}"

@@ -6,8 +6,8 @@ import optuna
 import pytest
 from pydantic import ValidationError
 
-from cxr.config import Range, Train
-from cxr.tune import TuneResult, apply, direction, nested, suggest
+from cxr.core.sections import Range, Train
+from cxr.training.tune import TuneResult, apply, direction, nested, suggest
 
 
 def test_suggestions_stay_in_their_ranges_and_apply_to_train() -> None:

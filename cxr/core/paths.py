@@ -1,0 +1,118 @@
+"""Every file and folder the pipeline reads or writes: named once, resolved under the project root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+#: Environment variable that moves the decoded image cache (``base.paths.cache``) out of the project.
+CACHE_DIR_ENV = "CXR_CACHE_DIR"
+
+
+class Paths(BaseModel):
+    """Every file and folder the pipeline reads or writes, relative to the project root."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    raw: str = "data/raw"
+    cache: str = "data/cache"
+    manifest: str = "data/split/manifest.csv"
+    data_report: str = "data/split/report.json"
+    model_dir: str = "models"
+    train_reports: str = "reports/train"
+    eval_reports: str = "reports/eval"
+    gradcam_reports: str = "reports/gradcam"
+    #: The headline test figures (``dvc metrics show``); everything else, intervals included, is in ``metrics_full``.
+    metrics: str = "reports/metrics.json"
+    #: Test sensitivity per class (``dvc metrics show``: one column per class).
+    sensitivity: str = "reports/sensitivity.json"
+    metrics_full: str = "reports/metrics_full.json"
+    #: The headline Grad-CAM figures (``dvc metrics show``); the full set is in the Grad-CAM folder.
+    cam_metrics: str = "reports/cam_metrics.json"
+    report: str = "reports/report.html"
+    drift: str = "reports/drift.json"
+    tune: str = "reports/tune"
+
+    def resolve(self, root: Path) -> "ResolvedPaths":
+        """Absolute paths under ``root``; ``CXR_CACHE_DIR``, when set, places the decoded cache elsewhere."""
+        resolved = {k: root / v for k, v in self.model_dump().items()}
+        # Queued DVC experiments run in temporary copies of the project: pointing them all at one decoded
+        # cache saves each from decoding the whole dataset again (the cache is keyed by content and size).
+        if os.environ.get(CACHE_DIR_ENV):
+            resolved["cache"] = Path(os.environ[CACHE_DIR_ENV]).expanduser().resolve()
+        return ResolvedPaths(root=root, **resolved)
+
+
+class ResolvedPaths(BaseModel):
+    """``Paths`` made absolute; steps receive this."""
+
+    model_config = ConfigDict(frozen=True)
+    root: Path
+    raw: Path
+    cache: Path
+    manifest: Path
+    data_report: Path
+    model_dir: Path
+    train_reports: Path
+    eval_reports: Path
+    gradcam_reports: Path
+    metrics: Path
+    sensitivity: Path
+    metrics_full: Path
+    cam_metrics: Path
+    report: Path
+    drift: Path
+    tune: Path
+
+    # The files inside the output folders: named here only (dvc.yaml spells them as ${folder}/name, and
+    # tests/unit/test_dvc_graph.py checks that every path dvc.yaml names is one of these).
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.model_dir / "best.pt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.model_dir / "last.pt"
+
+    @property
+    def history(self) -> Path:
+        """Per-epoch training history (a DVC plot)."""
+        return self.train_reports / "history.csv"
+
+    @property
+    def train_metrics(self) -> Path:
+        """The training summary (a DVC metric)."""
+        return self.train_reports / "metrics.json"
+
+    @property
+    def augmentation_preview(self) -> Path:
+        """The train augmentations drawn on one training image, by both paths."""
+        return self.train_reports / "augmentations.png"
+
+    @property
+    def calibration(self) -> Path:
+        """Temperature and decision threshold chosen on validation; the served model applies them."""
+        return self.eval_reports / "calibration.json"
+
+    @property
+    def predictions(self) -> Path:
+        """Per-image test predictions (a DVC plot; the promotion gate pairs models by these)."""
+        return self.eval_reports / "predictions.csv"
+
+    @property
+    def roc_points(self) -> Path:
+        """ROC curve points per class (a DVC plot)."""
+        return self.eval_reports / "roc.csv"
+
+    @property
+    def confusion(self) -> Path:
+        """Confusion counts with the class order."""
+        return self.eval_reports / "confusion_matrix.json"
+
+    @property
+    def cam_metrics_full(self) -> Path:
+        """Every Grad-CAM measure, per class included."""
+        return self.gradcam_reports / "metrics.json"

@@ -1,0 +1,364 @@
+"""The sections of ``params.yaml``, one typed and validated model per pipeline step."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cxr.core.archs import SUPPORTED_ARCHS
+from cxr.core.paths import Paths
+
+#: Class folders of the Kaggle COVID-19 Radiography Database (v5), in the project's label order.
+DATASET_CLASSES: tuple[str, ...] = ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia")
+
+
+#: Images per class in the real dataset (v5); the synthetic ``full`` size matches it.
+FULL_COUNTS: dict[str, int] = {"COVID": 3616, "Normal": 10192, "Lung_Opacity": 6012, "Viral Pneumonia": 1345}
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Base(Section):
+    """Settings every step shares."""
+
+    seed: int = Field(42, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: A list of class folders (one label each), or a mapping label -> class folders merged into it.
+    classes: list[str] | dict[str, list[str]] = Field(default_factory=lambda: list(DATASET_CLASSES))
+    experiment: str = "cxr"
+    model_name: str = "cxr-classifier"
+    paths: Paths = Field(default_factory=Paths)
+
+    @field_validator("classes")
+    @classmethod
+    def _check_classes(cls, v: list[str] | dict[str, list[str]]) -> list[str] | dict[str, list[str]]:
+        mapping = {c: [c] for c in v} if isinstance(v, list) else v
+        if len(mapping) < 2:
+            raise ValueError("at least two classes are needed")
+        if isinstance(v, list) and len(set(v)) != len(v):
+            raise ValueError(f"duplicate class names: {v}")
+        seen: set[str] = set()
+        for label, folders in mapping.items():
+            if not folders:
+                raise ValueError(f"class {label!r} has no source folders")
+            for folder in folders:
+                if folder not in DATASET_CLASSES:
+                    raise ValueError(f"unknown class folder {folder!r}; known: {list(DATASET_CLASSES)}")
+                if folder in seen:
+                    raise ValueError(f"class folder {folder!r} is used twice")
+                seen.add(folder)
+        return v
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The ordered class names: the only source of label indices."""
+        return tuple(self.classes) if isinstance(self.classes, list) else tuple(self.classes.keys())
+
+    @property
+    def folder_to_label(self) -> dict[str, str]:
+        """Dataset class folder -> label."""
+        if isinstance(self.classes, list):
+            return {c: c for c in self.classes}
+        return {folder: label for label, folders in self.classes.items() for folder in folders}
+
+    @property
+    def folders(self) -> tuple[str, ...]:
+        """Dataset class folders this task reads, in dataset order."""
+        used = self.folder_to_label
+        return tuple(c for c in DATASET_CLASSES if c in used)
+
+
+class SyntheticSource(Section):
+    """The embedded default: a generated dataset in the Kaggle v5 layout."""
+
+    #: Images per class folder; ``full`` gives the real dataset's 21,165.
+    per_class: int | Literal["full"] = 500
+    size: int = Field(299, ge=64, le=1024)
+    workers: int = Field(2, ge=1)
+
+    def counts(self, folders: tuple[str, ...]) -> dict[str, int]:
+        """Images per class folder."""
+        if self.per_class == "full":
+            return {f: FULL_COUNTS[f] for f in folders}
+        return {f: self.per_class for f in folders}
+
+    @field_validator("per_class")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+
+class KaggleSource(Section):
+    """The real dataset through kagglehub."""
+
+    handle: str = "tawsifurrahman/covid19-radiography-database"
+    version: int | None = Field(5, ge=1)
+    cache_dir: str = "~/.cache/kagglehub"
+    timeout_s: float = Field(10.0, gt=0)
+
+
+class LocalSource(Section):
+    """A folder or the downloaded zip, in any of the dataset's layouts."""
+
+    path: str | None = None
+
+
+class Download(Section):
+    """Where ``data/raw`` comes from."""
+
+    source: Literal["synthetic", "kaggle", "local"] = "synthetic"
+    policy: Literal["fail", "skip"] = "fail"
+    #: An image with more pixels is refused from its header, before it is decoded (a decompression bomb).
+    max_pixels: int = Field(25_000_000, ge=64 * 64)  # 64 px a side is the smallest image ingest accepts
+    workers: int = Field(2, ge=1)
+    synthetic: SyntheticSource = Field(default_factory=SyntheticSource)
+    kaggle: KaggleSource = Field(default_factory=KaggleSource)
+    local: LocalSource = Field(default_factory=LocalSource)
+
+    @model_validator(mode="after")
+    def _local_needs_path(self) -> "Download":
+        if self.source == "local" and not self.local.path:
+            raise ValueError("source 'local' needs download.local.path")
+        return self
+
+
+class Split(Section):
+    """The valid/test split; the rest is training."""
+
+    mode: Literal["stratified", "balanced"] = "stratified"
+    valid: int = Field(400, ge=1)
+    test: int = Field(400, ge=1)
+    #: Hamming distance (of the 256-bit difference hash) within which two images are near duplicates.
+    near_duplicate_bits: int = Field(10, ge=0, le=256)
+    #: Threads that read and hash images.
+    workers: int = Field(2, ge=1)
+
+
+class Augment(Section):
+    """Train-time augmentation (Albumentations); eval preprocessing is fixed."""
+
+    rotate_deg: float = Field(10.0, ge=0, le=45)
+    shift: float = Field(0.05, ge=0, le=0.3)
+    scale: float = Field(0.10, ge=0, le=0.5)
+    brightness: float = Field(0.10, ge=0, le=1)
+    contrast: float = Field(0.10, ge=0, le=1)
+    gamma: tuple[float, float] = (0.85, 1.15)
+    clahe: float = Field(0.0, ge=0, le=1)
+    #: Off by default: a flip moves the heart to the wrong side.
+    hflip: float = Field(0.0, ge=0, le=1)
+    p: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("gamma")
+    @classmethod
+    def _gamma(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("gamma must be (low, high) with 0 < low <= high")
+        return v
+
+
+class Train(Section):
+    """Model and optimisation."""
+
+    arch: str = "resnet18"
+    #: ``null`` trains from scratch; ``DEFAULT`` or a torchvision enum name loads ImageNet weights; or a file path.
+    weights: str | None = None
+    image_size: int = Field(128, ge=32, le=1024)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=1)
+    #: AdamW, or SGD with Nesterov momentum (``momentum``); ``lr`` and ``weight_decay`` apply to either.
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    #: SGD's momentum (Nesterov when above 0); unused by AdamW.
+    momentum: float = Field(0.9, ge=0, lt=1)
+    warmup_epochs: float = Field(0.5, ge=0)
+    #: After the warm-up: cosine decay to zero, or the base rate throughout (the reference notebooks' way).
+    schedule: Literal["cosine", "constant"] = "cosine"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    #: Decay of a per-step exponential moving average of the weights, which is then validated and kept; null: off.
+    #: Warmed up: ``min(decay, (1 + n) / (10 + n))`` after n steps, so the first steps' weights fade out.
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    #: Mixup's Beta(a, a) concentration: each batch is blended with a shuffled copy of itself; 0: off.
+    mixup: float = Field(0.0, ge=0)
+    class_balance: Literal["none", "loss", "sampler"] = "loss"
+    grad_clip: float | None = Field(1.0, gt=0)
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = True
+    num_workers: int = Field(1, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    monitor: Literal["val_accuracy", "val_loss", "val_macro_f1"] = "val_accuracy"
+    patience: int | None = Field(None, ge=1)
+    augment: Augment = Field(default_factory=Augment)
+    #: Where augmentation runs: ``cpu`` in the DataLoader workers, ``device`` on whole batches on the training
+    #: device, ``auto`` on the device when it is a GPU (the same parameters per sample either way).
+    augment_backend: Literal["auto", "cpu", "device"] = "auto"
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, v: str) -> str:
+        if v not in SUPPORTED_ARCHS:
+            raise ValueError(f"unknown arch {v!r}; supported: {sorted(SUPPORTED_ARCHS)}")
+        return v
+
+
+class Evaluate(Section):
+    """Metrics with bootstrap intervals."""
+
+    n_boot: int = Field(1000, ge=0)
+    ci: float = Field(0.95, gt=0, lt=1)
+    positive_class: str | None = "COVID"
+    batch_size: int = Field(64, ge=1)
+
+
+class GradCam(Section):
+    """Explanations on test images."""
+
+    method: Literal["gradcam", "gradcam++", "eigencam"] = "gradcam"
+    #: The CAM's cell in input pixels: 32 reads the family's last block; 16 or 8 an earlier stage, for a finer map.
+    stride: Literal[8, 16, 32] = 8
+    #: Dotted name of the module the CAM reads (e.g. ``layer3.1.conv2``), overriding ``stride``.
+    target_layer: str | None = Field(None, min_length=1)
+    per_class: int = Field(4, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class Registry(Section):
+    """What the registration step logs and registers, and the gate that promotes a version to champion."""
+
+    enabled: bool = True
+    #: Absolute floors on the challenger's test metrics.
+    min_accuracy: float = Field(0.5, ge=0, le=1)
+    min_macro_auc: float = Field(0.7, ge=0, le=1)
+    #: Per-class sensitivity floors, e.g. {COVID: 0.98}.
+    min_sensitivity: dict[str, float] = Field(default_factory=lambda: {"COVID": 0.5})
+    #: Non-inferiority against the champion on the same test manifest: accuracy may drop by at most this margin.
+    margin: float = Field(0.02, ge=0, lt=1)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    test: Literal["mcnemar", "bootstrap"] = "mcnemar"
+    n_boot: int = Field(2000, ge=100)
+    #: Promote automatically when the gate passes (a new version always gets the challenger alias).
+    auto_promote: bool = True
+
+
+class Range(Section):
+    """One searched hyperparameter: a float or int range (``low``, ``high``, ``log``) or a list of ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: list[Any] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Range":
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs low and high (or choices)")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+    def bounds(self) -> list[Any]:
+        """The values a trial can reach at the edges (or every choice): each must be a valid setting."""
+        if self.choices is not None:
+            return list(self.choices)
+        cast = int if self.integer else float
+        return [cast(self.low), cast(self.high)]
+
+
+class Tune(Section):
+    """``cxr tune``: an Optuna search over training settings, scored on the validation split only."""
+
+    trials: int = Field(20, ge=1)
+    #: Stop starting new trials after this many seconds (null: no limit).
+    timeout_s: float | None = Field(None, gt=0)
+    #: Epochs per trial (null: train.epochs); short trials let the pruner drop bad settings early.
+    epochs: int | None = Field(None, ge=1)
+    #: The validation measure the study optimises (val_loss is minimised, the others maximised).
+    objective: Literal["val_loss", "val_accuracy", "val_macro_f1"] = "val_loss"
+    #: Median pruning on the per-epoch validation loss after this many complete trials and epochs.
+    prune_after_trials: int = Field(3, ge=0)
+    prune_after_epochs: int = Field(1, ge=0)
+    #: Dotted ``train.*`` key -> its range or choices.
+    space: dict[str, Range] = Field(default_factory=lambda: {
+        "train.lr": Range(low=0.0003, high=0.01, log=True),
+        "train.weight_decay": Range(low=0.00001, high=0.01, log=True),
+        "train.label_smoothing": Range(low=0.0, high=0.1),
+        "train.batch_size": Range(choices=[16, 32, 64]),
+    })
+
+    @field_validator("space")
+    @classmethod
+    def _train_keys(cls, v: dict[str, Range]) -> dict[str, Range]:
+        for key, rng in v.items():
+            parts = key.split(".")
+            if parts[0] != "train" or len(parts) < 2:
+                raise ValueError(f"{key}: only train.* settings can be searched")
+            for value in rng.bounds():
+                data = Train().model_dump()
+                node = data
+                for part in parts[1:-1]:
+                    if not isinstance(node.get(part), dict):
+                        raise ValueError(f"{key}: unknown key")
+                    node = node[part]
+                if parts[-1] not in node:
+                    raise ValueError(f"{key}: unknown key")
+                node[parts[-1]] = value
+                try:
+                    Train.model_validate(data)
+                except ValidationError as err:
+                    raise ValueError(f"{key}={value!r} is not a valid setting: {err.errors()[0]['msg']}") from None
+        return v
+
+
+class Drift(Section):
+    """The drift check of each flow run: new (or test) data against the data the champion was trained on."""
+
+    enabled: bool = True
+    #: A test with a p-value below alpha flags drift (embedding MMD, class mix, intensity, image sizes).
+    alpha: float = Field(0.01, gt=0, lt=1)
+    #: Images per side at most (a seeded sample), for the features and the tests.
+    max_images: int = Field(400, ge=10)
+    #: Permutations of the MMD test: the smallest p-value it can report is 1 / (permutations + 1).
+    permutations: int = Field(500, ge=50)
+    #: Refuse to promote a new version to champion while drift is flagged.
+    block_promotion: bool = False
+    #: Post the drift notice to the failure webhook (CXR_NOTIFY_WEBHOOK) when drift is flagged.
+    notify: bool = True
+
+
+class SplitTooLarge(ConfigError):
+    """The valid/test split asks for more images than a class has."""
+
+
+def check_split_fits(split: Split, per_label: dict[str, int]) -> None:
+    """Raise naming ``split.valid``/``split.test`` when a class cannot fill its share and keep a training image."""
+    total = sum(per_label.values())
+    k = len(per_label)
+    for label, n in per_label.items():
+        if split.mode == "balanced":
+            need_v, need_t = -(-split.valid // k), -(-split.test // k)
+        else:
+            need_v = max(1, round(split.valid * n / total))
+            need_t = max(1, round(split.test * n / total))
+        if need_v + need_t >= n:
+            raise SplitTooLarge(
+                f"split.valid={split.valid} and split.test={split.test} ({split.mode}) need "
+                f"{need_v}+{need_t} images of class {label!r}, which has {n}: at least one must be left to train on"
+            )

@@ -1,0 +1,132 @@
+"""Where runs are tracked: the tracking URI and its health, the experiment and its artifact store, and the
+lineage helpers (git commit, flattened params) that runs and reports share. Imports nothing heavy."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server cannot be reached."""
+
+
+def tracking_uri(root: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the sqlite store in the project."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail within seconds when a remote tracking server does not answer (before any training)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+            if resp.status >= 400:
+                raise TrackingUnavailable(f"MLflow tracking server {uri} answered {resp.status} on /health")
+    except (urllib.error.URLError, OSError) as err:
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is unreachable ({getattr(err, 'reason', err)}); "
+            "start it or unset MLFLOW_TRACKING_URI to use the local sqlite store"
+        ) from None
+
+
+def git_commit(root: Path) -> tuple[str, bool]:
+    """The checked-out commit and whether the work tree has uncommitted changes."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True)
+        return sha.stdout.strip(), bool(dirty.stdout.strip())
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown", False
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """Nested mapping to dotted keys."""
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def artifact_location(uri: str, root: Path) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a sqlite store, in ``mlartifacts/``; a server decides its own.
+
+    Decided from the tracking URI, not from the environment: ``mlflow.set_tracking_uri`` exports
+    ``MLFLOW_TRACKING_URI`` itself. Left to MLflow, a database store puts artifacts in ``./mlruns`` of whatever
+    folder the command runs in.
+    """
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https", "databricks", "uc", "file", ""):
+        return None  # a server's --artifacts-destination, or a file store that holds its own artifacts
+    if scheme == "sqlite":
+        database = Path(url2pathname(uri.split(":///", 1)[1])) if ":///" in uri else None
+        if database is not None and database.name not in ("", ":memory:"):
+            return (database.parent / "mlartifacts").resolve().as_uri()
+    return (root / "mlartifacts").resolve().as_uri()
+
+
+def ensure_experiment(mlflow, name: str, root: Path, uri: str) -> str:
+    """The id of experiment ``name``, created with its artifact location when new."""
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return mlflow.create_experiment(name, artifact_location=artifact_location(uri, root))
+
+
+def sanitize_key(key: str) -> str:
+    """Keep characters MLflow accepts in metric names; replace the rest with '_'."""
+    return "".join(ch if (ch.isalnum() or ch in "_-. /") else "_" for ch in str(key))
+
+
+def flat_metrics(m: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Flatten to 'test/accuracy', 'test/COVID/sensitivity' style keys with float values only (None dropped) for MLflow."""
+    out: dict[str, float] = {}
+
+    def walk(obj: Mapping[str, Any], path: list[str]) -> None:
+        """Recurse into nested dicts, skipping the 'per_class' level."""
+        for key, value in obj.items():
+            sub = path if key == "per_class" else [*path, sanitize_key(key)]
+            if isinstance(value, Mapping):
+                walk(value, sub)
+            elif isinstance(value, bool) or value is None:
+                continue
+            elif isinstance(value, (int, float, np.integer, np.floating)):
+                v = float(value)
+                if math.isfinite(v):
+                    out["/".join(sub)] = v
+
+    base = [s for s in prefix.strip("/").split("/") if s] if prefix else []
+    walk(m, base)
+    return out
+
+
+PREDICTIONS_ARTIFACT = "evaluation/predictions.csv"
+
+
+#: Where a run's split manifest lives when the register step logs it (lets hashes be recovered later).
+MANIFEST_ARTIFACT = "pipeline/manifest.csv"
+
+
+CHAMPION = "champion"
+
+
+CHALLENGER = "challenger"
+
+
+PREVIOUS = "previous_champion"

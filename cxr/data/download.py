@@ -1,0 +1,156 @@
+"""The download step: synthetic, Kaggle or local data into the canonical ``data/raw``, versioned by DVC."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxr.core.dvc import DATA_DVC, DvcError, has_remote, read_data_dvc, run_dvc, stage_status, track_raw
+from cxr.core.paths import ResolvedPaths
+from cxr.core.sections import Base, Download
+from cxr.data.rawindex import IndexEntry, build_index, from_ingestion, index_path, write_index
+from cxr.data.rawstore import SKIPPED_FILE, RawStore, fresh_dir, pack
+
+log = logging.getLogger(__name__)
+
+LAYOUT = "zip-per-class+index"  # how data/raw is stored (cxr.data.rawstore, cxr.data.rawindex); in the fingerprint: a change re-packs
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """The raw data folder, its DVC version, and whether any work was done."""
+
+    raw: Path
+    data_version: str
+    fingerprint: str
+    skipped: bool
+    counts: dict[str, int]
+
+
+def local_path(cfg: Download, root: Path) -> Path:
+    """The local source's folder or zip; relative paths are relative to the project root."""
+    path = Path(cfg.local.path).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def source_description(base: Base, cfg: Download, root: Path) -> dict:
+    """What defines the raw data: the source, its settings and the class folders (not the label mapping)."""
+    desc: dict = {"source": cfg.source, "folders": list(base.folders), "layout": LAYOUT}
+    if cfg.source == "synthetic":
+        desc.update(per_class=cfg.synthetic.per_class, size=cfg.synthetic.size, seed=base.seed)
+    elif cfg.source == "kaggle":
+        desc.update(handle=cfg.kaggle.handle, version=cfg.kaggle.version, policy=cfg.policy, max_pixels=cfg.max_pixels)
+    else:
+        desc.update(path=str(local_path(cfg, root).resolve()), policy=cfg.policy, max_pixels=cfg.max_pixels)
+    return desc
+
+
+def _fingerprint(desc: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _counts(raw: Path, folders) -> dict[str, int]:
+    with RawStore(raw) as store:
+        return {f: len(store.list(f, "images")) for f in folders if store.has_folder(f)}
+
+
+def _up_to_date(root: Path, raw: Path, fingerprint: str) -> bool:
+    """The recorded data matches the params and the folder matches the record (restored from the cache if needed)."""
+    meta = read_data_dvc(root).get("meta") or {}
+    if meta.get("fingerprint") != fingerprint:
+        return False
+    try:
+        if raw.exists() and not stage_status(root, DATA_DVC):
+            return True
+        # Missing or edited by hand: the recorded version is restored from the DVC cache.
+        run_dvc(["checkout", "--force", "--quiet", DATA_DVC], root)
+        restored = raw.exists() and not stage_status(root, DATA_DVC)
+        if restored:
+            log.info("restored %s from the DVC cache", raw)
+        return restored
+    except DvcError as err:
+        log.info("recorded data cannot be restored, fetching again: %s", str(err).splitlines()[0])
+        return False
+
+
+def _fill(staging: Path, base: Base, cfg: Download, root: Path) -> dict[str, IndexEntry]:
+    """Write the dataset into the empty folder ``staging`` (canonical v5 layout, loose files).
+
+    Returns the index entries ingestion computed on the way (none for generated data).
+    """
+    if cfg.source == "synthetic":
+        from cxr.data.synthetic import generate
+
+        counts = cfg.synthetic.counts(base.folders)
+        generate(staging, counts, size=cfg.synthetic.size, seed=base.seed, workers=cfg.synthetic.workers)
+        return {}
+    from cxr.data.ingest import ingest
+    from cxr.data.kaggle import download_kaggle
+
+    if cfg.source == "kaggle":
+        src = download_kaggle(
+            cfg.kaggle.handle, cfg.kaggle.version, Path(cfg.kaggle.cache_dir).expanduser(), cfg.kaggle.timeout_s
+        )
+        expected = None
+        if cfg.kaggle.version == 5:
+            from cxr.core.sections import FULL_COUNTS
+
+            expected = {f: FULL_COUNTS[f] for f in base.folders}
+    else:
+        src = local_path(cfg, root)
+        expected = None
+    staging.rmdir()  # ingest builds its destination atomically and refuses to overwrite a half-made one
+    report = ingest(src, staging, list(base.folders), policy=cfg.policy, expected_counts=expected, workers=cfg.workers,
+                    max_pixels=cfg.max_pixels)
+    if report.bad:
+        log.warning("%d bad files skipped (policy 'skip'), e.g. %s", len(report.bad), report.bad[0])
+        # Stored with the data (and so in its version), where the split step's data report picks it up.
+        skipped = [{"path": b.path, "reason": b.reason} for b in report.bad]
+        (staging / SKIPPED_FILE).write_text(json.dumps({"source": str(src), "skipped": skipped}, indent=2) + "\n")
+    return from_ingestion(report.records)
+
+
+def download(base: Base, cfg: Download, paths: ResolvedPaths) -> DownloadResult:
+    """Make ``data/raw`` match the params, then version it in ``data.dvc`` (and push when a remote is set)."""
+    root, raw = paths.root, paths.raw
+    desc = source_description(base, cfg, root)
+    fingerprint = _fingerprint(desc)
+    if _up_to_date(root, raw, fingerprint):
+        log.info("data/raw is up to date with the params (%s); nothing to download", fingerprint)
+        return DownloadResult(raw, read_data_dvc(root)["outs"][0]["md5"], fingerprint, True, _counts(raw, base.folders))
+
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    staging = fresh_dir(raw.parent, ".raw-")
+    loose = fresh_dir(raw.parent, ".raw-loose-")
+    try:
+        known = _fill(loose, base, cfg, root)
+        # Ingestion has decoded and hashed every image: keep that beside the images, versioned with them.
+        write_index(index_path(loose), build_index(loose, base.folders, known, cfg.workers))
+        archives = pack(loose, staging)
+        shutil.rmtree(loose)
+        log.info("packed %d class folders into %s", len(archives), ", ".join(a.name for a in archives))
+        old = None
+        if raw.exists():
+            old = raw.with_name(f".raw-old-{os.getpid()}")
+            os.replace(raw, old)
+        os.replace(staging, raw)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        for tmp in (loose, staging):
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    version = track_raw(root, raw.relative_to(root).as_posix(), {**desc, "fingerprint": fingerprint})
+    if has_remote(root):
+        run_dvc(["push", "--quiet", DATA_DVC], root)
+        log.info("pushed data version %s to the default DVC remote", version)
+    counts = _counts(raw, base.folders)
+    log.info("data/raw now holds %s (data version %s)", counts, version)
+    return DownloadResult(raw, version, fingerprint, False, counts)

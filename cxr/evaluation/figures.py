@@ -1,0 +1,245 @@
+"""Evaluation figures built as ``matplotlib.figure.Figure`` objects.
+
+Every ``plot_*`` function returns a new :class:`matplotlib.figure.Figure` and never
+touches pyplot's global state, so it is safe in worker processes and threads. The
+caller saves it, e.g. ``fig.savefig(path, dpi=150)`` or :func:`save_figure`, which
+also creates the parent directory. ``roc_points``/``pr_points`` return plain rows
+for DVC plots files.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> Path:
+    """Save a figure (format from the suffix), creating parent directories; return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    logger.debug("saved figure %s", path)
+    return path
+
+
+def _one_vs_rest(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Validate inputs and return (int labels (N,), float probs (N, K))."""
+    y = np.asarray(y_true).reshape(-1).astype(np.int64)
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2 or p.shape[0] != y.shape[0] or p.shape[1] != len(classes):
+        raise ValueError(f"expected probs (N={y.shape[0]}, K={len(classes)}), got {p.shape}")
+    return y, p
+
+
+def _both_present(mask: np.ndarray) -> bool:
+    """True when a binary label vector has at least one positive and one negative."""
+    return bool(mask.any() and (~mask).any())
+
+
+def plot_confusion_matrix(cm: np.ndarray | Sequence[Sequence[int]], classes: Sequence[str]) -> Figure:
+    """Two panels: counts and row-normalised (recall) confusion matrix, true on y, predicted on x."""
+    cm = np.asarray(cm, dtype=np.float64)
+    k = len(classes)
+    if cm.shape != (k, k):
+        raise ValueError(f"confusion matrix shape {cm.shape} does not match {k} classes")
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    size = max(4.0, 0.9 * k + 2.5)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2 * size + 1.0, size), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, data, title, fmt, vmax in (
+        (axes[0], cm, "Counts", "{:.0f}", max(cm.max(), 1.0)),
+        (axes[1], norm, "Row-normalised", "{:.2f}", 1.0),
+    ):
+        im = ax.imshow(data, cmap="Blues", vmin=0.0, vmax=vmax)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_xticks(range(k), labels=list(classes), rotation=45, ha="right")
+        ax.set_yticks(range(k), labels=list(classes))
+        ax.set_xlabel("Predicted")
+        ax.set_ylabel("True")
+        ax.set_title(title)
+        for i in range(k):
+            for j in range(k):
+                colour = "white" if data[i, j] > 0.6 * vmax else "black"
+                ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", color=colour, fontsize=9)
+    return fig
+
+
+def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> Figure:
+    """One-vs-rest ROC curve per class plus the macro-average curve (mean TPR on a common FPR grid)."""
+    from sklearn.metrics import auc, roc_curve
+
+    y, p = _one_vs_rest(y_true, probs, classes)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 5.5), layout="constrained")
+    ax = fig.subplots()
+    grid = np.linspace(0.0, 1.0, 201)
+    tprs = []
+    for c, name in enumerate(classes):
+        pos = y == c
+        if not _both_present(pos):
+            logger.warning("ROC: class %r skipped (needs positives and negatives)", name)
+            continue
+        fpr, tpr, _ = roc_curve(pos, p[:, c])
+        ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC={auc(fpr, tpr):.3f})")
+        interp = np.interp(grid, fpr, tpr)
+        interp[0] = 0.0
+        tprs.append(interp)
+    if tprs:
+        mean_tpr = np.mean(tprs, axis=0)
+        mean_tpr[-1] = 1.0
+        ax.plot(grid, mean_tpr, "k--", lw=2.0, label=f"macro (AUC={auc(grid, mean_tpr):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("False positive rate (1 - specificity)")
+    ax.set_ylabel("True positive rate (sensitivity)")
+    ax.set_title("ROC (one-vs-rest)")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def plot_pr(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> Figure:
+    """One-vs-rest precision-recall curve per class with average precision and prevalence lines."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    y, p = _one_vs_rest(y_true, probs, classes)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 5.5), layout="constrained")
+    ax = fig.subplots()
+    for c, name in enumerate(classes):
+        pos = y == c
+        if not pos.any():
+            logger.warning("PR: class %r skipped (no positives)", name)
+            continue
+        precision, recall, _ = precision_recall_curve(pos, p[:, c])
+        ap = average_precision_score(pos, p[:, c])
+        (line,) = ax.step(recall, precision, where="post", lw=1.5, label=f"{name} (AP={ap:.3f})")
+        ax.axhline(pos.mean(), color=line.get_color(), lw=0.7, ls=":")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("Recall (sensitivity)")
+    ax.set_ylabel("Precision (PPV)")
+    ax.set_title("Precision-recall (one-vs-rest)")
+    ax.legend(loc="lower left", fontsize=8)
+    return fig
+
+
+def plot_reliability(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> Figure:
+    """Reliability diagram of top-1 confidence vs accuracy with a confidence histogram; ECE in the title."""
+    from cxr.stats.calibration import calibration
+
+    cal = calibration(y_true, probs, n_bins=n_bins)
+    edges = np.asarray(cal["bin_edges"])
+    centres = (edges[:-1] + edges[1:]) / 2
+    width = edges[1] - edges[0]
+    acc = np.array([np.nan if v is None else v for v in cal["bin_accuracy"]])
+    conf = np.array([np.nan if v is None else v for v in cal["bin_confidence"]])
+    count = np.asarray(cal["bin_count"], dtype=np.float64)
+    filled = count > 0
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 6.5), layout="constrained")
+    ax, hx = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.bar(centres[filled], acc[filled], width=width, edgecolor="black", color="tab:blue", alpha=0.8, label="accuracy")
+    ax.bar(
+        centres[filled],
+        conf[filled] - acc[filled],
+        bottom=acc[filled],
+        width=width,
+        edgecolor="tab:red",
+        color="tab:red",
+        alpha=0.25,
+        label="gap",
+    )
+    ax.plot([0, 1], [0, 1], "k--", lw=1.0, label="perfect calibration")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("Accuracy")
+    ax.set_title(f"Reliability (ECE={cal['ece']:.3f}, Brier={cal['brier']:.3f})")
+    ax.legend(loc="upper left", fontsize=8)
+    hx.bar(centres, count, width=width, color="grey", edgecolor="black")
+    hx.set_xlabel("Confidence (max probability)")
+    hx.set_ylabel("Count")
+    return fig
+
+
+def roc_points(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> list[dict]:
+    """Rows {class, fpr, tpr, threshold} of one-vs-rest ROC curves (sklearn's infinite first threshold -> 1.0)."""
+    from sklearn.metrics import roc_curve
+
+    y, p = _one_vs_rest(y_true, probs, classes)
+    rows: list[dict] = []
+    for c, name in enumerate(classes):
+        pos = y == c
+        if not _both_present(pos):
+            logger.warning("roc_points: class %r skipped (needs positives and negatives)", name)
+            continue
+        fpr, tpr, thr = roc_curve(pos, p[:, c])
+        thr = np.where(np.isfinite(thr), thr, 1.0)
+        rows.extend(
+            {"class": str(name), "fpr": float(f), "tpr": float(t), "threshold": float(h)}
+            for f, t, h in zip(fpr, tpr, thr)
+        )
+    return rows
+
+
+def pr_points(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> list[dict]:
+    """Rows {class, recall, precision, threshold} of one-vs-rest PR curves (last point threshold 1.0)."""
+    from sklearn.metrics import precision_recall_curve
+
+    y, p = _one_vs_rest(y_true, probs, classes)
+    rows: list[dict] = []
+    for c, name in enumerate(classes):
+        pos = y == c
+        if not pos.any():
+            logger.warning("pr_points: class %r skipped (no positives)", name)
+            continue
+        precision, recall, thr = precision_recall_curve(pos, p[:, c])
+        thr = np.r_[thr, 1.0]
+        rows.extend(
+            {"class": str(name), "recall": float(r), "precision": float(pr), "threshold": float(h)}
+            for r, pr, h in zip(recall, precision, thr)
+        )
+    return rows
+
+
+
+def plot_training_curves(history: Sequence[dict], best_epoch: int | None = None) -> Figure:
+    """Loss (train, validation) and validation accuracy / macro F1 per epoch, the selected epoch marked."""
+    from matplotlib.figure import Figure
+
+    def series(key: str) -> np.ndarray:
+        return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in history])
+
+    epochs = series("epoch")
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    loss_ax, score_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, series("train_loss"), "o-", label="train loss")
+    loss_ax.plot(epochs, series("val_loss"), "o-", label="validation loss")
+    loss_ax.set_xlabel("Epoch")
+    loss_ax.set_ylabel("Cross-entropy")
+    score_ax.plot(epochs, series("val_accuracy"), "o-", label="validation accuracy")
+    score_ax.plot(epochs, series("val_macro_f1"), "o-", label="validation macro F1")
+    score_ax.set_xlabel("Epoch")
+    score_ax.set_ylim(0.0, 1.0)
+    for ax in (loss_ax, score_ax):
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", ls="--", lw=1.0, label=f"selected (epoch {best_epoch})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig

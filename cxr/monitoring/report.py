@@ -1,0 +1,151 @@
+"""The drift report: what was compared, every test's statistic and p-value, the verdict; and the comparison."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxr.core.sections import Drift
+from cxr.stats.twosample import (
+    INTENSITY_FEATURES,
+    categorical_test,
+    intensity_features,
+    intensity_test,
+    mmd_permutation_test,
+)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Images of one side of the comparison, decoded at the model's size, with their labels and file facts."""
+
+    images: np.ndarray  # (N, S, S) uint8
+    labels: tuple[str, ...]
+    sizes: tuple[str, ...] = ()
+    modes: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass
+class DriftReport:
+    """The outcome of a drift check: what was compared, every test's statistic and p-value, and the verdict."""
+
+    status: str  # "checked" | "skipped"
+    flagged: bool = False
+    reasons: list[str] = field(default_factory=list)
+    alpha: float = 0.01
+    reference: str = ""
+    current: str = ""
+    n_reference: int = 0
+    n_current: int = 0
+    champion_version: str | None = None
+    tests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    intensity: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able mapping."""
+        return asdict(self)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat numeric metrics for MLflow (``drift/<test>_p``, ``drift/<test>_stat``, ``drift/flagged``)."""
+        out: dict[str, float] = {"drift/flagged": float(self.flagged), "drift/n_reference": float(self.n_reference),
+                                 "drift/n_current": float(self.n_current)}
+        for name, t in self.tests.items():
+            if t.get("p") is not None:
+                out[f"drift/{name}_p"] = float(t["p"])
+            if t.get("stat") is not None:
+                out[f"drift/{name}_stat"] = float(t["stat"])
+        return out
+
+    def markdown(self) -> str:
+        """The report as Markdown (the Prefect artifact and the notice)."""
+        if self.status != "checked":
+            return f"**Drift check skipped**: {'; '.join(self.reasons) or 'no reason given'}"
+        verdict = "DRIFT" if self.flagged else "no drift"
+        lines = [
+            f"**Data drift: {verdict}** (alpha {self.alpha}; champion version {self.champion_version})",
+            "",
+            f"Reference: {self.reference} ({self.n_reference} images). Current: {self.current} ({self.n_current} images).",
+            "",
+            "| test | statistic | p-value | drift |",
+            "| --- | ---: | ---: | --- |",
+        ]
+        for name, t in self.tests.items():
+            p = t.get("p")
+            lines.append(f"| {name} | {fmt_number(t.get('stat'))} | {fmt_number(p)} | {'yes' if p is not None and p < self.alpha else 'no'} |")
+        if self.counts:
+            classes = sorted(set(self.counts.get("reference", {})) | set(self.counts.get("current", {})))
+            lines += ["", "| class | reference | current |", "| --- | ---: | ---: |"]
+            lines += [f"| {c} | {self.counts.get('reference', {}).get(c, 0)} | {self.counts.get('current', {}).get(c, 0)} |"
+                      for c in classes]
+        if self.intensity:
+            lines += ["", "| intensity (0-255) | reference | current |", "| --- | ---: | ---: |"]
+            for feat in INTENSITY_FEATURES:
+                lines.append(f"| {feat} | {fmt_number(self.intensity['reference'].get(feat))} | "
+                             f"{fmt_number(self.intensity['current'].get(feat))} |")
+        if self.reasons:
+            lines += ["", *[f"- {r}" for r in self.reasons]]
+        return "\n".join(lines)
+
+
+def fmt_number(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def compare_samples(
+    reference: Sample,
+    current: Sample,
+    embed: Callable[[np.ndarray], np.ndarray] | None,
+    cfg: Drift,
+    seed: int = 0,
+) -> DriftReport:
+    """Run every test between two samples; ``embed`` maps images (N, S, S) to features (N, D)."""
+    report = DriftReport(status="checked", alpha=cfg.alpha, n_reference=len(reference), n_current=len(current))
+    if embed is not None:
+        fx, fy = embed(reference.images), embed(current.images)
+        mmd2, p, bw = mmd_permutation_test(fx, fy, cfg.permutations, seed)
+        report.tests["embedding_mmd"] = {"stat": mmd2, "p": p, "bandwidth": bw, "dims": int(fx.shape[1])}
+    stat, p = categorical_test(reference.labels, current.labels)
+    report.tests["class_mix"] = {"stat": stat, "p": p}
+    stat, p = intensity_test(reference.images, current.images)
+    report.tests["intensity"] = {"stat": stat, "p": p}
+    for name, ref_vals, cur_vals in (("image_size", reference.sizes, current.sizes),
+                                     ("image_mode", reference.modes, current.modes)):
+        if ref_vals and cur_vals:
+            stat, p = categorical_test(ref_vals, cur_vals)
+            report.tests[name] = {"stat": stat, "p": p}
+    report.counts = {"reference": dict(sorted(Counter(reference.labels).items())),
+                     "current": dict(sorted(Counter(current.labels).items()))}
+    fr, fc = intensity_features(reference.images), intensity_features(current.images)
+    report.intensity = {"reference": dict(zip(INTENSITY_FEATURES, map(float, fr.mean(0)))),
+                        "current": dict(zip(INTENSITY_FEATURES, map(float, fc.mean(0))))}
+    for name, t in report.tests.items():
+        if t["p"] < cfg.alpha:
+            report.reasons.append(f"{name}: p = {t['p']:.3g} < alpha {cfg.alpha}")
+    report.flagged = bool(report.reasons)
+    return report
+
+
+def write_report(report: DriftReport, path: Path) -> None:
+    """Write the report as JSON, atomically."""
+    from cxr.core.io import write_json
+
+    write_json(path, report.to_dict())
+
+
+def read_report(path: Path) -> DriftReport | None:
+    """A report written by :func:`write_report`, or None when there is none."""
+    if not path.is_file():
+        return None
+    return DriftReport(**json.loads(path.read_text()))

@@ -1,0 +1,209 @@
+"""The register step: one MLflow run per pipeline run (params, lineage, metrics, figures, the servable model,
+a model card) and a new registered version carrying the lineage, the test metrics and the card."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxr.core.config import Settings
+from cxr.core.dvc import data_version, file_hash
+from cxr.core.paths import ResolvedPaths
+from cxr.core.tracking import check_tracking, ensure_experiment, flatten, git_commit, tracking_uri
+from cxr.reporting.modelcard import metric_tags, model_card, version_description
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    """The MLflow run and the registered model version."""
+
+    run_id: str
+    model_name: str
+    version: str
+    tracking_uri: str
+    #: False when a version made from the same inputs already existed: nothing was registered.
+    new: bool = True
+
+
+#: Settings that do not change the model: a new log level or gate rule is not a new model.
+_NOT_MODEL_INPUTS: tuple[tuple[str, ...], ...] = (("base", "log_level"), ("registry",))
+
+
+def inputs_hash(settings: Settings, root: Path) -> str:
+    """What a model version is made from: the data version, the params that shape it and the project's code.
+
+    Two pipeline runs with the same inputs hash produce the same model, so the second registers nothing.
+    """
+    params = settings.model_dump(mode="json")
+    for keys in _NOT_MODEL_INPUTS:
+        node = params
+        for k in keys[:-1]:
+            node = node[k]
+        node.pop(keys[-1], None)
+    h = hashlib.sha256(json.dumps({"data": data_version(root), "params": params}, sort_keys=True).encode())
+    package = root / "cxr"
+    # Every file of the package, templates included: they shape the model card and report registered with it.
+    for f in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()[:32]
+
+
+def find_version_by_inputs(client, name: str, key: str):
+    """The newest registered version of ``name`` made from inputs ``key``, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name='{name}' and tags.inputs_hash='{key}'")
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return max(found, key=lambda v: int(v.version), default=None)
+
+
+def _load_json(path: Path) -> dict:
+    """A JSON file as a mapping; empty when absent."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _create_version(client, name: str, source: str, run_id: str, model_id: str | None,
+                    tags: dict[str, str], description: str):
+    """Create the version in one call; a registered model made just for it is removed again when that fails."""
+    from mlflow.exceptions import MlflowException
+
+    created = False
+    try:
+        client.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        try:
+            client.create_registered_model(name, description=f"Chest X-ray classifier ({name}); see each version's model card.")
+            created = True
+        except MlflowException as err2:
+            if err2.error_code != "RESOURCE_ALREADY_EXISTS":  # another registration created it meanwhile
+                raise
+    try:
+        return client.create_model_version(name, source, run_id=run_id, tags=tags, description=description,
+                                           model_id=model_id)
+    except Exception:
+        # Only an empty model made here is removed: another process may have registered a version meanwhile.
+        if created and not client.search_model_versions(f"name='{name}'"):
+            client.delete_registered_model(name)
+        raise
+
+
+def _log_registered_report(client, settings: Settings, paths: ResolvedPaths, run_id: str, version: str) -> None:
+    """Log the report page to the run, naming the run and the version (known only now) in its lineage."""
+    import tempfile
+
+    from cxr.reporting.drift_section import drift_sections
+    from cxr.reporting.report import report
+
+    if not paths.metrics_full.is_file():
+        return
+    try:
+        with tempfile.TemporaryDirectory(prefix="cxr-report-") as tmp:
+            page = report(settings, paths, Path(tmp) / paths.report.name,
+                                registered={"run_id": run_id, "name": settings.base.model_name, "version": version},
+                                extra_sections=drift_sections(paths.drift))
+            client.log_artifact(run_id, str(page), "pipeline")
+    except Exception:  # noqa: BLE001 - the version exists; failing now would make a retry register another
+        log.exception("the report naming version %s could not be logged to run %s", version, run_id)
+
+
+def register(
+    settings: Settings, paths: ResolvedPaths, params_file: Path | None = None, force: bool = False
+) -> RegisterResult:
+    """Log the pipeline's outputs to one MLflow run and register the servable model as a new version.
+
+    When a version made from the same data, params and code exists, a short run records that and points to it,
+    and nothing is registered (``force`` registers anyway). ``params_file`` is the file the settings were read
+    from (logged with the run); default ``params.yaml`` at the root.
+    """
+    import mlflow
+
+    from cxr.core.tracking import flat_metrics
+    from cxr.model.inference import load_checkpoint
+    from cxr.serving.pyfunc import log_pyfunc
+
+    root = paths.root
+    uri = tracking_uri(root)
+    check_tracking(uri)
+    # Everything the version needs is read before MLflow is touched: bad inputs change nothing there.
+    try:
+        metrics = json.loads(paths.metrics_full.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{paths.metrics_full}: test metrics not found; run the evaluate step first") from None
+    calibration = paths.calibration
+    if not calibration.is_file():
+        raise FileNotFoundError(f"{calibration}: calibration not found; run the evaluate step first")
+    if not paths.best_checkpoint.is_file():
+        raise FileNotFoundError(f"{paths.best_checkpoint}: checkpoint not found; run the train step first")
+    cam = _load_json(paths.cam_metrics_full)
+    commit, dirty = git_commit(root)
+    lineage = {
+        "git_commit": commit,
+        "git_dirty": str(dirty).lower(),
+        "data_version": data_version(root) or "unknown",
+        "dvc_lock_sha256": file_hash(root / "dvc.lock") or "none",
+        "params_hash": settings.fingerprint(),
+        "inputs_hash": inputs_hash(settings, root),
+        "data_source": settings.download.source,
+    }
+    meta = {k: v for k, v in load_checkpoint(paths.best_checkpoint).items() if k != "model"}
+    data_report = _load_json(paths.data_report)
+    card = model_card(settings, meta, metrics, cam, lineage, data_report)
+
+    mlflow.set_tracking_uri(uri)
+    exp_id = ensure_experiment(mlflow, settings.base.experiment, root, uri)
+    client = mlflow.MlflowClient()
+    same = None if force else find_version_by_inputs(client, settings.base.model_name, lineage["inputs_hash"])
+    if same is not None:
+        # The run is still recorded, so a schedule's history shows it ran and found nothing new.
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"unchanged-{commit[:8]}") as run:
+            mlflow.set_tags({**lineage, "registration": "unchanged", "same_as_version": str(same.version),
+                             "same_as_run_id": same.run_id or ""})
+        log.info("inputs %s equal those of %s version %s: nothing registered (MLflow run %s)",
+                 lineage["inputs_hash"], settings.base.model_name, same.version, run.info.run_id)
+        return RegisterResult(run.info.run_id, settings.base.model_name, str(same.version), uri, new=False)
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"pipeline-{commit[:8]}") as run:
+        mlflow.set_tag("registration", "new version")
+        run_id = run.info.run_id
+        mlflow.set_tags(lineage)
+        mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v
+                           for k, v in flatten(settings.model_dump(mode="json")).items()})
+        history = paths.history
+        if history.is_file():
+            with history.open() as fh:
+                for row in csv.DictReader(fh):
+                    step = int(row.pop("epoch"))
+                    mlflow.log_metrics({f"epoch/{k}": float(v) for k, v in row.items() if v != ""}, step=step)
+        mlflow.log_metrics(flat_metrics(metrics, "test/"))
+        # Files left out under download.policy 'skip' (listed in pipeline/report.json and the model card).
+        mlflow.log_metric("data/skipped_files", len(data_report.get("skipped") or []))
+        mlflow.log_metrics({f"cam/{k}": float(v) for k, v in flatten(cam).items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        mlflow.log_artifacts(str(paths.eval_reports), "evaluation")
+        if paths.gradcam_reports.is_dir():
+            mlflow.log_artifacts(str(paths.gradcam_reports), "gradcam")
+        # The manifest lets the promotion gate (cxr.registry.promote) map predictions to image hashes later.
+        for extra in (paths.data_report, paths.manifest, paths.history, params_file or root / "params.yaml",
+                      root / "dvc.lock"):
+            if extra.is_file():
+                mlflow.log_artifact(str(extra), "pipeline")
+        mlflow.log_text(card, "model_card.md")
+        info = log_pyfunc(paths.best_checkpoint, calibration, name="model", batch_size=settings.evaluate.batch_size)
+    # The version is created only once the run has finished with every artifact in place.
+    tags = {**lineage, "mlflow_run_id": run_id, **metric_tags(metrics, settings.evaluate.positive_class)}
+    mv = _create_version(client, settings.base.model_name, info.model_uri, run_id, info.model_id, tags,
+                         version_description(card, run_id))
+    log.info("MLflow run %s; registered %s version %s", run_id, settings.base.model_name, mv.version)
+    _log_registered_report(client, settings, paths, run_id, str(mv.version))
+    return RegisterResult(run_id, settings.base.model_name, str(mv.version), uri)

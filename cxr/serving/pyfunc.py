@@ -1,0 +1,324 @@
+"""The served model: an MLflow pyfunc that takes images and returns calibrated class probabilities.
+
+Inputs, one image each: a file path, encoded bytes (PNG, JPEG), a base64 string of those bytes, or a
+uint8 array (H x W gray or H x W x 3 RGB); in a DataFrame column ``image`` or a list. The output has
+one column ``p_<class>`` per class, in the checkpoint's order, and ``label``. Decoding, resizing,
+normalisation, the class order and the temperature all travel inside the logged model, so a client
+sends raw images and nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib.metadata
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from cxr.model.inference import read_temperature
+
+log = logging.getLogger(__name__)
+
+IMAGE_COLUMN = "image"
+CHECKPOINT_ARTIFACT = "checkpoint"
+CALIBRATION_ARTIFACT = "calibration"
+DEFAULT_BATCH_SIZE = 32
+
+#: Distributions the served model imports: it reads images (cxr.data) and runs the model (cxr.model.inference, cxr.models),
+#: and imports no training, configuration or tracking code; mlflow unpickles it with cloudpickle.
+SERVING_REQUIREMENTS: tuple[str, ...] = (
+    "mlflow",
+    "torch",
+    "torchvision",
+    "numpy",
+    "pandas",
+    "opencv-python-headless",
+    "cloudpickle",
+)
+
+_BASE64 = re.compile(r"^[A-Za-z0-9+/=_-]+$")
+
+
+class BadImage(mlflow.exceptions.MlflowException, ValueError):
+    """An input that is not a readable image: the scoring server answers it with HTTP 400 and this message."""
+
+    def __init__(self, message: str) -> None:
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def prob_column(label: str) -> str:
+    """The output column of one class's probability."""
+    return f"p_{label}"
+
+
+def pinned_requirements(names: Sequence[str] = SERVING_REQUIREMENTS) -> list[str]:
+    """``name==version`` of the installed distributions, local suffixes such as ``+cu130`` stripped."""
+    pins = []
+    for name in names:
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise RuntimeError(f"{name} is not installed; the served model needs it") from None
+        pins.append(f"{name}=={version.split('+')[0]}")
+    return pins
+
+
+def _expand(values: Sequence[Any]) -> list:
+    """Cells as images: a cell holding a list of paths, bytes or base64 strings is that many images.
+
+    MLflow turns ``{"image": ["<base64>", ...]}`` (the JSON ``inputs`` form, or a dict given to pyfunc) into a
+    one-row frame whose cell is the whole list. A list of strings or bytes is never one image (an image given
+    as numbers is an array), so expanding it is unambiguous.
+    """
+    out: list = []
+    for value in values:
+        if isinstance(value, np.ndarray) and value.dtype == object and value.ndim == 1:
+            value = list(value)
+        if isinstance(value, (list, tuple)) and value and all(
+                isinstance(v, (str, bytes, bytearray, Path)) for v in value):
+            out.extend(value)
+        else:
+            out.append(value)
+    return out
+
+
+def as_items(model_input: Any) -> list:
+    """The images of a request as a list: a DataFrame's ``image`` column, a Series, a list, or one image."""
+    if isinstance(model_input, pd.DataFrame):
+        if IMAGE_COLUMN in model_input.columns:
+            return _expand(list(model_input[IMAGE_COLUMN]))
+        if model_input.shape[1] == 1:  # a list given straight to the Python model arrives as one unnamed column
+            return _expand(list(model_input.iloc[:, 0]))
+        raise ValueError(f"input has no {IMAGE_COLUMN!r} column (columns: {list(model_input.columns)})")
+    if isinstance(model_input, pd.Series):
+        return _expand(list(model_input))
+    if isinstance(model_input, dict):
+        if IMAGE_COLUMN not in model_input:
+            raise ValueError(f"input has no {IMAGE_COLUMN!r} key (keys: {sorted(model_input)})")
+        value = model_input[IMAGE_COLUMN]
+        return _expand(list(value)) if isinstance(value, (list, tuple)) else [value]
+    if isinstance(model_input, np.ndarray) and model_input.dtype != object:
+        # One array is one image (H x W or H x W x 3); a stack of gray images is (N, H, W).
+        if model_input.ndim == 2 or (model_input.ndim == 3 and model_input.shape[2] in (3, 4)):
+            return [model_input]
+        if model_input.ndim in (3, 4):
+            return list(model_input)
+        raise ValueError(f"an image array must be H x W or H x W x 3, got shape {model_input.shape}")
+    if isinstance(model_input, (str, bytes, bytearray, memoryview, Path)):
+        return [model_input]
+    if isinstance(model_input, (list, tuple, np.ndarray)):
+        return list(model_input)
+    raise ValueError(f"unsupported input type {type(model_input).__name__}; send a DataFrame with an "
+                     f"{IMAGE_COLUMN!r} column or a list of images")
+
+
+def _from_base64(text: str) -> bytes | None:
+    """Bytes of a base64 (or data-URI) string, or None when it is not base64."""
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    compact = "".join(text.split())  # base64.encodebytes wraps lines
+    if len(compact) < 8 or not _BASE64.match(compact):
+        return None
+    try:
+        if "-" in compact or "_" in compact:
+            return base64.urlsafe_b64decode(compact + "=" * (-len(compact) % 4))
+        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def load_one(item: Any, size: int, name: str) -> np.ndarray:
+    """One input image as a ``size`` x ``size`` uint8 gray array; errors name the file or the position."""
+    from cxr.model.preprocess import decode, load_image
+
+    if isinstance(item, Path):
+        return load_image(item, size)
+    if isinstance(item, str):
+        path = Path(item)
+        # A file wins over base64: a short name like "abcdefgh" is valid base64 but meant as a file.
+        try:
+            is_file = len(item) < 4096 and path.is_file()
+        except OSError:
+            is_file = False
+        if is_file:
+            return load_image(path, size)
+        data = _from_base64(item)
+        shown = item if len(item) <= 80 else item[:77] + "..."
+        if data is None:
+            raise ValueError(f"{name}: {shown!r} is neither an existing file nor base64-encoded image data")
+        try:
+            return decode(data, size, name)
+        except ValueError:
+            raise ValueError(f"{name}: {shown!r} is neither an existing file nor a base64-encoded image "
+                             "(it decodes from base64, but not to a PNG or JPEG)") from None
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return decode(bytes(item), size, name)
+    if isinstance(item, (np.ndarray, list)):
+        array = np.asarray(item)
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)) or array.size == 0:
+            raise ValueError(f"{name}: an image array must be H x W or H x W x 3, got shape {array.shape}")
+        if array.dtype != np.uint8:
+            if not np.issubdtype(array.dtype, np.number) or array.min() < 0 or array.max() > 255:
+                raise ValueError(f"{name}: an image array must hold uint8 values 0..255 (got {array.dtype})")
+            array = array.astype(np.uint8)
+        return decode(array, size, name)
+    raise ValueError(f"{name}: unsupported image type {type(item).__name__} "
+                     "(expected a path, bytes, a base64 string or a uint8 array)")
+
+
+def item_name(item: Any, index: int) -> str:
+    """How an error refers to an input: its path when it is one, else its position."""
+    if isinstance(item, Path):
+        return str(item)
+    return f"image[{index}]"
+
+
+class CxrClassifier(mlflow.pyfunc.PythonModel):
+    """Chest X-ray classifier: raw images in, calibrated probabilities per class and a label out."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        """Load the checkpoint (weights only) and the temperature from the model's artifacts."""
+        import torch
+
+        from cxr.model.inference import load_trained
+
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, meta = load_trained(Path(context.artifacts[CHECKPOINT_ARTIFACT]), self.device)
+        self.classes: tuple[str, ...] = tuple(meta["classes"])
+        self.image_size = int(meta["image_size"])
+        self.arch = str(meta["arch"])
+        calibration = context.artifacts.get(CALIBRATION_ARTIFACT)
+        self.temperature = read_temperature(Path(calibration)) if calibration else 1.0
+        config = context.model_config or {}
+        self.batch_size = int(config.get("batch_size", DEFAULT_BATCH_SIZE))
+        log.info("loaded %s for %s at %d px, T=%.3f on %s", self.arch, list(self.classes), self.image_size,
+                 self.temperature, self.device)
+
+    def preprocess(self, model_input: Any) -> np.ndarray:
+        """The request's images as one (N, size, size) uint8 stack."""
+        try:
+            items = as_items(model_input)
+            if not items:
+                return np.zeros((0, self.image_size, self.image_size), np.uint8)
+            return np.stack([load_one(x, self.image_size, item_name(x, i)) for i, x in enumerate(items)])
+        except BadImage:
+            raise
+        except (ValueError, OSError) as err:
+            # Any other exception reaches an HTTP client as a bare "unexpected error"; this one as a 400 and its reason.
+            raise BadImage(str(err)) from None
+
+    def input_tensor(self, images: np.ndarray) -> "torch.Tensor":
+        """Normalised model input (N, 1, H, W) on the model's device."""
+        import torch
+
+        from cxr.model.preprocess import to_input
+
+        return to_input(torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1), self.device)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """Raw logits (N, K), computed in batches."""
+        import torch
+
+        out = [np.zeros((0, len(self.classes)), np.float32)]
+        with torch.inference_mode():
+            for start in range(0, len(images), self.batch_size):
+                batch = self.input_tensor(images[start:start + self.batch_size])
+                out.append(self.model(batch).float().cpu().numpy())
+        return np.concatenate(out)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (N, K): softmax of logits / temperature."""
+        from cxr.model.inference import softmax
+
+        logits = self.logits(images).astype(np.float64)
+        return softmax(logits, self.temperature) if len(logits) else logits
+
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
+        """One row per image: ``p_<class>`` for every class and the most probable ``label``."""
+        probs = self.probabilities(self.preprocess(model_input))
+        out = pd.DataFrame({prob_column(c): probs[:, i] for i, c in enumerate(self.classes)})
+        out["label"] = [self.classes[int(i)] for i in probs.argmax(axis=1)] if len(probs) else []
+        return out
+
+
+def to_frame(images: Sequence[Any]) -> pd.DataFrame:
+    """A request DataFrame (one ``image`` column) from any images, arrays included."""
+    frame = pd.DataFrame({IMAGE_COLUMN: [None] * len(images)}, dtype=object)
+    for i, image in enumerate(images):
+        frame.at[i, IMAGE_COLUMN] = image  # item by item: pandas would otherwise try to unpack 2-D arrays
+    return frame
+
+
+def example_png(size: int = 32) -> bytes:
+    """A small gray PNG (a smooth gradient): the logged input example."""
+    import cv2
+
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    image = ((ramp[None, :] + ramp[:, None]) / 2).astype(np.uint8)
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:  # pragma: no cover - encoding a valid uint8 array does not fail
+        raise RuntimeError("cannot encode the example PNG")
+    return buf.tobytes()
+
+
+def signature(classes: Sequence[str]) -> "mlflow.models.ModelSignature":
+    """Input: one column ``image`` of any type (path, bytes, base64, array); output: probabilities and label."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    inputs = Schema([ColSpec(AnyType(), IMAGE_COLUMN)])
+    outputs = Schema([*(ColSpec("double", prob_column(c)) for c in classes), ColSpec("string", "label")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def log_pyfunc(
+    checkpoint: Path,
+    calibration: Path | None,
+    name: str = "model",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    metadata: dict | None = None,
+) -> "mlflow.models.model.ModelInfo":
+    """Log the classifier as an MLflow pyfunc model in the active run (starts one when none is active)."""
+    import cxr
+    from cxr.model.inference import load_checkpoint
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: checkpoint not found; run the train step first")
+    meta = load_checkpoint(checkpoint)
+    for key in ("model", "arch", "classes", "image_size"):
+        if key not in meta:
+            raise ValueError(f"{checkpoint}: checkpoint lacks {key!r}; not written by cxr.train")
+    classes = [str(c) for c in meta["classes"]]
+    artifacts = {CHECKPOINT_ARTIFACT: str(checkpoint)}
+    if calibration is not None:
+        read_temperature(calibration)  # fail here, not when the model is first served
+        artifacts[CALIBRATION_ARTIFACT] = str(calibration)
+    example = pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(example_png()).decode("ascii")]})
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=CxrClassifier(),
+        artifacts=artifacts,
+        code_paths=[str(Path(cxr.__file__).parent)],
+        signature=signature(classes),
+        input_example=example,
+        pip_requirements=pinned_requirements(),
+        model_config={"batch_size": int(batch_size)},
+        metadata={"classes": classes, "image_size": int(meta["image_size"]), "arch": str(meta["arch"]),
+                  **(metadata or {})},
+    )
+
+
+__all__ = ["CxrClassifier", "log_pyfunc", "prob_column", "pinned_requirements", "as_items",
+           "load_one", "signature", "to_frame", "IMAGE_COLUMN", "BadImage"]
