@@ -58,7 +58,7 @@ def _servers():
 
 def _env(prefect_home: Path) -> dict[str, str]:
     """A clean environment for one side: its own empty PREFECT_HOME, no external Prefect or MLflow server."""
-    from cxr.core.dvc import dvc_env
+    from cxr.ops.dvc import dvc_env
 
     env = dvc_env()
     for key in ("PREFECT_API_URL", "PREFECT_PROFILE", "MLFLOW_TRACKING_URI"):

@@ -3,7 +3,7 @@
 At full size: the 21,165-image synthetic dataset (299 px, with masks: about 42k files), ingested by
 ``cxr.data.ingest.ingest`` with one worker per core into a loose folder, then stored and versioned the
 project's way (``cxr.data.rawstore.pack``: one uncompressed zip per class folder in ``data/raw`` of a fresh
-git + DVC repository, then ``cxr.core.dvc.track_raw``); a stage that depends on ``data/raw`` is
+git + DVC repository, then ``cxr.ops.dvc.track_raw``); a stage that depends on ``data/raw`` is
 reproduced once and the no-op ``dvc status`` and ``dvc repro`` are timed (and ``dvc status`` profiled
 when the no-op misses its goal).
 """
@@ -57,7 +57,7 @@ def naive_loop(files: list[Path]) -> None:
 
 def _dvc(args: list[str], root: Path) -> tuple[float, str]:
     """Seconds and output of ``python -m dvc ARGS`` in ``root`` (raises on failure)."""
-    from cxr.core.dvc import run_dvc
+    from cxr.ops.dvc import run_dvc
 
     t0 = time.perf_counter()
     out = run_dvc(args, root)
@@ -122,10 +122,10 @@ def split_both_ways(root: Path, workers: int, size: str) -> tuple[float, float]:
 
 def run(size: str, work: Path) -> Outcome:
     """Run the ingestion and DVC benchmark at ``size`` ('full' or 'tiny') with scratch space under ``work``."""
-    from cxr.core.dvc import track_raw
     from cxr.data.ingest import ingest
     from cxr.data.rawindex import build_index, from_ingestion, index_path, write_index
     from cxr.data.rawstore import pack
+    from cxr.ops.dvc import track_raw
 
     src = synthetic_dataset(work, size)
     workers = os.cpu_count() or 1

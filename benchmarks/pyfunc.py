@@ -64,7 +64,7 @@ def run(size: str, work: Path) -> Outcome:
     paths = paths[:: max(1, len(paths) // n)][:n]
     images = np.stack([load_image(p, px) for p in paths])
 
-    from cxr.core.tracking import ensure_experiment
+    from cxr.ops.tracking import ensure_experiment
 
     previous_uri = mlflow.get_tracking_uri()
     uri = f"sqlite:///{scratch / 'mlflow.db'}"

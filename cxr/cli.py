@@ -155,7 +155,7 @@ def _registry(params: Path, root: Path | None):
     """Settings, project root and an MLflow client on the project's tracking store."""
     from mlflow import MlflowClient
 
-    from cxr.core.tracking import check_tracking, tracking_uri
+    from cxr.ops.tracking import check_tracking, tracking_uri
 
     s, r = setup(params, root)
     uri = tracking_uri(r)
@@ -249,7 +249,7 @@ def predict(
     Exit codes: 0 the table is written, 1 nothing could be done (no model or alias, the tracking server down,
     no readable image, a bad output name), 2 bad params.
     """
-    from cxr.core.tracking import tracking_uri
+    from cxr.ops.tracking import tracking_uri
     from cxr.serving.predict import check_output
     from cxr.serving.predict import predict as step
 
@@ -274,8 +274,8 @@ def sweep(
     """Queue a DVC experiment grid, run it, and log every experiment to MLflow under one parent run."""
     import time
 
-    from cxr.core.tracking import tracking_uri
-    from cxr.training.sweeps import log_sweep, queue, run_queue
+    from cxr.experiments.sweeps import log_sweep, queue, run_queue
+    from cxr.ops.tracking import tracking_uri
 
     s, r = setup(params, root)
     names: list[str] | None = None
@@ -303,8 +303,8 @@ def exp_show(
     root: RootOpt = None,
 ) -> None:
     """`dvc exp show` cut to the headline metrics and the params that differ between experiments."""
-    from cxr.core.dvc import run_dvc
-    from cxr.training.sweeps import show_args
+    from cxr.experiments.sweeps import show_args
+    from cxr.ops.dvc import run_dvc
 
     typer.echo(_run(run_dvc, show_args(md), (root or Path(".")).resolve()), nl=False)
 
@@ -317,9 +317,9 @@ def tune(
     queue: Annotated[bool, typer.Option("--queue", help="Also queue the best values as a DVC experiment.")] = False,
 ) -> None:
     """Search tune.space on the validation split (Optuna, tracked in MLflow); write the best params file."""
-    from cxr.core.dvc import run_dvc
-    from cxr.core.tracking import tracking_uri
-    from cxr.training.tune import tune as step
+    from cxr.experiments.tune import tune as step
+    from cxr.ops.dvc import run_dvc
+    from cxr.ops.tracking import tracking_uri
 
     s, r = setup(params, root)
     res = _run(step, s, s.paths(r), tracking_uri(r), trials)

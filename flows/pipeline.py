@@ -9,8 +9,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from cxr.core.config import load_settings
-from cxr.core.notify import notify_failure
-from cxr.core.tracking import check_tracking, tracking_uri
+from cxr.ops.notify import notify_failure
+from cxr.ops.tracking import check_tracking, tracking_uri
 from cxr.reporting.summary import metrics_markdown
 from tasks.pipeline_tasks import (
     FLOW_TIMEOUT_S,

@@ -9,7 +9,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from cxr.core.config import load_settings
-from cxr.core.dvc import DvcError, DvcLockBusy, StageKilled, run_dvc, stream_command
+from cxr.ops.dvc import DvcError, DvcLockBusy, StageKilled, run_dvc, stream_command
 
 #: The DVC stages in pipeline order (dvc.yaml owns their commands, deps and outs).
 STAGES: tuple[str, ...] = ("split", "train", "evaluate", "gradcam", "report")
@@ -33,7 +33,7 @@ PERMANENT_OS_ERRORS: tuple[type[BaseException], ...] = (
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` is worth a retry: network or I/O trouble, an unreachable tracker, a busy DVC lock."""
     from cxr.core.sections import ConfigError
-    from cxr.core.tracking import TrackingUnavailable
+    from cxr.ops.tracking import TrackingUnavailable
 
     if isinstance(exc, (ConfigError, ValueError, *PERMANENT_OS_ERRORS)):
         return False
@@ -118,9 +118,9 @@ def check_drift(params: str, root: str, data_version: str | None) -> dict:
     DRIFT_ARTIFACT = "cxr-drift"
     from prefect.artifacts import create_markdown_artifact
 
-    from cxr.core.notify import notify_drift
-    from cxr.core.tracking import tracking_uri
     from cxr.monitoring.drift import drift, log_to_mlflow
+    from cxr.ops.notify import notify_drift
+    from cxr.ops.tracking import tracking_uri
 
     s = load_settings(params)
     root_path = Path(root)
@@ -152,7 +152,7 @@ def gate_version(params: str, root: str, version: str, blocked_by: str | None = 
     from mlflow import MlflowClient
     from prefect.artifacts import create_markdown_artifact
 
-    from cxr.core.tracking import tracking_uri
+    from cxr.ops.tracking import tracking_uri
     from cxr.registry.promote import register_challenger
 
     s = load_settings(params)

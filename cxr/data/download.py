@@ -9,11 +9,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxr.core.dvc import DATA_DVC, DvcError, has_remote, read_data_dvc, run_dvc, stage_status, track_raw
 from cxr.core.paths import ResolvedPaths
 from cxr.core.sections import Base, Download
 from cxr.data.rawindex import IndexEntry, build_index, from_ingestion, index_path, write_index
 from cxr.data.rawstore import SKIPPED_FILE, RawStore, fresh_dir, pack
+from cxr.ops.dvc import DvcError, has_remote, run_dvc, stage_status, track_raw
+from cxr.ops.lineage import DATA_DVC, read_data_dvc
 
 log = logging.getLogger(__name__)
 

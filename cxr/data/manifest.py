@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from cxr.core.io import read_csv, write_csv
 
 if TYPE_CHECKING:  # only for annotations: the served model reads images through this module without pydantic
     pass
@@ -47,25 +47,14 @@ class Manifest:
 def read_manifest(path: Path) -> Manifest:
     """Read a manifest CSV written by the split step."""
     try:
-        with path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            missing = set(MANIFEST_FIELDS) - set(reader.fieldnames or ())
-            if missing:
-                raise ValueError(f"{path}: manifest lacks columns {sorted(missing)}")
-            return Manifest(tuple(reader))
+        return Manifest(tuple(read_csv(path, required=MANIFEST_FIELDS)))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: manifest not found; run the split step first") from None
 
 
 def write_manifest(rows: Sequence[dict[str, str]], path: Path) -> None:
     """Write a manifest atomically, byte-identical for identical rows."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    write_csv(path, MANIFEST_FIELDS, rows)
 
 
 def manifest_hash(manifest) -> str:

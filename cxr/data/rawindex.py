@@ -9,13 +9,13 @@ the same fields itself.
 
 from __future__ import annotations
 
-import csv
 import logging
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from cxr.core.io import read_csv, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +105,9 @@ def build_index(
 
 def write_index(path: Path, entries: Mapping[str, IndexEntry]) -> None:
     """Write the index atomically, sorted by path: the same images always give the same bytes."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(INDEX_FIELDS)
-        for rel in sorted(entries):
-            e = entries[rel]
-            w.writerow([rel, rel.split("/", 1)[0], e.sha256, f"{e.dhash:x}", e.width, e.height, e.mode, e.source])
-    os.replace(tmp, path)
+    rows = ((rel, rel.split("/", 1)[0], e.sha256, f"{e.dhash:x}", e.width, e.height, e.mode, e.source)
+            for rel, e in sorted(entries.items()))
+    write_csv(path, INDEX_FIELDS, (dict(zip(INDEX_FIELDS, row)) for row in rows))
 
 
 def read_index(raw: Path) -> dict[str, IndexEntry] | None:
@@ -120,15 +115,15 @@ def read_index(raw: Path) -> dict[str, IndexEntry] | None:
     path = index_path(raw)
     if not path.is_file():
         return None
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if tuple(reader.fieldnames or ()) != INDEX_FIELDS:
-            raise ValueError(f"{path}: not a raw data index (columns {reader.fieldnames}, expected {list(INDEX_FIELDS)})")
-        out: dict[str, IndexEntry] = {}
-        for n, row in enumerate(reader, start=2):
-            try:
-                out[row["path"]] = IndexEntry(row["sha256"], int(row["dhash"], 16), int(row["width"]),
-                                              int(row["height"]), row["mode"], row["source"])
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"{path}, line {n}: malformed row ({err})") from None
+    try:
+        rows = read_csv(path, required=INDEX_FIELDS)
+    except ValueError:
+        raise ValueError(f"{path}: not a raw data index (expected the columns {list(INDEX_FIELDS)})") from None
+    out: dict[str, IndexEntry] = {}
+    for n, row in enumerate(rows, start=2):
+        try:
+            out[row["path"]] = IndexEntry(row["sha256"], int(row["dhash"], 16), int(row["width"]),
+                                          int(row["height"]), row["mode"], row["source"])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}, line {n}: malformed row ({err})") from None
     return out

@@ -21,6 +21,8 @@ import threading
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from cxr.core.io import atomic_path
+
 ARCHIVE_SUFFIX = ".zip"
 #: The files the download step left out under ``download.policy: skip`` (path and reason), beside the archives.
 SKIPPED_FILE = "skipped.json"
@@ -60,18 +62,14 @@ def pack(loose: Path, dest: Path) -> list[Path]:
     for entry in sorted(loose.iterdir()):
         if entry.is_dir():
             target = archive_path(dest, entry.name)
-            tmp = target.with_name(f".{target.name}.tmp")
             files = sorted(p for p in entry.rglob("*") if p.is_file())
-            try:
-                with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-                    for f in files:
-                        info = zipfile.ZipInfo(f.relative_to(loose).as_posix(), date_time=ZIP_DATE)
-                        info.external_attr = 0o644 << 16
-                        info.create_system = 3  # unix, whatever the platform: same bytes everywhere
-                        zf.writestr(info, f.read_bytes(), compress_type=zipfile.ZIP_STORED)
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
+            with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED,
+                                                             allowZip64=True) as zf:
+                for f in files:
+                    info = zipfile.ZipInfo(f.relative_to(loose).as_posix(), date_time=ZIP_DATE)
+                    info.external_attr = 0o644 << 16
+                    info.create_system = 3  # unix, whatever the platform: same bytes everywhere
+                    zf.writestr(info, f.read_bytes(), compress_type=zipfile.ZIP_STORED)
             written.append(target)
         elif entry.is_file():
             shutil.copyfile(entry, dest / entry.name)

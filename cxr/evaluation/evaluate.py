@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cxr.core.io import write_json
+from cxr.core.io import write_csv, write_json
 from cxr.core.paths import ResolvedPaths
 from cxr.core.sections import Base, Evaluate
 from cxr.data.manifest import Manifest, read_manifest
@@ -115,16 +114,12 @@ def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "aut
                                    "temperature_applied": check["helps"], "criterion": check["criterion"],
                                    "positive_class": pos, "threshold": threshold})
 
-    with paths.predictions.open("w", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        # The content hash lets the promotion gate pair two models' answers image by image.
-        w.writerow(["path", "sha256", "actual", "predicted", *[f"p_{c}" for c in classes]])
-        for r, y, p in zip(test.rows, t_labels, t_probs):
-            w.writerow([r["path"], r["sha256"], classes[y], classes[int(p.argmax())], *[f"{v:.6f}" for v in p]])
-    with paths.roc_points.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["class", "fpr", "tpr", "threshold"], lineterminator="\n")
-        w.writeheader()
-        w.writerows(figures.roc_points(t_labels, t_probs, classes))
+    # The content hash lets the promotion gate pair two models' answers image by image.
+    columns = ["path", "sha256", "actual", "predicted", *[f"p_{c}" for c in classes]]
+    write_csv(paths.predictions, columns, (
+        dict(zip(columns, [r["path"], r["sha256"], classes[y], classes[int(p.argmax())], *[f"{v:.6f}" for v in p]]))
+        for r, y, p in zip(test.rows, t_labels, t_probs)))
+    write_csv(paths.roc_points, ["class", "fpr", "tpr", "threshold"], figures.roc_points(t_labels, t_probs, classes))
 
     figs = {
         "confusion_matrix.png": figures.plot_confusion_matrix(np.asarray(cm), classes),

@@ -2,16 +2,14 @@
 
 Every ``plot_*`` function returns a new :class:`matplotlib.figure.Figure` and never
 touches pyplot's global state, so it is safe in worker processes and threads. The
-caller saves it, e.g. ``fig.savefig(path, dpi=150)`` or :func:`save_figure`, which
-also creates the parent directory. ``roc_points``/``pr_points`` return plain rows
-for DVC plots files.
+caller saves it (``fig.savefig(path, dpi=150)``). ``roc_points`` returns plain rows
+for the ROC plot file DVC draws.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,13 +20,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> Path:
-    """Save a figure (format from the suffix), creating parent directories; return the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    logger.debug("saved figure %s", path)
-    return path
+
 
 
 def _one_vs_rest(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -198,48 +190,7 @@ def roc_points(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) ->
     return rows
 
 
-def pr_points(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> list[dict]:
-    """Rows {class, recall, precision, threshold} of one-vs-rest PR curves (last point threshold 1.0)."""
-    from sklearn.metrics import precision_recall_curve
-
-    y, p = _one_vs_rest(y_true, probs, classes)
-    rows: list[dict] = []
-    for c, name in enumerate(classes):
-        pos = y == c
-        if not pos.any():
-            logger.warning("pr_points: class %r skipped (no positives)", name)
-            continue
-        precision, recall, thr = precision_recall_curve(pos, p[:, c])
-        thr = np.r_[thr, 1.0]
-        rows.extend(
-            {"class": str(name), "recall": float(r), "precision": float(pr), "threshold": float(h)}
-            for r, pr, h in zip(recall, precision, thr)
-        )
-    return rows
 
 
 
-def plot_training_curves(history: Sequence[dict], best_epoch: int | None = None) -> Figure:
-    """Loss (train, validation) and validation accuracy / macro F1 per epoch, the selected epoch marked."""
-    from matplotlib.figure import Figure
 
-    def series(key: str) -> np.ndarray:
-        return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in history])
-
-    epochs = series("epoch")
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
-    loss_ax, score_ax = fig.subplots(1, 2)
-    loss_ax.plot(epochs, series("train_loss"), "o-", label="train loss")
-    loss_ax.plot(epochs, series("val_loss"), "o-", label="validation loss")
-    loss_ax.set_xlabel("Epoch")
-    loss_ax.set_ylabel("Cross-entropy")
-    score_ax.plot(epochs, series("val_accuracy"), "o-", label="validation accuracy")
-    score_ax.plot(epochs, series("val_macro_f1"), "o-", label="validation macro F1")
-    score_ax.set_xlabel("Epoch")
-    score_ax.set_ylim(0.0, 1.0)
-    for ax in (loss_ax, score_ax):
-        if best_epoch:
-            ax.axvline(best_epoch, color="grey", ls="--", lw=1.0, label=f"selected (epoch {best_epoch})")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return fig

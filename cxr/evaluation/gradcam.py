@@ -15,9 +15,9 @@ from cxr.core.io import write_json
 from cxr.core.paths import ResolvedPaths
 from cxr.core.sections import Base, GradCam
 from cxr.data.manifest import read_manifest
+from cxr.data.masks import lesion_mask_path, lung_mask_path, read_mask
 from cxr.data.rawstore import RawStore
 from cxr.evaluation.headline import cam_headline
-from cxr.evaluation.probes import lung_mask_path, read_mask
 from cxr.model.cache import decoded_cache
 from cxr.model.inference import load_trained, pick_device, read_temperature, softmax
 from cxr.model.preprocess import to_input
@@ -88,7 +88,7 @@ def gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "auto"
 
     with RawStore(paths.raw) as store:
         lungs = [read_mask(store, lung_mask_path(r), size) for r in test.rows]
-        lesions = [read_mask(store, f'{r["folder"]}/lesions/{Path(r["path"]).name}', size) for r in test.rows]
+        lesions = [read_mask(store, lesion_mask_path(r), size) for r in test.rows]
     layer = cfg.target_layer or _layer_name(model, arch, cfg.stride)
     metrics: dict = {"method": cfg.method, "target_layer": layer, "images": len(test)}
     has_lung = np.array([m is not None for m in lungs])

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cxr.data.manifest import Manifest
+from cxr.data.masks import lung_mask_path, read_mask
 from cxr.data.rawstore import RawStore
 from cxr.model.cache import CachedImages
 from cxr.model.preprocess import decode
@@ -72,20 +73,10 @@ def reencode(data: bytes, name: str = "<bytes>") -> bytes:
     return buf.tobytes()
 
 
-def read_mask(store: RawStore, rel: str, size: int) -> np.ndarray | None:
-    """The boolean mask stored at ``rel`` (e.g. ``<FOLDER>/masks/<name>``) at ``size``, or None when there is none."""
-    if not store.exists(rel):
-        return None
-    m = cv2.imdecode(np.frombuffer(store.read(rel), np.uint8), cv2.IMREAD_GRAYSCALE)
-    if m is None:
-        log.warning("%s: mask cannot be decoded, ignored", store.describe(rel))
-        return None
-    return cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST) > 127
 
 
-def lung_mask_path(row: dict[str, str]) -> str:
-    """Where the raw data keeps the lung mask of a manifest row (the Kaggle v5 layout)."""
-    return f'{row["folder"]}/masks/{Path(row["path"]).name}'
+
+
 
 
 def _predict(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int) -> np.ndarray:

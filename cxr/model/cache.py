@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cxr.core.io import atomic_path
 from cxr.data.manifest import Manifest
 from cxr.data.rawstore import RawStore
 from cxr.model.preprocess import decode
@@ -57,22 +56,17 @@ def decoded_cache(manifest: Manifest, raw: Path, cache_dir: Path, size: int, wor
 def _build_cache(manifest: Manifest, raw: Path, path: Path, size: int, workers: int) -> None:
     """Decode the manifest's images into ``path`` through a temporary file renamed into place."""
     rels = [r["path"] for r in manifest.rows]
-    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rels), size, size))
-    try:
-        with RawStore(raw) as store:
+    with atomic_path(path) as tmp, RawStore(raw) as store:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rels), size, size))
 
-            def fill(i: int) -> None:
-                out[i] = load_raw(store, rels[i], size)
+        def fill(i: int) -> None:
+            out[i] = load_raw(store, rels[i], size)
 
-            # OpenCV releases the GIL while decoding, so threads scale (archive reads are short and locked).
-            with ThreadPoolExecutor(max(1, workers)) as pool:
-                list(pool.map(fill, range(len(rels))))
+        # OpenCV releases the GIL while decoding, so threads scale (archive reads are short and locked).
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            list(pool.map(fill, range(len(rels))))
         out.flush()
-        del out
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        del out  # the memory map holds the file open: closed before the rename
     log.info("decoded %d images at %d px into %s", len(rels), size, path)
 
 

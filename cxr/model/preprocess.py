@@ -9,9 +9,6 @@ import numpy as np
 import torch
 
 
-
-
-
 def to_gray(image: np.ndarray) -> np.ndarray:
     """Any decoded image (gray, RGB, RGBA, 8 or 16 bit) as 2-D uint8: the one place grayscale is handled."""
     if image.ndim == 3:

@@ -19,7 +19,6 @@ pulls in transformers and numba), so the MMD test is the short, tested implement
 
 from __future__ import annotations
 
-import csv
 import io
 import logging
 import tempfile
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from cxr.core.config import Settings
+from cxr.core.io import read_csv
 from cxr.core.paths import ResolvedPaths
 from cxr.monitoring.report import DriftReport, Sample, compare_samples, write_report
 
@@ -79,11 +79,6 @@ def load_sample(rows: Sequence[dict[str, str]], raw: Path, size: int, max_images
             images.append(decode(data, size, store.describe(r["path"])))
     stack = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
     return Sample(stack, tuple(r["label"] for r in rows), tuple(sizes), tuple(modes))
-
-
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def choose_sides(
@@ -147,7 +142,7 @@ def drift(settings: Settings, paths: ResolvedPaths, uri: str) -> DriftReport:
             report = DriftReport(status="skipped", alpha=cfg.alpha, reasons=[str(why)])
         if champion is not None:
             version, checkpoint, manifest = champion
-            ref_rows, ref_desc, cur_rows, cur_desc = choose_sides(_read_rows(manifest), _read_rows(paths.manifest))
+            ref_rows, ref_desc, cur_rows, cur_desc = choose_sides(read_csv(manifest), read_csv(paths.manifest))
             if len(ref_rows) < 2 or len(cur_rows) < 2:
                 report = DriftReport(status="skipped", alpha=cfg.alpha, champion_version=version, reasons=[
                     f"too few images to compare: {len(ref_rows)} of the champion's validation split are in the "
@@ -169,7 +164,7 @@ def log_to_mlflow(report: DriftReport, settings: Settings, uri: str, root: Path,
     """Log the report as its own MLflow run (tag ``cxr.kind=drift``) in the project's experiment; returns the run id."""
     import mlflow
 
-    from cxr.core.tracking import ensure_experiment
+    from cxr.ops.tracking import ensure_experiment
 
     mlflow.set_tracking_uri(uri)
     exp_id = ensure_experiment(mlflow, settings.base.experiment, root, uri)

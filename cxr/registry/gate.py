@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxr.core.io import read_csv
 from cxr.core.sections import Registry
-from cxr.core.tracking import CHAMPION, MANIFEST_ARTIFACT, PREDICTIONS_ARTIFACT
 from cxr.data.rawstore import RawStore
+from cxr.ops.tracking import CHAMPION, MANIFEST_ARTIFACT, PREDICTIONS_ARTIFACT
 from cxr.registry.aliases import (
     alias_version,
     data_source_problem,
@@ -31,7 +32,6 @@ from cxr.registry.predictions import (
     download_artifact,
     hashed_outcomes,
     manifest_test_rows,
-    read_csv,
     read_manifest_rows,
     rescore,
 )

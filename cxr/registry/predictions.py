@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,12 +28,6 @@ def download_artifact(client, run_id: str, artifact: str, dst: Path) -> Path | N
             run_id=run_id, artifact_path=artifact, dst_path=str(dst), tracking_uri=client.tracking_uri))
     except (MlflowException, OSError):
         return None
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV file with a header."""
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def hashed_outcomes(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.core.sections import Registry
-from cxr.core.tracking import CHALLENGER, CHAMPION, PREVIOUS
+from cxr.ops.tracking import CHALLENGER, CHAMPION, PREVIOUS
 from cxr.registry.aliases import (
     UNSET,
     ChampionChanged,

@@ -3,7 +3,6 @@ a model card) and a new registered version carrying the lineage, the test metric
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -11,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.core.config import Settings
-from cxr.core.dvc import data_version, file_hash
+from cxr.core.io import read_csv
 from cxr.core.paths import ResolvedPaths
-from cxr.core.tracking import check_tracking, ensure_experiment, flatten, git_commit, tracking_uri
+from cxr.ops.lineage import data_version, file_hash, flatten, git_commit
+from cxr.ops.tracking import check_tracking, ensure_experiment, tracking_uri
 from cxr.reporting.modelcard import metric_tags, model_card, version_description
 
 log = logging.getLogger(__name__)
@@ -129,8 +129,8 @@ def register(
     """
     import mlflow
 
-    from cxr.core.tracking import flat_metrics
     from cxr.model.inference import load_checkpoint
+    from cxr.ops.tracking import flat_metrics
     from cxr.serving.pyfunc import log_pyfunc
 
     root = paths.root
@@ -181,10 +181,9 @@ def register(
                            for k, v in flatten(settings.model_dump(mode="json")).items()})
         history = paths.history
         if history.is_file():
-            with history.open() as fh:
-                for row in csv.DictReader(fh):
-                    step = int(row.pop("epoch"))
-                    mlflow.log_metrics({f"epoch/{k}": float(v) for k, v in row.items() if v != ""}, step=step)
+            for row in read_csv(history):
+                step = int(row.pop("epoch"))
+                mlflow.log_metrics({f"epoch/{k}": float(v) for k, v in row.items() if v != ""}, step=step)
         mlflow.log_metrics(flat_metrics(metrics, "test/"))
         # Files left out under download.policy 'skip' (listed in pipeline/report.json and the model card).
         mlflow.log_metric("data/skipped_files", len(data_report.get("skipped") or []))

@@ -10,17 +10,21 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from markupsafe import Markup
 
 from cxr.core.config import Settings
+from cxr.core.io import read_csv, write_text
 from cxr.core.paths import ResolvedPaths
 from cxr.reporting.templating import render_html
+
+if TYPE_CHECKING:
+    import matplotlib.figure
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +149,7 @@ def _gradcam_section(folder: Path, cam_file: Path, classes: Iterable[str]) -> Ma
 
 def _data_section(paths: ResolvedPaths) -> Markup:
     """The data version and the split's data report."""
-    from cxr.core.dvc import data_version
+    from cxr.ops.lineage import data_version
 
     rep = _read_json(paths.data_report)
     splits = ["train", "valid", "test"]
@@ -169,19 +173,15 @@ def _probes_section(m: Mapping[str, Any]) -> Markup:
 
 def _training_section(paths: ResolvedPaths) -> Markup:
     """The per-epoch curves from the train step's history, and the selected epoch."""
-    import csv
     import io
-
-    from cxr.evaluation import figures
 
     history_path = paths.history
     if not history_path.is_file():
         log.warning("%s: not found; the training curves are left out", history_path)
         return render_html("report_training.html.j2", curves=None)
-    with history_path.open(newline="") as fh:
-        history = list(csv.DictReader(fh))
+    history = read_csv(history_path)
     summary = _read_json(paths.train_metrics) or {}
-    fig = figures.plot_training_curves(history, summary.get("best_epoch"))
+    fig = plot_training_curves(history, summary.get("best_epoch"))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     preview = (_img(paths.augmentation_preview, "Train augmentations on one training image: the CPU path (top) and "
@@ -193,8 +193,7 @@ def _training_section(paths: ResolvedPaths) -> Markup:
 
 def _lineage_section(settings: Settings, paths: ResolvedPaths, registered: Mapping[str, str] | None) -> Markup:
     """Which code, data and params made this page, and the MLflow run and registered version it belongs to."""
-    from cxr.core.dvc import data_version, file_hash
-    from cxr.core.tracking import git_commit
+    from cxr.ops.lineage import data_version, file_hash, git_commit
 
     commit, dirty = git_commit(paths.root)
     return render_html(
@@ -205,7 +204,7 @@ def _lineage_section(settings: Settings, paths: ResolvedPaths, registered: Mappi
 
 def _params_section(settings: Settings) -> Markup:
     """Every parameter as one row per key, section by section."""
-    from cxr.core.tracking import flatten
+    from cxr.ops.lineage import flatten
 
     sections = []
     for name, block in settings.model_dump(mode="json").items():
@@ -256,12 +255,32 @@ def report(
         fingerprint=settings.fingerprint(), synthetic=settings.download.source == "synthetic",
         sections=[{"id": sid, "title": title, "html": html} for sid, title, html in sections],
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text(out, page)
     log.info("report written to %s (%.0f kB)", out, out.stat().st_size / 1024)
     return out
+
+
+def plot_training_curves(history: Sequence[dict], best_epoch: int | None = None) -> matplotlib.figure.Figure:
+    """Loss (train, validation) and validation accuracy / macro F1 per epoch, the selected epoch marked."""
+    from matplotlib.figure import Figure
+
+    def series(key: str) -> np.ndarray:
+        return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in history])
+
+    epochs = series("epoch")
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    loss_ax, score_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, series("train_loss"), "o-", label="train loss")
+    loss_ax.plot(epochs, series("val_loss"), "o-", label="validation loss")
+    loss_ax.set_xlabel("Epoch")
+    loss_ax.set_ylabel("Cross-entropy")
+    score_ax.plot(epochs, series("val_accuracy"), "o-", label="validation accuracy")
+    score_ax.plot(epochs, series("val_macro_f1"), "o-", label="validation macro F1")
+    score_ax.set_xlabel("Epoch")
+    score_ax.set_ylim(0.0, 1.0)
+    for ax in (loss_ax, score_ax):
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", ls="--", lw=1.0, label=f"selected (epoch {best_epoch})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from cxr.core.io import write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +52,10 @@ def _overlay_names(paths: Sequence[Path]) -> list[str]:
 
 def _write_table(rows: list[dict], columns: list[str], out: Path) -> None:
     """CSV or JSON (a list of records) by the suffix, written atomically."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        if out.suffix.lower() == ".csv":
-            import csv
-
-            with tmp.open("w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
-                writer.writeheader()
-                writer.writerows(rows)
-        else:
-            tmp.write_text(json.dumps(rows, indent=2) + "\n")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if out.suffix.lower() == ".csv":
+        write_csv(out, columns, rows)
+    else:
+        write_json(out, rows)
 
 
 class ModelUnavailable(RuntimeError):
@@ -95,7 +84,7 @@ def load_model(model_uri: str, tracking_uri: str | None = None):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from cxr.core.tracking import check_tracking
+    from cxr.ops.tracking import check_tracking
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)

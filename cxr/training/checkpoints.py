@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from cxr.core.io import atomic_open
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -16,11 +17,8 @@ def save_checkpoint(path: Path, state: dict) -> None:
     Through a file object, so the zip's record names do not come from the temporary file's name (which holds
     the PID): the same state gives the same bytes, and DVC records the same hash for a rerun.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
+    with atomic_open(path, "wb") as fh:
         torch.save(state, fh)
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:

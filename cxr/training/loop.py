@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cxr.core.io import write_json
+from cxr.core.io import atomic_path, write_csv, write_json
 from cxr.core.paths import ResolvedPaths
 from cxr.core.sections import Base, Train
 from cxr.data.manifest import manifest_hash, read_manifest
@@ -147,14 +146,8 @@ def _better(monitor: str, new: float, best: float | None) -> bool:
 
 
 def _write_history(path: Path, rows: Sequence[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=HISTORY_FIELDS, lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
-    os.replace(tmp, path)
+    write_csv(path, HISTORY_FIELDS, ({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()}
+                                     for r in rows))
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -358,7 +351,5 @@ def write_preview(train_m, images: np.ndarray, cfg: Train, seed: int, out: Path)
 
     first = min(range(len(train_m)), key=lambda i: train_m.rows[i]["path"])
     fig = preview_figure(np.array(images[first]), cfg.augment, seed=seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")

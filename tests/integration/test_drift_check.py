@@ -19,12 +19,12 @@ pytestmark = pytest.mark.slow
 def test_drift_check_against_the_champion(tmp_path: Path, monkeypatch) -> None:
     import mlflow
 
-    from cxr.core.tracking import tracking_uri
     from cxr.data.download import download
     from cxr.data.split import split
     from cxr.evaluation.evaluate import evaluate
     from cxr.monitoring.drift import drift, log_to_mlflow
     from cxr.monitoring.report import read_report
+    from cxr.ops.tracking import tracking_uri
     from cxr.registry.promote import promote
     from cxr.registry.register import register
     from cxr.training.loop import train

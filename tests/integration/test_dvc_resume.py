@@ -19,7 +19,7 @@ import torch
 from conftest import make_project, tiny_params
 
 from cxr.core.config import load_settings
-from cxr.core.dvc import DvcError, run_dvc
+from cxr.ops.dvc import DvcError, run_dvc
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ import yaml
 from conftest import REPO, make_project, tiny_params
 
 from cxr.core.config import load_settings
-from cxr.core.dvc import dvc_env
 from cxr.core.paths import CACHE_DIR_ENV
+from cxr.ops.dvc import dvc_env
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,7 @@ def test_tune_two_trials_on_validation_only(committed: Path, tmp_path: Path, mon
     import mlflow
 
     from cxr.data.split import split
-    from cxr.training.tune import tune
+    from cxr.experiments.tune import tune
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     root = _project(committed, tmp_path)

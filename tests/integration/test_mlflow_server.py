@@ -116,7 +116,7 @@ def test_gate_promotion_rollback_and_serving_by_alias(client, tmp_path: Path) ->
     import pandas as pd
 
     from cxr.core.sections import Registry
-    from cxr.core.tracking import CHAMPION, PREVIOUS
+    from cxr.ops.tracking import CHAMPION, PREVIOUS
     from cxr.registry.aliases import DataSourceMismatch, GateRefused, alias_version, audit_log
     from cxr.registry.promote import promote, register_challenger, rollback
 
@@ -168,7 +168,7 @@ def test_gate_promotion_rollback_and_serving_by_alias(client, tmp_path: Path) ->
 def test_two_promotions_at_once_leave_exactly_one_champion(client, tmp_path: Path, lock: bool) -> None:
     from mlflow import MlflowClient
 
-    from cxr.core.tracking import CHAMPION
+    from cxr.ops.tracking import CHAMPION
     from cxr.registry.aliases import alias_version
     from cxr.registry.promote import promote
 
@@ -217,7 +217,7 @@ def test_two_promotions_at_once_leave_exactly_one_champion(client, tmp_path: Pat
 def test_advisory_lock_excludes_a_second_promoter(pg, server, tmp_path: Path, client) -> None:
     from mlflow import MlflowClient
 
-    from cxr.core.tracking import CHAMPION
+    from cxr.ops.tracking import CHAMPION
     from cxr.registry.aliases import alias_version, promotion_lock
     from cxr.registry.promote import promote
 
@@ -236,7 +236,7 @@ def test_advisory_lock_excludes_a_second_promoter(pg, server, tmp_path: Path, cl
 
 
 def test_unreachable_tracking_server_fails_fast() -> None:
-    from cxr.core.tracking import TrackingUnavailable, check_tracking
+    from cxr.ops.tracking import TrackingUnavailable, check_tracking
 
     with pytest.raises(TrackingUnavailable, match="unreachable"):
         check_tracking(f"http://127.0.0.1:{closed_port()}")

@@ -13,7 +13,7 @@ import yaml
 from conftest import deep_update, make_project, tiny_params
 
 from cxr.core.config import parse_settings
-from cxr.core.dvc import dvc_env
+from cxr.ops.dvc import dvc_env
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ import yaml
 from conftest import REPO, deep_update, make_project, tiny_params
 from integration.servers import Process, running_prefect_server, start_process, stop_process, tail
 
-from cxr.core.dvc import dvc_env
+from cxr.ops.dvc import dvc_env
 
 pytestmark = pytest.mark.slow
 

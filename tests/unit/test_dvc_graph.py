@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -16,7 +17,7 @@ PACKAGE = "cxr"
 
 
 def module_file(name: str) -> Path | None:
-    """The project file of a dotted module name (``cxr.data`` -> cxr/data.py), or None when not ours."""
+    """The project file of a dotted module name (``cxr.data.split`` -> cxr/data/split.py), or None when not ours."""
     parts = name.split(".")
     if parts[0] != PACKAGE:
         return None
@@ -35,7 +36,7 @@ def imported_names(node: ast.AST) -> set[str]:
             names.update(a.name for a in n.names)
         elif isinstance(n, ast.ImportFrom) and n.module and n.level == 0:
             names.add(n.module)
-            # ``from cxr import figures`` imports the module cxr.evaluation.figures
+            # ``from cxr.evaluation import figures`` imports the module cxr.evaluation.figures
             names.update(f"{n.module}.{a.name}" for a in n.names)
     return names
 
@@ -85,7 +86,7 @@ def command_closure(command: str) -> set[Path]:
     return import_closure(project_imports(names) | {REPO / PACKAGE / "__init__.py"}, entry)
 
 
-TEMPLATES = REPO / PACKAGE / "templates"
+TEMPLATES = REPO / PACKAGE / "reporting" / "templates"
 # {% include "x" %}, {% import "x" as m %}, {% from "x" import m %}, {% extends "x" %}
 RENDERERS = {"render_html", "render_text", "get_template"}
 TEMPLATE_REF = re.compile(r"""\{%-?\s*(?:include|import|from|extends)\s+["']([^"']+)["']""")
@@ -122,18 +123,25 @@ def covered(rel: str, deps: list[str]) -> bool:
 STAGES = sorted(stages())
 
 
+def code_files(dep: str) -> list[str]:
+    """The Python files a code dep stands for: the file itself, or every module of a folder (a subpackage)."""
+    path = REPO / dep
+    files = [path] if path.is_file() else sorted(path.rglob("*.py"))
+    return [f.relative_to(REPO).as_posix() for f in files if "__pycache__" not in f.parts]
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_deps_cover_its_import_closure(stage: str) -> None:
     spec = stages()[stage]
     m = re.fullmatch(r"python -m cxr ([a-z_-]+)", spec["cmd"].strip())
     assert m, f"stage {stage}: cmd {spec['cmd']!r} is not `python -m cxr COMMAND`"
     deps = [d for d in spec.get("deps", []) if isinstance(d, str)]
-    missing = sorted(
-        rel for f in command_closure(m.group(1)) if not covered(rel := f.relative_to(REPO).as_posix(), deps)
-    )
-    assert not missing, f"dvc.yaml stage {stage!r} imports {missing} but does not list them in deps"
     closure = {f.relative_to(REPO).as_posix() for f in command_closure(m.group(1))}
-    extra = sorted(d for d in deps if d.endswith(".py") and d not in closure)
+    missing = sorted(rel for rel in closure if not covered(rel, deps))
+    assert not missing, f"dvc.yaml stage {stage!r} imports {missing} but does not list them in deps"
+    # A folder dep (a whole subpackage) is exact only when the stage imports every module in it.
+    code = [d for d in deps if d.startswith(f"{PACKAGE}/") and not covered(d, [TEMPLATES.relative_to(REPO).as_posix()])]
+    extra = sorted(f for d in code for f in code_files(d) if f not in closure)
     assert not extra, f"dvc.yaml stage {stage!r} lists {extra}, which its command never imports (needless reruns)"
 
 
@@ -164,22 +172,37 @@ def test_stage_code_deps_exist(stage: str) -> None:
 
 
 def test_closure_sees_function_level_imports() -> None:
-    # The evaluate command imports cxr.evaluation.evaluate inside its function, which imports cxr.evaluation.figures inside another.
+    # The evaluate command imports cxr.evaluation.evaluate inside its function, which imports figures inside another.
     files = {f.relative_to(REPO).as_posix() for f in command_closure("evaluate")}
-    assert {"cxr/evaluation/evaluate.py", "cxr/evaluation/figures.py", "cxr/config.py", "cxr/cli.py"} <= files
+    assert {"cxr/evaluation/evaluate.py", "cxr/evaluation/figures.py", "cxr/core/config.py", "cxr/cli.py"} <= files
     assert "cxr/registry/register.py" not in files
 
 
+def dvc_folder_md5(folder: Path) -> str:
+    """The ``.dir`` hash DVC 3 records for a folder: md5 of the sorted (md5, relpath) list of its files, as JSON.
+
+    Files .dvcignore leaves out (``__pycache__/``, ``*.tmp``) are not part of it.
+    """
+    entries = [
+        {"md5": hashlib.md5(f.read_bytes()).hexdigest(), "relpath": f.relative_to(folder).as_posix()}
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".tmp"
+    ]
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
 def test_lock_records_the_committed_code() -> None:
-    """Every code file in dvc.lock has the md5 of the file as it is: the metrics came from this code."""
+    """Every code file and folder in dvc.lock has the md5 it has now: the metrics came from this code."""
     lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
     stale = []
     for name, stage in lock.items():
         for dep in stage.get("deps", []):
             path = REPO / dep["path"]
-            if path.is_file() and path.suffix == ".py":
-                if hashlib.md5(path.read_bytes()).hexdigest() != dep.get("md5"):
-                    stale.append(f"{name}: {dep['path']}")
+            if not dep["path"].startswith(f"{PACKAGE}/"):
+                continue
+            now = dvc_folder_md5(path) if path.is_dir() else hashlib.md5(path.read_bytes()).hexdigest()
+            if now != dep.get("md5"):
+                stale.append(f"{name}: {dep['path']}")
     assert not stale, f"dvc.lock records other versions of {stale}: rerun the pipeline and commit dvc.lock"
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cxr.core.dvc import DvcError, StageKilled, run_dvc
+from cxr.ops.dvc import DvcError, StageKilled, run_dvc
 from tasks.pipeline_tasks import is_transient
 
 

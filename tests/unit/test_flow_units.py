@@ -13,10 +13,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from cxr.core import notify
-from cxr.core.dvc import DvcError
+from cxr.ops import notify
 from cxr.core.sections import ConfigError
-from cxr.core.tracking import TrackingUnavailable
+from cxr.ops.dvc import DvcError
+from cxr.ops.tracking import TrackingUnavailable
 from cxr.reporting.summary import metrics_markdown
 from flows.pipeline import data_report_markdown
 from tasks import pipeline_tasks as pt
@@ -102,7 +102,7 @@ def test_notify_posts_json_to_the_webhook(webhook, monkeypatch) -> None:
 
 def test_notify_without_webhook_only_logs(webhook, monkeypatch, caplog) -> None:
     monkeypatch.delenv(notify.WEBHOOK_ENV, raising=False)
-    with caplog.at_level("INFO", logger="cxr.core.notify"):
+    with caplog.at_level("INFO", logger="cxr.ops.notify"):
         notify.notify_failure(*_failed_run())
     assert webhook.received == []
     assert "pipeline failure: cxr-pipeline run brave-otter ended Failed" in caplog.text
@@ -112,7 +112,7 @@ def test_notify_without_webhook_only_logs(webhook, monkeypatch, caplog) -> None:
 def test_notify_never_raises_and_never_logs_the_token(webhook, monkeypatch, caplog) -> None:
     webhook.status = 500
     monkeypatch.setenv(notify.WEBHOOK_ENV, f"http://127.0.0.1:{webhook.server_port}/secret-token")
-    with caplog.at_level("INFO", logger="cxr.core.notify"):
+    with caplog.at_level("INFO", logger="cxr.ops.notify"):
         notify.notify_failure(*_failed_run())  # a 500 answer
     assert len(webhook.received) == 1
     assert "failure notification to http://127.0.0.1 failed: Internal Server Error" in caplog.text

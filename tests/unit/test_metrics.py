@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from cxr.core.tracking import flat_metrics
 from cxr.evaluation import figures
+from cxr.ops.tracking import flat_metrics
 from cxr.stats.calibration import TEMPERATURE_CRITERION, calibration, fit_temperature, nll, temperature_check
 from cxr.stats.classification import _weighted_auc, choose_threshold, classification_metrics, per_source_metrics
 
@@ -320,8 +320,9 @@ def test_figures_written(tmp_path, fig_data, kind) -> None:
     else:
         fig = figures.plot_reliability(y, p)
     assert fig.axes
-    path = figures.save_figure(fig, tmp_path / "sub" / f"{kind}.png", dpi=80)
-    assert path.exists() and path.stat().st_size > 1024
+    path = tmp_path / f"{kind}.png"
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    assert path.stat().st_size > 1024
 
 
 def test_roc_points(fig_data) -> None:
@@ -332,8 +333,6 @@ def test_roc_points(fig_data) -> None:
     json.dumps(rows, allow_nan=False)
     covid = [r for r in rows if r["class"] == "COVID"]
     assert covid[0]["fpr"] == 0.0 and covid[-1]["tpr"] == 1.0
-    pr = figures.pr_points(y, p, CLASSES)
-    json.dumps(pr, allow_nan=False)
 
 
 def test_augmentation_preview_grid(tmp_path) -> None:
@@ -354,7 +353,8 @@ def test_augmentation_preview_grid(tmp_path) -> None:
     again = preview_figure(image, aug, n=5, seed=3)
     assert all(np.array_equal(np.asarray(a.images[0].get_array()), np.asarray(b.images[0].get_array()))
                for a, b in zip(fig.axes, again.axes) if a.images)
-    assert figures.save_figure(fig, tmp_path / "aug.png", dpi=60).stat().st_size > 1024
+    fig.savefig(tmp_path / "aug.png", dpi=60)
+    assert (tmp_path / "aug.png").stat().st_size > 1024
     with pytest.raises(ValueError, match="2-D uint8"):
         preview_figure(image.astype(np.float32), aug)
 

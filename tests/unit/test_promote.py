@@ -15,7 +15,7 @@ import pytest
 from conftest import label_reading_model
 
 from cxr.core.sections import Registry
-from cxr.core.tracking import CHALLENGER, CHAMPION, PREVIOUS
+from cxr.ops.tracking import CHALLENGER, CHAMPION, PREVIOUS
 from cxr.registry.aliases import (
     ChampionChanged,
     DataSourceMismatch,

@@ -431,7 +431,7 @@ def test_register_twice_with_the_same_inputs_registers_once(tmp_path: Path, monk
     assert reg.register(changed, paths).new
     (paths.root / "cxr" / "model" / "networks.py").write_text((paths.root / "cxr" / "model" / "networks.py").read_text() + "\n# edited\n")
     assert reg.register(settings, paths).new
-    card = paths.root / "cxr" / "templates" / "model_card.md.j2"
+    card = paths.root / "cxr" / "reporting" / "templates" / "model_card.md.j2"
     card.write_text(card.read_text() + "\nEdited.\n")
     assert reg.register(settings, paths).new  # a template shapes the registered card: it is code too
     data = yaml.safe_load((paths.root / "data.dvc").read_text())
@@ -464,7 +464,7 @@ def test_artifacts_go_beside_the_store_not_into_the_working_folder(tmp_path: Pat
 
 
 def test_artifact_location_follows_the_tracking_uri(tmp_path: Path) -> None:
-    from cxr.core.tracking import artifact_location
+    from cxr.ops.tracking import artifact_location
 
     assert artifact_location(f"sqlite:///{tmp_path / 'store' / 'x.db'}", tmp_path / "p") == (
         (tmp_path / "store" / "mlartifacts").as_uri())

@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from cxr.core.sections import Range, Train
-from cxr.training.tune import TuneResult, apply, direction, nested, suggest
+from cxr.experiments.tune import TuneResult, apply, direction, nested, suggest
 
 
 def test_suggestions_stay_in_their_ranges_and_apply_to_train() -> None:

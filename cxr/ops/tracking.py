@@ -1,11 +1,11 @@
-"""Where runs are tracked: the tracking URI and its health, the experiment and its artifact store, and the
-lineage helpers (git commit, flattened params) that runs and reports share. Imports nothing heavy."""
+"""MLflow plumbing: the tracking URI and its health, the experiment and its artifact store, flat metric keys,
+and the names (aliases, artifact paths) that registration, the gate and the drift check share. Imports nothing
+heavy."""
 
 from __future__ import annotations
 
 import math
 import os
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -39,26 +39,10 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def git_commit(root: Path) -> tuple[str, bool]:
-    """The checked-out commit and whether the work tree has uncommitted changes."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True)
-        return sha.stdout.strip(), bool(dirty.stdout.strip())
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return "unknown", False
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    """Nested mapping to dotted keys."""
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+
+
 
 
 def artifact_location(uri: str, root: Path) -> str | None:

@@ -56,7 +56,7 @@ class Experiment:
 
 
 def _dvc(root: Path, *args: str) -> str:
-    from cxr.core.dvc import run_dvc
+    from cxr.ops.dvc import run_dvc
 
     return run_dvc(list(args), root)
 
@@ -98,7 +98,7 @@ def queue(root: Path, set_params: Sequence[str]) -> list[str]:
 
 def run_queue(root: Path, names: Sequence[str], jobs: int = 1, timeout_s: float | None = None) -> dict[str, str]:
     """Start ``jobs`` queue workers and wait until the named experiments finished; returns name -> final status."""
-    from cxr.core.dvc import dvc_env
+    from cxr.ops.dvc import dvc_env
 
     # The workers outlive `dvc queue start` and keep its output open: detach them from ours.
     subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)], cwd=root, env=dvc_env(),
@@ -138,7 +138,8 @@ def log_sweep(root: Path, settings: Settings, uri: str, sweep: str, names: Seque
     """
     import mlflow
 
-    from cxr.core.tracking import check_tracking, ensure_experiment, flat_metrics, flatten
+    from cxr.ops.lineage import flatten
+    from cxr.ops.tracking import check_tracking, ensure_experiment, flat_metrics
 
     check_tracking(uri)
     exps = [e for e in list_experiments(root) if names is None or e.name in names]

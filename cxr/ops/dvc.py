@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import queue
@@ -16,9 +15,10 @@ from pathlib import Path
 
 import yaml
 
-log = logging.getLogger(__name__)
+from cxr.core.io import write_text
+from cxr.ops.lineage import DATA_DVC, data_version, read_data_dvc
 
-DATA_DVC = "data.dvc"
+log = logging.getLogger(__name__)
 
 
 class DvcError(RuntimeError):
@@ -128,23 +128,13 @@ def run_dvc(args: list[str], root: Path, on_line: Callable[[str], None] | None =
     return out
 
 
-def read_data_dvc(root: Path) -> dict:
-    """The contents of ``data.dvc`` (empty when absent)."""
-    path = root / DATA_DVC
-    if not path.is_file():
-        return {}
-    return yaml.safe_load(path.read_text()) or {}
 
 
-def data_version(root: Path) -> str | None:
-    """The md5 that ``data.dvc`` records for the raw data: the data version."""
-    outs = read_data_dvc(root).get("outs") or [{}]
-    return outs[0].get("md5")
 
 
-def file_hash(path: Path) -> str | None:
-    """sha256 of a file such as ``dvc.lock``, or None when it does not exist."""
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+
 
 
 def track_raw(root: Path, raw_rel: str, meta: dict) -> str:
@@ -155,9 +145,7 @@ def track_raw(root: Path, raw_rel: str, meta: dict) -> str:
     if outs[0].get("path") != raw_rel:
         outs = [{"path": raw_rel}]
     doc = {"outs": [{"path": raw_rel, **{k: v for k, v in outs[0].items() if k != "path"}}], "meta": meta}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-    os.replace(tmp, path)
+    write_text(path, yaml.safe_dump(doc, sort_keys=False))
     run_dvc(["commit", "--force", "--quiet", DATA_DVC], root)
     return data_version(root) or ""
 

@@ -10,7 +10,6 @@ MLflow run nested under one parent run per study. The best values are written as
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import shlex
@@ -22,6 +21,7 @@ from typing import Any
 import yaml
 
 from cxr.core.config import Settings
+from cxr.core.io import write_csv, write_text
 from cxr.core.paths import ResolvedPaths
 from cxr.core.sections import Range, Train
 
@@ -102,8 +102,8 @@ def tune(settings: Settings, paths: ResolvedPaths, uri: str, trials: int | None 
     import optuna
 
     from cxr.core.io import write_json
-    from cxr.core.tracking import check_tracking, ensure_experiment
     from cxr.data.manifest import read_manifest
+    from cxr.ops.tracking import check_tracking, ensure_experiment
     from cxr.training.loop import train
 
     cfg = settings.tune
@@ -188,11 +188,10 @@ def _write_outputs(result: TuneResult, study: Any, objective: str) -> None:
         f"#   dvc exp run {shlex.join(result.dvc_args())}\n"
         "# or merge these keys into params.yaml.\n"
     )
-    result.params_file.write_text(header + yaml.safe_dump(nested(result.best_params), sort_keys=False))
+    write_text(result.params_file, header + yaml.safe_dump(nested(result.best_params), sort_keys=False))
     keys = sorted({k for t in study.trials for k in t.params})
-    with (result.params_file.parent / TRIALS_FILE).open("w", newline="") as fh:
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(["number", "state", objective, *keys])
-        for t in study.trials:
-            w.writerow([t.number, t.state.name, "" if t.value is None else f"{t.value:.6g}",
-                        *(t.params.get(k, "") for k in keys)])
+    columns = ["number", "state", objective, *keys]
+    write_csv(result.params_file.parent / TRIALS_FILE, columns, (
+        dict(zip(columns, [t.number, t.state.name, "" if t.value is None else f"{t.value:.6g}",
+                           *(t.params.get(k, "") for k in keys)]))
+        for t in study.trials))
