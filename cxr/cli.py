@@ -144,11 +144,7 @@ def register(
 
     s, r = setup(params, root)
     res = _run(step, s, s.paths(r), params.resolve(), force)
-    if res.new:
-        typer.echo(f"MLflow run {res.run_id}: {res.model_name} version {res.version}")
-    else:
-        typer.echo(f"MLflow run {res.run_id}: inputs unchanged, nothing registered; same as {res.model_name} "
-                   f"version {res.version} (--force registers anyway)")
+    typer.echo(res.summary())
 
 
 def _registry(params: Path, root: Path | None):
@@ -170,10 +166,15 @@ ActorOpt = Annotated[
 
 #: ``cxr gate``'s exit status when the gate refuses the version (1 is an error, 2 bad params or usage).
 GATE_REFUSED = 3
+#: ``cxr gate``'s exit status when the version passes but drift holds it back (``drift.block_promotion``).
+GATE_HELD = 4
+#: ``cxr drift``'s exit status when the check flags drift.
+DRIFT_FLAGGED = 3
 
 
 @app.command(epilog=f"Exit codes: 0 the version passed (and was promoted when auto_promote is on); "
-                    f"{GATE_REFUSED} the gate refused it; 1 an error (no such version, registry unreachable); "
+                    f"{GATE_REFUSED} the gate refused it; {GATE_HELD} it passed but drift holds it back "
+                    "(drift.block_promotion); 1 an error (no such version, registry unreachable); "
                     "2 bad params or usage.")
 def gate(
     version: Annotated[str, typer.Argument(help="Model version to put through the gate.")],
@@ -181,17 +182,29 @@ def gate(
     root: RootOpt = None,
 ) -> None:
     """Make a version the challenger and run the promotion gate (promotes when it passes and auto_promote is on)."""
-    from cxr.registry.promote import register_challenger
+    from cxr.registry.gate import gate as step
 
     s, r, client = _registry(params, root)
-    p = s.paths(r)
-    res = _run(register_challenger, client, s.base.model_name, version, s.registry, p.manifest, p.raw)
-    verdict = "promoted to champion" if res.promotion else ("passes" if res.decision.promote else "refused")
-    typer.echo(f"{s.base.model_name} version {version}: {verdict}")
-    for reason in res.decision.reasons:
-        typer.echo(f"  - {reason}")
+    res = _run(step, s, s.paths(r), client, version)
+    for line in res.lines():
+        typer.echo(line)
     if not res.decision.promote:
         raise typer.Exit(GATE_REFUSED)
+    if res.held:
+        raise typer.Exit(GATE_HELD)
+
+
+@app.command(epilog=f"Exit codes: 0 checked, no drift (or nothing to compare with, said why); {DRIFT_FLAGGED} "
+                    "drift flagged; 1 an error (tracking server unreachable, no split manifest); 2 bad params.")
+def drift(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
+    """Compare the current split's data with the champion's; write the report, log it to MLflow, notify on drift."""
+    from cxr.monitoring.drift import drift as step
+
+    s, r, client = _registry(params, root)
+    report = _run(step, s, s.paths(r), client.tracking_uri)
+    typer.echo(report.summary())
+    if report.flagged:
+        raise typer.Exit(DRIFT_FLAGGED)
 
 
 @app.command(epilog="Exit codes: 0 promoted (or already champion); 1 refused or an error (a version the gate "

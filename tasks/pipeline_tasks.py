@@ -1,4 +1,5 @@
-"""The Prefect tasks of the pipeline; each calls the one implementation of its step and returns paths and ids."""
+"""The Prefect tasks of the pipeline: each calls the one implementation of its step, and only retries, logs
+and publishes (artifacts with fixed keys, so the UI keeps each one's history). Tasks pass paths and ids."""
 
 from __future__ import annotations
 
@@ -7,12 +8,10 @@ import re
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 
 from cxr.core.config import load_settings
 from cxr.ops.dvc import DvcError, DvcLockBusy, StageKilled, run_dvc, stream_command
-
-#: The DVC stages in pipeline order (dvc.yaml owns their commands, deps and outs).
-STAGES: tuple[str, ...] = ("split", "train", "evaluate", "gradcam", "report")
 
 # Time limits (seconds). Generous on purpose: they exist to free a hung worker (a stalled download,
 # a deadlocked DataLoader), not to police slow hardware. Full data on a CPU is the slow case.
@@ -21,8 +20,10 @@ STAGE_TIMEOUT_S = 8 * 3600  # one DVC stage; training on the full dataset domina
 REGISTER_TIMEOUT_S = 15 * 60  # one MLflow run and a ~50 MB model upload
 FLOW_TIMEOUT_S = 24 * 3600  # the whole run; below the weekly schedule so runs cannot pile up
 
-#: Fixed artifact key: the history of what each run registered, or that it found nothing new.
+#: Fixed artifact keys: each run adds a version, so the UI shows the history of each.
 REGISTRATION_ARTIFACT = "cxr-registration"
+DRIFT_ARTIFACT = "cxr-drift"
+PROMOTION_ARTIFACT = "cxr-promotion"
 
 #: Errors that can heal by themselves when tried again (network, a busy server, a flaky disk).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
@@ -30,6 +31,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutErr
 PERMANENT_OS_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
 )
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` is worth a retry: network or I/O trouble, an unreachable tracker, a busy DVC lock."""
     from cxr.core.sections import ConfigError
@@ -88,94 +91,59 @@ def repro_stage(stage: str, root: str) -> bool:
 
 
 @task(
+    name="drift", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient,
+    timeout_seconds=REGISTER_TIMEOUT_S,
+)
+def check_drift(params: str, root: str) -> dict:
+    """The drift step (report, MLflow run, notice on drift); publish the report."""
+    from cxr.monitoring.drift import drift
+    from cxr.ops.tracking import tracking_uri
+
+    s = load_settings(params)
+    report = drift(s, s.paths(Path(root)), tracking_uri(Path(root)))
+    create_markdown_artifact(key=DRIFT_ARTIFACT, markdown=report.markdown(),
+                             description="Data drift of the current data against the champion's")
+    get_run_logger().info("%s", report.summary())
+    return {"status": report.status, "flagged": report.flagged, "reasons": report.reasons,
+            "mlflow_run_id": report.mlflow_run_id}
+
+
+@task(
     name="register", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient,
     timeout_seconds=REGISTER_TIMEOUT_S,
 )
 def register_model(params: str, root: str) -> dict:
     """Log the run to MLflow and register a new model version, or point to the version with the same inputs."""
-    from prefect.artifacts import create_markdown_artifact
-
     from cxr.registry.register import register
 
     s = load_settings(params)
     res = register(s, s.paths(Path(root)), Path(params))
-    if res.new:
-        text = f"**{res.model_name} version {res.version}** registered (MLflow run `{res.run_id}`)."
-    else:
-        text = (f"**Nothing new.** Data, params and code equal those of {res.model_name} version {res.version}: "
-                f"no version registered, the gate did not run (MLflow run `{res.run_id}` records this run).")
-    create_markdown_artifact(key=REGISTRATION_ARTIFACT, markdown=text, description="What this run registered")
+    create_markdown_artifact(key=REGISTRATION_ARTIFACT, markdown=res.summary(), description="What this run registered")
+    get_run_logger().info("%s", res.summary())
     return {"run_id": res.run_id, "model": res.model_name, "version": res.version, "tracking_uri": res.tracking_uri,
             "new": res.new}
-
-
-@task(
-    name="drift", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient,
-    timeout_seconds=REGISTER_TIMEOUT_S,
-)
-def check_drift(params: str, root: str, data_version: str | None) -> dict:
-    """Compare the current data with the champion's; publish the report, log it to MLflow, notify on drift."""
-    DRIFT_ARTIFACT = "cxr-drift"
-    from prefect.artifacts import create_markdown_artifact
-
-    from cxr.monitoring.drift import drift, log_to_mlflow
-    from cxr.ops.notify import notify_drift
-    from cxr.ops.tracking import tracking_uri
-
-    s = load_settings(params)
-    root_path = Path(root)
-    uri = tracking_uri(root_path)
-    report = drift(s, s.paths(root_path), uri)
-    create_markdown_artifact(key=DRIFT_ARTIFACT, markdown=report.markdown(),
-                             description=f"Data drift of data version {data_version} against the champion")
-    # Nothing measured (no champion yet) leaves nothing in MLflow.
-    run_id = log_to_mlflow(report, s, uri, root_path, data_version) if report.status == "checked" else None
-    if report.flagged and s.drift.notify:
-        notify_drift("; ".join(report.reasons), {"data_version": data_version, "mlflow_run_id": run_id,
-                                                 "champion_version": report.champion_version, "tests": report.tests})
-    block = report.flagged and s.drift.block_promotion
-    get_run_logger().info("drift: %s%s", "; ".join(report.reasons) or report.status,
-                          " (promotion blocked)" if block else "")
-    return {"status": report.status, "flagged": report.flagged, "block_promotion": block, "reasons": report.reasons,
-            "mlflow_run_id": run_id}
 
 
 @task(
     name="gate", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient,
     timeout_seconds=REGISTER_TIMEOUT_S,
 )
-def gate_version(params: str, root: str, version: str, blocked_by: str | None = None) -> dict:
-    """Make the new version the challenger and run the promotion gate; record the decision.
-
-    ``blocked_by`` (the drift check's reasons) keeps the gate from promoting even when it passes.
-    """
+def gate_version(params: str, root: str, version: str) -> dict:
+    """The promotion gate on the new version (the same step as ``cxr gate``); publish its verdict."""
     from mlflow import MlflowClient
-    from prefect.artifacts import create_markdown_artifact
 
     from cxr.ops.tracking import tracking_uri
-    from cxr.registry.promote import register_challenger
+    from cxr.registry.gate import gate
 
     s = load_settings(params)
-    paths = s.paths(Path(root))
-    registry = s.registry.model_copy(update={"auto_promote": False}) if blocked_by else s.registry
-    res = register_challenger(
-        MlflowClient(tracking_uri(Path(root))), s.base.model_name, version, registry, paths.manifest, paths.raw
-    )
-    verdict = "promoted to champion" if res.promotion else ("passed" if res.decision.promote else "refused")
-    if blocked_by and res.decision.promote:
-        verdict = f"passed, not promoted: data drift ({blocked_by})"
-    reasons = "\n".join(f"- {r}" for r in res.decision.reasons)
-    create_markdown_artifact(
-        key="cxr-promotion",
-        markdown=f"**{s.base.model_name} version {version}: {verdict}**\n\n{reasons}\n",
-        description="Promotion gate decision",
-    )
-    get_run_logger().info("%s version %s: %s", s.base.model_name, version, verdict)
+    res = gate(s, s.paths(Path(root)), MlflowClient(tracking_uri(Path(root))), version)
+    create_markdown_artifact(key=PROMOTION_ARTIFACT, markdown=res.markdown(), description="Promotion gate decision")
+    get_run_logger().info("%s", res.lines()[0])
     return {"version": version, "promote": res.decision.promote, "promoted": res.promotion is not None,
-            "reasons": res.decision.reasons}
+            "held_by": res.held_by, "verdict": res.verdict, "reasons": res.decision.reasons}
 
 
 __all__ = [
-    "STAGES", "check_drift", "download_data", "repro_stage", "register_model", "gate_version", "DvcError", "DvcLockBusy", "StageKilled",
-    "is_transient", "stream_command", "stream_dvc",
+    "check_drift", "download_data", "repro_stage", "register_model", "gate_version", "DvcError", "DvcLockBusy",
+    "StageKilled", "is_transient", "stream_command", "stream_dvc",
 ]

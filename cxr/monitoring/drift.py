@@ -14,7 +14,7 @@ weights were fitted to its training images, so their features are tighter than t
 and the test would flag "drift" between two samples of one distribution. The current side is every image
 whose content the champion's manifest does not hold (data that arrived since), or the current test split
 when nothing new arrived. No scipy/numpy-free library fits here without heavy dependencies (alibi-detect
-pulls in transformers and numba), so the MMD test is the short, tested implementation below.
+pulls in transformers and numba), so the MMD test is the short, tested implementation in :mod:`cxr.stats.twosample`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ import numpy as np
 from cxr.core.config import Settings
 from cxr.core.io import read_csv
 from cxr.core.paths import ResolvedPaths
+from cxr.data.manifest import manifest_hash, read_manifest
 from cxr.monitoring.report import DriftReport, Sample, compare_samples, write_report
+from cxr.ops.lineage import data_version
+from cxr.ops.notify import notify_drift
+from cxr.ops.tracking import CHAMPION, MANIFEST_ARTIFACT
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +115,14 @@ def _champion(settings: Settings, uri: str, dst: Path) -> tuple[str, Path, Path]
     client = mlflow.MlflowClient(uri)
     name = settings.base.model_name
     try:
-        mv = client.get_model_version_by_alias(name, "champion")
+        mv = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         raise NoReference(f"no champion of {name} yet: nothing to compare with") from None
     try:
-        manifest = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="pipeline/manifest.csv",
+        manifest = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=MANIFEST_ARTIFACT,
                                                             dst_path=str(dst / "run"), tracking_uri=uri))
     except (MlflowException, OSError):
-        raise NoReference(f"champion {name} version {mv.version} has no pipeline/manifest.csv in its run") from None
+        raise NoReference(f"champion {name} version {mv.version} has no {MANIFEST_ARTIFACT} in its run") from None
     # The version's concrete location: a models:/ URI would be resolved against the process-wide registry.
     location = client.get_model_version_download_uri(name, mv.version)
     model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(dst / "model"),
@@ -129,34 +133,43 @@ def _champion(settings: Settings, uri: str, dst: Path) -> tuple[str, Path, Path]
     return str(mv.version), checkpoints[0], manifest
 
 
-def drift(settings: Settings, paths: ResolvedPaths, uri: str) -> DriftReport:
-    """Compare the current data with the champion's and write the report to ``base.paths.drift``."""
+def check(settings: Settings, paths: ResolvedPaths, uri: str) -> DriftReport:
+    """Compare the current data (the manifest at ``paths``) with the champion's; skipped, with why, when it cannot."""
     from cxr.model.inference import load_trained
 
     cfg = settings.drift
+    # What is checked, recorded in the report (the gate reuses a report only for the same data).
+    data = manifest_hash(read_manifest(paths.manifest)) if paths.manifest.is_file() else None
     with tempfile.TemporaryDirectory(prefix="cxr-drift-") as tmp:
         try:
-            champion = _champion(settings, uri, Path(tmp))
+            version, checkpoint, manifest = _champion(settings, uri, Path(tmp))
         except NoReference as why:
-            champion = None
-            report = DriftReport(status="skipped", alpha=cfg.alpha, reasons=[str(why)])
-        if champion is not None:
-            version, checkpoint, manifest = champion
-            ref_rows, ref_desc, cur_rows, cur_desc = choose_sides(read_csv(manifest), read_csv(paths.manifest))
-            if len(ref_rows) < 2 or len(cur_rows) < 2:
-                report = DriftReport(status="skipped", alpha=cfg.alpha, champion_version=version, reasons=[
-                    f"too few images to compare: {len(ref_rows)} of the champion's validation split are in the "
-                    f"current raw data, {len(cur_rows)} current"])
-            else:
-                model, meta = load_trained(checkpoint)
-                size = int(meta["image_size"])
-                seed = settings.base.seed
-                ref = load_sample(ref_rows, paths.raw, size, cfg.max_images, seed)
-                cur = load_sample(cur_rows, paths.raw, size, cfg.max_images, seed + 1)
-                report = compare_samples(ref, cur, lambda x: penultimate_features(model, x), cfg, seed)
-                report.reference, report.current, report.champion_version = ref_desc, cur_desc, version
+            return DriftReport(status="skipped", alpha=cfg.alpha, reasons=[str(why)], data=data)
+        ref_rows, ref_desc, cur_rows, cur_desc = choose_sides(read_csv(manifest), list(read_manifest(paths.manifest).rows))
+        if len(ref_rows) < 2 or len(cur_rows) < 2:
+            return DriftReport(status="skipped", alpha=cfg.alpha, champion_version=version, data=data, reasons=[
+                f"too few images to compare: {len(ref_rows)} of the champion's validation split are in the "
+                f"current raw data, {len(cur_rows)} current"])
+        model, meta = load_trained(checkpoint)
+    size, seed = int(meta["image_size"]), settings.base.seed
+    ref = load_sample(ref_rows, paths.raw, size, cfg.max_images, seed)
+    cur = load_sample(cur_rows, paths.raw, size, cfg.max_images, seed + 1)
+    report = compare_samples(ref, cur, lambda x: penultimate_features(model, x), cfg, seed)
+    report.reference, report.current, report.champion_version, report.data = ref_desc, cur_desc, version, data
+    return report
+
+
+def drift(settings: Settings, paths: ResolvedPaths, uri: str) -> DriftReport:
+    """The drift step: check, record it (``base.paths.drift``, an MLflow run), and post a notice when flagged."""
+    report = check(settings, paths, uri)
+    version = data_version(paths.root)
+    if report.status == "checked":
+        report.mlflow_run_id = log_to_mlflow(report, settings, uri, paths.root, version)
     write_report(report, paths.drift)
-    log.info("drift check: %s", "; ".join(report.reasons) or ("no drift" if report.status == "checked" else "skipped"))
+    if report.flagged and settings.drift.notify:
+        notify_drift("; ".join(report.reasons), {"data_version": version, "mlflow_run_id": report.mlflow_run_id,
+                                                 "champion_version": report.champion_version, "tests": report.tests})
+    log.info("%s", report.summary())
     return report
 
 

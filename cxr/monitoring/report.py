@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cxr.core.io import read_json, write_json
 from cxr.core.sections import Drift
+from cxr.ops.markdown import bullets, table
 from cxr.stats.twosample import (
     INTENSITY_FEATURES,
     categorical_test,
@@ -50,6 +51,10 @@ class DriftReport:
     tests: dict[str, dict[str, Any]] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     intensity: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: What was checked: the current manifest's hash (``cxr.data.manifest.manifest_hash``).
+    data: str | None = None
+    #: The MLflow run that records this check (none when it was skipped).
+    mlflow_run_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able mapping."""
@@ -66,38 +71,49 @@ class DriftReport:
                 out[f"drift/{name}_stat"] = float(t["stat"])
         return out
 
+    def describes(self, data: str, champion_version: str | None) -> bool:
+        """Whether this report is the check of these data (manifest hash) against this champion."""
+        return self.data == data and self.champion_version == champion_version
+
+    def summary(self) -> str:
+        """One line: the verdict and its reasons."""
+        if self.status != "checked":
+            return f"drift check skipped: {'; '.join(self.reasons) or 'no reason given'}"
+        return f"drift: {'; '.join(self.reasons)}" if self.flagged else "no drift"
+
     def markdown(self) -> str:
-        """The report as Markdown (the Prefect artifact and the notice)."""
+        """The report as Markdown (the Prefect artifact, the MLflow run's drift.md, the notice)."""
         if self.status != "checked":
             return f"**Drift check skipped**: {'; '.join(self.reasons) or 'no reason given'}"
-        verdict = "DRIFT" if self.flagged else "no drift"
         lines = [
-            f"**Data drift: {verdict}** (alpha {self.alpha}; champion version {self.champion_version})",
+            f"**Data drift: {'DRIFT' if self.flagged else 'no drift'}** (alpha {self.alpha}; "
+            f"champion version {self.champion_version})",
             "",
-            f"Reference: {self.reference} ({self.n_reference} images). Current: {self.current} ({self.n_current} images).",
+            f"Reference: {self.reference} ({self.n_reference} images). "
+            f"Current: {self.current} ({self.n_current} images).",
             "",
-            "| test | statistic | p-value | drift |",
-            "| --- | ---: | ---: | --- |",
+            *table(["test", "statistic", "p-value", "drift"],
+                   ((name, fmt_number(t.get("stat")), fmt_number(t.get("p")),
+                     "yes" if t.get("p") is not None and t["p"] < self.alpha else "no")
+                    for name, t in self.tests.items()), right=(1, 2)),
         ]
-        for name, t in self.tests.items():
-            p = t.get("p")
-            lines.append(f"| {name} | {fmt_number(t.get('stat'))} | {fmt_number(p)} | {'yes' if p is not None and p < self.alpha else 'no'} |")
         if self.counts:
-            classes = sorted(set(self.counts.get("reference", {})) | set(self.counts.get("current", {})))
-            lines += ["", "| class | reference | current |", "| --- | ---: | ---: |"]
-            lines += [f"| {c} | {self.counts.get('reference', {}).get(c, 0)} | {self.counts.get('current', {}).get(c, 0)} |"
-                      for c in classes]
+            ref, cur = self.counts.get("reference", {}), self.counts.get("current", {})
+            lines += ["", *table(["class", "reference", "current"],
+                                 ((c, ref.get(c, 0), cur.get(c, 0)) for c in sorted(set(ref) | set(cur))),
+                                 right=(1, 2))]
         if self.intensity:
-            lines += ["", "| intensity (0-255) | reference | current |", "| --- | ---: | ---: |"]
-            for feat in INTENSITY_FEATURES:
-                lines.append(f"| {feat} | {fmt_number(self.intensity['reference'].get(feat))} | "
-                             f"{fmt_number(self.intensity['current'].get(feat))} |")
+            lines += ["", *table(["intensity (0-255)", "reference", "current"],
+                                 ((f, fmt_number(self.intensity["reference"].get(f)),
+                                   fmt_number(self.intensity["current"].get(f))) for f in INTENSITY_FEATURES),
+                                 right=(1, 2))]
         if self.reasons:
-            lines += ["", *[f"- {r}" for r in self.reasons]]
+            lines += ["", *bullets(self.reasons)]
         return "\n".join(lines)
 
 
 def fmt_number(value: Any) -> str:
+    """A statistic as text: four significant digits, ``n/a`` when absent."""
     if value is None:
         return "n/a"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -139,13 +155,13 @@ def compare_samples(
 
 def write_report(report: DriftReport, path: Path) -> None:
     """Write the report as JSON, atomically."""
-    from cxr.core.io import write_json
-
     write_json(path, report.to_dict())
 
 
 def read_report(path: Path) -> DriftReport | None:
-    """A report written by :func:`write_report`, or None when there is none."""
-    if not path.is_file():
+    """A report written by :func:`write_report`, or None when there is none (or one this version cannot read)."""
+    data = read_json(path)
+    if not isinstance(data, dict):
         return None
-    return DriftReport(**json.loads(path.read_text()))
+    known = {f.name for f in fields(DriftReport)}
+    return DriftReport(**{k: v for k, v in data.items() if k in known})

@@ -161,3 +161,13 @@ def stage_status(root: Path, *targets: str) -> dict:
 
     out = run_dvc(["status", "--json", *targets], root).strip()
     return json.loads(out) if out else {}
+
+
+def pipeline_stages(root: Path) -> tuple[str, ...]:
+    """The stages ``dvc.yaml`` defines, in its order (each stage after those it depends on)."""
+    path = root / "dvc.yaml"
+    try:
+        stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found; the pipeline's stages are defined there") from None
+    return tuple(stages)

@@ -1,32 +1,45 @@
-"""The promotion gate: metric floors and a paired non-inferiority test of a challenger against the champion.
+"""The promotion gate: the one place that decides whether a registered version becomes champion.
 
-:func:`evaluate_gate` decides whether a registered version may become champion and returns a
-:class:`GateDecision` with every number it looked at. It checks the version's data source, its test metrics
-against the ``registry`` floors, and, when there is a champion, that the challenger is not worse than it by more
-than ``margin`` on the same test images (an exact McNemar test or a paired bootstrap). When the champion was
-scored on another test split, it is re-scored on the challenger's test images (:func:`rescore`). The gate only
-decides; recording and moving aliases is :mod:`cxr.registry.promote`'s job.
+:func:`gate` is the step every front door runs (``cxr gate``, the Prefect flow): it points ``challenger`` at
+the version, decides (:func:`evaluate_gate`), applies the drift hold (:func:`drift_hold`), records the
+decision as version tags (``gate.decision``, ``gate.reasons``, ``gate.checks``, ``gate.held_by``,
+``gate.evaluated_at``) and promotes when the gate passes, nothing holds it and ``auto_promote`` is on.
+:class:`GateResult` words the verdict, once, for the command line, the Prefect artifact and the log.
+
+The decision checks the version's data source, its test metrics against the ``registry`` floors, and, when
+there is a champion, that the challenger is not worse than it by more than ``margin`` on the same test images
+(an exact McNemar test or a paired bootstrap, :mod:`cxr.stats.paired`). When the champion was scored on
+another test split, it is re-scored on the challenger's test images (:func:`cxr.registry.predictions.rescore`).
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxr.core.config import Settings
 from cxr.core.io import read_csv
+from cxr.core.paths import ResolvedPaths
 from cxr.core.sections import Registry
+from cxr.data.manifest import manifest_hash, read_manifest
 from cxr.data.rawstore import RawStore
-from cxr.ops.tracking import CHAMPION, MANIFEST_ARTIFACT, PREDICTIONS_ARTIFACT
+from cxr.monitoring.drift import drift
+from cxr.monitoring.report import read_report
+from cxr.ops.markdown import bullets
+from cxr.ops.tracking import CHALLENGER, CHAMPION, MANIFEST_ARTIFACT, PREDICTIONS_ARTIFACT
 from cxr.registry.aliases import (
     alias_version,
     data_source_problem,
     get_version,
+    json_tag,
     model_data_source,
     model_label,
+    set_alias,
+    utc_now,
 )
 from cxr.registry.predictions import (
     download_artifact,
@@ -35,6 +48,7 @@ from cxr.registry.predictions import (
     read_manifest_rows,
     rescore,
 )
+from cxr.registry.promote import Promotion, promote
 from cxr.stats.paired import bootstrap_noninferiority, mcnemar_noninferiority
 
 log = logging.getLogger(__name__)
@@ -48,6 +62,42 @@ class GateDecision:
     promote: bool
     reasons: list[str]
     checks: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GateResult:
+    """A version put through the gate: the decision, what held a passing version back, and the promotion."""
+
+    name: str
+    version: str
+    decision: GateDecision
+    promotion: Promotion | None
+    #: Why a version that passed was not promoted (drift), or None.
+    held_by: str | None = None
+
+    @property
+    def held(self) -> bool:
+        """Passed, but held back from promotion."""
+        return self.decision.promote and self.held_by is not None
+
+    @property
+    def verdict(self) -> str:
+        """The outcome in words, the same wherever it is shown."""
+        if self.promotion is not None:
+            return "promoted to champion"
+        if not self.decision.promote:
+            return "refused"
+        if self.held_by:
+            return f"passed, not promoted: {self.held_by}"
+        return "passed, not promoted (registry.auto_promote is off)"
+
+    def lines(self) -> list[str]:
+        """The verdict and the gate's reasons, as the command line prints them."""
+        return [f"{self.name} version {self.version}: {self.verdict}", *(f"  - {r}" for r in self.decision.reasons)]
+
+    def markdown(self) -> str:
+        """The verdict and the reasons as Markdown (the Prefect artifact)."""
+        return "\n".join([f"**{self.name} version {self.version}: {self.verdict}**", "", *bullets(self.decision.reasons)])
 
 
 def _floors(metrics: Mapping[str, float], cfg: Registry, where: str) -> tuple[list[str], list[str], dict]:
@@ -201,3 +251,67 @@ def _compare(client, name, mv, champ, cfg: Registry, manifest, raw, seed) -> tup
     if result.non_inferior:
         return [], [f"non-inferior: {summary}"], checks
     return [f"{where}: not shown non-inferior: {summary}"], [], checks
+
+
+def register_challenger(
+    client,
+    name: str,
+    version: str | int,
+    cfg: Registry,
+    manifest: Path | None = None,
+    raw: Path | None = None,
+    actor: str = "gate",
+    hold: Callable[[str | None], str | None] | None = None,
+) -> GateResult:
+    """Make ``version`` the challenger, decide, record the decision as tags, and auto-promote when allowed.
+
+    ``hold`` is asked, only when the version passes, whether anything holds it back; it receives the champion
+    the gate compared against and returns the reason, or None.
+    """
+    version = str(version)
+    get_version(client, name, version)
+    model_data_source(client, name)
+    set_alias(client, name, CHALLENGER, version)
+    decision = evaluate_gate(client, name, version, cfg, manifest, raw)
+    champion = decision.checks.get("champion_version")
+    held_by = hold(champion) if decision.promote and hold is not None else None
+    tags = {
+        "gate.decision": "promote" if decision.promote else "reject",
+        "gate.reasons": json_tag(decision.reasons),
+        "gate.checks": json_tag(decision.checks),
+        "gate.evaluated_at": utc_now(),
+        "gate.test": cfg.test,
+        **({"gate.held_by": held_by[:5000]} if held_by else {}),
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    promotion = None
+    if decision.promote and held_by is None and cfg.auto_promote:
+        promotion = promote(client, name, version, "gate passed: " + "; ".join(decision.reasons), actor,
+                            expect_champion=champion)
+    result = GateResult(name, version, decision, promotion, held_by)
+    log.info("%s version %s: %s", name, version, result.verdict)
+    return result
+
+
+def drift_hold(settings: Settings, paths: ResolvedPaths, uri: str, champion: str | None) -> str | None:
+    """Why drift holds a passing version back (``drift.block_promotion``), or None.
+
+    The drift report at ``base.paths.drift`` counts when it is the check of the current data against this
+    champion; otherwise the check runs now (the drift step itself, :func:`cxr.monitoring.drift.drift`), so a
+    scheduled run, ``cxr gate`` after ``dvc repro`` and ``cxr drift`` then ``cxr gate`` hold alike.
+    """
+    if not (settings.drift.enabled and settings.drift.block_promotion):
+        return None
+    report = read_report(paths.drift)
+    if report is None or not report.describes(manifest_hash(read_manifest(paths.manifest)), champion):
+        report = drift(settings, paths, uri)
+    return f"data drift ({'; '.join(report.reasons)})" if report.flagged else None
+
+
+def gate(settings: Settings, paths: ResolvedPaths, client, version: str | int, actor: str = "gate") -> GateResult:
+    """The gate step: put ``version`` through the gate with the project's registry and drift settings."""
+    return register_challenger(
+        client, settings.base.model_name, version, settings.registry, paths.manifest, paths.raw, actor,
+        hold=lambda champion: drift_hold(settings, paths, client.tracking_uri, champion),
+    )

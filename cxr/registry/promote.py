@@ -1,11 +1,9 @@
-"""Registry actions: put a version through the gate as ``challenger``, promote it to ``champion``, roll back.
+"""Moving ``champion``: :func:`promote` (by the gate or by hand) and :func:`rollback`.
 
-:func:`register_challenger` points ``challenger`` at a version, runs the gate (:mod:`cxr.gate`), records its
-decision as version tags (``gate.decision``, ``gate.reasons``, ``gate.checks``, ``gate.evaluated_at``) and
-promotes when the gate passes and ``auto_promote`` is on. :func:`promote` (by the gate or by hand) and
-:func:`rollback` move ``champion`` under :func:`cxr.registry.aliases.promotion_lock` and record who, when and why
+Both move the alias under :func:`cxr.registry.aliases.promotion_lock` and record who, when and why
 (``promotion.*`` / ``rollback.*`` tags, the model's ``audit_log`` and ``champion_history``); the aliases, tags,
-lock and their concurrency guarantees are :mod:`cxr.registry`'s.
+lock and their concurrency guarantees are :mod:`cxr.registry.aliases`'. Whether a version may be promoted is
+decided in one place, :mod:`cxr.registry.gate`.
 """
 
 from __future__ import annotations
@@ -13,10 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
-from cxr.core.sections import Registry
-from cxr.ops.tracking import CHALLENGER, CHAMPION, PREVIOUS
+from cxr.ops.tracking import CHAMPION, PREVIOUS
 from cxr.registry.aliases import (
     UNSET,
     ChampionChanged,
@@ -29,15 +25,12 @@ from cxr.registry.aliases import (
     data_source_problem,
     get_version,
     json_list,
-    json_tag,
-    model_data_source,
     model_label,
     promotion_lock,
     set_alias,
     set_champion_history,
     utc_now,
 )
-from cxr.registry.gate import GateDecision, evaluate_gate
 
 log = logging.getLogger(__name__)
 
@@ -54,47 +47,6 @@ class Promotion:
     actor: str
     at: str
     changed: bool = True
-
-
-@dataclass
-class ChallengerResult:
-    """A version put through the gate, and the promotion it earned when auto-promote is on."""
-
-    name: str
-    version: str
-    decision: GateDecision
-    promotion: Promotion | None
-
-
-def register_challenger(
-    client,
-    name: str,
-    version: str | int,
-    cfg: Registry,
-    manifest: Path | None = None,
-    raw: Path | None = None,
-    actor: str = "gate",
-) -> ChallengerResult:
-    """Make ``version`` the challenger, run the gate, record its decision as tags, and auto-promote when allowed."""
-    version = str(version)
-    get_version(client, name, version)
-    model_data_source(client, name)
-    set_alias(client, name, CHALLENGER, version)
-    decision = evaluate_gate(client, name, version, cfg, manifest, raw)
-    tags = {
-        "gate.decision": "promote" if decision.promote else "reject",
-        "gate.reasons": json_tag(decision.reasons),
-        "gate.checks": json_tag(decision.checks),
-        "gate.evaluated_at": utc_now(),
-        "gate.test": cfg.test,
-    }
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-    promotion = None
-    if decision.promote and cfg.auto_promote:
-        promotion = promote(client, name, version, "gate passed: " + "; ".join(decision.reasons), actor,
-                            expect_champion=decision.checks.get("champion_version"))
-    return ChallengerResult(name, version, decision, promotion)
 
 
 def promote(
@@ -189,4 +141,4 @@ def rollback(client, name: str, reason: str, actor: str = "unknown", lock: bool 
     return Promotion(name, target, current, "rollback", reason, actor, at)
 
 
-__all__ = ["Promotion", "ChallengerResult", "register_challenger", "promote", "rollback"]
+__all__ = ["Promotion", "promote", "rollback"]

@@ -30,9 +30,17 @@ class RegisterResult:
     #: False when a version made from the same inputs already existed: nothing was registered.
     new: bool = True
 
+    def summary(self) -> str:
+        """What was registered, or why nothing was: the same words on the command line and in the flow."""
+        if self.new:
+            return f"MLflow run {self.run_id}: registered {self.model_name} version {self.version}"
+        return (f"MLflow run {self.run_id}: nothing new; data, params and code equal those of {self.model_name} "
+                f"version {self.version}, so no version is registered and the gate does not run "
+                "(`cxr register --force` registers anyway)")
 
-#: Settings that do not change the model: a new log level or gate rule is not a new model.
-_NOT_MODEL_INPUTS: tuple[tuple[str, ...], ...] = (("base", "log_level"), ("registry",))
+
+#: Settings that do not change the model: a new log level, gate rule, drift rule or search space is not a new model.
+_NOT_MODEL_INPUTS: tuple[tuple[str, ...], ...] = (("base", "log_level"), ("registry",), ("drift",), ("tune",))
 
 
 def inputs_hash(settings: Settings, root: Path) -> str:

@@ -39,7 +39,7 @@ EVAL_FIGURES: tuple[tuple[str, str], ...] = (
 )
 
 
-_OVERALL_KEYS: tuple[tuple[str, str], ...] = (
+OVERALL_KEYS: tuple[tuple[str, str], ...] = (
     ("accuracy", "Accuracy"),
     ("macro_precision", "Macro precision"),
     ("macro_sensitivity", "Macro sensitivity"),
@@ -50,10 +50,10 @@ _OVERALL_KEYS: tuple[tuple[str, str], ...] = (
 )
 
 
-_PER_CLASS_KEYS = ("precision", "sensitivity", "specificity", "f1", "auc")
+PER_CLASS_KEYS = ("precision", "sensitivity", "specificity", "f1", "auc")
 
 
-_BINARY_KEYS = ("sensitivity", "specificity", "ppv", "npv", "auc")
+BINARY_KEYS = ("sensitivity", "specificity", "ppv", "npv", "auc")
 
 
 _CAM_PER_CLASS = {
@@ -103,8 +103,8 @@ def _metrics_section(m: Mapping[str, Any]) -> Markup:
     boot = m.get("bootstrap") or {}
     return render_html(
         "report_metrics.html.j2", m=m, boot=boot, ci_pct=round(100 * float(boot.get("ci", 0.95))),
-        overall_keys=_OVERALL_KEYS, per_class=m.get("per_class") or {}, per_class_keys=_PER_CLASS_KEYS,
-        binary=m.get("binary"), binary_keys=_BINARY_KEYS, cal=m.get("calibration"),
+        overall_keys=OVERALL_KEYS, per_class=m.get("per_class") or {}, per_class_keys=PER_CLASS_KEYS,
+        binary=m.get("binary"), binary_keys=BINARY_KEYS, cal=m.get("calibration"),
     )
 
 

@@ -118,7 +118,8 @@ def test_gate_promotion_rollback_and_serving_by_alias(client, tmp_path: Path) ->
     from cxr.core.sections import Registry
     from cxr.ops.tracking import CHAMPION, PREVIOUS
     from cxr.registry.aliases import DataSourceMismatch, GateRefused, alias_version, audit_log
-    from cxr.registry.promote import promote, register_challenger, rollback
+    from cxr.registry.gate import register_challenger
+    from cxr.registry.promote import promote, rollback
 
     cfg = Registry(min_accuracy=0.5, min_macro_auc=0.7, min_sensitivity={"COVID": 0.5}, margin=0.02,
                    test="mcnemar", auto_promote=True)

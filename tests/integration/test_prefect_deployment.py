@@ -184,9 +184,9 @@ def test_scheduled_deployment_runs_on_a_process_worker(api, tmp_path: Path) -> N
     # The DVC stages ran in the project, through DVC, and their output reached the run's logs.
     assert "Running stage 'train':" in messages and "> python -m cxr train" in messages
     assert any("epoch 1/1" in m for m in messages)
-    from tasks.pipeline_tasks import STAGES
+    from cxr.ops.dvc import pipeline_stages
 
-    assert set(lock_stages(root)) == set(STAGES) == {"split", "train", "evaluate", "gradcam", "report"}
+    assert set(lock_stages(root)) == set(pipeline_stages(root)) == {"split", "train", "evaluate", "gradcam", "report"}
     status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=root, capture_output=True, text=True,
                             env=dvc_env())
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr

@@ -31,7 +31,7 @@ def _local_source(folder: Path) -> Path:
 def test_skipped_files_reach_the_data_report_and_its_markdown(tmp_path: Path) -> None:
     from cxr.data.download import download
     from cxr.data.split import split
-    from flows.pipeline import data_report_markdown
+    from cxr.reporting.summary import data_report_markdown
 
     source = _local_source(tmp_path / "source")
     params = tiny_params(download={"source": "local", "policy": "skip", "max_pixels": 500 * 500,

@@ -13,12 +13,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from cxr.ops import notify
 from cxr.core.sections import ConfigError
+from cxr.ops import notify
 from cxr.ops.dvc import DvcError
 from cxr.ops.tracking import TrackingUnavailable
-from cxr.reporting.summary import metrics_markdown
-from flows.pipeline import data_report_markdown
+from cxr.reporting.summary import data_report_markdown, metrics_markdown
 from tasks import pipeline_tasks as pt
 
 # --- Markdown artifacts -------------------------------------------------------------------------

@@ -26,8 +26,8 @@ from cxr.registry.aliases import (
     champion_history,
     promotion_lock,
 )
-from cxr.registry.gate import evaluate_gate
-from cxr.registry.promote import promote, register_challenger, rollback
+from cxr.registry.gate import evaluate_gate, register_challenger
+from cxr.registry.promote import promote, rollback
 from cxr.stats.paired import bootstrap_noninferiority, mcnemar_noninferiority
 
 CLASSES = ("COVID", "Normal")
@@ -485,3 +485,82 @@ def test_the_file_lock_times_out_with_a_clear_error(tmp_path: Path) -> None:
                 pass
     with promotion_lock(client, NAME, timeout_s=0.2):  # released: free again
         pass
+
+
+def _drift_project(tmp_path: Path, block: bool) -> tuple[Path, object, object]:
+    """params.yaml (drift.block_promotion as given) and a split manifest under ``tmp_path``; (params, settings, paths)."""
+    import yaml
+    from conftest import tiny_params
+
+    from cxr.core.config import load_settings
+    from cxr.data.manifest import write_manifest as write_split
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params(base={"model_name": NAME}, drift={"block_promotion": block})))
+    settings = load_settings(params)
+    paths = settings.paths(tmp_path)
+    write_split([{**r, "split": "valid" if i % 3 else r["split"]} for i, r in enumerate(manifest_rows(n=12))],
+                paths.manifest)
+    return params, settings, paths
+
+
+def _flagged_report(paths, champion: str | None):
+    from cxr.data.manifest import manifest_hash, read_manifest
+    from cxr.monitoring.report import DriftReport, write_report
+
+    report = DriftReport(status="checked", flagged=True, reasons=["intensity: p = 0.001 < alpha 0.01"],
+                         champion_version=champion, data=manifest_hash(read_manifest(paths.manifest)))
+    write_report(report, paths.drift)
+    return report
+
+
+@pytest.mark.parametrize("block", [True, False])
+def test_drift_holds_a_passing_version_in_the_gate_itself(store, tmp_path: Path, monkeypatch, block: bool) -> None:
+    """The hold is part of the decision: `cxr gate` and the flow's gate task both get it from registry.gate."""
+    from typer.testing import CliRunner
+
+    from cxr.cli import GATE_HELD, app
+    from cxr.registry.gate import gate
+
+    client, add = store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
+    params, settings, paths = _drift_project(tmp_path, block)
+    first, second = add(), add()
+    _flagged_report(paths, None)  # the check of this data against no champion: what the gate reads for `first`
+    result = gate(settings, paths, client, first)
+    assert result.decision.promote
+    if not block:  # drift is reported, never a reason to hold
+        assert result.promotion is not None and result.held_by is None
+        assert result.verdict == "promoted to champion"
+        return
+    assert result.held and result.promotion is None and alias_version(client, NAME, CHAMPION) is None
+    assert result.verdict == "passed, not promoted: data drift (intensity: p = 0.001 < alpha 0.01)"
+    assert client.get_model_version(NAME, first).tags["gate.held_by"].startswith("data drift")
+    # The command line: the same words, and its own exit status for a held version.
+    out = CliRunner().invoke(app, ["gate", second, "--params", str(params)])
+    assert out.exit_code == GATE_HELD == 4, out.output
+    assert out.stdout.splitlines()[0] == f"{NAME} version {second}: {result.verdict}"
+
+
+def test_the_gate_runs_the_drift_check_when_the_report_is_not_about_this_data(store, tmp_path, monkeypatch) -> None:
+    """A stale report (other data, or another champion) is not trusted: the drift step runs again."""
+    from cxr.registry import gate as gate_module
+
+    client, add = store
+    _, settings, paths = _drift_project(tmp_path, block=True)
+    version = add()
+    stale = _flagged_report(paths, champion="7")  # compared against a champion that is not the current one
+    calls = []
+
+    def check_again(s, p, uri):
+        calls.append(uri)
+        return type(stale)(status="checked", flagged=False, champion_version=None, data=stale.data)
+
+    monkeypatch.setattr(gate_module, "drift", check_again)
+    result = gate_module.gate(settings, paths, client, version)
+    assert calls == [client.tracking_uri]
+    assert result.held_by is None and result.promotion is not None
+    # A report about this data and this champion is used as it is.
+    _flagged_report(paths, champion=version)
+    assert gate_module.drift_hold(settings, paths, client.tracking_uri, version).startswith("data drift")
+    assert len(calls) == 1
