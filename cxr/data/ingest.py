@@ -5,15 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import time
-import uuid
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from cxr.data.extract import safe_extract
 from cxr.data.imagecheck import MAX_PIXELS, Inspection, inspect_bytes
@@ -24,11 +22,12 @@ from cxr.data.layout import (
     class_dirs,
     find_dataset_root,
     folder_class,
+    folder_entries,
     resolve_classes,
     visible_dirs,
 )
 from cxr.data.metadata import metadata_files, read_metadata
-from cxr.data.rawstore import fresh_dir
+from cxr.data.rawstore import replace_dir, temp_dir
 
 logger = logging.getLogger(__name__)
 
@@ -126,11 +125,7 @@ class _Task:
 def _list_files(folder: Path) -> tuple[list[Path], list[str]]:
     """Image files of a folder (sorted) and the names of other entries that were ignored."""
     images, ignored = [], []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError as exc:
-        raise DataError(f"cannot list folder {folder}: {exc}") from exc
-    for e in entries:
+    for e in folder_entries(folder):
         if e.name.startswith("."):
             ignored.append(e.name)
         elif e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file():
@@ -211,32 +206,6 @@ def _check_paths(source: Path, dest: Path) -> None:
         raise DataError(f"destination {dest} exists and is not a folder")
 
 
-def _replace_dir(build: Path, dest: Path) -> None:
-    """Move build to dest, replacing an existing dest only once the new one is in place."""
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(dest, old)
-    try:
-        os.rename(build, dest)
-    except BaseException:
-        if old is not None:
-            os.rename(old, dest)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _temp_dir(parent: Path, prefix: str) -> Iterator[Path]:
-    """A temporary folder in parent (the user's umask, as it may become the destination), removed on exit if still there."""
-    path = fresh_dir(parent, prefix)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def _find_duplicates(records: list[ImageRecord]) -> tuple[list[list[str]], list[list[str]]]:
     """Groups of ingested paths with identical bytes, and those of them that span classes."""
     by_hash: dict[str, list[ImageRecord]] = {}
@@ -272,7 +241,7 @@ def ingest(
         if source.is_file():
             if not zipfile.is_zipfile(source):
                 raise DataError(f"source {source} is neither a folder nor a .zip archive")
-            unzip = stack.enter_context(_temp_dir(dest.parent, f".{dest.name}.unzip-"))
+            unzip = stack.enter_context(temp_dir(dest.parent, f".{dest.name}.unzip-"))
             folder = safe_extract(source, unzip / "src")
         else:
             folder = source
@@ -301,7 +270,7 @@ def ingest(
                     bad_sheets.append(BadFile(sheet.relative_to(root).as_posix(), str(exc).removeprefix(f"{sheet}: ")))
                     logger.warning("skipping metadata sheet %s for class %r: %s", sheet, cls, exc)
 
-        build = stack.enter_context(_temp_dir(dest.parent, f".{dest.name}.build-"))
+        build = stack.enter_context(temp_dir(dest.parent, f".{dest.name}.build-"))
         for cls in wanted:
             (build / cls / "images").mkdir(parents=True)
             if any(t.is_mask for t in tasks if t.cls == cls):
@@ -366,7 +335,7 @@ def ingest(
                 mismatch[cls] = {"expected": int(n), "found": counts[cls]}
                 logger.warning("class %r: expected %d images, found %d", cls, int(n), counts[cls])
 
-        _replace_dir(build, dest)
+        replace_dir(build, dest)
 
     report = IngestReport(
         dest=dest,
