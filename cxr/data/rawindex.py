@@ -59,7 +59,7 @@ def sheet_sources(raw: Path, folders: Iterable[str]) -> dict[str, str]:
 
 
 def from_ingestion(records: Iterable) -> dict[str, IndexEntry]:
-    """Index entries from :class:`cxr.data.ingest.ImageRecord` s (an image without a known source gets ``""``)."""
+    """Index entries from :class:`cxr.data.ingestreport.ImageRecord` s (an image without a known source gets ``""``)."""
     return {
         r.path: IndexEntry(r.sha256, r.dhash, r.width, r.height, r.mode, "" if r.source == "unknown" else r.source)
         for r in records
