@@ -17,7 +17,8 @@ from cxr.ops.lineage import DATA_DVC, read_data_dvc
 
 log = logging.getLogger(__name__)
 
-LAYOUT = "zip-per-class+index"  # how data/raw is stored (cxr.data.rawstore, cxr.data.rawindex); in the fingerprint: a change re-packs
+# How data/raw is stored (cxr.data.rawstore, cxr.data.rawindex); in the fingerprint, so a change re-packs.
+LAYOUT = "zip-per-class+index"
 
 
 @dataclass(frozen=True)

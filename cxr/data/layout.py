@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 CANONICAL_CLASSES = ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia")
 CLASS_ALIASES: dict[str, str] = {
