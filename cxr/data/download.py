@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +11,14 @@ from pathlib import Path
 from cxr.core.paths import ResolvedPaths
 from cxr.core.sections import Base, Download
 from cxr.data.rawindex import IndexEntry, build_index, from_ingestion, index_path, write_index
-from cxr.data.rawstore import SKIPPED_FILE, RawStore, fresh_dir, pack
+from cxr.data.rawstore import SKIPPED_FILE, RawStore, pack, replace_dir, temp_dir
 from cxr.ops.dvc import DvcError, has_remote, run_dvc, stage_status, track_raw
 from cxr.ops.lineage import DATA_DVC, read_data_dvc
 
 log = logging.getLogger(__name__)
 
-LAYOUT = "zip-per-class+index"  # how data/raw is stored (cxr.data.rawstore, cxr.data.rawindex); in the fingerprint: a change re-packs
+# How data/raw is stored (cxr.data.rawstore, cxr.data.rawindex); in the fingerprint, so a change re-packs.
+LAYOUT = "zip-per-class+index"
 
 
 @dataclass(frozen=True)
@@ -128,26 +128,14 @@ def download(base: Base, cfg: Download, paths: ResolvedPaths) -> DownloadResult:
         return DownloadResult(raw, read_data_dvc(root)["outs"][0]["md5"], fingerprint, True, _counts(raw, base.folders))
 
     raw.parent.mkdir(parents=True, exist_ok=True)
-    staging = fresh_dir(raw.parent, ".raw-")
-    loose = fresh_dir(raw.parent, ".raw-loose-")
-    try:
+    with temp_dir(raw.parent, ".raw-") as staging, temp_dir(raw.parent, ".raw-loose-") as loose:
         known = _fill(loose, base, cfg, root)
         # Ingestion has decoded and hashed every image: keep that beside the images, versioned with them.
         write_index(index_path(loose), build_index(loose, base.folders, known, cfg.workers))
         archives = pack(loose, staging)
         shutil.rmtree(loose)
         log.info("packed %d class folders into %s", len(archives), ", ".join(a.name for a in archives))
-        old = None
-        if raw.exists():
-            old = raw.with_name(f".raw-old-{os.getpid()}")
-            os.replace(raw, old)
-        os.replace(staging, raw)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        for tmp in (loose, staging):
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+        replace_dir(staging, raw)
     version = track_raw(root, raw.relative_to(root).as_posix(), {**desc, "fingerprint": fingerprint})
     if has_remote(root):
         run_dvc(["push", "--quiet", DATA_DVC], root)

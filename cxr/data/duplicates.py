@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -140,12 +140,15 @@ def near_pairs(phashes: Sequence[int], threshold: int) -> list[tuple[int, int]]:
                 total += _popcount(words[ii, w] ^ words[jj, w])
             close = total <= threshold
             ii, jj = ii[close], jj[close]
-        pairs.extend(zip(ii.tolist(), jj.tolist()))
+        pairs.extend(zip(ii.tolist(), jj.tolist(), strict=True))
     return pairs
 
 
 def group_duplicates(sha256s: Sequence[str], phashes: Sequence[int], threshold: int = DEFAULT_THRESHOLD) -> list[int]:
-    """Group ids: exact duplicates (same sha256) and near duplicates (Hamming distance of phash <= threshold) share a group (union-find, transitive); ids are 0..k-1 numbered in order of first appearance, deterministic."""
+    """Group ids: exact duplicates (same sha256) and near duplicates (phash Hamming distance <= threshold) share one.
+
+    Grouping is transitive (union-find); ids are 0..k-1, numbered in order of first appearance, so deterministic.
+    """
     n = len(sha256s)
     if len(phashes) != n:
         raise ValueError(f"sha256s and phashes differ in length ({n} vs {len(phashes)})")

@@ -109,7 +109,8 @@ def safe_extract(
                             written += len(chunk)
                             if written > max_total_bytes:
                                 raise DataError(
-                                    f"zip member {info.filename!r}: extracted size passes the limit of {max_total_bytes} bytes"
+                                    f"zip member {info.filename!r}: extracted size passes the limit of "
+                                    f"{max_total_bytes} bytes"
                                 )
                             dst.write(chunk)
                 except FileExistsError as exc:

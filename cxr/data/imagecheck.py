@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 from dataclasses import dataclass
@@ -10,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
-from cxr.data.duplicates import pil_dhash
+from cxr.data.duplicates import pil_dhash, sha256_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +104,9 @@ def inspect_bytes(
         reason = _check_decoded(im, expect_mask)
         if reason:
             return Inspection(reason)
-        digest = hashlib.sha256(data).hexdigest()
+        # The same fingerprint as duplicates.fingerprint_bytes, from the decode already made here.
         dh = pil_dhash(im) if fingerprint else 0
-        return Inspection(None, digest, dh, im.width, im.height, im.mode, fmt, len(data))
+        return Inspection(None, sha256_bytes(data), dh, im.width, im.height, im.mode, fmt, len(data))
 
 
 def validate_image(path: Path, expect_mask: bool = False, max_pixels: int = MAX_PIXELS) -> str | None:

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import shutil
 import time
-import uuid
 import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
 
 from cxr.data.extract import safe_extract
 from cxr.data.imagecheck import MAX_PIXELS, Inspection, inspect_bytes
+from cxr.data.ingestreport import BadFile, ImageRecord, IngestReport
 from cxr.data.layout import (
     IMAGE_SUFFIXES,
     DataError,
@@ -24,92 +22,16 @@ from cxr.data.layout import (
     class_dirs,
     find_dataset_root,
     folder_class,
+    folder_entries,
     resolve_classes,
     visible_dirs,
 )
 from cxr.data.metadata import metadata_files, read_metadata
-from cxr.data.rawstore import fresh_dir
+from cxr.data.rawstore import replace_dir, temp_dir
 
 logger = logging.getLogger(__name__)
 
 _MAX_LISTED_BAD = 20
-
-
-@dataclass(frozen=True)
-class BadFile:
-    """A file refused by validation, with the reason."""
-
-    path: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One ingested image: where it went, its hashes and properties."""
-
-    cls: str
-    path: str
-    original: str
-    sha256: str
-    dhash: int
-    width: int
-    height: int
-    mode: str
-    format: str
-    nbytes: int
-    source: str
-    mask: str | None = None
-
-
-@dataclass
-class IngestReport:
-    """What ingest() did: counts per class, bad files, sources, duplicates."""
-
-    dest: Path
-    layout: str
-    counts: dict[str, int]
-    masks: dict[str, int]
-    bad: list[BadFile]
-    sources: dict[str, dict[str, int]]
-    source: str = ""
-    duplicates: list[list[str]] = field(default_factory=list)
-    conflicts: list[list[str]] = field(default_factory=list)
-    count_mismatch: dict[str, dict[str, int]] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    records: list[ImageRecord] = field(default_factory=list)
-    elapsed_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """True when nothing was refused, counts match and no image sits in two classes."""
-        return not self.bad and not self.count_mismatch and not self.conflicts
-
-    def to_dict(self, include_records: bool = False) -> dict:
-        """JSON-ready summary (records only when asked: they are one entry per image)."""
-        out = {
-            "dest": str(self.dest),
-            "source": self.source,
-            "layout": self.layout,
-            "ok": self.ok,
-            "total": sum(self.counts.values()),
-            "counts": dict(self.counts),
-            "masks": dict(self.masks),
-            "bad": [asdict(b) for b in self.bad],
-            "sources": {k: dict(v) for k, v in self.sources.items()},
-            "duplicates": [list(g) for g in self.duplicates],
-            "conflicts": [list(g) for g in self.conflicts],
-            "count_mismatch": {k: dict(v) for k, v in self.count_mismatch.items()},
-            "warnings": list(self.warnings),
-            "elapsed_s": round(self.elapsed_s, 3),
-        }
-        if include_records:
-            out["records"] = [asdict(r) for r in self.records]
-        return out
-
-    def to_json(self, include_records: bool = False) -> str:
-        """to_dict() as indented JSON."""
-        return json.dumps(self.to_dict(include_records), indent=2, sort_keys=True)
-
 
 
 @dataclass(frozen=True)
@@ -123,14 +45,52 @@ class _Task:
     is_mask: bool
 
 
+@dataclass
+class _Plan:
+    """The files to validate, each class's folder, and its metadata sheet: read, or refused under 'skip'."""
+
+    tasks: list[_Task] = field(default_factory=list)
+    cls_dirs: dict[str, Path] = field(default_factory=dict)
+    metadata: dict[str, dict[str, str]] = field(default_factory=dict)  # class -> lower-case file stem -> source
+    sheets: dict[str, Path] = field(default_factory=dict)
+    bad_sheets: list[BadFile] = field(default_factory=list)
+
+
+@dataclass
+class _Kept:
+    """What validation kept, by class: images, masks and images per source archive; and one record per image."""
+
+    counts: dict[str, int]
+    masks: dict[str, int]
+    sources: dict[str, dict[str, int]]
+    records: list[ImageRecord]
+
+
+def _check_paths(source: Path, dest: Path) -> None:
+    """Refuse a destination that is, holds or sits inside the source."""
+    s, d = source.resolve(), dest.resolve()
+    if s == d or d.is_relative_to(s) or s.is_relative_to(d):
+        raise DataError(f"destination {dest} overlaps the source {source}; choose a separate folder")
+    if dest.exists() and not dest.is_dir():
+        raise DataError(f"destination {dest} exists and is not a folder")
+
+
+def _open_source(source: Path, dest: Path, wanted: list[str], stack: contextlib.ExitStack) -> tuple[Path, str]:
+    """Dataset root and layout of a folder, or of a .zip unpacked beside dest until the stack closes."""
+    if source.is_file():
+        if not zipfile.is_zipfile(source):
+            raise DataError(f"source {source} is neither a folder nor a .zip archive")
+        unzip = stack.enter_context(temp_dir(dest.parent, f".{dest.name}.unzip-"))
+        folder = safe_extract(source, unzip / "src")
+    else:
+        folder = source
+    return find_dataset_root(folder, wanted)
+
+
 def _list_files(folder: Path) -> tuple[list[Path], list[str]]:
     """Image files of a folder (sorted) and the names of other entries that were ignored."""
     images, ignored = [], []
-    try:
-        entries = list(os.scandir(folder))
-    except OSError as exc:
-        raise DataError(f"cannot list folder {folder}: {exc}") from exc
-    for e in entries:
+    for e in folder_entries(folder):
         if e.name.startswith("."):
             ignored.append(e.name)
         elif e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file():
@@ -140,15 +100,19 @@ def _list_files(folder: Path) -> tuple[list[Path], list[str]]:
     return sorted(images), sorted(ignored)
 
 
+def _warn(warnings: list[str], msg: str) -> None:
+    """Log a warning and keep it for the report."""
+    logger.warning(msg)
+    warnings.append(msg)
+
+
 def _plan_class(root: Path, cls: str, cls_dir: Path, warnings: list[str]) -> list[_Task]:
     """Image and mask tasks of one class folder (v5 images/ + masks/, or flat)."""
     img_dir = cls_dir / "images" if (cls_dir / "images").is_dir() else cls_dir
     images, ignored = _list_files(img_dir)
     ignored = [n for n in ignored if not (img_dir == cls_dir and n in ("images", "masks"))]
     if ignored:
-        msg = f"class {cls!r}: ignored {len(ignored)} non-image entries in {img_dir} (e.g. {ignored[0]!r})"
-        logger.warning(msg)
-        warnings.append(msg)
+        _warn(warnings, f"class {cls!r}: ignored {len(ignored)} non-image entries in {img_dir} (e.g. {ignored[0]!r})")
     if not images:
         raise DataError(f"class {cls!r}: folder {img_dir} has no images ({', '.join(IMAGE_SUFFIXES)})")
     names = {p.name for p in images}
@@ -160,15 +124,52 @@ def _plan_class(root: Path, cls: str, cls_dir: Path, warnings: list[str]) -> lis
         masks, _ = _list_files(mask_dir)
         orphans = [m.name for m in masks if m.name not in names]
         if orphans:
-            msg = f"class {cls!r}: {len(orphans)} masks without an image in {mask_dir} (e.g. {orphans[0]!r}), ignored"
-            logger.warning(msg)
-            warnings.append(msg)
+            _warn(warnings, f"class {cls!r}: {len(orphans)} masks without an image in {mask_dir} "
+                            f"(e.g. {orphans[0]!r}), ignored")
         tasks += [
             _Task(cls, m, m.relative_to(root).as_posix(), f"{cls}/masks/{m.name}", True)
             for m in masks
             if m.name in names
         ]
     return tasks
+
+
+def _read_sheet(plan: _Plan, root: Path, cls: str, sheet: Path, policy: str) -> None:
+    """Read a class's metadata sheet into the plan; a bad one stops the run, or under 'skip' is listed as bad."""
+    try:
+        plan.metadata[cls] = {k.lower(): v for k, v in read_metadata(sheet).items()}
+        plan.sheets[cls] = sheet
+    except DataError as exc:
+        # A sheet is input like an image: it names each image's source archive.
+        if policy == "fail":
+            raise DataError(f"{exc}. Fix it, remove it, or use policy 'skip' to leave it out.") from None
+        plan.bad_sheets.append(BadFile(sheet.relative_to(root).as_posix(), str(exc).removeprefix(f"{sheet}: ")))
+        logger.warning("skipping metadata sheet %s for class %r: %s", sheet, cls, exc)
+
+
+def _plan(root: Path, wanted: list[str], policy: str, warnings: list[str]) -> _Plan:
+    """Class by class: the images and masks to validate, and the metadata sheet; unrequested classes are logged."""
+    cls_folders = class_dirs(root, wanted)
+    for d in visible_dirs(root):
+        cls = folder_class(d.name, wanted)
+        if cls is not None and cls not in wanted:
+            logger.info("ignoring folder %s (class %r not requested)", d, cls)
+    plan = _Plan()
+    for cls in wanted:
+        cls_dir = cls_folders[cls][0]
+        plan.cls_dirs[cls] = cls_dir
+        plan.tasks += _plan_class(root, cls, cls_dir, warnings)
+        for sheet in metadata_files(root, cls_dir, cls, wanted)[:1]:
+            _read_sheet(plan, root, cls, sheet, policy)
+    return plan
+
+
+def _make_class_dirs(build: Path, wanted: list[str], tasks: list[_Task]) -> None:
+    """images/ for every class in the build, and masks/ for a class with masks to validate."""
+    for cls in wanted:
+        (build / cls / "images").mkdir(parents=True)
+        if any(t.is_mask for t in tasks if t.cls == cls):
+            (build / cls / "masks").mkdir(parents=True)
 
 
 def _process(task: _Task, build: Path, max_pixels: int = MAX_PIXELS) -> Inspection:
@@ -202,39 +203,58 @@ def _bad_message(source: Path, bad: list[BadFile]) -> str:
     return f"{len(bad)} bad file(s) in {source}: {shown}{more}. Fix them or use policy 'skip' to leave them out."
 
 
-def _check_paths(source: Path, dest: Path) -> None:
-    """Refuse a destination that is, holds or sits inside the source."""
-    s, d = source.resolve(), dest.resolve()
-    if s == d or d.is_relative_to(s) or s.is_relative_to(d):
-        raise DataError(f"destination {dest} overlaps the source {source}; choose a separate folder")
-    if dest.exists() and not dest.is_dir():
-        raise DataError(f"destination {dest} exists and is not a folder")
+def _refused(source: Path, tasks: list[_Task], results: list[Inspection], policy: str) -> list[BadFile]:
+    """The files validation refused: one DataError listing them under policy 'fail', else each logged."""
+    bad = [BadFile(t.rel, r.reason) for t, r in zip(tasks, results, strict=True) if r.reason is not None]
+    if bad and policy == "fail":
+        raise DataError(_bad_message(source, bad))
+    for b in bad:
+        logger.warning("skipping bad file %s: %s", b.path, b.reason)
+    return bad
 
 
-def _replace_dir(build: Path, dest: Path) -> None:
-    """Move build to dest, replacing an existing dest only once the new one is in place."""
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(dest, old)
-    try:
-        os.rename(build, dest)
-    except BaseException:
-        if old is not None:
-            os.rename(old, dest)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _kept_masks(tasks: list[_Task], results: list[Inspection], build: Path) -> dict[tuple[str, str], str]:
+    """(class, image name) -> staged mask, for valid masks of valid images; other staged masks are removed."""
+    pairs = list(zip(tasks, results, strict=True))
+    good_images = {(t.cls, t.src.name) for t, r in pairs if not t.is_mask and r.reason is None}
+    mask_of: dict[tuple[str, str], str] = {}
+    for t, r in pairs:
+        if t.is_mask and r.reason is None:
+            if (t.cls, t.src.name) in good_images:
+                mask_of[(t.cls, t.src.name)] = t.out
+            else:  # image refused under policy skip: drop its mask too
+                (build / t.out).unlink(missing_ok=True)
+    return mask_of
 
 
-@contextlib.contextmanager
-def _temp_dir(parent: Path, prefix: str) -> Iterator[Path]:
-    """A temporary folder in parent (the user's umask, as it may become the destination), removed on exit if still there."""
-    path = fresh_dir(parent, prefix)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def _keep(plan: _Plan, results: list[Inspection], build: Path, wanted: list[str]) -> _Kept:
+    """Record every valid image (with its mask and source archive) and count them by class."""
+    mask_of = _kept_masks(plan.tasks, results, build)
+    kept = _Kept({cls: 0 for cls in wanted}, {cls: 0 for cls in wanted}, {cls: {} for cls in wanted}, [])
+    for cls, _ in mask_of:
+        kept.masks[cls] += 1
+    for t, r in zip(plan.tasks, results, strict=True):
+        if t.is_mask or r.reason is not None:
+            continue
+        src_name = plan.metadata.get(t.cls, {}).get(t.src.stem.lower(), "unknown")
+        kept.counts[t.cls] += 1
+        kept.sources[t.cls][src_name] = kept.sources[t.cls].get(src_name, 0) + 1
+        kept.records.append(
+            ImageRecord(t.cls, t.out, t.rel, r.sha256, r.dhash, r.width, r.height, r.mode, r.format,
+                        r.nbytes, src_name, mask_of.get((t.cls, t.src.name)))
+        )
+    return kept
+
+
+def _complete_build(build: Path, plan: _Plan, kept: _Kept, n_bad: int) -> None:
+    """Refuse a class left without a valid image, drop empty masks/ folders, and copy the metadata sheets in."""
+    for cls, cls_dir in plan.cls_dirs.items():
+        if kept.counts[cls] == 0:
+            raise DataError(f"class {cls!r}: no valid images in {cls_dir} (all {n_bad} refused)")
+        if kept.masks[cls] == 0 and (build / cls / "masks").is_dir():
+            (build / cls / "masks").rmdir()
+    for cls, sheet in plan.sheets.items():
+        shutil.copyfile(sheet, build / f"{cls}.metadata.xlsx")
 
 
 def _find_duplicates(records: list[ImageRecord]) -> tuple[list[list[str]], list[list[str]]]:
@@ -247,6 +267,34 @@ def _find_duplicates(records: list[ImageRecord]) -> tuple[list[list[str]], list[
     return dups, conflicts
 
 
+def _examples(groups: list[list[str]]) -> str:
+    """The first three groups of paths, for a log line."""
+    return "; ".join(", ".join(g) for g in groups[:3])
+
+
+def _check_duplicates(records: list[ImageRecord]) -> tuple[list[list[str]], list[list[str]]]:
+    """Exact-duplicate groups and label conflicts (kept, not refused), each kind logged with examples."""
+    dups, conflicts = _find_duplicates(records)
+    if dups:
+        logger.warning("%d groups of exact duplicate files (identical bytes, kept; see report.duplicates), e.g. %s",
+                       len(dups), _examples(dups))
+    if conflicts:
+        logger.warning("%d identical images in several classes (label conflicts; see report.conflicts), e.g. %s",
+                       len(conflicts), _examples(conflicts))
+    return dups, conflicts
+
+
+def _count_mismatch(counts: dict[str, int], expected: Mapping[str, int] | None) -> dict[str, dict[str, int]]:
+    """Classes whose image count is not the expected one (expected may name a class by an alias), each logged."""
+    mismatch: dict[str, dict[str, int]] = {}
+    for name, n in (expected or {}).items():
+        cls = canonical_class(name) or name
+        if cls in counts and counts[cls] != int(n):
+            mismatch[cls] = {"expected": int(n), "found": counts[cls]}
+            logger.warning("class %r: expected %d images, found %d", cls, int(n), counts[cls])
+    return mismatch
+
+
 def ingest(
     source: Path,
     dest: Path,
@@ -256,7 +304,7 @@ def ingest(
     workers: int = 1,
     max_pixels: int = MAX_PIXELS,
 ) -> IngestReport:
-    """Ingest a folder or .zip in any known layout into canonical dest/<CLASS>/images (+ masks, metadata), atomically."""
+    """Ingest a folder or .zip in any known layout into canonical dest/<CLASS>/images (+ masks, sheets), atomically."""
     t0 = time.perf_counter()
     if policy not in ("fail", "skip"):
         raise ValueError(f"policy must be 'fail' or 'skip', got {policy!r}")
@@ -268,124 +316,38 @@ def ingest(
     dest.parent.mkdir(parents=True, exist_ok=True)
     warnings: list[str] = []
 
+    # Everything is staged in a build folder beside dest, which replaces dest only once it is complete.
     with contextlib.ExitStack() as stack:
-        if source.is_file():
-            if not zipfile.is_zipfile(source):
-                raise DataError(f"source {source} is neither a folder nor a .zip archive")
-            unzip = stack.enter_context(_temp_dir(dest.parent, f".{dest.name}.unzip-"))
-            folder = safe_extract(source, unzip / "src")
-        else:
-            folder = source
-        root, layout = find_dataset_root(folder, wanted)
-        cls_folders = class_dirs(root, wanted)
-        for d in visible_dirs(root):
-            cls = folder_class(d.name, wanted)
-            if cls is not None and cls not in wanted:
-                logger.info("ignoring folder %s (class %r not requested)", d, cls)
-
-        tasks: list[_Task] = []
-        metadata: dict[str, dict[str, str]] = {}
-        sheets: dict[str, Path] = {}
-        bad_sheets: list[BadFile] = []
-        for cls in wanted:
-            cls_dir = cls_folders[cls][0]
-            tasks += _plan_class(root, cls, cls_dir, warnings)
-            for sheet in metadata_files(root, cls_dir, cls, wanted)[:1]:
-                try:
-                    metadata[cls] = {k.lower(): v for k, v in read_metadata(sheet).items()}
-                    sheets[cls] = sheet
-                except DataError as exc:
-                    # A sheet is input like an image: it names each image's source archive.
-                    if policy == "fail":
-                        raise DataError(f"{exc}. Fix it, remove it, or use policy 'skip' to leave it out.") from None
-                    bad_sheets.append(BadFile(sheet.relative_to(root).as_posix(), str(exc).removeprefix(f"{sheet}: ")))
-                    logger.warning("skipping metadata sheet %s for class %r: %s", sheet, cls, exc)
-
-        build = stack.enter_context(_temp_dir(dest.parent, f".{dest.name}.build-"))
-        for cls in wanted:
-            (build / cls / "images").mkdir(parents=True)
-            if any(t.is_mask for t in tasks if t.cls == cls):
-                (build / cls / "masks").mkdir(parents=True)
-        logger.info("ingesting %d files (%s layout) from %s with %d worker(s)", len(tasks), layout, root, workers)
-        results = _run_all(tasks, lambda t: _process(t, build, max_pixels), max(1, workers))
-
-        bad = [BadFile(t.rel, r.reason) for t, r in zip(tasks, results) if r.reason is not None]
-        if bad and policy == "fail":
-            raise DataError(_bad_message(source, bad))
-        for b in bad:
-            logger.warning("skipping bad file %s: %s", b.path, b.reason)
-        bad += bad_sheets
-
-        good_images = {(t.cls, t.src.name) for t, r in zip(tasks, results) if not t.is_mask and r.reason is None}
-        counts = {cls: 0 for cls in wanted}
-        masks = {cls: 0 for cls in wanted}
-        sources: dict[str, dict[str, int]] = {cls: {} for cls in wanted}
-        mask_of: dict[tuple[str, str], str] = {}
-        for t, r in zip(tasks, results):
-            if t.is_mask and r.reason is None:
-                if (t.cls, t.src.name) in good_images:
-                    masks[t.cls] += 1
-                    mask_of[(t.cls, t.src.name)] = t.out
-                else:  # image refused under policy skip: drop its mask too
-                    (build / t.out).unlink(missing_ok=True)
-        records: list[ImageRecord] = []
-        for t, r in zip(tasks, results):
-            if t.is_mask or r.reason is not None:
-                continue
-            src_name = metadata.get(t.cls, {}).get(t.src.stem.lower(), "unknown")
-            counts[t.cls] += 1
-            sources[t.cls][src_name] = sources[t.cls].get(src_name, 0) + 1
-            records.append(
-                ImageRecord(t.cls, t.out, t.rel, r.sha256, r.dhash, r.width, r.height, r.mode, r.format,
-                            r.nbytes, src_name, mask_of.get((t.cls, t.src.name)))
-            )
-        for cls in wanted:
-            if counts[cls] == 0:
-                raise DataError(f"class {cls!r}: no valid images in {cls_folders[cls][0]} (all {len(bad)} refused)")
-            if masks[cls] == 0 and (build / cls / "masks").is_dir():
-                (build / cls / "masks").rmdir()
-        for cls, sheet in sheets.items():
-            shutil.copyfile(sheet, build / f"{cls}.metadata.xlsx")
-
-        dups, conflicts = _find_duplicates(records)
-        if dups:
-            logger.warning(
-                "%d groups of exact duplicate files (identical bytes, kept; see report.duplicates), e.g. %s",
-                len(dups), "; ".join(", ".join(g) for g in dups[:3]),
-            )
-        if conflicts:
-            logger.warning(
-                "%d identical images in several classes (label conflicts; see report.conflicts), e.g. %s",
-                len(conflicts), "; ".join(", ".join(g) for g in conflicts[:3]),
-            )
-
-        mismatch: dict[str, dict[str, int]] = {}
-        for name, n in (expected_counts or {}).items():
-            cls = canonical_class(name) or name
-            if cls in counts and counts[cls] != int(n):
-                mismatch[cls] = {"expected": int(n), "found": counts[cls]}
-                logger.warning("class %r: expected %d images, found %d", cls, int(n), counts[cls])
-
-        _replace_dir(build, dest)
+        root, layout = _open_source(source, dest, wanted, stack)
+        plan = _plan(root, wanted, policy, warnings)
+        build = stack.enter_context(temp_dir(dest.parent, f".{dest.name}.build-"))
+        _make_class_dirs(build, wanted, plan.tasks)
+        logger.info("ingesting %d files (%s layout) from %s with %d worker(s)", len(plan.tasks), layout, root, workers)
+        results = _run_all(plan.tasks, lambda t: _process(t, build, max_pixels), max(1, workers))
+        bad = _refused(source, plan.tasks, results, policy) + plan.bad_sheets
+        kept = _keep(plan, results, build, wanted)
+        _complete_build(build, plan, kept, len(bad))
+        dups, conflicts = _check_duplicates(kept.records)
+        mismatch = _count_mismatch(kept.counts, expected_counts)
+        replace_dir(build, dest)
 
     report = IngestReport(
         dest=dest,
         layout=layout,
-        counts=counts,
-        masks=masks,
+        counts=kept.counts,
+        masks=kept.masks,
         bad=bad,
-        sources=sources,
+        sources=kept.sources,
         source=str(source),
         duplicates=dups,
         conflicts=conflicts,
         count_mismatch=mismatch,
         warnings=warnings,
-        records=records,
+        records=kept.records,
         elapsed_s=time.perf_counter() - t0,
     )
     logger.info(
         "ingested %d images into %s in %.2fs (%s); %d bad, %d duplicate groups",
-        sum(counts.values()), dest, report.elapsed_s, counts, len(bad), len(dups),
+        sum(kept.counts.values()), dest, report.elapsed_s, kept.counts, len(bad), len(dups),
     )
     return report
-

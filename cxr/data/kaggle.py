@@ -7,8 +7,8 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlparse
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,10 @@ def _env(key: str, value: str) -> Iterator[None]:
 
 
 def download_kaggle(handle: str, version: int | None, cache_dir: Path, timeout_s: float = 10.0) -> Path:
-    """Download a Kaggle dataset with kagglehub into cache_dir (reusing an earlier download); DownloadError fast when offline or unauthenticated."""
+    """Download a Kaggle dataset with kagglehub into cache_dir, reusing an earlier download.
+
+    Raises DownloadError fast when offline or unauthenticated.
+    """
     handle = handle.strip().strip("/")
     if "/versions/" in handle:
         handle, _, pinned = handle.partition("/versions/")

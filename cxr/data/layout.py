@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 CANONICAL_CLASSES = ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia")
 CLASS_ALIASES: dict[str, str] = {
@@ -63,14 +63,18 @@ def folder_class(name: str, wanted: Sequence[str]) -> str | None:
     return None
 
 
-def visible_dirs(folder: Path) -> list[Path]:
-    """Sub-folders of folder, sorted, without hidden and __MACOSX folders."""
+def folder_entries(folder: Path) -> list[os.DirEntry]:
+    """The entries of folder, in no order; a folder that cannot be listed is a DataError naming it."""
     try:
-        entries = list(os.scandir(folder))
+        return list(os.scandir(folder))
     except OSError as exc:
         raise DataError(f"cannot list folder {folder}: {exc}") from exc
+
+
+def visible_dirs(folder: Path) -> list[Path]:
+    """Sub-folders of folder, sorted, without hidden and __MACOSX folders."""
     out = []
-    for e in entries:
+    for e in folder_entries(folder):
         if e.name.startswith(".") or e.name.lower() in IGNORED_DIRS:
             continue
         with contextlib.suppress(OSError):

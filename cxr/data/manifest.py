@@ -28,7 +28,7 @@ class Manifest:
 
     rows: tuple[dict[str, str], ...]
 
-    def select(self, split: str) -> "Manifest":
+    def select(self, split: str) -> Manifest:
         """Rows of one split."""
         return Manifest(tuple(r for r in self.rows if r["split"] == split))
 

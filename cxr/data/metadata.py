@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 from urllib.parse import urlparse
 
 from cxr.data.layout import IMAGE_SUFFIXES, DataError, folder_class, normalise_name
@@ -71,7 +71,7 @@ def read_metadata(xlsx: Path) -> dict[str, str]:
 
 
 def metadata_files(root: Path, cls_dir: Path, cls: str, wanted: Sequence[str]) -> list[Path]:
-    """Metadata sheets for a class: '<CLASS>.metadata.xlsx' (any alias, any 'matadata' typo) at the root or in its folder."""
+    """A class's metadata sheets, '<CLASS>.metadata.xlsx' (any alias or 'matadata' typo), at the root or in cls_dir."""
     found = []
     for folder in (root, cls_dir):
         with contextlib.suppress(OSError):

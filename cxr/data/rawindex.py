@@ -59,7 +59,7 @@ def sheet_sources(raw: Path, folders: Iterable[str]) -> dict[str, str]:
 
 
 def from_ingestion(records: Iterable) -> dict[str, IndexEntry]:
-    """Index entries from :class:`cxr.data.ingest.ImageRecord` s (an image without a known source gets ``""``)."""
+    """Index entries from :class:`cxr.data.ingestreport.ImageRecord` s (an image without a known source gets ``""``)."""
     return {
         r.path: IndexEntry(r.sha256, r.dhash, r.width, r.height, r.mode, "" if r.source == "unknown" else r.source)
         for r in records
@@ -98,7 +98,7 @@ def build_index(
             return IndexEntry(sha, dh, w, h, mode, sources.get(Path(rel).stem.lower(), ""))
 
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            known.update(zip(todo, pool.map(entry, todo)))
+            known.update(zip(todo, pool.map(entry, todo), strict=True))
         log.info("indexed %d images (%d from ingestion)", len(rels), len(rels) - len(todo))
     return {rel: known[rel] for rel in rels}
 
@@ -107,7 +107,7 @@ def write_index(path: Path, entries: Mapping[str, IndexEntry]) -> None:
     """Write the index atomically, sorted by path: the same images always give the same bytes."""
     rows = ((rel, rel.split("/", 1)[0], e.sha256, f"{e.dhash:x}", e.width, e.height, e.mode, e.source)
             for rel, e in sorted(entries.items()))
-    write_csv(path, INDEX_FIELDS, (dict(zip(INDEX_FIELDS, row)) for row in rows))
+    write_csv(path, INDEX_FIELDS, (dict(zip(INDEX_FIELDS, row, strict=True)) for row in rows))
 
 
 def read_index(raw: Path) -> dict[str, IndexEntry] | None:

@@ -15,10 +15,13 @@ the same data version.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
+import uuid
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from cxr.core.io import atomic_path
@@ -35,8 +38,6 @@ def fresh_dir(parent: Path, prefix: str) -> Path:
     ``tempfile.mkdtemp`` makes its folder ``0700``; a folder later renamed into place as ``data/raw``
     must be as readable as any other the user makes (teammates on a shared machine read it).
     """
-    import uuid
-
     while True:
         path = Path(parent) / f"{prefix}{uuid.uuid4().hex[:12]}"
         try:
@@ -44,6 +45,32 @@ def fresh_dir(parent: Path, prefix: str) -> Path:
             return path
         except FileExistsError:
             continue
+
+
+@contextlib.contextmanager
+def temp_dir(parent: Path, prefix: str) -> Iterator[Path]:
+    """A :func:`fresh_dir` in parent (it may become the destination), removed on exit if still there."""
+    path = fresh_dir(parent, prefix)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def replace_dir(build: Path, dest: Path) -> None:
+    """Move build to dest, replacing an existing dest only once the new one is in place."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(dest, old)
+    try:
+        os.rename(build, dest)
+    except BaseException:
+        if old is not None:
+            os.rename(old, dest)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def archive_path(root: Path, folder: str) -> Path:

@@ -134,7 +134,7 @@ def split(base: Base, cfg: Split, paths: ResolvedPaths) -> SplitResult:
             "group": str(group),
             "source": sources.get(Path(rel).stem.lower(), ""),
         }
-        for (rel, folder), label, split, sha, group in zip(items, labels, splits, shas, groups)
+        for (rel, folder), label, split, sha, group in zip(items, labels, splits, shas, groups, strict=True)
     ]
     write_manifest(rows, paths.manifest)
     report = data_report(rows, prints)
