@@ -14,6 +14,7 @@ import json
 import logging
 import shlex
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,32 +96,16 @@ def _trial_paths(paths: ResolvedPaths, number: int) -> ResolvedPaths:
     return paths.model_copy(update={"model_dir": folder, "train_reports": folder})
 
 
-def tune(settings: Settings, paths: ResolvedPaths, uri: str, trials: int | None = None,
-         study_name: str | None = None) -> TuneResult:
-    """Run the study, track it in MLflow, write ``best_params.yaml``; the test split is never read."""
+def _objective(settings: Settings, paths: ResolvedPaths, base_train: Train, study_name: str,
+               exp_id: str) -> Callable[[Any], float]:
+    """One trial: train on sampled values in a nested MLflow run, reporting each epoch's score to the pruner."""
     import mlflow
     import optuna
 
-    from cxr.core.io import write_json
-    from cxr.data.manifest import read_manifest
-    from cxr.ops.tracking import check_tracking, ensure_experiment
     from cxr.training.loop import train
 
     cfg = settings.tune
-    if not cfg.space:
-        raise ValueError("tune.space is empty: declare the train.* settings to search in params.yaml")
-    read_manifest(paths.manifest)  # fail now, not in the first trial, when the split has not run
-    n_trials = trials or cfg.trials
-    base_train = settings.train if cfg.epochs is None else settings.train.model_copy(update={"epochs": cfg.epochs})
-    study_name = study_name or f"tune-{settings.fingerprint('base', 'train', 'tune')[:8]}"
-    goal = direction(cfg.objective)
-    better = min if goal == "minimize" else max
-    check_tracking(uri)
-    mlflow.set_tracking_uri(uri)
-    exp_id = ensure_experiment(mlflow, settings.base.experiment, paths.root, uri)
-    if paths.tune.exists():
-        shutil.rmtree(paths.tune)  # trials of an earlier study; their runs stay in MLflow
-    paths.tune.mkdir(parents=True)
+    better = min if direction(cfg.objective) == "minimize" else max
 
     def objective(trial: optuna.Trial) -> float:
         values = suggest(trial, cfg.space)
@@ -151,13 +136,42 @@ def tune(settings: Settings, paths: ResolvedPaths, uri: str, trials: int | None 
             raise pruned
         return better(scores)
 
+    return objective
+
+
+def tune(settings: Settings, paths: ResolvedPaths, uri: str, trials: int | None = None,
+         study_name: str | None = None) -> TuneResult:
+    """Run the study, track it in MLflow, write ``best_params.yaml``; the test split is never read."""
+    import mlflow
+    import optuna
+
+    from cxr.core.io import write_json
+    from cxr.data.manifest import read_manifest
+    from cxr.ops.tracking import check_tracking, ensure_experiment
+
+    cfg = settings.tune
+    if not cfg.space:
+        raise ValueError("tune.space is empty: declare the train.* settings to search in params.yaml")
+    read_manifest(paths.manifest)  # fail now, not in the first trial, when the split has not run
+    n_trials = trials or cfg.trials
+    base_train = settings.train if cfg.epochs is None else settings.train.model_copy(update={"epochs": cfg.epochs})
+    study_name = study_name or f"tune-{settings.fingerprint('base', 'train', 'tune')[:8]}"
+    goal = direction(cfg.objective)
+    check_tracking(uri)
+    mlflow.set_tracking_uri(uri)
+    exp_id = ensure_experiment(mlflow, settings.base.experiment, paths.root, uri)
+    if paths.tune.exists():
+        shutil.rmtree(paths.tune)  # trials of an earlier study; their runs stay in MLflow
+    paths.tune.mkdir(parents=True)
+
+    objective = _objective(settings, paths, base_train, study_name, exp_id)
     sampler = optuna.samplers.TPESampler(seed=settings.base.seed)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=cfg.prune_after_trials, n_warmup_steps=cfg.prune_after_epochs)
     study = optuna.create_study(study_name=study_name, direction=goal, sampler=sampler, pruner=pruner)
+    space = json.dumps({k: v.model_dump(exclude_none=True) for k, v in cfg.space.items()})
     with mlflow.start_run(experiment_id=exp_id, run_name=study_name) as parent:
         mlflow.set_tags({"cxr.kind": "tune", "optuna.study": study_name, "optuna.objective": cfg.objective})
-        mlflow.log_params({"tune.trials": n_trials, "tune.objective": cfg.objective,
-                           "tune.space": json.dumps({k: v.model_dump(exclude_none=True) for k, v in cfg.space.items()})})
+        mlflow.log_params({"tune.trials": n_trials, "tune.objective": cfg.objective, "tune.space": space})
         # Bad settings or a broken input are errors of the whole study, not a failed trial to skip.
         study.optimize(objective, n_trials=n_trials, timeout=cfg.timeout_s, catch=())
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -181,7 +195,7 @@ def tune(settings: Settings, paths: ResolvedPaths, uri: str, trials: int | None 
 
 
 def _write_outputs(result: TuneResult, study: Any, objective: str) -> None:
-    """``best_params.yaml`` (apply by merging into params.yaml or with the dvc command in its header) and ``trials.csv``."""
+    """``best_params.yaml`` (merge into params.yaml, or apply with the dvc command in its header) and ``trials.csv``."""
     header = (
         f"# Best of {result.trials} trials of study {result.study_name}: {objective} = {result.best_value:.6g}\n"
         f"# (validation split; MLflow parent run {result.parent_run_id}). Apply as a DVC experiment:\n"
@@ -193,5 +207,5 @@ def _write_outputs(result: TuneResult, study: Any, objective: str) -> None:
     columns = ["number", "state", objective, *keys]
     write_csv(result.params_file.parent / TRIALS_FILE, columns, (
         dict(zip(columns, [t.number, t.state.name, "" if t.value is None else f"{t.value:.6g}",
-                           *(t.params.get(k, "") for k in keys)]))
+                           *(t.params.get(k, "") for k in keys)], strict=True))
         for t in study.trials))

@@ -1,17 +1,21 @@
-"""Training batches: the augmented dataset over the decoded cache and the seeded, shardable sampler."""
+"""Training batches: the augmented dataset over the decoded cache, the seeded, shardable sampler and the loaders."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Sampler, get_worker_info
+from torch.utils.data import DataLoader, Sampler, get_worker_info
 
-from cxr.core.sections import Augment
-from cxr.model.cache import CachedImages
-from cxr.training.presets import apply_cpu, draw_params
+from cxr.core.paths import ResolvedPaths
+from cxr.core.sections import Augment, Base, Train
+from cxr.data.manifest import Manifest, read_manifest
+from cxr.model.cache import CachedImages, decoded_cache
+from cxr.training.optim import class_weights
+from cxr.training.presets import apply_cpu, draw_params, on_device
 
 
 class AugmentedImages(CachedImages):
@@ -81,3 +85,52 @@ class SeededSampler(Sampler):
 
     def __len__(self) -> int:
         return -(-self.n // self.world_size)
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """The manifest, the train split's rows and decoded images, its class weights, sampler and both loaders."""
+
+    manifest: Manifest
+    train_split: Manifest
+    train_images: np.ndarray
+    class_weights: np.ndarray
+    sampler: SeededSampler
+    train_loader: DataLoader
+    valid_loader: DataLoader
+
+
+def build_data(
+    cfg: Train, base: Base, paths: ResolvedPaths, device: torch.device, rank: int = 0, world: int = 1
+) -> TrainData:
+    """Read the train and valid splits into the decoded cache and wrap them in the loaders of process ``rank``."""
+    classes = base.labels
+    manifest = read_manifest(paths.manifest)
+    train_m, valid_m = manifest.select("train"), manifest.select("valid")
+    if len(train_m) == 0 or len(valid_m) == 0:
+        raise ValueError(f"{paths.manifest}: the train and valid splits must both be non-empty")
+    y_train, y_valid = train_m.labels(classes), valid_m.labels(classes)
+    workers = max(1, cfg.num_workers)
+    x_train = decoded_cache(train_m, paths.raw, paths.cache, cfg.image_size, workers=workers)
+    x_valid = decoded_cache(valid_m, paths.raw, paths.cache, cfg.image_size, workers=workers)
+
+    weights = class_weights(y_train, len(classes))
+    sampler_weights = weights[y_train] if cfg.class_balance == "sampler" else None
+    sampler = SeededSampler(len(y_train), base.seed, True, sampler_weights, rank, world)
+    if cfg.batch_size % world:
+        raise ValueError(f"train.batch_size={cfg.batch_size} must be a multiple of the {world} processes")
+    # Each rank takes an interleaved share of every global batch, so the global batch (and the
+    # gradient DDP averages) is the one a single process would see.
+    per_rank = cfg.batch_size // world
+    train_loader = DataLoader(
+        AugmentedImages(x_train, y_train, cfg.augment, defer=on_device(cfg.augment_backend, device)),
+        batch_size=per_rank,
+        sampler=sampler,
+        drop_last=len(sampler) > per_rank,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+        prefetch_factor=4 if cfg.num_workers > 0 else None,
+    )
+    valid_loader = DataLoader(CachedImages(x_valid, y_valid), batch_size=cfg.batch_size * 2, shuffle=False)
+    return TrainData(manifest, train_m, x_train, weights, sampler, train_loader, valid_loader)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -20,20 +19,17 @@ from torch.utils.data import DataLoader
 from cxr.core.io import atomic_path, write_csv, write_json
 from cxr.core.paths import ResolvedPaths
 from cxr.core.sections import Base, Train
-from cxr.data.manifest import manifest_hash, read_manifest
-from cxr.model.cache import CachedImages, decoded_cache
-from cxr.model.inference import autocast, load_checkpoint, pick_device, predict
+from cxr.data.manifest import Manifest, manifest_hash
+from cxr.model.inference import autocast, pick_device, predict
 from cxr.model.networks import build_model
 from cxr.model.preprocess import to_input
 from cxr.stats.classification import macro_f1
-from cxr.training.checkpoints import rng_state, save_checkpoint, set_rng_state
-from cxr.training.dataset import AugmentedImages, SeededSampler
-from cxr.training.optim import class_weights, lr_lambda, make_ema, make_optimizer, mix_batch, seed_everything
-from cxr.training.presets import apply_batch, on_device
+from cxr.training.checkpoints import Parts, TrainState, restore, save_checkpoint, save_epoch
+from cxr.training.dataset import TrainData, build_data
+from cxr.training.optim import lr_lambda, make_ema, make_optimizer, mix_batch, seed_everything
+from cxr.training.presets import apply_batch
 
 log = logging.getLogger(__name__)
-
-
 
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "images_per_s", "seconds")
 
@@ -139,12 +135,6 @@ def validation_scores(logits: np.ndarray, labels: np.ndarray, k: int) -> dict[st
     return {"val_loss": loss, "val_accuracy": float((pred == labels).mean()), "val_macro_f1": macro_f1(labels, pred, k)}
 
 
-def _better(monitor: str, new: float, best: float | None) -> bool:
-    if best is None:
-        return True
-    return new < best if monitor == "val_loss" else new > best
-
-
 def _write_history(path: Path, rows: Sequence[dict]) -> None:
     write_csv(path, HISTORY_FIELDS, ({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()}
                                      for r in rows))
@@ -153,6 +143,147 @@ def _write_history(path: Path, rows: Sequence[dict]) -> None:
 def _dist_info() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+@dataclass(frozen=True)
+class Process:
+    """This process's place in the run: its rank among ``world`` processes (1 without DDP) and its device."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one process that logs and writes."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """Launched by torchrun with more than one process."""
+        return self.world > 1
+
+
+def init_process(cfg: Train) -> Process:
+    """Join the process group when launched with several processes, and pick this process's device."""
+    rank, local_rank, world = _dist_info()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
+    device = pick_device(cfg.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return Process(rank, world, device)
+
+
+def build_parts(cfg: Train, k: int, steps_per_epoch: int, device: torch.device) -> Parts:
+    """The model (``k`` classes), its optimiser, EMA, per-step learning-rate schedule and (disabled) scaler."""
+    model = build_model(cfg.arch, k, cfg.weights).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    ema = make_ema(model, cfg.ema_decay)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, total_steps, warmup, cfg.schedule))
+    # bf16 autocast needs no loss scaling; the scaler is kept (disabled) so checkpoints have one shape.
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    return Parts(model, ema, optimizer, scheduler, scaler)
+
+
+def make_criterion(cfg: Train, weights: np.ndarray, device: torch.device) -> nn.Module:
+    """Cross-entropy, weighted by class when ``train.class_balance`` is ``loss``, with the label smoothing asked."""
+    loss_weight = torch.tensor(weights, dtype=torch.float32, device=device) if cfg.class_balance == "loss" else None
+    return nn.CrossEntropyLoss(weight=loss_weight, label_smoothing=cfg.label_smoothing)
+
+
+def make_fingerprint(cfg: Train, base: Base, manifest: Manifest, world: int) -> dict:
+    """What must match for last.pt to be resumed: the train params, seed, classes, data and process count."""
+    return {
+        "train": cfg.model_dump(mode="json"),
+        "seed": base.seed,
+        "classes": list(base.labels),
+        "data": manifest_hash(manifest),
+        "world": world,
+    }
+
+
+def resume_state(paths: ResolvedPaths, fingerprint: dict, parts: Parts, main: bool) -> TrainState:
+    """The unfinished run in last.pt, loaded into ``parts``, when its fingerprint matches; else a fresh state."""
+    state = restore(paths.last_checkpoint, fingerprint, parts)
+    if state is None:
+        return TrainState()
+    if main:
+        log.info("resuming from %s after epoch %d", paths.last_checkpoint, state.start_epoch)
+        # DVC deletes best.pt (a cached, non-persistent output) before it reruns the stage, and the
+        # loop writes best.pt only when the score improves: write the best so far back from last.pt.
+        save_checkpoint(paths.best_checkpoint, state.best)
+    return state
+
+
+def wrap(model: nn.Module, cfg: Train, proc: Process) -> nn.Module:
+    """The module the training steps run through: DDP across processes, then compiled when asked."""
+    net: nn.Module = model
+    if proc.distributed:
+        device = proc.device
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    return net
+
+
+def run_epoch(
+    epoch: int, net: nn.Module, parts: Parts, criterion: nn.Module, data: TrainData, cfg: Train, base: Base,
+    proc: Process,
+) -> dict:
+    """Train one epoch through ``net`` and validate the scored weights: the epoch's history row."""
+    data.sampler.set_epoch(epoch)
+    lr = parts.optimizer.param_groups[0]["lr"]
+    # Seeded per (seed, epoch, rank), so a resumed run mixes the same pairs.
+    mix_rng = np.random.default_rng([base.seed, epoch, proc.rank]) if cfg.mixup > 0 else None
+    train_loss, speed, seconds = train_one_epoch(
+        net, data.train_loader, criterion, parts.optimizer, parts.scheduler, proc.device, cfg,
+        _epoch_desc(epoch, cfg), proc.main, parts.ema, mix_rng,
+    )
+    if proc.distributed:
+        t = torch.tensor([train_loss], device=proc.device)
+        dist.all_reduce(t)
+        train_loss = float(t) / proc.world
+    logits, labels = predict(parts.scored, data.valid_loader, proc.device, cfg.amp, cfg.channels_last)
+    scores = validation_scores(logits, labels, len(base.labels))
+    row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, **scores}
+    row.update(images_per_s=speed * proc.world, seconds=seconds)
+    return row
+
+
+def _epoch_desc(epoch: int, cfg: Train) -> str:
+    return f"epoch {epoch + 1}/{cfg.epochs}"
+
+
+def _val_scores(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k.startswith("val_")}
+
+
+def _log_epoch(epoch: int, row: dict, cfg: Train, improved: bool) -> None:
+    log.info(
+        "%s train_loss=%.4f val_loss=%.4f val_acc=%.4f val_f1=%.4f %.0f img/s%s",
+        _epoch_desc(epoch, cfg), row["train_loss"], row["val_loss"], row["val_accuracy"], row["val_macro_f1"],
+        row["images_per_s"], " *" if improved else "",
+    )
+
+
+def checkpoint_meta(epoch: int, row: dict, cfg: Train, base: Base) -> dict:
+    """What both checkpoints say about the model besides its weights: arch, classes, input size, params, scores."""
+    return {"arch": cfg.arch, "classes": list(base.labels), "image_size": cfg.image_size,
+            "params": cfg.model_dump(mode="json"), "epoch": epoch, "val": _val_scores(row)}
+
+
+def write_summary(path: Path, state: TrainState, mean_speed: float) -> None:
+    """The best epoch's validation scores, the epoch count and the mean training speed, as the step's metrics."""
+    best_row = state.history[state.best_epoch - 1] if state.best_epoch else {}
+    summary = {f"best_{k}": v for k, v in _val_scores(best_row).items()}
+    summary.update(best_epoch=state.best_epoch, epochs_run=len(state.history), train_images_per_s=round(mean_speed, 2))
+    write_json(path, summary)
 
 
 def train(
@@ -167,185 +298,45 @@ def train(
     ``on_epoch`` receives each epoch's history row (validation scores included) once its checkpoints are
     written; it may raise to stop training (a search pruning a trial does).
     """
-    rank, local_rank, world = _dist_info()
-    distributed = world > 1
-    if distributed and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
-    main = rank == 0
-    device = pick_device(cfg.device)
-    if distributed and device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
+    proc = init_process(cfg)
     seed_everything(base.seed, cfg.deterministic)
+    data = build_data(cfg, base, paths, proc.device, proc.rank, proc.world)
+    parts = build_parts(cfg, len(base.labels), len(data.train_loader), proc.device)
+    criterion = make_criterion(cfg, data.class_weights, proc.device)
+    fingerprint = make_fingerprint(cfg, base, data.manifest, proc.world)
+    state = resume_state(paths, fingerprint, parts, proc.main) if resume else TrainState()
+    net = wrap(parts.model, cfg, proc)
 
-    classes = base.labels
-    k = len(classes)
-    manifest = read_manifest(paths.manifest)
-    train_m, valid_m = manifest.select("train"), manifest.select("valid")
-    if len(train_m) == 0 or len(valid_m) == 0:
-        raise ValueError(f"{paths.manifest}: the train and valid splits must both be non-empty")
-    y_train, y_valid = train_m.labels(classes), valid_m.labels(classes)
-    workers = max(1, cfg.num_workers)
-    x_train = decoded_cache(train_m, paths.raw, paths.cache, cfg.image_size, workers=workers)
-    x_valid = decoded_cache(valid_m, paths.raw, paths.cache, cfg.image_size, workers=workers)
-
-    weights = class_weights(y_train, k)
-    sampler_weights = weights[y_train] if cfg.class_balance == "sampler" else None
-    sampler = SeededSampler(len(y_train), base.seed, True, sampler_weights, rank, world)
-    loader_kw = dict(
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=cfg.num_workers > 0,
-        prefetch_factor=4 if cfg.num_workers > 0 else None,
-    )
-    if cfg.batch_size % world:
-        raise ValueError(f"train.batch_size={cfg.batch_size} must be a multiple of the {world} processes")
-    # Each rank takes an interleaved share of every global batch, so the global batch (and the
-    # gradient DDP averages) is the one a single process would see.
-    per_rank = cfg.batch_size // world
-    train_loader = DataLoader(
-        AugmentedImages(x_train, y_train, cfg.augment, defer=on_device(cfg.augment_backend, device)),
-        batch_size=per_rank,
-        sampler=sampler,
-        drop_last=len(sampler) > per_rank,
-        **loader_kw,
-    )
-    valid_loader = DataLoader(CachedImages(x_valid, y_valid), batch_size=cfg.batch_size * 2, shuffle=False)
-
-    model = build_model(cfg.arch, k, cfg.weights).to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, cfg)
-    ema = make_ema(model, cfg.ema_decay)
-    # With EMA, the averaged weights are what is validated, kept and shipped.
-    scored = ema.module if ema is not None else model
-    steps_per_epoch = len(train_loader)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, total_steps, warmup, cfg.schedule))
-    # bf16 autocast needs no loss scaling; the scaler is kept (disabled) so checkpoints have one shape.
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    loss_weight = torch.tensor(weights, dtype=torch.float32, device=device) if cfg.class_balance == "loss" else None
-    criterion = nn.CrossEntropyLoss(weight=loss_weight, label_smoothing=cfg.label_smoothing)
-
-    fingerprint = {
-        "train": cfg.model_dump(mode="json"),
-        "seed": base.seed,
-        "classes": list(classes),
-        "data": manifest_hash(manifest),
-        "world": world,
-    }
-    start_epoch, best_score, best_epoch, history, resumed_from, stale = 0, None, 0, [], None, 0
-    best_snapshot: dict = {}
-    last, best = paths.last_checkpoint, paths.best_checkpoint
-    if resume and last.exists():
-        state = load_checkpoint(last)
-        if state.get("fingerprint") == fingerprint and not state.get("complete") and "best" in state:
-            model.load_state_dict(state["train_model"] if "train_model" in state else state["model"])
-            if ema is not None:
-                ema.load_state_dict(state["ema"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            set_rng_state(state["rng"])
-            start_epoch = int(state["epoch"]) + 1
-            best_score, best_epoch, stale = state["best_score"], int(state["best_epoch"]), int(state["stale"])
-            history = json.loads(state["history"])
-            resumed_from = start_epoch
-            best_snapshot = state["best"]
-            if main:
-                log.info("resuming from %s after epoch %d", last, start_epoch)
-                # DVC deletes best.pt (a cached, non-persistent output) before it reruns the stage, and the
-                # loop writes best.pt only when the score improves: write the best so far back from last.pt.
-                save_checkpoint(best, best_snapshot)
-    net: nn.Module = model
-    if distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
-
-    speeds = []
-    for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        desc = f"epoch {epoch + 1}/{cfg.epochs}"
-        # Seeded per (seed, epoch, rank), so a resumed run mixes the same pairs.
-        mix_rng = np.random.default_rng([base.seed, epoch, rank]) if cfg.mixup > 0 else None
-        train_loss, speed, seconds = train_one_epoch(
-            net, train_loader, criterion, optimizer, scheduler, device, cfg, desc, main, ema, mix_rng
-        )
-        if distributed:
-            t = torch.tensor([train_loss], device=device)
-            dist.all_reduce(t)
-            train_loss = float(t) / world
-        speeds.append(speed * world)
-        logits, labels = predict(scored, valid_loader, device, cfg.amp, cfg.channels_last)
-        scores = validation_scores(logits, labels, k)
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, **scores}
-        row.update(images_per_s=speed * world, seconds=seconds)
-        history.append(row)
-        score = scores[cfg.monitor]
-        improved = _better(cfg.monitor, score, best_score)
-        if improved:
-            best_score, best_epoch, stale = score, epoch + 1, 0
-        else:
-            stale += 1
-        stop = cfg.patience is not None and stale >= cfg.patience
-        done = stop or epoch + 1 == cfg.epochs
-        if main:
-            log.info(
-                "%s train_loss=%.4f val_loss=%.4f val_acc=%.4f val_f1=%.4f %.0f img/s%s",
-                desc, train_loss, scores["val_loss"], scores["val_accuracy"], scores["val_macro_f1"],
-                speed * world, " *" if improved else "",
-            )
-            meta = {"arch": cfg.arch, "classes": list(classes), "image_size": cfg.image_size,
-                    "params": cfg.model_dump(mode="json"), "epoch": epoch, "val": scores}
-            if improved:
-                # A copy on the CPU: last.pt carries it, so a resumed run can always restore best.pt.
-                weights = {k_: v.detach().to("cpu", copy=True) for k_, v in scored.state_dict().items()}
-                best_snapshot = {"model": weights, **meta}
-                save_checkpoint(best, best_snapshot)
-            save_checkpoint(
-                last,
-                {
-                    **meta,
-                    "model": scored.state_dict(),
-                    **({"train_model": model.state_dict(), "ema": ema.state_dict()} if ema is not None else {}),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": rng_state(),
-                    "best_score": best_score,
-                    "best_epoch": best_epoch,
-                    "best": best_snapshot,
-                    "stale": stale,
-                    "history": json.dumps(history),
-                    "fingerprint": fingerprint,
-                    "complete": done,
-                },
-            )
-            _write_history(paths.history, history)
+    speeds: list[float] = []
+    for epoch in range(state.start_epoch, cfg.epochs):
+        row = run_epoch(epoch, net, parts, criterion, data, cfg, base, proc)
+        speeds.append(row["images_per_s"])
+        improved = state.record(row, cfg.monitor)
+        stop = cfg.patience is not None and state.stale >= cfg.patience
+        if proc.main:
+            _log_epoch(epoch, row, cfg, improved)
+            done = stop or epoch + 1 == cfg.epochs
+            save_epoch(paths, checkpoint_meta(epoch, row, cfg, base), parts, state, fingerprint, improved, done)
+            _write_history(paths.history, state.history)
             if on_epoch is not None:
                 on_epoch(dict(row))
         if stop:
-            if main:
+            if proc.main:
                 log.info("early stop: %s did not improve for %d epochs", cfg.monitor, cfg.patience)
             break
 
     mean_speed = float(np.mean(speeds)) if speeds else 0.0
-    result = TrainResult(best, best_epoch, float(best_score or 0.0), len(history), mean_speed, resumed_from)
-    if main:
-        best_row = history[best_epoch - 1] if best_epoch else {}
-        summary = {f"best_{k_}": v for k_, v in best_row.items() if k_.startswith("val_")}
-        summary.update(best_epoch=best_epoch, epochs_run=len(history), train_images_per_s=round(mean_speed, 2))
-        write_json(paths.train_metrics, summary)
-        write_preview(train_m, x_train, cfg, base.seed, paths.augmentation_preview)
-    if distributed:
+    if proc.main:
+        write_summary(paths.train_metrics, state, mean_speed)
+        write_preview(data.train_split, data.train_images, cfg, base.seed, paths.augmentation_preview)
+    if proc.distributed:
         dist.barrier()
-    return result
+    best_score = float(state.best_score or 0.0)
+    return TrainResult(paths.best_checkpoint, state.best_epoch, best_score, len(state.history), mean_speed,
+                       state.resumed_from)
 
 
-def write_preview(train_m, images: np.ndarray, cfg: Train, seed: int, out: Path) -> None:
+def write_preview(train_m: Manifest, images: np.ndarray, cfg: Train, seed: int, out: Path) -> None:
     """Draw the train augmentations on the first training image (by path), by both paths, into ``out``."""
     from cxr.training.presets import preview_figure
 

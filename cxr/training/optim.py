@@ -46,7 +46,7 @@ def class_weights(labels: np.ndarray, k: int) -> np.ndarray:
 def mix_batch(
     x: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Mixup: the batch blended with a shuffled copy of itself; (mixed images, the partners' labels, weight of ``y``)."""
+    """Mixup: the batch blended with a shuffled copy of itself; (mixed images, partners' labels, weight of ``y``)."""
     # max(lam, 1 - lam): each image keeps the larger share, so the loss's first term is its own label.
     lam = float(rng.beta(alpha, alpha))
     lam = max(lam, 1.0 - lam)

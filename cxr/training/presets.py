@@ -171,7 +171,7 @@ def apply_batch(images: torch.Tensor, params: torch.Tensor, clahe: bool = True) 
     chosen = torch.nonzero(params[:, 8] > 0).flatten().tolist() if clahe else []
     if chosen:
         # Kornia takes one clip limit per call; CLAHE is off in the default preset.
-        for i, clip in zip(chosen, params[chosen, 8].tolist()):
+        for i, clip in zip(chosen, params[chosen, 8].tolist(), strict=True):
             equalised = equalize_clahe(x[i : i + 1] / 255.0, clip_limit=clip, grid_size=CLAHE_GRID)
             x[i : i + 1] = (equalised * 255.0).round_()
     flip = params[:, 9] > 0
