@@ -1,1 +1,1 @@
-"""Chest X-ray classification: the pipeline steps, each one typed function."""
+"""Chest X-ray classification, orchestrated: one typed function per pipeline step, laid out by job (ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""Experiments around training: the Optuna search (``cxr tune``) and DVC experiment sweeps logged to MLflow."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.core.config import Settings
-from cxr.core.io import read_csv
+from cxr.core.io import read_csv, read_json
 from cxr.core.paths import ResolvedPaths
 from cxr.ops.lineage import data_version, file_hash, flatten, git_commit
 from cxr.ops.tracking import check_tracking, ensure_experiment, tracking_uri
@@ -75,11 +75,6 @@ def find_version_by_inputs(client, name: str, key: str):
     return max(found, key=lambda v: int(v.version), default=None)
 
 
-def _load_json(path: Path) -> dict:
-    """A JSON file as a mapping; empty when absent."""
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def _create_version(client, name: str, source: str, run_id: str, model_id: str | None,
                     tags: dict[str, str], description: str):
     """Create the version in one call; a registered model made just for it is removed again when that fails."""
@@ -126,35 +121,28 @@ def _log_registered_report(client, settings: Settings, paths: ResolvedPaths, run
         log.exception("the report naming version %s could not be logged to run %s", version, run_id)
 
 
-def register(
-    settings: Settings, paths: ResolvedPaths, params_file: Path | None = None, force: bool = False
-) -> RegisterResult:
-    """Log the pipeline's outputs to one MLflow run and register the servable model as a new version.
+@dataclass(frozen=True)
+class _Inputs:
+    """Everything a version needs, read before MLflow is touched: bad inputs change nothing there."""
 
-    When a version made from the same data, params and code exists, a short run records that and points to it,
-    and nothing is registered (``force`` registers anyway). ``params_file`` is the file the settings were read
-    from (logged with the run); default ``params.yaml`` at the root.
-    """
-    import mlflow
+    metrics: dict
+    cam: dict
+    data_report: dict
+    lineage: dict[str, str]
+    card: str
 
+
+def _read_inputs(settings: Settings, paths: ResolvedPaths) -> _Inputs:
+    """The test and Grad-CAM metrics, the data report, the lineage and the model card; errors name the file."""
     from cxr.model.inference import load_checkpoint
-    from cxr.ops.tracking import flat_metrics
-    from cxr.serving.pyfunc import log_pyfunc
 
     root = paths.root
-    uri = tracking_uri(root)
-    check_tracking(uri)
-    # Everything the version needs is read before MLflow is touched: bad inputs change nothing there.
-    try:
-        metrics = json.loads(paths.metrics_full.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{paths.metrics_full}: test metrics not found; run the evaluate step first") from None
-    calibration = paths.calibration
-    if not calibration.is_file():
-        raise FileNotFoundError(f"{calibration}: calibration not found; run the evaluate step first")
-    if not paths.best_checkpoint.is_file():
-        raise FileNotFoundError(f"{paths.best_checkpoint}: checkpoint not found; run the train step first")
-    cam = _load_json(paths.cam_metrics_full)
+    for path, step in ((paths.metrics_full, "evaluate"), (paths.calibration, "evaluate"),
+                       (paths.best_checkpoint, "train")):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; run the {step} step first")
+    metrics = read_json(paths.metrics_full)
+    cam = read_json(paths.cam_metrics_full, {})
     commit, dirty = git_commit(root)
     lineage = {
         "git_commit": commit,
@@ -166,51 +154,78 @@ def register(
         "data_source": settings.download.source,
     }
     meta = {k: v for k, v in load_checkpoint(paths.best_checkpoint).items() if k != "model"}
-    data_report = _load_json(paths.data_report)
-    card = model_card(settings, meta, metrics, cam, lineage, data_report)
+    data_report = read_json(paths.data_report, {})
+    return _Inputs(metrics, cam, data_report, lineage, model_card(settings, meta, metrics, cam, lineage, data_report))
 
+
+def _log_run(settings: Settings, paths: ResolvedPaths, inputs: _Inputs, params_file: Path | None):
+    """Into the active MLflow run: params, per-epoch and test metrics, figures, lineage files, the card and the
+    servable model; returns the logged model's info."""
+    import mlflow
+
+    from cxr.ops.tracking import flat_metrics
+    from cxr.serving.pyfunc import log_pyfunc
+
+    mlflow.set_tag("registration", "new version")
+    mlflow.set_tags(inputs.lineage)
+    mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v
+                       for k, v in flatten(settings.model_dump(mode="json")).items()})
+    if paths.history.is_file():
+        for row in read_csv(paths.history):
+            step = int(row.pop("epoch"))
+            mlflow.log_metrics({f"epoch/{k}": float(v) for k, v in row.items() if v != ""}, step=step)
+    mlflow.log_metrics(flat_metrics(inputs.metrics, "test/"))
+    # Files left out under download.policy 'skip' (listed in pipeline/report.json and the model card).
+    mlflow.log_metric("data/skipped_files", len(inputs.data_report.get("skipped") or []))
+    mlflow.log_metrics({f"cam/{k}": float(v) for k, v in flatten(inputs.cam).items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    mlflow.log_artifacts(str(paths.eval_reports), "evaluation")
+    if paths.gradcam_reports.is_dir():
+        mlflow.log_artifacts(str(paths.gradcam_reports), "gradcam")
+    # The manifest lets the promotion gate (cxr.registry.gate) map predictions to image hashes later.
+    for extra in (paths.data_report, paths.manifest, paths.history, params_file or paths.root / "params.yaml",
+                  paths.root / "dvc.lock"):
+        if extra.is_file():
+            mlflow.log_artifact(str(extra), "pipeline")
+    mlflow.log_text(inputs.card, "model_card.md")
+    return log_pyfunc(paths.best_checkpoint, paths.calibration, name="model",
+                      batch_size=settings.evaluate.batch_size)
+
+
+def register(
+    settings: Settings, paths: ResolvedPaths, params_file: Path | None = None, force: bool = False
+) -> RegisterResult:
+    """Log the pipeline's outputs to one MLflow run and register the servable model as a new version.
+
+    When a version made from the same data, params and code exists, a short run records that and points to it,
+    and nothing is registered (``force`` registers anyway). ``params_file`` is the file the settings were read
+    from (logged with the run); default ``params.yaml`` at the root.
+    """
+    import mlflow
+
+    name, uri = settings.base.model_name, tracking_uri(paths.root)
+    check_tracking(uri)
+    inputs = _read_inputs(settings, paths)
+    lineage, commit = inputs.lineage, inputs.lineage["git_commit"]
     mlflow.set_tracking_uri(uri)
-    exp_id = ensure_experiment(mlflow, settings.base.experiment, root, uri)
+    exp_id = ensure_experiment(mlflow, settings.base.experiment, paths.root, uri)
     client = mlflow.MlflowClient()
-    same = None if force else find_version_by_inputs(client, settings.base.model_name, lineage["inputs_hash"])
+    same = None if force else find_version_by_inputs(client, name, lineage["inputs_hash"])
     if same is not None:
         # The run is still recorded, so a schedule's history shows it ran and found nothing new.
         with mlflow.start_run(experiment_id=exp_id, run_name=f"unchanged-{commit[:8]}") as run:
             mlflow.set_tags({**lineage, "registration": "unchanged", "same_as_version": str(same.version),
                              "same_as_run_id": same.run_id or ""})
         log.info("inputs %s equal those of %s version %s: nothing registered (MLflow run %s)",
-                 lineage["inputs_hash"], settings.base.model_name, same.version, run.info.run_id)
-        return RegisterResult(run.info.run_id, settings.base.model_name, str(same.version), uri, new=False)
+                 lineage["inputs_hash"], name, same.version, run.info.run_id)
+        return RegisterResult(run.info.run_id, name, str(same.version), uri, new=False)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"pipeline-{commit[:8]}") as run:
-        mlflow.set_tag("registration", "new version")
-        run_id = run.info.run_id
-        mlflow.set_tags(lineage)
-        mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v
-                           for k, v in flatten(settings.model_dump(mode="json")).items()})
-        history = paths.history
-        if history.is_file():
-            for row in read_csv(history):
-                step = int(row.pop("epoch"))
-                mlflow.log_metrics({f"epoch/{k}": float(v) for k, v in row.items() if v != ""}, step=step)
-        mlflow.log_metrics(flat_metrics(metrics, "test/"))
-        # Files left out under download.policy 'skip' (listed in pipeline/report.json and the model card).
-        mlflow.log_metric("data/skipped_files", len(data_report.get("skipped") or []))
-        mlflow.log_metrics({f"cam/{k}": float(v) for k, v in flatten(cam).items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        mlflow.log_artifacts(str(paths.eval_reports), "evaluation")
-        if paths.gradcam_reports.is_dir():
-            mlflow.log_artifacts(str(paths.gradcam_reports), "gradcam")
-        # The manifest lets the promotion gate (cxr.registry.promote) map predictions to image hashes later.
-        for extra in (paths.data_report, paths.manifest, paths.history, params_file or root / "params.yaml",
-                      root / "dvc.lock"):
-            if extra.is_file():
-                mlflow.log_artifact(str(extra), "pipeline")
-        mlflow.log_text(card, "model_card.md")
-        info = log_pyfunc(paths.best_checkpoint, calibration, name="model", batch_size=settings.evaluate.batch_size)
+        info = _log_run(settings, paths, inputs, params_file)
     # The version is created only once the run has finished with every artifact in place.
-    tags = {**lineage, "mlflow_run_id": run_id, **metric_tags(metrics, settings.evaluate.positive_class)}
-    mv = _create_version(client, settings.base.model_name, info.model_uri, run_id, info.model_id, tags,
-                         version_description(card, run_id))
-    log.info("MLflow run %s; registered %s version %s", run_id, settings.base.model_name, mv.version)
+    run_id = run.info.run_id
+    tags = {**lineage, "mlflow_run_id": run_id, **metric_tags(inputs.metrics, settings.evaluate.positive_class)}
+    mv = _create_version(client, name, info.model_uri, run_id, info.model_id, tags,
+                         version_description(inputs.card, run_id))
+    log.info("MLflow run %s; registered %s version %s", run_id, name, mv.version)
     _log_registered_report(client, settings, paths, run_id, str(mv.version))
-    return RegisterResult(run_id, settings.base.model_name, str(mv.version), uri)
+    return RegisterResult(run_id, name, str(mv.version), uri)

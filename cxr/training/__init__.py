@@ -1,0 +1,1 @@
+"""Training: the augmentation presets (CPU and device paths), batches, the loop, checkpoints and resume."""

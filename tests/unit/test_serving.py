@@ -496,3 +496,30 @@ def test_the_served_model_imports_no_training_code(tmp_path: Path) -> None:
     allowed = {"cxr", "cxr.core", "cxr.core.archs", "cxr.serving", "cxr.model"}
     assert {m for m in loaded if m not in allowed and not m.startswith(("cxr.serving.", "cxr.model."))} == set()
     assert {"cxr.model.inference", "cxr.model.preprocess", "cxr.model.networks"} <= loaded
+
+
+def test_a_version_registered_before_the_layout_still_loads_and_predicts(tmp_path: Path) -> None:
+    """tests/fixtures/pyfunc-v0 pickles ``cxr.serving.CxrClassifier`` (the class's path before the package was laid
+    out by job): MLflow loads it in a fresh process and it predicts what today's code computes by hand."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(REPO / "tests" / "fixtures" / "pyfunc-v0", model_dir)
+    ckpt = make_checkpoint(model_dir / "artifacts" / "best.pt")
+    files = make_images(tmp_path / "img", n=3)
+    request = [base64.b64encode(f.read_bytes()).decode("ascii") for f in files]
+    code = (
+        "import json, sys, mlflow, pandas as pd\n"
+        f"m = mlflow.pyfunc.load_model({str(model_dir)!r})\n"
+        f"out = m.predict(pd.DataFrame({{'image': {request!r}}}))\n"
+        "py = m.unwrap_python_model()\n"
+        "print(json.dumps({'cls': type(py).__module__ + '.' + type(py).__name__, 'label': list(out['label']),\n"
+        "                  'p': out[[c for c in out.columns if c.startswith('p_')]].values.tolist()}))\n"
+    )
+    # Run outside the checkout, so `cxr` is the installed package, as for `mlflow models serve`.
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["cls"] == "cxr.serving.pyfunc.CxrClassifier"
+    logits = reference_logits(ckpt, [f.read_bytes() for f in files])
+    expected = np.exp(logits / 2.0) / np.exp(logits / 2.0).sum(1, keepdims=True)  # calibration.json: T = 2
+    assert np.allclose(out["p"], expected, atol=1e-5)
+    assert out["label"] == [CLASSES[i] for i in expected.argmax(1)]
