@@ -6,7 +6,6 @@ import hashlib
 import io
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -57,18 +56,10 @@ def fingerprint_bytes(data: bytes, hash_size: int = DEFAULT_HASH_SIZE) -> tuple[
         return sha256_bytes(data), pil_dhash(im, hash_size), (im.width, im.height), im.mode
 
 
-def image_fingerprint(path: Path) -> tuple[str, int, tuple[int, int], str]:
-    """(sha256 of bytes, dhash of the grayscale decode, (width,height), mode) from a single read."""
-    data = Path(path).read_bytes()
-    try:
-        return fingerprint_bytes(data)
-    except Exception as exc:  # PIL raises many kinds for bad data
-        raise ValueError(f"{path}: cannot decode image ({exc})") from exc
 
 
-def hamming(a: int, b: int) -> int:
-    """Number of differing bits between two hashes."""
-    return (a ^ b).bit_count()
+
+
 
 
 def _hash_words(phashes: Sequence[int]) -> np.ndarray:

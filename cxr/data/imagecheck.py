@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image, ImageFile, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
@@ -108,12 +107,4 @@ def inspect_bytes(
         dh = pil_dhash(im) if fingerprint else 0
         return Inspection(None, sha256_bytes(data), dh, im.width, im.height, im.mode, fmt, len(data))
 
-
-def validate_image(path: Path, expect_mask: bool = False, max_pixels: int = MAX_PIXELS) -> str | None:
-    """Fully decode an image file; return the reason it is bad, or None when it is a usable PNG/JPEG."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        return f"unreadable ({exc.strerror or exc})"
-    return inspect_bytes(data, expect_mask, fingerprint=False, max_pixels=max_pixels).reason
 

@@ -8,7 +8,6 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-CANONICAL_CLASSES = ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia")
 CLASS_ALIASES: dict[str, str] = {
     "covid": "COVID",
     "covid19": "COVID",
@@ -17,7 +16,6 @@ CLASS_ALIASES: dict[str, str] = {
     "viralpneumonia": "Viral Pneumonia",
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-LAYOUTS = ("v5", "flat")
 MAX_ROOT_DEPTH = 3
 # Folders that archivers add and that are never data (macOS resource forks in zips).
 IGNORED_DIRS = {"__macosx"}

@@ -17,9 +17,8 @@ from cxr.data.duplicates import (
     DEFAULT_HASH_SIZE,
     DEFAULT_THRESHOLD,
     dhash,
+    fingerprint_bytes,
     group_duplicates,
-    hamming,
-    image_fingerprint,
     near_pairs,
     sha256_bytes,
 )
@@ -28,6 +27,21 @@ SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "cxr-sample"
 needs_sample = pytest.mark.skipif(
     not (SAMPLE / "manifest.csv").is_file(), reason=f"real CXR sample not found at {SAMPLE}"
 )
+
+
+def image_fingerprint(path: Path) -> tuple[str, int, tuple[int, int], str]:
+    """(sha256 of bytes, dhash of the grayscale decode, (width,height), mode) from a single read."""
+    data = Path(path).read_bytes()
+    try:
+        return fingerprint_bytes(data)
+    except Exception as exc:  # PIL raises many kinds for bad data
+        raise ValueError(f"{path}: cannot decode image ({exc})") from exc
+
+
+def hamming(a: int, b: int) -> int:
+    """Number of differing bits between two hashes."""
+    return (a ^ b).bit_count()
+
 
 
 def sample_rows() -> list[dict[str, str]]:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from cxr.data import kaggle, layout, metadata
 from cxr.data.extract import safe_extract
-from cxr.data.imagecheck import validate_image
+from cxr.data.imagecheck import MAX_PIXELS, inspect_bytes
 from cxr.data.ingest import ingest
 from cxr.data.kaggle import DownloadError, download_kaggle
 from cxr.data.layout import CLASS_ALIASES, DataError, find_dataset_root
@@ -33,6 +33,16 @@ CLASSES = ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia")
 needs_sample = pytest.mark.skipif(
     not (SAMPLE / "manifest.csv").is_file(), reason=f"real CXR sample not found at {SAMPLE}"
 )
+
+
+def validate_image(path: Path, expect_mask: bool = False, max_pixels: int = MAX_PIXELS) -> str | None:
+    """Fully decode an image file; return the reason it is bad, or None when it is a usable PNG/JPEG."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
+    return inspect_bytes(data, expect_mask, fingerprint=False, max_pixels=max_pixels).reason
+
 
 
 def sha256_file(path: Path) -> str:
