@@ -11,9 +11,10 @@ mask is empty (or the score is otherwise undefined).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -50,8 +51,8 @@ def _family(arch: str) -> str:
 
 
 def target_layers(
-    model: "torch.nn.Module", arch: str, layer: str | None = None, stride: int = 32
-) -> list["torch.nn.Module"]:
+    model: torch.nn.Module, arch: str, layer: str | None = None, stride: int = 32
+) -> list[torch.nn.Module]:
     """The module whose activations the CAM reads, chosen by model family.
 
     ``stride`` 32 (the usual choice): the last conv block (resnet* -> ``layer4[-1]``;
@@ -91,7 +92,7 @@ def _cam_class(method: str) -> type:
     return classes[key]
 
 
-def _target_is_leaf(module: "torch.nn.Module", inputs, output):
+def _target_is_leaf(module: torch.nn.Module, inputs, output):
     """Forward hook on a target layer: its output becomes a fresh leaf that requires grad.
 
     With every parameter frozen and an input that needs no gradient, nothing below the target layer
@@ -106,16 +107,100 @@ def _target_is_leaf(module: "torch.nn.Module", inputs, output):
     return None
 
 
-def _is_channels_last(model: "torch.nn.Module") -> bool:
+def _is_channels_last(model: torch.nn.Module) -> bool:
     import torch
 
     w = next((p for p in model.parameters() if p.dim() == 4), None)
     return w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
 
 
+def _checked_targets(images: torch.Tensor, targets: Sequence[int] | None, batch_size: int) -> list[int] | None:
+    """The targets as a list of ints (None stays None); ValueError for a bad shape, target or batch size."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    n = int(images.shape[0])
+    if targets is not None:
+        targets = [int(t) for t in targets]
+        if len(targets) != n:
+            raise ValueError(f"got {len(targets)} targets for {n} images")
+        if any(t < 0 for t in targets):
+            raise ValueError(f"targets must be non-negative class indices, got {targets}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    return targets
+
+
+@contextlib.contextmanager
+def _prepared_for_cams(model: torch.nn.Module, layers: list[torch.nn.Module]) -> Iterator[None]:
+    """Frozen parameters, channels-last and leaf target layers for the block; the model as it was afterwards.
+
+    Restored on the way out, an error included: the hooks, the memory format, every module's train/eval flag
+    and each parameter's ``requires_grad`` and ``.grad``.
+    """
+    import torch
+
+    params = list(model.parameters())
+    modes = {m: m.training for m in model.modules()}
+    saved_grads = [p.grad for p in params]
+    saved_flags = [p.requires_grad for p in params]
+    was_channels_last = _is_channels_last(model)
+    hooks = []
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        if not was_channels_last:
+            model.to(memory_format=torch.channels_last)
+        # Registered before the library's own hooks, so theirs see the leaf.
+        hooks = [layer.register_forward_hook(_target_is_leaf) for layer in layers]
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        if not was_channels_last:
+            model.to(memory_format=torch.contiguous_format)
+        for m, training in modes.items():
+            m.train(training)
+        for p, g, flag in zip(params, saved_grads, saved_flags, strict=True):
+            p.requires_grad_(flag)
+            p.grad = g
+
+
+def _cams_by_batch(
+    model: torch.nn.Module, layers: list[torch.nn.Module], cam_cls: type, images: torch.Tensor,
+    targets: list[int] | None, batch_size: int, return_logits: bool,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The raw maps (B, H, W) float32, batch by batch, and each batch's logits when ``return_logits``."""
+    import torch
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    params = list(model.parameters())
+    device = params[0].device if params else torch.device("cpu")
+    dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
+    n, h, w = int(images.shape[0]), int(images.shape[-2]), int(images.shape[-1])
+    out = np.empty((n, h, w), dtype=np.float32)
+    logits: list[np.ndarray] = []
+    with torch.enable_grad():
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
+            # A copy: the caller's tensor is never touched.
+            batch = images[start:stop].detach().to(device=device, dtype=dtype, copy=True)
+            batch = batch.contiguous(memory_format=torch.channels_last)
+            cam_targets = None if targets is None else [ClassifierOutputTarget(t) for t in targets[start:stop]]
+            result = None
+            with cam_cls(model=model, target_layers=layers) as cam:
+                result = cam(input_tensor=batch, targets=cam_targets)
+                if return_logits and result is not None:
+                    logits.append(cam.outputs.detach().float().cpu().numpy())
+            if result is None:  # the library's __exit__ swallows IndexError (e.g. a bad target index)
+                raise ValueError(f"CAM computation failed for images {start}:{stop} (target index out of range?)")
+            out[start:stop] = np.asarray(result, dtype=np.float32).reshape(stop - start, h, w)
+            del batch
+    return out, logits
+
+
 def compute_cams(
-    model: "torch.nn.Module",
-    images: "torch.Tensor",
+    model: torch.nn.Module,
+    images: torch.Tensor,
     targets: Sequence[int] | None,
     arch: str,
     method: str = "gradcam",
@@ -124,7 +209,7 @@ def compute_cams(
     layer: str | None = None,
     stride: int = 32,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Batched CAMs (B,H,W) float32 in [0,1] for the given class indices (None: predicted class) via the library's context manager.
+    """Batched CAMs (B,H,W) float32 in [0,1] for class indices (None: predicted class) via the library's CAM context.
 
     The maps are those of the library's default use (one ``GradCAM(model, target_layers)`` call per
     image) up to float rounding, computed for less: batches of ``batch_size``, a forward pass that
@@ -138,70 +223,15 @@ def compute_cams(
     change; all are restored, as are its train/eval flags and the parameters' ``.grad``. Do not
     use the same model from another thread meanwhile.
     """
-    import torch
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     cam_cls = _cam_class(method)
     layers = target_layers(model, arch, layer, stride)
-    if images.ndim != 4:
-        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
-    n = int(images.shape[0])
-    if targets is not None:
-        targets = [int(t) for t in targets]
-        if len(targets) != n:
-            raise ValueError(f"got {len(targets)} targets for {n} images")
-        if any(t < 0 for t in targets):
-            raise ValueError(f"targets must be non-negative class indices, got {targets}")
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    h, w = int(images.shape[-2]), int(images.shape[-1])
+    targets = _checked_targets(images, targets, batch_size)
+    n, h, w = int(images.shape[0]), int(images.shape[-2]), int(images.shape[-1])
     if n == 0:
         empty = np.zeros((0, h, w), dtype=np.float32)
         return (empty, np.zeros((0, 0), dtype=np.float32)) if return_logits else empty
-
-    params = list(model.parameters())
-    device = params[0].device if params else torch.device("cpu")
-    dtype = params[0].dtype if params and params[0].is_floating_point() else torch.float32
-    modes = {m: m.training for m in model.modules()}
-    saved_grads = [p.grad for p in params]
-    saved_flags = [p.requires_grad for p in params]
-    was_channels_last = _is_channels_last(model)
-    hooks = []
-    out = np.empty((n, h, w), dtype=np.float32)
-    logits: list[np.ndarray] = []
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        if not was_channels_last:
-            model.to(memory_format=torch.channels_last)
-        # Registered before the library's own hooks, so theirs see the leaf.
-        hooks = [layer.register_forward_hook(_target_is_leaf) for layer in layers]
-        with torch.enable_grad():
-            for start in range(0, n, batch_size):
-                stop = min(start + batch_size, n)
-                # A copy: the caller's tensor is never touched.
-                batch = images[start:stop].detach().to(device=device, dtype=dtype, copy=True)
-                batch = batch.contiguous(memory_format=torch.channels_last)
-                cam_targets = None if targets is None else [ClassifierOutputTarget(t) for t in targets[start:stop]]
-                result = None
-                with cam_cls(model=model, target_layers=layers) as cam:
-                    result = cam(input_tensor=batch, targets=cam_targets)
-                    if return_logits and result is not None:
-                        logits.append(cam.outputs.detach().float().cpu().numpy())
-                if result is None:  # the library's __exit__ swallows IndexError (e.g. a bad target index)
-                    raise ValueError(f"CAM computation failed for images {start}:{stop} (target index out of range?)")
-                out[start:stop] = np.asarray(result, dtype=np.float32).reshape(stop - start, h, w)
-                del batch
-    finally:
-        for hook in hooks:
-            hook.remove()
-        if not was_channels_last:
-            model.to(memory_format=torch.contiguous_format)
-        for m, training in modes.items():
-            m.train(training)
-        for p, g, flag in zip(params, saved_grads, saved_flags):
-            p.requires_grad_(flag)
-            p.grad = g
+    with _prepared_for_cams(model, layers):
+        out, logits = _cams_by_batch(model, layers, cam_cls, images, targets, batch_size, return_logits)
     np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
     np.clip(out, 0.0, 1.0, out=out)
     logger.debug("computed %d %s CAMs (%s) at %dx%d", n, method, arch, h, w)
@@ -320,7 +350,7 @@ def gallery(
     titles: Sequence[str],
     ncols: int = 4,
     alpha: float = 0.45,
-) -> "matplotlib.figure.Figure":
+) -> matplotlib.figure.Figure:
     """Grid of CAM overlays with titles as a matplotlib Figure (no pyplot state); save with fig.savefig."""
     from matplotlib.figure import Figure
 
@@ -335,7 +365,7 @@ def gallery(
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax in axes:
         ax.axis("off")
-    for ax, img, cam, title in zip(axes, images, cams, titles):
+    for ax, img, cam, title in zip(axes, images, cams, titles, strict=False):  # more axes than images
         ax.imshow(overlay(img, cam, alpha=alpha))
         ax.set_title(str(title), fontsize=8)
     return fig

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +31,29 @@ class EvalResult:
     macro_auc: float | None
 
 
+@dataclass(frozen=True)
+class TemperatureChoice:
+    """The temperature fitted on validation and the cross-validated check that decides whether it is used."""
+
+    fitted: float
+    check: dict[str, Any]
+
+    @property
+    def applied(self) -> bool:
+        """Whether scaling helped on held-out validation folds."""
+        return self.check["helps"]
+
+    @property
+    def temperature(self) -> float:
+        """The temperature serving and the figures use: the fitted one only when it helps."""
+        return self.fitted if self.applied else 1.0
+
+    def record(self) -> dict[str, Any]:
+        """The choice as the metrics and calibration.json report it."""
+        return {"temperature": self.temperature, "temperature_fitted": self.fitted,
+                "temperature_applied": self.applied, "criterion": self.check["criterion"]}
+
+
 def split_logits(
     model: torch.nn.Module, manifest: Manifest, classes, paths: ResolvedPaths, size: int, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -39,13 +64,108 @@ def split_logits(
     return predict(model, loader, device)
 
 
-def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "auto") -> EvalResult:
-    """Score the best checkpoint on the test split; calibrate and choose thresholds on valid only."""
+def _score_splits(
+    model: torch.nn.Module, classes: Sequence[str], paths: ResolvedPaths, size: int, batch_size: int
+) -> tuple[Manifest, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The test split's manifest, and (logits, labels) of the validation and the test split."""
+    manifest = read_manifest(paths.manifest)
+    valid, test = manifest.select("valid"), manifest.select("test")
+    if len(test) == 0:
+        raise ValueError(f"{paths.manifest}: the test split is empty")
+    return (test, split_logits(model, valid, classes, paths, size, batch_size),
+            split_logits(model, test, classes, paths, size, batch_size))
+
+
+def choose_temperature(logits: np.ndarray, labels: np.ndarray, seed: int) -> TemperatureChoice:
+    """Fit a temperature on validation logits and check by cross-validation on validation whether it helps."""
+    from cxr.stats.calibration import fit_temperature, temperature_check
+
+    choice = TemperatureChoice(float(fit_temperature(logits, labels)), temperature_check(logits, labels, seed=seed))
+    check = choice.check
+    # Serving and every figure use the temperature only when it helps on held-out validation folds.
+    log.info("temperature %.3f fitted on validation %s (%s: %.4f scaled vs %.4f unscaled)", choice.fitted,
+             "used" if choice.applied else "not used", check["criterion"], check["valid_cv_nll_scaled"],
+             check["valid_cv_nll_unscaled"])
+    return choice
+
+
+def _positive_threshold(
+    classes: Sequence[str], positive: str | None, labels: np.ndarray, probs: np.ndarray
+) -> float | None:
+    """The positive class's threshold chosen on validation; None (argmax) without one, or with two classes."""
+    from cxr.stats.classification import choose_threshold
+
+    if positive is None or len(classes) <= 2:
+        return None
+    idx = classes.index(positive)
+    return float(choose_threshold((labels == idx).astype(int), probs[:, idx]))
+
+
+def _calibration_summary(
+    choice: TemperatureChoice, labels: np.ndarray, logits: np.ndarray, probs: np.ndarray
+) -> dict[str, Any]:
+    """The temperature choice and the test calibration it gives, against none and against the fitted one."""
+    from cxr.stats.calibration import calibration
+
+    cal = calibration(labels, probs)
+    uncal = calibration(labels, softmax(logits))
+    # Reported, never used for any choice: what the fitted temperature does to held-out (test) calibration.
+    fitted_ece = calibration(labels, softmax(logits, choice.fitted))["ece"]
+    return {
+        **choice.record(),
+        "valid_cv_nll_scaled": choice.check["valid_cv_nll_scaled"],
+        "valid_cv_nll_unscaled": choice.check["valid_cv_nll_unscaled"],
+        "ece": cal["ece"],
+        "brier": cal["brier"],
+        "ece_uncalibrated": uncal["ece"],
+        "ece_at_fitted_temperature": fitted_ece,
+        "fitted_worsens_test_ece": bool(fitted_ece > uncal["ece"]),
+    }
+
+
+def _write_reports(
+    paths: ResolvedPaths, metrics: dict, cm: list[list[int]], classes: Sequence[str], calibration: dict[str, Any],
+    test: Manifest, labels: np.ndarray, probs: np.ndarray,
+) -> None:
+    """The metrics files, calibration.json (what serving reads), predictions.csv and the ROC points."""
     from cxr.evaluation import figures
     from cxr.evaluation.headline import headline_metrics, sensitivity_by_class
+
+    write_json(paths.metrics_full, metrics)
+    write_json(paths.metrics, headline_metrics(metrics))
+    write_json(paths.sensitivity, sensitivity_by_class(metrics))
+    write_json(paths.confusion, {"classes": list(classes), "counts": cm})
+    write_json(paths.calibration, calibration)
+    # The content hash lets the promotion gate pair two models' answers image by image.
+    columns = ["path", "sha256", "actual", "predicted", *[f"p_{c}" for c in classes]]
+    rows = (
+        [r["path"], r["sha256"], classes[y], classes[int(p.argmax())], *[f"{v:.6f}" for v in p]]
+        for r, y, p in zip(test.rows, labels, probs, strict=True)
+    )
+    write_csv(paths.predictions, columns, (dict(zip(columns, row, strict=True)) for row in rows))
+    write_csv(paths.roc_points, ["class", "fpr", "tpr", "threshold"], figures.roc_points(labels, probs, classes))
+
+
+def _save_figures(
+    out: Path, cm: list[list[int]], classes: Sequence[str], labels: np.ndarray, probs: np.ndarray
+) -> None:
+    """The confusion matrix, ROC, precision-recall and reliability figures as PNGs in ``out``."""
+    from cxr.evaluation import figures
+
+    figs = {
+        "confusion_matrix.png": figures.plot_confusion_matrix(np.asarray(cm), classes),
+        "roc.png": figures.plot_roc(labels, probs, classes),
+        "precision_recall.png": figures.plot_pr(labels, probs, classes),
+        "reliability.png": figures.plot_reliability(labels, probs),
+    }
+    for name, fig in figs.items():
+        fig.savefig(out / name, dpi=110, bbox_inches="tight")
+
+
+def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "auto") -> EvalResult:
+    """Score the best checkpoint on the test split; calibrate and choose thresholds on valid only."""
     from cxr.evaluation.probes import shortcut_probes
-    from cxr.stats.calibration import calibration, fit_temperature, temperature_check
-    from cxr.stats.classification import choose_threshold, classification_metrics, per_source_metrics
+    from cxr.stats.classification import classification_metrics, per_source_metrics
 
     model, meta = load_trained(paths.best_checkpoint, pick_device(device))
     classes = tuple(meta["classes"])
@@ -54,47 +174,17 @@ def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "aut
             f"{paths.best_checkpoint}: trained for classes {list(classes)} but base.classes is {list(base.labels)}"
         )
     size = int(meta["image_size"])
-    manifest = read_manifest(paths.manifest)
-    valid, test = manifest.select("valid"), manifest.select("test")
-    if len(test) == 0:
-        raise ValueError(f"{paths.manifest}: the test split is empty")
-    v_logits, v_labels = split_logits(model, valid, classes, paths, size, cfg.batch_size)
-    t_logits, t_labels = split_logits(model, test, classes, paths, size, cfg.batch_size)
+    test, (v_logits, v_labels), (t_logits, t_labels) = _score_splits(model, classes, paths, size, cfg.batch_size)
 
-    fitted = float(fit_temperature(v_logits, v_labels))
-    check = temperature_check(v_logits, v_labels, seed=base.seed)
-    # Serving and every figure below use the temperature only when it helps on held-out validation folds.
-    temperature = fitted if check["helps"] else 1.0
-    log.info("temperature %.3f fitted on validation %s (%s: %.4f scaled vs %.4f unscaled)", fitted,
-             "used" if check["helps"] else "not used", check["criterion"], check["valid_cv_nll_scaled"],
-             check["valid_cv_nll_unscaled"])
-    v_probs, t_probs = softmax(v_logits, temperature), softmax(t_logits, temperature)
-    threshold = None
+    choice = choose_temperature(v_logits, v_labels, base.seed)
+    v_probs, t_probs = softmax(v_logits, choice.temperature), softmax(t_logits, choice.temperature)
     pos = cfg.positive_class
-    if pos is not None and len(classes) > 2:
-        idx = classes.index(pos)
-        threshold = float(choose_threshold((v_labels == idx).astype(int), v_probs[:, idx]))
+    threshold = _positive_threshold(classes, pos, v_labels, v_probs)
     m = classification_metrics(t_labels, t_probs, classes, pos, threshold, cfg.n_boot, base.seed, cfg.ci)
-    cal = calibration(t_labels, t_probs)
-    uncal = calibration(t_labels, softmax(t_logits))
-    # Reported, never used for any choice: what the fitted temperature does to held-out (test) calibration.
-    fitted_ece = calibration(t_labels, softmax(t_logits, fitted))["ece"]
     cm = m.pop("confusion_matrix")
     metrics = {
         **m,
-        "calibration": {
-            "temperature": temperature,
-            "temperature_fitted": fitted,
-            "temperature_applied": check["helps"],
-            "criterion": check["criterion"],
-            "valid_cv_nll_scaled": check["valid_cv_nll_scaled"],
-            "valid_cv_nll_unscaled": check["valid_cv_nll_unscaled"],
-            "ece": cal["ece"],
-            "brier": cal["brier"],
-            "ece_uncalibrated": uncal["ece"],
-            "ece_at_fitted_temperature": fitted_ece,
-            "fitted_worsens_test_ece": bool(fitted_ece > uncal["ece"]),
-        },
+        "calibration": _calibration_summary(choice, t_labels, t_logits, t_probs),
         "valid_accuracy": float((v_probs.argmax(1) == v_labels).mean()),
     }
     # The shortcut audit: a model that keys on the source archive scores very differently per source.
@@ -104,31 +194,11 @@ def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "aut
     if by_source:
         metrics["per_source"] = by_source
     metrics["probes"] = shortcut_probes(model, test, classes, paths.raw, size, cfg.batch_size)
-    out = paths.eval_reports
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(paths.metrics_full, metrics)
-    write_json(paths.metrics, headline_metrics(metrics))
-    write_json(paths.sensitivity, sensitivity_by_class(metrics))
-    write_json(paths.confusion, {"classes": list(classes), "counts": cm})
-    write_json(paths.calibration, {"temperature": temperature, "temperature_fitted": fitted,
-                                   "temperature_applied": check["helps"], "criterion": check["criterion"],
-                                   "positive_class": pos, "threshold": threshold})
 
-    # The content hash lets the promotion gate pair two models' answers image by image.
-    columns = ["path", "sha256", "actual", "predicted", *[f"p_{c}" for c in classes]]
-    write_csv(paths.predictions, columns, (
-        dict(zip(columns, [r["path"], r["sha256"], classes[y], classes[int(p.argmax())], *[f"{v:.6f}" for v in p]]))
-        for r, y, p in zip(test.rows, t_labels, t_probs)))
-    write_csv(paths.roc_points, ["class", "fpr", "tpr", "threshold"], figures.roc_points(t_labels, t_probs, classes))
-
-    figs = {
-        "confusion_matrix.png": figures.plot_confusion_matrix(np.asarray(cm), classes),
-        "roc.png": figures.plot_roc(t_labels, t_probs, classes),
-        "precision_recall.png": figures.plot_pr(t_labels, t_probs, classes),
-        "reliability.png": figures.plot_reliability(t_labels, t_probs),
-    }
-    for name, fig in figs.items():
-        fig.savefig(out / name, dpi=110, bbox_inches="tight")
+    paths.eval_reports.mkdir(parents=True, exist_ok=True)
+    _write_reports(paths, metrics, cm, classes, {**choice.record(), "positive_class": pos, "threshold": threshold},
+                  test, t_labels, t_probs)
+    _save_figures(paths.eval_reports, cm, classes, t_labels, t_probs)
     log.info("test accuracy %.4f (n=%d), macro AUC %s", m["accuracy"], len(t_labels), m.get("macro_auc"))
     log.info("shortcut probes: %s", metrics["probes"]["summary"])
     return EvalResult(paths.metrics_full, float(m["accuracy"]), m.get("macro_auc"))

@@ -9,18 +9,16 @@ for the ROC plot file DVC draws.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
-
-
-
 
 
 def _one_vs_rest(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -35,6 +33,39 @@ def _one_vs_rest(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) 
 def _both_present(mask: np.ndarray) -> bool:
     """True when a binary label vector has at least one positive and one negative."""
     return bool(mask.any() and (~mask).any())
+
+
+def _roc_curves(
+    y: np.ndarray, p: np.ndarray, classes: Sequence[str], caller: str
+) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(name, fpr, tpr, thresholds) of each class's one-vs-rest ROC; a class without both sides is logged, skipped."""
+    from sklearn.metrics import roc_curve
+
+    for c, name in enumerate(classes):
+        pos = y == c
+        if not _both_present(pos):
+            logger.warning("%s: class %r skipped (needs positives and negatives)", caller, name)
+            continue
+        fpr, tpr, thr = roc_curve(pos, p[:, c])
+        yield name, fpr, tpr, thr
+
+
+def _curve_figure() -> tuple[Figure, Axes]:
+    """A new figure with one axes, the size the ROC and precision-recall plots share."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 5.5), layout="constrained")
+    return fig, fig.subplots()
+
+
+def _finish_curve(ax: Axes, xlabel: str, ylabel: str, title: str, legend_loc: str) -> None:
+    """Unit axes (a little headroom above 1), labels, title and a small legend."""
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc=legend_loc, fontsize=8)
 
 
 def plot_confusion_matrix(cm: np.ndarray | Sequence[Sequence[int]], classes: Sequence[str]) -> Figure:
@@ -70,21 +101,13 @@ def plot_confusion_matrix(cm: np.ndarray | Sequence[Sequence[int]], classes: Seq
 
 def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> Figure:
     """One-vs-rest ROC curve per class plus the macro-average curve (mean TPR on a common FPR grid)."""
-    from sklearn.metrics import auc, roc_curve
+    from sklearn.metrics import auc
 
     y, p = _one_vs_rest(y_true, probs, classes)
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.0, 5.5), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = _curve_figure()
     grid = np.linspace(0.0, 1.0, 201)
     tprs = []
-    for c, name in enumerate(classes):
-        pos = y == c
-        if not _both_present(pos):
-            logger.warning("ROC: class %r skipped (needs positives and negatives)", name)
-            continue
-        fpr, tpr, _ = roc_curve(pos, p[:, c])
+    for name, fpr, tpr, _ in _roc_curves(y, p, classes, "ROC"):
         ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC={auc(fpr, tpr):.3f})")
         interp = np.interp(grid, fpr, tpr)
         interp[0] = 0.0
@@ -94,12 +117,8 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> F
         mean_tpr[-1] = 1.0
         ax.plot(grid, mean_tpr, "k--", lw=2.0, label=f"macro (AUC={auc(grid, mean_tpr):.3f})")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
-    ax.set_xlim(0.0, 1.0)
-    ax.set_ylim(0.0, 1.02)
-    ax.set_xlabel("False positive rate (1 - specificity)")
-    ax.set_ylabel("True positive rate (sensitivity)")
-    ax.set_title("ROC (one-vs-rest)")
-    ax.legend(loc="lower right", fontsize=8)
+    _finish_curve(ax, "False positive rate (1 - specificity)", "True positive rate (sensitivity)",
+                  "ROC (one-vs-rest)", "lower right")
     return fig
 
 
@@ -108,10 +127,7 @@ def plot_pr(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> Fi
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
     y, p = _one_vs_rest(y_true, probs, classes)
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.0, 5.5), layout="constrained")
-    ax = fig.subplots()
+    fig, ax = _curve_figure()
     for c, name in enumerate(classes):
         pos = y == c
         if not pos.any():
@@ -121,12 +137,7 @@ def plot_pr(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> Fi
         ap = average_precision_score(pos, p[:, c])
         (line,) = ax.step(recall, precision, where="post", lw=1.5, label=f"{name} (AP={ap:.3f})")
         ax.axhline(pos.mean(), color=line.get_color(), lw=0.7, ls=":")
-    ax.set_xlim(0.0, 1.0)
-    ax.set_ylim(0.0, 1.02)
-    ax.set_xlabel("Recall (sensitivity)")
-    ax.set_ylabel("Precision (PPV)")
-    ax.set_title("Precision-recall (one-vs-rest)")
-    ax.legend(loc="lower left", fontsize=8)
+    _finish_curve(ax, "Recall (sensitivity)", "Precision (PPV)", "Precision-recall (one-vs-rest)", "lower left")
     return fig
 
 
@@ -172,25 +183,12 @@ def plot_reliability(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) ->
 
 def roc_points(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> list[dict]:
     """Rows {class, fpr, tpr, threshold} of one-vs-rest ROC curves (sklearn's infinite first threshold -> 1.0)."""
-    from sklearn.metrics import roc_curve
-
     y, p = _one_vs_rest(y_true, probs, classes)
     rows: list[dict] = []
-    for c, name in enumerate(classes):
-        pos = y == c
-        if not _both_present(pos):
-            logger.warning("roc_points: class %r skipped (needs positives and negatives)", name)
-            continue
-        fpr, tpr, thr = roc_curve(pos, p[:, c])
+    for name, fpr, tpr, thr in _roc_curves(y, p, classes, "roc_points"):
         thr = np.where(np.isfinite(thr), thr, 1.0)
         rows.extend(
             {"class": str(name), "fpr": float(f), "tpr": float(t), "threshold": float(h)}
-            for f, t, h in zip(fpr, tpr, thr)
+            for f, t, h in zip(fpr, tpr, thr, strict=True)
         )
     return rows
-
-
-
-
-
-

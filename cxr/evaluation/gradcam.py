@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,94 +63,125 @@ def select_cases(labels: np.ndarray, probs: np.ndarray, k: int, per_class: int) 
     return out
 
 
+def _served_temperature(paths: ResolvedPaths) -> float:
+    """The temperature evaluation chose on validation (the probabilities a user of the served model sees), else 1."""
+    if paths.calibration.is_file():
+        return read_temperature(paths.calibration)
+    log.warning("%s: not found (run the evaluate step first); the galleries show uncalibrated probabilities",
+                paths.calibration)
+    return 1.0
+
+
+def _by_class(values: np.ndarray, labels: np.ndarray, classes: Sequence[str], present_only: bool = False) -> dict:
+    """Mean of ``values`` per true class, by class name; ``present_only``: only the classes among ``labels``."""
+    return {c: _mean(values[labels == i]) for i, c in enumerate(classes) if not present_only or (labels == i).any()}
+
+
+def _lung_metrics(cams: np.ndarray, lungs: list, labels: np.ndarray, classes: Sequence[str], raw: Path) -> dict:
+    """Share of CAM energy inside the lungs against the lungs' area; or, without lung masks, why it is missing."""
+    from cxr.evaluation.cam import energy_inside
+
+    has_lung = np.array([m is not None for m in lungs])
+    if not has_lung.any():
+        # Older releases of the dataset (the flat layout) ship no lung masks: say so rather than stay silent.
+        absent = (
+            f"no lung masks in {raw} for the {len(lungs)} test images (<FOLDER>/masks/<name>; the dataset's "
+            "older flat layout has none), so the share of CAM energy inside the lungs cannot be measured"
+        )
+        log.warning("Grad-CAM: %s", absent)
+        return {"lung_energy_absent": absent}
+    m = np.stack([lm for lm in lungs if lm is not None])
+    energy = energy_inside(cams[has_lung], m)
+    return {
+        "lung_energy": _mean(energy),
+        "lung_area_fraction": _mean(m.reshape(len(m), -1).mean(1)),
+        "lung_energy_per_class": _by_class(energy, labels[has_lung], classes),
+        "lung_mask_images": int(has_lung.sum()),
+    }
+
+
+def _lesion_metrics(cams: np.ndarray, lesions: list, labels: np.ndarray, classes: Sequence[str]) -> dict:
+    """The pointing game against chance, IoU and energy inside the lesions; empty without lesion masks."""
+    from cxr.evaluation.cam import energy_inside, iou_at_top, pointing_game
+
+    has_lesion = np.array([m is not None and m.any() for m in lesions])
+    if not has_lesion.any():
+        return {}
+    m = np.stack([lm for lm, h in zip(lesions, has_lesion, strict=True) if h])
+    hits = pointing_game(cams[has_lesion], m).astype(float)
+    # A uniformly random peak lands in the lesion with probability equal to its area fraction.
+    area = m.reshape(len(m), -1).mean(1)
+    lesion_labels = labels[has_lesion]
+    return {
+        "pointing_game": _mean(hits),
+        "pointing_game_images": int(has_lesion.sum()),
+        "pointing_game_chance": _mean(area),
+        "pointing_game_per_class": _by_class(hits, lesion_labels, classes, present_only=True),
+        "pointing_game_chance_per_class": _by_class(area, lesion_labels, classes, present_only=True),
+        "lesion_iou": _mean(iou_at_top(cams[has_lesion], m)),
+        "lesion_energy": _mean(energy_inside(cams[has_lesion], m)),
+    }
+
+
+def localisation_metrics(
+    cams: np.ndarray, rows: Sequence[dict[str, str]], labels: np.ndarray, classes: Sequence[str], raw: Path, size: int
+) -> dict:
+    """Where the maps of the test images fall: inside the lungs (where masked) and on the lesions (where known)."""
+    with RawStore(raw) as store:
+        lungs = [read_mask(store, lung_mask_path(r), size) for r in rows]
+        lesions = [read_mask(store, lesion_mask_path(r), size) for r in rows]
+    return {**_lung_metrics(cams, lungs, labels, classes, raw), **_lesion_metrics(cams, lesions, labels, classes)}
+
+
+def write_overlays(
+    out: Path, images: np.ndarray, cams: np.ndarray, probs: np.ndarray, labels: np.ndarray,
+    classes: Sequence[str], rows: Sequence[dict[str, str]], per_class: int,
+) -> int:
+    """A fresh ``out``: per class a folder of overlays of its chosen cases and a gallery of them; the overlay count."""
+    from cxr.evaluation.cam import gallery, overlay
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    pred = probs.argmax(1)
+    written = 0
+    for c, cases in select_cases(labels, probs, len(classes), per_class).items():
+        folder = out / classes[c].replace(" ", "_")
+        folder.mkdir()
+        for rank, (i, kind) in enumerate(cases):
+            name = f"{kind}-{rank:02d}-{Path(rows[i]['path']).stem}.png"
+            cv2.imwrite(str(folder / name), cv2.cvtColor(overlay(images[i], cams[i]), cv2.COLOR_RGB2BGR))
+        written += len(cases)
+        if cases:
+            titles = [f"{kind}: {classes[pred[i]]} {probs[i, pred[i]]:.2f}" for i, kind in cases]
+            gallery([images[i] for i, _ in cases], [cams[i] for i, _ in cases], titles).savefig(
+                out / f"gallery-{classes[c].replace(' ', '_')}.png", dpi=90, bbox_inches="tight"
+            )
+    return written
+
+
 def gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "auto") -> GradCamResult:
     """CAMs for every test image; overlays and a gallery per class; lung-energy and lesion-pointing metrics."""
-    from cxr.evaluation.cam import compute_cams, energy_inside, gallery, iou_at_top, overlay, pointing_game
+    from cxr.evaluation.cam import compute_cams
 
     model, meta = load_trained(paths.best_checkpoint, pick_device(device))
     classes, size, arch = tuple(meta["classes"]), int(meta["image_size"]), meta["arch"]
     test = read_manifest(paths.manifest).select("test")
     labels = test.labels(classes)
     images = np.array(decoded_cache(test, paths.raw, paths.cache, size))
-    dev = next(model.parameters()).device
-    x = to_input(torch.from_numpy(images).unsqueeze(1), dev)
+    x = to_input(torch.from_numpy(images).unsqueeze(1), next(model.parameters()).device)
     # One batched pass gives the predictions and the maps for the predicted class.
     cams, logits = compute_cams(model, x, None, arch, cfg.method, cfg.batch_size, return_logits=True,
                                 layer=cfg.target_layer, stride=cfg.stride)
-    # The probabilities a user of the served model sees: with the temperature evaluation chose on validation.
-    if paths.calibration.is_file():
-        temperature = read_temperature(paths.calibration)
-    else:
-        temperature = 1.0
-        log.warning("%s: not found (run the evaluate step first); the galleries show uncalibrated probabilities",
-                    paths.calibration)
-    probs = softmax(logits, temperature)
-    pred = probs.argmax(1)
+    probs = softmax(logits, _served_temperature(paths))
 
-    with RawStore(paths.raw) as store:
-        lungs = [read_mask(store, lung_mask_path(r), size) for r in test.rows]
-        lesions = [read_mask(store, lesion_mask_path(r), size) for r in test.rows]
     layer = cfg.target_layer or _layer_name(model, arch, cfg.stride)
     metrics: dict = {"method": cfg.method, "target_layer": layer, "images": len(test)}
-    has_lung = np.array([m is not None for m in lungs])
-    if has_lung.any():
-        m = np.stack([lm for lm in lungs if lm is not None])
-        energy = energy_inside(cams[has_lung], m)
-        area = m.reshape(len(m), -1).mean(1)
-        metrics["lung_energy"] = _mean(energy)
-        metrics["lung_area_fraction"] = _mean(area)
-        metrics["lung_energy_per_class"] = {
-            c: _mean(energy[labels[has_lung] == i]) for i, c in enumerate(classes)
-        }
-        metrics["lung_mask_images"] = int(has_lung.sum())
-    else:
-        # Older releases of the dataset (the flat layout) ship no lung masks: say so rather than stay silent.
-        metrics["lung_energy_absent"] = (
-            f"no lung masks in {paths.raw} for the {len(test)} test images (<FOLDER>/masks/<name>; the dataset's "
-            "older flat layout has none), so the share of CAM energy inside the lungs cannot be measured"
-        )
-        log.warning("Grad-CAM: %s", metrics["lung_energy_absent"])
-    has_lesion = np.array([m is not None and m.any() for m in lesions])
-    if has_lesion.any():
-        m = np.stack([lm for lm, h in zip(lesions, has_lesion) if h])
-        hits = pointing_game(cams[has_lesion], m)
-        area = m.reshape(len(m), -1).mean(1)
-        lesion_labels = labels[has_lesion]
-        metrics["pointing_game"] = _mean(hits.astype(float))
-        metrics["pointing_game_images"] = int(has_lesion.sum())
-        # A uniformly random peak lands in the lesion with probability equal to its area fraction.
-        metrics["pointing_game_chance"] = _mean(area)
-        metrics["pointing_game_per_class"] = {
-            c: _mean(hits[lesion_labels == i].astype(float)) for i, c in enumerate(classes) if (lesion_labels == i).any()
-        }
-        metrics["pointing_game_chance_per_class"] = {
-            c: _mean(area[lesion_labels == i]) for i, c in enumerate(classes) if (lesion_labels == i).any()
-        }
-        metrics["lesion_iou"] = _mean(iou_at_top(cams[has_lesion], m))
-        metrics["lesion_energy"] = _mean(energy_inside(cams[has_lesion], m))
-
+    metrics.update(localisation_metrics(cams, test.rows, labels, classes, paths.raw, size))
     out = paths.gradcam_reports
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    written = 0
-    for c, cases in select_cases(labels, probs, len(classes), cfg.per_class).items():
-        folder = out / classes[c].replace(" ", "_")
-        folder.mkdir()
-        raw, maps, titles = [], [], []
-        for rank, (i, kind) in enumerate(cases):
-            tile = overlay(images[i], cams[i])
-            name = f"{kind}-{rank:02d}-{Path(test.rows[i]['path']).stem}.png"
-            cv2.imwrite(str(folder / name), cv2.cvtColor(tile, cv2.COLOR_RGB2BGR))
-            raw.append(images[i])
-            maps.append(cams[i])
-            titles.append(f"{kind}: {classes[pred[i]]} {probs[i, pred[i]]:.2f}")
-            written += 1
-        if raw:
-            gallery(raw, maps, titles).savefig(
-                out / f"gallery-{classes[c].replace(' ', '_')}.png", dpi=90, bbox_inches="tight"
-            )
+    written = write_overlays(out, images, cams, probs, labels, classes, test.rows, cfg.per_class)
     write_json(paths.cam_metrics_full, metrics)
     write_json(paths.cam_metrics, cam_headline(metrics))
-    log.info("Grad-CAM: %d overlays in %s; %s", written, out, {k: v for k, v in metrics.items() if "per_class" not in k})
+    log.info("Grad-CAM: %d overlays in %s; %s", written, out,
+             {k: v for k, v in metrics.items() if "per_class" not in k})
     return GradCamResult(out, paths.cam_metrics_full, written)

@@ -73,12 +73,6 @@ def reencode(data: bytes, name: str = "<bytes>") -> bytes:
     return buf.tobytes()
 
 
-
-
-
-
-
-
 def _predict(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int) -> np.ndarray:
     from cxr.model.inference import predict
 
@@ -120,7 +114,8 @@ def format_probe(
     elif shortcut:
         worst = max((f for f in by_format if by_format[f]["n"] >= MIN_IMAGES),
                     key=lambda f: by_format[f]["accuracy_original"] - by_format[f]["accuracy"])
-        verdict = (f"SHORTCUT: re-encoding the {worst.upper()} test images as {by_format[worst]['reencoded_as'].upper()} "
+        as_format = by_format[worst]["reencoded_as"].upper()
+        verdict = (f"SHORTCUT: re-encoding the {worst.upper()} test images as {as_format} "
                    f"drops their accuracy by {drop:.2f} (threshold {FORMAT_DROP:.2f}); the model reads the file "
                    "encoding, not only the lungs")
     else:

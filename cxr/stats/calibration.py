@@ -12,7 +12,6 @@ from cxr.stats.bootstrap import check_probs, json_float, safe_div
 logger = logging.getLogger(__name__)
 
 
-
 def calibration(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> dict:
     """ECE, Brier (multi-class), and reliability curve arrays (bin confidence, accuracy, count)."""
     y, p = check_probs(y_true, probs)

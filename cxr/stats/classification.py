@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,12 +33,11 @@ from cxr.stats.bootstrap import check_probs, put_with_ci, resample_weights, safe
 
 logger = logging.getLogger(__name__)
 
-
-
 _PER_CLASS_METRICS = ("precision", "sensitivity", "specificity", "f1", "auc")
-
-
 _MACRO_METRICS = ("precision", "sensitivity", "specificity", "f1")
+#: The whole-set figures, in the order the result lists them.
+_AGGREGATES = ("accuracy", *(f"macro_{m}" for m in _MACRO_METRICS), "weighted_f1", "macro_auc")
+_BINARY_METRICS = ("sensitivity", "specificity", "ppv", "npv", "auc")
 
 
 def _weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -107,6 +107,135 @@ def _weighted_f1(f1: np.ndarray, support: np.ndarray) -> np.ndarray:
     return safe_div(np.sum(f1 * support, axis=-1), support.sum(axis=-1))
 
 
+@dataclass(frozen=True)
+class _Binary:
+    """The positive-vs-rest question: which class, at which threshold, and each item's answer."""
+
+    positive: str
+    threshold: float
+    truth: np.ndarray  # (N,) bool: the item is of the positive class
+    score: np.ndarray  # (N,) the positive class's probability
+    cells: np.ndarray  # (N, 4) one-hot of the item's cell: tp, fn, tn, fp
+
+
+def _binary_setup(y: np.ndarray, p: np.ndarray, classes: list[str], positive: str | None,
+                  threshold: float | None) -> _Binary | None:
+    """The binary block's inputs, or None when there is no positive class among ``classes``."""
+    if positive is None:
+        return None
+    if positive not in classes:
+        logger.debug("positive class %r not in classes %s; no binary block", positive, classes)
+        return None
+    if len(classes) < 2:
+        return None
+    pos_idx = classes.index(positive)
+    thr = 0.5 if threshold is None else float(threshold)
+    truth = y == pos_idx
+    score = p[:, pos_idx]
+    said = score >= thr
+    cells = np.stack([truth & said, truth & ~said, ~truth & ~said, ~truth & said], axis=1).astype(np.float64)
+    return _Binary(positive, thr, truth, score, cells)
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    """The items, held so that one call gives every per-class statistic for any (B, N) matrix of item weights."""
+
+    probs: np.ndarray
+    pair: np.ndarray  # (N, K*K) one-hot of true*K + pred: W @ pair is B confusion matrices
+    positives: list[np.ndarray]
+    binary: _Binary | None
+
+    @classmethod
+    def build(cls, y: np.ndarray, p: np.ndarray, binary: _Binary | None) -> _Scorer:
+        """The scorer of labels ``y`` and probabilities ``p`` (argmax predictions)."""
+        n, k = p.shape
+        pair = np.zeros((n, k * k), dtype=np.float64)
+        pair[np.arange(n), y * k + p.argmax(axis=1)] = 1.0
+        return cls(p, pair, [y == c for c in range(k)], binary)
+
+    def __call__(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        """All per-class statistics for a (B, N) weight matrix, each with a leading axis of B."""
+        k = self.probs.shape[1]
+        st = _cm_stats((w @ self.pair).reshape(-1, k, k))
+        st["auc"] = np.stack([_weighted_auc(self.probs[:, c], self.positives[c], w) for c in range(k)], axis=1)
+        if self.binary is not None:
+            tp, fn, tn, fp = (w @ self.binary.cells).T
+            st["bin_sensitivity"] = safe_div(tp, tp + fn)
+            st["bin_specificity"] = safe_div(tn, tn + fp)
+            st["bin_ppv"] = safe_div(tp, tp + fp)
+            st["bin_npv"] = safe_div(tn, tn + fn)
+            st["bin_auc"] = _weighted_auc(self.binary.score, self.binary.truth, w)
+        return st
+
+
+def _aggregates(st: dict[str, np.ndarray], valid: np.ndarray, auc_valid: np.ndarray) -> dict[str, np.ndarray]:
+    """Whole-set statistics (macro, weighted) from per-class ones; ``valid``: the classes the macros average."""
+    d = {"accuracy": st["accuracy"]}
+    for m in _MACRO_METRICS:
+        d[f"macro_{m}"] = _macro(st[m], valid)
+    d["weighted_f1"] = _weighted_f1(st["f1"], st["support"])
+    d["macro_auc"] = _macro(st["auc"], auc_valid)
+    return d
+
+
+def _point_estimates(scorer: _Scorer, n: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Every statistic on the items as they are, and the classes the macros average (with support; with an AUC)."""
+    point = {key: v[0] for key, v in scorer(np.ones((1, n))).items()}
+    valid = point["support"] > 0
+    auc_valid = np.isfinite(point["auc"])
+    return {**point, **_aggregates(point, valid, auc_valid)}, valid, auc_valid
+
+
+def _bootstrap_samples(
+    scorer: _Scorer, y: np.ndarray, point: dict[str, np.ndarray], valid: np.ndarray, auc_valid: np.ndarray,
+    n_boot: int, seed: int, stratified: bool,
+) -> dict[str, np.ndarray]:
+    """Each statistic of ``point`` on ``n_boot`` resamples, (n_boot, ...) a key; the macros average the same classes."""
+    rng = np.random.default_rng(seed)
+    boot: dict[str, list[np.ndarray]] = {}
+    for w in resample_weights(y, n_boot, rng, stratified):
+        st = scorer(w)
+        st.update(_aggregates(st, valid, auc_valid))
+        for key, v in st.items():
+            boot.setdefault(key, []).append(v)
+    return {
+        key: (np.concatenate(boot[key], axis=0) if key in boot else np.empty((0, *np.shape(v))))
+        for key, v in point.items()
+    }
+
+
+def _pack(
+    classes: list[str], y: np.ndarray, pred: np.ndarray, point: dict[str, np.ndarray],
+    samples: dict[str, np.ndarray], binary: _Binary | None, ci: float,
+) -> dict[str, Any]:
+    """The JSON-ready result: whole-set figures, per class, the confusion matrix and the binary block, with CIs."""
+    out: dict[str, Any] = {"n": int(y.shape[0]), "classes": classes}
+    for key in _AGGREGATES:
+        put_with_ci(out, key, point[key], samples[key], ci)
+    per_class: dict[str, dict[str, Any]] = {}
+    for c, name in enumerate(classes):
+        block: dict[str, Any] = {"support": int(point["support"][c])}
+        for m in _PER_CLASS_METRICS:
+            put_with_ci(block, m, point[m][c], samples[m][:, c], ci)
+        per_class[name] = block
+    out["per_class"] = per_class
+    k = len(classes)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (y, pred), 1)
+    out["confusion_matrix"] = cm.tolist()
+    if binary is not None:
+        out["binary"] = {
+            "positive": binary.positive,
+            "threshold": float(binary.threshold),
+            "n_positive": int(binary.truth.sum()),
+            "n_negative": int((~binary.truth).sum()),
+        }
+        for m in _BINARY_METRICS:
+            put_with_ci(out["binary"], m, point[f"bin_{m}"], samples[f"bin_{m}"], ci)
+    return out
+
+
 def classification_metrics(
     y_true: np.ndarray,
     probs: np.ndarray,
@@ -120,101 +249,15 @@ def classification_metrics(
 ) -> dict:
     """Multi-class metrics (argmax) with bootstrap CIs, per-class one-vs-rest and an optional binary block."""
     classes = [str(c) for c in classes]
-    k = len(classes)
-    y, p = check_probs(y_true, probs, k)
+    y, p = check_probs(y_true, probs, len(classes))
     if not 0.0 < ci < 1.0:
         raise ValueError(f"ci must be in (0, 1), got {ci}")
     n_boot = int(max(0, n_boot))
-    n = y.shape[0]
-    pred = p.argmax(axis=1)
-
-    # Confusion matrix for any item weights: W (B, N) @ onehot(true*K + pred) (N, K*K).
-    pair = np.zeros((n, k * k), dtype=np.float64)
-    pair[np.arange(n), y * k + pred] = 1.0
-    positives = [y == c for c in range(k)]
-
-    do_binary = positive is not None and positive in classes and k >= 2
-    if do_binary:
-        pos_idx = classes.index(positive)
-        thr = 0.5 if threshold is None else float(threshold)
-        ybin = y == pos_idx
-        score = p[:, pos_idx]
-        pbin = score >= thr
-        bin_cells = np.stack([ybin & pbin, ybin & ~pbin, ~ybin & ~pbin, ~ybin & pbin], axis=1).astype(np.float64)
-    elif positive is not None and positive not in classes:
-        logger.debug("positive class %r not in classes %s; no binary block", positive, classes)
-
-    def stats(w: np.ndarray) -> dict[str, np.ndarray]:
-        """All statistics for a (B, N) weight matrix."""
-        cm = (w @ pair).reshape(-1, k, k)
-        st = _cm_stats(cm)
-        st["auc"] = np.stack([_weighted_auc(p[:, c], positives[c], w) for c in range(k)], axis=1)
-        if do_binary:
-            tp, fn, tn, fp = (w @ bin_cells).T
-            st["bin_sensitivity"] = safe_div(tp, tp + fn)
-            st["bin_specificity"] = safe_div(tn, tn + fp)
-            st["bin_ppv"] = safe_div(tp, tp + fp)
-            st["bin_npv"] = safe_div(tn, tn + fn)
-            st["bin_auc"] = _weighted_auc(score, ybin, w)
-        return st
-
-    point = {key: v[0] for key, v in stats(np.ones((1, n))).items()}
-    support = point["support"]
-    valid = support > 0
-    auc_valid = np.isfinite(point["auc"])
-
-    def derived(st: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Aggregate statistics (macro, weighted) from per-class statistics."""
-        d = {"accuracy": st["accuracy"]}
-        for m in _MACRO_METRICS:
-            d[f"macro_{m}"] = _macro(st[m], valid)
-        d["weighted_f1"] = _weighted_f1(st["f1"], st["support"])
-        d["macro_auc"] = _macro(st["auc"], auc_valid)
-        return d
-
-    point_agg = derived(point)
-
-    # Bootstrap.
-    rng = np.random.default_rng(seed)
-    boot: dict[str, list[np.ndarray]] = {}
-    for w in resample_weights(y, n_boot, rng, stratified):
-        st = stats(w)
-        st.update(derived(st))
-        for key, v in st.items():
-            boot.setdefault(key, []).append(v)
-    empty_shapes = {key: np.asarray(v).shape for key, v in {**point, **point_agg}.items()}
-    samples = {
-        key: (np.concatenate(boot[key], axis=0) if key in boot else np.empty((0, *empty_shapes[key])))
-        for key in empty_shapes
-    }
-
-    out: dict[str, Any] = {"n": int(n), "classes": classes}
-    for key in ("accuracy", *(f"macro_{m}" for m in _MACRO_METRICS), "weighted_f1", "macro_auc"):
-        put_with_ci(out, key, point_agg[key], samples[key], ci)
-
-    per_class: dict[str, dict[str, Any]] = {}
-    for c, name in enumerate(classes):
-        block: dict[str, Any] = {"support": int(support[c])}
-        for m in _PER_CLASS_METRICS:
-            put_with_ci(block, m, point[m][c], samples[m][:, c], ci)
-        per_class[name] = block
-    out["per_class"] = per_class
-
-    cm = np.zeros((k, k), dtype=np.int64)
-    np.add.at(cm, (y, pred), 1)
-    out["confusion_matrix"] = cm.tolist()
-
-    if do_binary:
-        binary: dict[str, Any] = {
-            "positive": positive,
-            "threshold": float(thr),
-            "n_positive": int(ybin.sum()),
-            "n_negative": int((~ybin).sum()),
-        }
-        for m in ("sensitivity", "specificity", "ppv", "npv", "auc"):
-            put_with_ci(binary, m, point[f"bin_{m}"], samples[f"bin_{m}"], ci)
-        out["binary"] = binary
-
+    binary = _binary_setup(y, p, classes, positive, threshold)
+    scorer = _Scorer.build(y, p, binary)
+    point, valid, auc_valid = _point_estimates(scorer, y.shape[0])
+    samples = _bootstrap_samples(scorer, y, point, valid, auc_valid, n_boot, seed, stratified)
+    out = _pack(classes, y, p.argmax(axis=1), point, samples, binary, ci)
     out["bootstrap"] = {"n_boot": n_boot, "seed": int(seed), "ci": float(ci), "stratified": bool(stratified)}
     return out
 
@@ -284,7 +327,7 @@ def per_source_metrics(
     out: dict[str, dict] = {}
     # Largest sources first: the table reads as "where most of the test set comes from".
     names, counts = np.unique(src.astype(str), return_counts=True)
-    for name in [str(n) for _, n in sorted(zip(-counts, names))]:
+    for name in [str(n) for _, n in sorted(zip(-counts, names, strict=True))]:
         idx = np.flatnonzero(src == name)
         with_ci = idx.size >= min_n_for_ci
         m = classification_metrics(
