@@ -14,7 +14,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv sysdeps run repro test test-fast bench ui serve clean
+.PHONY: help venv sysdeps run repro lint format test test-fast bench ui serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -47,7 +47,15 @@ repro: venv  ## fetch the data, then reproduce the DVC stages
 # modules start first (tests/conftest.py orders them; xdist's own reorder would start them last).
 TEST_WORKERS ?= auto
 
-test: venv sysdeps  ## every test that runs on a CPU (CI runs this)
+lint: venv  ## ruff: the lint rules and the formatting, checked (make format applies the formatting)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: venv  ## ruff: fix what can be fixed and format the tree
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+test: venv sysdeps lint  ## ruff, then every test that runs on a CPU (CI runs this)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test-fast: venv  ## the tests not marked slow

@@ -33,17 +33,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("names", nargs="*", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
     parser.add_argument("--size", choices=SIZES, default="full", help="full (make bench) or tiny (smoke test)")
-    parser.add_argument("--results", type=Path, default=None,
-                        help=f"results JSON to merge into (default: {RESULTS_JSON.name} at full size, "
-                             "results-tiny.json in the work folder at tiny size)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help=f"results JSON to merge into (default: {RESULTS_JSON.name} at full size, "
+        "results-tiny.json in the work folder at tiny size)",
+    )
     parser.add_argument("--notes", type=Path, default=RESULTS_MD, help="RESULTS.md to append dated lines to")
     parser.add_argument("--no-record", action="store_true", help="do not append lines to RESULTS.md")
     parser.add_argument("--work", type=Path, default=WORK, help="work folder (caches, throw-away projects)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch/OpenMP threads per process (default: torch's choice); also passed to subprocesses")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="training runs side by side, each in its own process (quality); the others run one "
-                             "at a time. Without --threads, each process gets its share of the cores")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch/OpenMP threads per process (default: torch's choice); also passed to subprocesses",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="training runs side by side, each in its own process (quality); the others run one "
+        "at a time. Without --threads, each process gets its share of the cores",
+    )
     args = parser.parse_args(argv)
 
     if args.results is None:  # a smoke run never overwrites the recorded full-size figures

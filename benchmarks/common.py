@@ -136,7 +136,9 @@ def table(outcome: Outcome) -> str:
     if outcome.skipped:
         return "\n".join(lines + [f"skipped: {outcome.skipped}"])
     for i, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if j in (0, 2) else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+        lines.append(
+            "  ".join(c.ljust(w) if j in (0, 2) else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True)))
+        )
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     for f in outcome.figures:
@@ -246,8 +248,13 @@ def git_dvc_repo(root: Path) -> Path:
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
-           "GIT_COMMITTER_EMAIL": "b@b"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "b",
+        "GIT_AUTHOR_EMAIL": "b@b",
+        "GIT_COMMITTER_NAME": "b",
+        "GIT_COMMITTER_EMAIL": "b@b",
+    }
     subprocess.run(["git", "init", "-q"], cwd=root, check=True, env=env)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True, env=env)
     subprocess.run(["git", "commit", "-qm", "init"], cwd=root, check=True, env=env)

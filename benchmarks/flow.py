@@ -1,4 +1,5 @@
-"""The whole Prefect flow vs the same steps without Prefect (``cxr download``, ``dvc repro``, ``cxr register``, ``cxr gate``).
+"""The whole Prefect flow vs the same steps without Prefect (``cxr download``, ``dvc repro``, ``cxr drift``,
+``cxr register``, ``cxr gate``).
 
 Each side runs from a clean state in its own fresh git + DVC project (``tests/conftest.py``'s
 ``make_project`` with ``tiny_params``). The flow is timed twice:
@@ -73,8 +74,9 @@ def _timed(cmd: list[str], cwd: Path, env: dict[str, str], ok: tuple[int, ...] =
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
     if proc.returncode not in ok:
-        raise RuntimeError(f"`{' '.join(cmd)}` failed in {cwd} (exit {proc.returncode}):\n"
-                           f"{tail(proc.stdout + proc.stderr)}")
+        raise RuntimeError(
+            f"`{' '.join(cmd)}` failed in {cwd} (exit {proc.returncode}):\n{tail(proc.stdout + proc.stderr)}"
+        )
     return seconds, proc.stdout
 
 
@@ -133,8 +135,9 @@ def run(size: str, work: Path) -> Outcome:
 
     # Every side must have done the same work: dvc.lock true in each.
     for root in roots:
-        status = subprocess.run([py, "-m", "dvc", "status"], cwd=root, env=_env(scratch / "status-home"),
-                                capture_output=True, text=True)
+        status = subprocess.run(
+            [py, "-m", "dvc", "status"], cwd=root, env=_env(scratch / "status-home"), capture_output=True, text=True
+        )
         if "up to date" not in status.stdout.lower():
             raise RuntimeError(f"{root}: dvc status is not clean after the run:\n{tail(status.stdout + status.stderr)}")
 
@@ -168,13 +171,17 @@ def run(size: str, work: Path) -> Outcome:
         "flow_prefect_import_s": t_import,
         "flow_extra_s": t_flow - t_dvc,
     }
-    note = (f"with a Prefect server already running (as for a scheduled deployment) the flow took "
-            f"{t_flow - t_dvc:+.1f}s over the plain commands, a trivial flow {t_trivial_served:.1f}s; ")
+    note = (
+        f"with a Prefect server already running (as for a scheduled deployment) the flow took "
+        f"{t_flow - t_dvc:+.1f}s over the plain commands, a trivial flow {t_trivial_served:.1f}s; "
+    )
     if t_first is not None:
         out.figures.append(Figure("flow_overhead_first_run_vs_dvc_repro", t_first / t_dvc))
         out.extra.update(flow_first_run_s=t_first, flow_first_run_extra_s=t_first - t_dvc)
         note += f"a first run from an empty PREFECT_HOME took {t_first - t_dvc:+.1f}s, "
-    note += (f"a trivial flow from an empty PREFECT_HOME {t_trivial:.1f}s (temporary server start-up, database "
-             f"creation, one flow run), of which {t_import:.1f}s is importing Prefect and the flow")
+    note += (
+        f"a trivial flow from an empty PREFECT_HOME {t_trivial:.1f}s (temporary server start-up, database "
+        f"creation, one flow run), of which {t_import:.1f}s is importing Prefect and the flow"
+    )
     out.notes.append(note)
     return out

@@ -1,4 +1,5 @@
-"""Training on one GPU: ``cxr.training.loop.train`` end to end against the model alone on ready GPU tensors (the ceiling).
+"""Training on one GPU: ``cxr.training.loop.train`` end to end against the model alone on ready GPU tensors
+(the ceiling).
 
 Full size: the synthetic dataset at the real one's size (21,165 images at 299 px, generated here), 224 px,
 batch 256, ``params.yaml``'s training settings otherwise (bf16 autocast, channels-last), one DataLoader
@@ -33,10 +34,30 @@ from cxr.training.dataset import AugmentedImages
 CLASSES: tuple[str, ...] = ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia")
 ARCHS: tuple[str, ...] = ("resnet18", "resnet50")
 SIZES: dict[str, dict[str, int]] = {
-    "full": {"px": 224, "batch": 256, "epochs": 3, "valid": 400, "ceiling_steps": 60, "warmup_steps": 15,
-             "ref_images": 2400, "ref_batch": 16, "cam_images": 256, "cam_batch": 64},
-    "tiny": {"px": 64, "batch": 8, "epochs": 2, "valid": 8, "ceiling_steps": 2, "warmup_steps": 1,
-             "ref_images": 16, "ref_batch": 8, "cam_images": 4, "cam_batch": 2},
+    "full": {
+        "px": 224,
+        "batch": 256,
+        "epochs": 3,
+        "valid": 400,
+        "ceiling_steps": 60,
+        "warmup_steps": 15,
+        "ref_images": 2400,
+        "ref_batch": 16,
+        "cam_images": 256,
+        "cam_batch": 64,
+    },
+    "tiny": {
+        "px": 64,
+        "batch": 8,
+        "epochs": 2,
+        "valid": 8,
+        "ceiling_steps": 2,
+        "warmup_steps": 1,
+        "ref_images": 16,
+        "ref_batch": 8,
+        "cam_images": 4,
+        "cam_batch": 2,
+    },
 }
 ON_CPU_ENV = "BENCH_GPU_ON_CPU"
 
@@ -72,9 +93,17 @@ def _project(work: Path, size: str, valid: int):
         rows = []
         for i, (c, p) in enumerate(files):
             digest = hashlib.sha256(p.read_bytes()).hexdigest()
-            rows.append({"path": p.relative_to(src).as_posix(), "folder": c, "label": c,
-                         "split": "valid" if i % every == 0 else "train", "sha256": digest, "group": digest[:12],
-                         "source": "synthetic"})
+            rows.append(
+                {
+                    "path": p.relative_to(src).as_posix(),
+                    "folder": c,
+                    "label": c,
+                    "split": "valid" if i % every == 0 else "train",
+                    "sha256": digest,
+                    "group": digest[:12],
+                    "source": "synthetic",
+                }
+            )
         write_manifest(rows, manifest)
     return src, manifest
 
@@ -83,8 +112,13 @@ def _paths(root: Path, src: Path, manifest: Path, run: str):
     """Resolved paths of one training run: shared data and cache, its own checkpoints and reports."""
     from cxr.core.paths import Paths
 
-    return Paths(raw=str(src), cache=str(root / "cache"), manifest=str(manifest), model_dir=f"runs/{run}/models",
-                 train_reports=f"runs/{run}/reports").resolve(root)
+    return Paths(
+        raw=str(src),
+        cache=str(root / "cache"),
+        manifest=str(manifest),
+        model_dir=f"runs/{run}/models",
+        train_reports=f"runs/{run}/reports",
+    ).resolve(root)
 
 
 class Utilisation:
@@ -103,8 +137,18 @@ class Utilisation:
         except Exception:  # no nvidia-ml-py: ask nvidia-smi
             pass
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                  "-i", str(self.device.index or 0)], capture_output=True, text=True, timeout=5)
+            out = subprocess.run(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=utilization.gpu",
+                    "--format=csv,noheader,nounits",
+                    "-i",
+                    str(self.device.index or 0),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
             return float(out.stdout.strip().splitlines()[0])
         except (OSError, ValueError, IndexError, subprocess.SubprocessError):
             return None
@@ -116,7 +160,7 @@ class Utilisation:
                 return
             self.samples.append(v)
 
-    def __enter__(self) -> "Utilisation":
+    def __enter__(self) -> Utilisation:
         if self.device.type == "cuda":
             self._thread.start()
         return self
@@ -189,14 +233,14 @@ def ceiling(arch: str, cfg, device, px: int, batch: int, steps: int, warmup: int
         for i in range(steps):
             step(i)
         _sync(device)
-    del model, optimizer, batches
+    model = optimizer = batches = None  # frees the device memory before the next measurement
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return steps * batch / t["s"], max(0.0, t_warm["s"] - warmup * t["s"] / steps)
 
 
 def loader_start(paths, cfg, seed: int, device) -> float:
-    """Seconds from a fresh training loader (as ``cxr.training.loop.train`` builds it) to its first batch: workers starting."""
+    """Seconds from a fresh training loader (as ``cxr.training.loop.train`` builds it) to its first batch."""
     from torch.utils.data import DataLoader
 
     from cxr.data.manifest import read_manifest
@@ -207,10 +251,16 @@ def loader_start(paths, cfg, seed: int, device) -> float:
     train_m = read_manifest(paths.manifest).select("train")
     images = decoded_cache(train_m, paths.raw, paths.cache, cfg.image_size, workers=max(1, cfg.num_workers))
     labels = train_m.labels(CLASSES)
-    loader = DataLoader(AugmentedImages(images, labels, cfg.augment, defer=on_device(cfg.augment_backend, device)),
-                        batch_size=cfg.batch_size, sampler=SeededSampler(len(labels), seed), drop_last=True,
-                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=cfg.num_workers > 0, prefetch_factor=4 if cfg.num_workers > 0 else None)
+    loader = DataLoader(
+        AugmentedImages(images, labels, cfg.augment, defer=on_device(cfg.augment_backend, device)),
+        batch_size=cfg.batch_size,
+        sampler=SeededSampler(len(labels), seed),
+        drop_last=True,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+        prefetch_factor=4 if cfg.num_workers > 0 else None,
+    )
     with timer() as t:
         next(iter(loader))
     del loader
@@ -234,8 +284,15 @@ def end_to_end(cfg, base, paths, device) -> dict:
     seconds = [float(r["seconds"]) for r in history]
     steady = float(np.mean(speeds[1:])) if len(speeds) > 1 else speeds[0]
     first_extra = seconds[0] - float(np.mean(seconds[1:])) if len(seconds) > 1 else 0.0
-    return {"epochs": speeds, "first": speeds[0], "steady": steady, "wall_s": t["s"], "util": util.mean,
-            "first_extra_s": first_extra, "val_accuracy": result.best_score}
+    return {
+        "epochs": speeds,
+        "first": speeds[0],
+        "steady": steady,
+        "wall_s": t["s"],
+        "util": util.mean,
+        "first_extra_s": first_extra,
+        "val_accuracy": result.best_score,
+    }
 
 
 def reference_style(src: Path, manifest_rows, device, px: int, batch: int, n: int, lr: float) -> float:
@@ -304,9 +361,11 @@ def run(size: str, work: Path) -> Outcome:
     out = Outcome("gpu")
     device = _device()
     if device is None:
-        out.skipped = (f"no CUDA device (torch {torch.__version__}, CUDA build {torch.version.cuda}): nothing "
-                       f"measured or recorded; run `python -m benchmarks gpu` on a GPU machine "
-                       f"({ON_CPU_ENV}=1 with --size tiny dry-runs it on the CPU)")
+        out.skipped = (
+            f"no CUDA device (torch {torch.__version__}, CUDA build {torch.version.cuda}): nothing "
+            f"measured or recorded; run `python -m benchmarks gpu` on a GPU machine "
+            f"({ON_CPU_ENV}=1 with --size tiny dry-runs it on the CPU)"
+        )
         return out
     if device.type == "cpu" and size != "tiny":
         out.skipped = f"{ON_CPU_ENV}=1 is a dry run of the logic: use --size tiny; nothing measured or recorded"
@@ -317,9 +376,15 @@ def run(size: str, work: Path) -> Outcome:
     root = manifest.parent
     settings = load_settings(REPO / "params.yaml")
     base = settings.base
-    common = {"image_size": sz["px"], "batch_size": sz["batch"], "epochs": sz["epochs"], "weights": None,
-              "num_workers": workers if device.type == "cuda" else min(workers, 1), "device": device.type,
-              "patience": None}
+    common = {
+        "image_size": sz["px"],
+        "batch_size": sz["batch"],
+        "epochs": sz["epochs"],
+        "weights": None,
+        "num_workers": workers if device.type == "cuda" else min(workers, 1),
+        "device": device.type,
+        "patience": None,
+    }
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)"
 
     results: dict[str, dict] = {}
@@ -327,20 +392,31 @@ def run(size: str, work: Path) -> Outcome:
     warmups: dict[str, float] = {}
     for arch in ARCHS:
         cfg = settings.train.model_copy(update={**common, "arch": arch, "augment_backend": "device"})
-        ceilings[arch], warmups[arch] = ceiling(arch, cfg, device, sz["px"], sz["batch"], sz["ceiling_steps"],
-                                                sz["warmup_steps"])
+        ceilings[arch], warmups[arch] = ceiling(
+            arch, cfg, device, sz["px"], sz["batch"], sz["ceiling_steps"], sz["warmup_steps"]
+        )
         for backend in ("device", "cpu"):
             run_cfg = cfg.model_copy(update={"augment_backend": backend})
-            results[f"{arch}_{backend}"] = end_to_end(run_cfg, base, _paths(root, src, manifest, f"{arch}-{backend}"),
-                                                      device)
+            results[f"{arch}_{backend}"] = end_to_end(
+                run_cfg, base, _paths(root, src, manifest, f"{arch}-{backend}"), device
+            )
     r18 = settings.train.model_copy(update={**common, "arch": "resnet18", "augment_backend": "device"})
     if device.type == "cuda":  # Inductor on the CPU would spend the dry run compiling
-        results["resnet18_compile"] = end_to_end(r18.model_copy(update={"compile": True}), base,
-                                                 _paths(root, src, manifest, "resnet18-compile"), device)
-    results["resnet18_autotune"] = end_to_end(r18.model_copy(update={"deterministic": False}), base,
-                                              _paths(root, src, manifest, "resnet18-autotune"), device)
-    starts = {b: loader_start(_paths(root, src, manifest, "resnet18-device"), r18.model_copy(
-        update={"augment_backend": b}), base.seed, device) for b in ("device", "cpu")}
+        results["resnet18_compile"] = end_to_end(
+            r18.model_copy(update={"compile": True}), base, _paths(root, src, manifest, "resnet18-compile"), device
+        )
+    results["resnet18_autotune"] = end_to_end(
+        r18.model_copy(update={"deterministic": False}), base, _paths(root, src, manifest, "resnet18-autotune"), device
+    )
+    starts = {
+        b: loader_start(
+            _paths(root, src, manifest, "resnet18-device"),
+            r18.model_copy(update={"augment_backend": b}),
+            base.seed,
+            device,
+        )
+        for b in ("device", "cpu")
+    }
     rows = read_manifest(manifest).rows
     ref_ips = reference_style(src, rows, device, sz["px"], sz["ref_batch"], sz["ref_images"], settings.train.lr)
     cam_ours, cam_ref, cam_diff = gradcam(src, device, sz["px"], sz["cam_images"], sz["cam_batch"])
@@ -349,38 +425,62 @@ def run(size: str, work: Path) -> Outcome:
     out.rows = [Row(f"device: {name}; {workers} CPU cores", float(workers), "cores")]
     for arch in ARCHS:
         c = ceilings[arch]
-        out.rows.append(Row(f"{arch} {sz['px']} px: ceiling (model alone, ready tensors, batch {sz['batch']})", c,
-                            "img/s"))
+        out.rows.append(
+            Row(f"{arch} {sz['px']} px: ceiling (model alone, ready tensors, batch {sz['batch']})", c, "img/s")
+        )
         for backend in ("device", "cpu"):
             r = results[f"{arch}_{backend}"]
-            out.rows.append(Row(f"{arch}: cxr.training.loop.train, augmentation on {backend}, epochs 2+", r["steady"], "img/s",
-                                c, r["steady"] / c))
-            out.rows.append(Row(f"{arch}: same, first epoch", r["first"], "img/s", r["steady"],
-                                r["first"] / r["steady"]))
+            out.rows.append(
+                Row(
+                    f"{arch}: cxr.training.loop.train, augmentation on {backend}, epochs 2+",
+                    r["steady"],
+                    "img/s",
+                    c,
+                    r["steady"] / c,
+                )
+            )
+            out.rows.append(
+                Row(f"{arch}: same, first epoch", r["first"], "img/s", r["steady"], r["first"] / r["steady"])
+            )
     variants = (("resnet18_compile", "train.compile: true"), ("resnet18_autotune", "train.deterministic: false"))
     for key, label in variants:
         if key not in results:
             continue
         r = results[key]
-        out.rows.append(Row(f"resnet18: {label}, epochs 2+ (first epoch {r['first']:,.0f})", r["steady"], "img/s",
-                            r18d["steady"], r["steady"] / r18d["steady"]))
+        out.rows.append(
+            Row(
+                f"resnet18: {label}, epochs 2+ (first epoch {r['first']:,.0f})",
+                r["steady"],
+                "img/s",
+                r18d["steady"],
+                r["steady"] / r18d["steady"],
+            )
+        )
     out.rows += [
         Row(f"reference style: PIL + torchvision, batch {sz['ref_batch']}, fp32, no workers", ref_ips, "img/s"),
-        Row("resnet18 end to end (device path) against the reference style", r18d["steady"], "img/s", ref_ips,
-            r18d["steady"] / ref_ips),
+        Row(
+            "resnet18 end to end (device path) against the reference style",
+            r18d["steady"],
+            "img/s",
+            ref_ips,
+            r18d["steady"] / ref_ips,
+        ),
         Row(f"Grad-CAM, ours in batches of {sz['cam_batch']}", cam_ours, "img/s", cam_ref, cam_ours / cam_ref),
         Row("Grad-CAM, library call per image", cam_ref, "img/s"),
     ]
     for b, secs in starts.items():
-        out.rows.append(Row(f"first batch of a fresh loader ({common['num_workers']} workers, augmentation on {b})",
-                            secs, "s"))
+        out.rows.append(
+            Row(f"first batch of a fresh loader ({common['num_workers']} workers, augmentation on {b})", secs, "s")
+        )
     for arch in ARCHS:
-        out.rows.append(Row(f"{arch}: first {sz['warmup_steps']} steps' extra time (kernel loading, allocator)",
-                            warmups[arch], "s"))
+        out.rows.append(
+            Row(f"{arch}: first {sz['warmup_steps']} steps' extra time (kernel loading, allocator)", warmups[arch], "s")
+        )
     if r18d["util"] is not None:
         out.rows.append(Row("GPU utilisation, resnet18 device path (whole run)", r18d["util"], "%"))
-        out.rows.append(Row("GPU utilisation, resnet18 loader path (whole run)", results["resnet18_cpu"]["util"] or 0.0,
-                            "%"))
+        out.rows.append(
+            Row("GPU utilisation, resnet18 loader path (whole run)", results["resnet18_cpu"]["util"] or 0.0, "%")
+        )
     out.figures = [
         Figure("gpu_resnet18_224_images_per_s", r18d["steady"]),
         Figure("gpu_resnet18_224_ceiling_images_per_s", ceilings["resnet18"]),
@@ -411,7 +511,8 @@ def run(size: str, work: Path) -> Outcome:
         if r["util"] is not None:
             out.extra[f"gpu_{key}_utilisation_pct"] = r["util"]
     out.notes += [
-        f"end to end = cxr.training.loop.train's own images/s over its training loop (validation and checkpoints excluded), "
+        f"end to end = cxr.training.loop.train's own images/s over its training loop "
+        f"(validation and checkpoints excluded), "
         f"mean of the epochs after the first; {sz['epochs']} epochs, params.yaml's settings otherwise",
         "the ceiling runs the same model, optimiser, autocast, memory format and cuDNN flags on 4 ready batches",
         f"the first epoch includes starting {common['num_workers']} loader workers (the first-batch rows) and the "

@@ -90,12 +90,22 @@ def run(size: str, work: Path) -> Outcome:
 
     out = Outcome("gradcam")
     out.rows = [
-        Row(f"CAMs, ours, batches of {sz['batch']} ({n} images, {sz['px']} px)", n / t_batched["s"], "img/s",
-            n / t_ref["s"], speedup),
+        Row(
+            f"CAMs, ours, batches of {sz['batch']} ({n} images, {sz['px']} px)",
+            n / t_batched["s"],
+            "img/s",
+            n / t_ref["s"],
+            speedup,
+        ),
         Row("CAMs, library default, one image at a time", n / t_ref["s"], "img/s"),
         Row("CAMs, ours, one image at a time", n / t_ours_1["s"], "img/s", n / t_ref["s"], t_ref["s"] / t_ours_1["s"]),
-        Row(f"bare forward pass, batches of {sz['batch']}, default memory format", n / t_fwd, "img/s", n / t_batched["s"],
-            t_batched["s"] / t_fwd),
+        Row(
+            f"bare forward pass, batches of {sz['batch']}, default memory format",
+            n / t_fwd,
+            "img/s",
+            n / t_batched["s"],
+            t_batched["s"] / t_fwd,
+        ),
     ]
     out.figures = [Figure("gradcam_batched_speedup", speedup, (">=", 5))]
     out.extra = {
@@ -111,6 +121,7 @@ def run(size: str, work: Path) -> Outcome:
     out.notes.append(
         f"same maps (max difference {max_diff:.1e}); of the {speedup:.2f}x, {t_ref['s'] / t_ours_1['s']:.2f}x comes "
         f"from stopping the backward pass at the target layer (ours at batch 1) and the rest from batching and "
-        f"channels-last; ours costs {t_batched['s'] / t_fwd:.2f}x a bare batched forward pass in the default memory format"
+        f"channels-last; ours costs {t_batched['s'] / t_fwd:.2f}x a bare batched forward pass "
+        "in the default memory format"
     )
     return out

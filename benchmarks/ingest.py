@@ -27,7 +27,9 @@ NOOP_GOAL_S = 3.0
 
 DVC_YAML = """stages:
   count:
-    cmd: python -c "import pathlib; n = sum(1 for _ in pathlib.Path('data/raw').iterdir()); pathlib.Path('count.txt').write_text(str(n))"
+    cmd: >-
+      python -c "import pathlib; n = sum(1 for _ in pathlib.Path('data/raw').iterdir());
+      pathlib.Path('count.txt').write_text(str(n))"
     deps:
       - data/raw
     outs:
@@ -65,7 +67,7 @@ def _dvc(args: list[str], root: Path) -> tuple[float, str]:
 
 
 def profile_dvc_status(root: Path, out_file: Path, top: int = 15) -> list[str]:
-    """Profile ``dvc status`` in-process in ``root``; write the cumulative table to ``out_file``, return the top lines."""
+    """Profile ``dvc status`` in-process in ``root``; write the cumulative table to ``out_file``; the top lines."""
     from dvc.cli import main as dvc_main
 
     cwd = os.getcwd()
@@ -182,8 +184,13 @@ def run(size: str, work: Path) -> Outcome:
 
     out = Outcome("ingest")
     out.rows = [
-        Row(f"ingest {ingested} images ({len(report.records) + sum(report.masks.values())} files), per core",
-            per_core, "img/s/core", naive_ips, per_core / naive_ips),
+        Row(
+            f"ingest {ingested} images ({len(report.records) + sum(report.masks.values())} files), per core",
+            per_core,
+            "img/s/core",
+            naive_ips,
+            per_core / naive_ips,
+        ),
         Row(f"ingest, all {workers} cores", ours_ips, "img/s", naive_ips, ours_ips / naive_ips),
         Row("naive PIL open+load+sha256 loop (1 core)", naive_ips, "img/s"),
         Row(f"pack data/raw into {len(archives)} zips (stored, no compression)", t_pack["s"], "s"),
@@ -192,8 +199,13 @@ def run(size: str, work: Path) -> Outcome:
         Row("no-op dvc status", t_status, "s"),
         Row("no-op dvc repro", t_repro, "s"),
         Row("dvc --version (start-up floor)", t_version, "s"),
-        Row("split (cxr.data.split.split) reading the index", t_split_index, "s", t_split_hash,
-            t_split_hash / t_split_index),
+        Row(
+            "split (cxr.data.split.split) reading the index",
+            t_split_index,
+            "s",
+            t_split_hash,
+            t_split_hash / t_split_index,
+        ),
         Row("split decoding and hashing every image (no index)", t_split_hash, "s"),
         Row("write the index at download (from ingestion's records)", t_index["s"], "s"),
     ]
@@ -231,4 +243,3 @@ def run(size: str, work: Path) -> Outcome:
         top = profile_dvc_status(root, prof_file)
         out.notes.append(f"dvc status profile (cumulative, in-process) in {prof_file}; top: " + " | ".join(top[:8]))
     return out
-

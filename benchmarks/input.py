@@ -49,11 +49,20 @@ def _manifest(src: Path, paths: list[Path], labels: np.ndarray):
     from cxr.data.manifest import Manifest
 
     rows = []
-    for p, y in zip(paths, labels):
+    for p, y in zip(paths, labels, strict=True):
         rel = p.relative_to(src).as_posix()
         digest = hashlib.sha256(p.read_bytes()).hexdigest()
-        rows.append({"path": rel, "folder": CLASSES[y], "label": CLASSES[y], "split": "train", "sha256": digest,
-                     "group": digest[:12], "source": "synthetic"})
+        rows.append(
+            {
+                "path": rel,
+                "folder": CLASSES[y],
+                "label": CLASSES[y],
+                "split": "train",
+                "sha256": digest,
+                "group": digest[:12],
+                "source": "synthetic",
+            }
+        )
     return Manifest(tuple(rows))
 
 
@@ -67,13 +76,15 @@ class ReferenceImages:
 
         self.paths, self.labels = paths, labels
         # One gray channel (not RGB) so that both sides feed the same 1-channel model.
-        self.transform = T.Compose([
-            T.Resize((size, size)),
-            T.RandomRotation(20),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize([GRAY_MEAN], [GRAY_STD]),
-        ])
+        self.transform = T.Compose(
+            [
+                T.Resize((size, size)),
+                T.RandomRotation(20),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize([GRAY_MEAN], [GRAY_STD]),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -208,8 +219,9 @@ def run(size: str, work: Path) -> Outcome:
     cache_dir = work / "input" / "cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
     cfg = load_settings(REPO / "params.yaml").train
-    cfg = cfg.model_copy(update={"image_size": sz["train_px"], "batch_size": sz["batch"], "num_workers": workers,
-                                 "device": "cpu"})
+    cfg = cfg.model_copy(
+        update={"image_size": sz["train_px"], "batch_size": sz["batch"], "num_workers": workers, "device": "cpu"}
+    )
     batch = sz["batch"]
 
     # (a) The pipeline alone: one epoch over the subset each, model-ready float batches out, in rounds.
@@ -286,12 +298,22 @@ def run(size: str, work: Path) -> Outcome:
     out.rows = [
         Row(f"(a) ours: cache + {workers} workers, {sz['pipe_px']} px", ours_ips, "img/s", ref_ips, speedup_raw),
         Row("(a) ours, no workers (1 core): the per-core figure", ours0_ips, "img/s", ref_ips, speedup_per_core),
-        Row(f"(a) ours with workers / {workers} workers", ours_ips / workers, "img/s/core", ref_ips,
-            speedup_raw / workers),
+        Row(
+            f"(a) ours with workers / {workers} workers",
+            ours_ips / workers,
+            "img/s/core",
+            ref_ips,
+            speedup_raw / workers,
+        ),
         Row("(a) reference: PIL + torchvision, no workers", ref_ips, "img/s"),
         Row(f"(a) decoded cache build ({len(paths)} images, once)", t_cache["s"], "s"),
-        Row(f"(b) ours: whole steps, resnet18 {sz['train_px']} px", ours_step_ips, "img/s", ref_step_ips,
-            ours_step_ips / ref_step_ips),
+        Row(
+            f"(b) ours: whole steps, resnet18 {sz['train_px']} px",
+            ours_step_ips,
+            "img/s",
+            ref_step_ips,
+            ours_step_ips / ref_step_ips,
+        ),
         Row("(b) same model, ready tensors", ready_ips, "img/s", ours_step_ips, t_whole / t_ready),
         Row("(b) reference: whole steps", ref_step_ips, "img/s"),
     ]
@@ -324,7 +346,8 @@ def run(size: str, work: Path) -> Outcome:
         f"interleaved rounds whose ratios ranged {min(one_core_ratios):.2f} to {max(one_core_ratios):.2f}; "
         f"the with-workers figure also counts the {workers} cores the workers may have had",
         "the reference decodes the PNG every time; ours decodes once into the cache (its build is a separate row)",
-        f"train_step_overhead = whole steps ({steps} x {batch}, cxr.training.loop.train_one_epoch, loader workers starting "
+        f"train_step_overhead = whole steps ({steps} x {batch}, cxr.training.loop.train_one_epoch, "
+        "loader workers starting "
         f"included) / as many ready-tensor steps, in {rounds} interleaved rounds whose ratios ranged "
         f"{min(round_ratios):.2f} to {max(round_ratios):.2f}",
         "the reference model runs in the default memory format, ours in params' channels_last",

@@ -103,8 +103,13 @@ def run(size: str, work: Path) -> Outcome:
     out.rows = [
         Row(f"pyfunc, 1 image ({px} px array)", t_py1 * 1000, "ms", t_bare1 * 1000, t_py1 / t_bare1),
         Row(f"pyfunc, batch of {n} arrays", n / t_pyb, "img/s", n / t_bareb, (n / t_pyb) / (n / t_bareb)),
-        Row(f"pyfunc, batch of {n} file paths (decode included)", n / t_paths, "img/s", n / t_bareb,
-            (n / t_paths) / (n / t_bareb)),
+        Row(
+            f"pyfunc, batch of {n} file paths (decode included)",
+            n / t_paths,
+            "img/s",
+            n / t_bareb,
+            (n / t_paths) / (n / t_bareb),
+        ),
         Row("bare model, 1 image", t_bare1 * 1000, "ms"),
         Row(f"bare model, batch of {n}", n / t_bareb, "img/s"),
     ]

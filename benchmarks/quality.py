@@ -4,7 +4,8 @@ The data is ``../shared/cxr-dev`` (1,767 real images, three classes; see its PRO
 user would: the ``local`` download source (``cxr.data.download.download``, so ingestion and DVC versioning
 run too), then the project's split (``cxr.data.split.split``: valid 300, test 300, stratified, duplicate
 groups kept on one side) for each of three split seeds. On every split both recipes train from scratch
-with ``cxr.training.loop.train`` and are scored on the test split by ``cxr.evaluation.evaluate.evaluate`` (bootstrap CIs and
+with ``cxr.training.loop.train`` and are scored on the test split by ``cxr.evaluation.evaluate.evaluate``
+(bootstrap CIs and
 the shortcut probes), within the same budget of ``8 x 128^2`` epoch-pixels:
 
 * ours: ``params.yaml``'s train section as it is (cut to the budget if it asks for more);
@@ -39,8 +40,14 @@ BUDGET_EPOCH_PIXELS = 8 * 128 * 128
 SIZES: dict[str, dict] = {
     "full": {"seeds": (0, 1, 2), "valid": 300, "test": 300, "n_boot": 1000, "train": {}},
     # Seconds: a few generated images per class (two formats, as in cxr-dev), 1 epoch at 32 px.
-    "tiny": {"seeds": (0,), "valid": 6, "test": 6, "n_boot": 50, "per_class": 8,
-             "train": {"image_size": 32, "epochs": 1, "batch_size": 8, "num_workers": 0, "channels_last": False}},
+    "tiny": {
+        "seeds": (0,),
+        "valid": 6,
+        "test": 6,
+        "n_boot": 50,
+        "per_class": 8,
+        "train": {"image_size": 32, "epochs": 1, "batch_size": 8, "num_workers": 0, "channels_last": False},
+    },
 }
 #: The reference notebook's recipe, as overrides of the train section (image size and epochs as ours).
 REFERENCE: dict = {
@@ -54,8 +61,17 @@ REFERENCE: dict = {
     "label_smoothing": 0.0,
     "class_balance": "none",
     "grad_clip": None,
-    "augment": {"rotate_deg": 20.0, "shift": 0.0, "scale": 0.0, "brightness": 0.0, "contrast": 0.0,
-                "gamma": [1.0, 1.0], "clahe": 0.0, "hflip": 0.5, "p": 1.0},
+    "augment": {
+        "rotate_deg": 20.0,
+        "shift": 0.0,
+        "scale": 0.0,
+        "brightness": 0.0,
+        "contrast": 0.0,
+        "gamma": [1.0, 1.0],
+        "clahe": 0.0,
+        "hflip": 0.5,
+        "p": 1.0,
+    },
 }
 #: Train keys a recipe feature may add later; the reference turns each off when params.yaml has it.
 REFERENCE_OFF: dict = {"ema_decay": None, "mixup": 0.0}
@@ -107,7 +123,7 @@ def tiny_source(work: Path, per_class: int) -> Path:
     return out
 
 
-def settings_for(source: Path, size: str, seed: int, run: str, train: dict) -> "object":
+def settings_for(source: Path, size: str, seed: int, run: str, train: dict) -> object:
     """Validated settings: params.yaml, the local source, the split, one recipe's train section, per-run paths."""
     from cxr.core.config import parse_settings
     from cxr.core.paths import Paths
@@ -119,14 +135,23 @@ def settings_for(source: Path, size: str, seed: int, run: str, train: dict) -> "
     # Every output of a run lives in its own folder (runs made side by side must never read each other's
     # figures); only the raw data, its decoded cache and the split are shared.
     paths = {k: f"{run_dir}/{Path(v).name}" for k, v in Paths().model_dump().items()}
-    paths.update({"raw": "data/raw", "cache": "data/cache",
-                  "manifest": f"{split_dir}/manifest.csv", "data_report": f"{split_dir}/report.json"})
-    params = deep_update(params, {
-        "base": {"seed": seed, "classes": CLASSES, "paths": paths},
-        "download": {"source": "local", "local": {"path": str(source.resolve())}},
-        "split": {"mode": "stratified", "valid": sz["valid"], "test": sz["test"]},
-        "evaluate": {"n_boot": sz["n_boot"], "positive_class": "COVID"},
-    })
+    paths.update(
+        {
+            "raw": "data/raw",
+            "cache": "data/cache",
+            "manifest": f"{split_dir}/manifest.csv",
+            "data_report": f"{split_dir}/report.json",
+        }
+    )
+    params = deep_update(
+        params,
+        {
+            "base": {"seed": seed, "classes": CLASSES, "paths": paths},
+            "download": {"source": "local", "local": {"path": str(source.resolve())}},
+            "split": {"mode": "stratified", "valid": sz["valid"], "test": sz["test"]},
+            "evaluate": {"n_boot": sz["n_boot"], "positive_class": "COVID"},
+        },
+    )
     params["train"] = train
     return parse_settings(params, f"quality benchmark ({run}, split seed {seed})")
 
@@ -159,11 +184,18 @@ def run_recipe(root: Path, source: Path, size: str, seed: int, run: str, train: 
     m = json.loads(paths.metrics_full.read_text())
     sens = {c: m["per_class"][c]["sensitivity"] for c in CLASSES}
     return {
-        "accuracy": m["accuracy"], "accuracy_ci": [m["accuracy_ci_low"], m["accuracy_ci_high"]],
-        "macro_auc": m["macro_auc"], "macro_auc_ci": [m["macro_auc_ci_low"], m["macro_auc_ci_high"]],
-        "sensitivity": sens, "covid_sensitivity": sens["COVID"],
-        "train_s": seconds, "images_per_s": result.images_per_s, "best_epoch": result.best_epoch,
-        "epochs": s.train.epochs, "image_size": s.train.image_size, "probes": m.get("probes", {}),
+        "accuracy": m["accuracy"],
+        "accuracy_ci": [m["accuracy_ci_low"], m["accuracy_ci_high"]],
+        "macro_auc": m["macro_auc"],
+        "macro_auc_ci": [m["macro_auc_ci_low"], m["macro_auc_ci_high"]],
+        "sensitivity": sens,
+        "covid_sensitivity": sens["COVID"],
+        "train_s": seconds,
+        "images_per_s": result.images_per_s,
+        "best_epoch": result.best_epoch,
+        "epochs": s.train.epochs,
+        "image_size": s.train.image_size,
+        "probes": m.get("probes", {}),
     }
 
 
@@ -219,14 +251,19 @@ def run_all(root: Path, source: Path, size: str, recipe: dict[str, dict], jobs: 
     """
     runs = [(seed, name) for seed in SIZES[size]["seeds"] for name in recipe]
     if jobs <= 1:
-        return {(seed, name): run_recipe(root, source, size, seed, name, recipe[name], keep_last=name == "reference")
-                for seed, name in runs}
+        return {
+            (seed, name): run_recipe(root, source, size, seed, name, recipe[name], keep_last=name == "reference")
+            for seed, name in runs
+        }
     # spawn, not fork: the parent may hold torch's thread pools, which a forked child cannot use.
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(runs)), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init)
+    pool = ProcessPoolExecutor(
+        max_workers=min(jobs, len(runs)), mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+    )
     try:
-        futures = {pool.submit(run_recipe, root, source, size, seed, name, recipe[name], name == "reference"):
-                   (seed, name) for seed, name in runs}
+        futures = {
+            pool.submit(run_recipe, root, source, size, seed, name, recipe[name], name == "reference"): (seed, name)
+            for seed, name in runs
+        }
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         for future in done:  # the first failure, as soon as it happens, not after the runs submitted before it
             if future.exception() is not None:
@@ -263,14 +300,28 @@ def run(size: str, work: Path, jobs: int = 1) -> Outcome:
         o = float(np.mean([r["sensitivity"][c] for r in ours]))
         b = float(np.mean([r["sensitivity"][c] for r in ref]))
         out.rows.append(Row(f"{c} sensitivity, mean of splits", o, "", b, o / b if b else None))
-    for r, b, seed in zip(ours, ref, SIZES[size]["seeds"]):
-        out.rows.append(Row(f"  split seed {seed}: accuracy", r["accuracy"], "", b["accuracy"],
-                            r["accuracy"] / b["accuracy"] if b["accuracy"] else None))
+    for r, b, seed in zip(ours, ref, SIZES[size]["seeds"], strict=True):
+        out.rows.append(
+            Row(
+                f"  split seed {seed}: accuracy",
+                r["accuracy"],
+                "",
+                b["accuracy"],
+                r["accuracy"] / b["accuracy"] if b["accuracy"] else None,
+            )
+        )
         out.rows.append(Row(f"  split seed {seed}: macro AUC", r["macro_auc"], "", b["macro_auc"], None))
     t_ours, t_ref = _mean(ours, "train_s"), _mean(ref, "train_s")
     out.rows.append(Row("training time per split", t_ours, "s", t_ref, t_ours / t_ref))
-    out.rows.append(Row("training speed", _mean(ours, "images_per_s"), "img/s", _mean(ref, "images_per_s"),
-                        _mean(ours, "images_per_s") / _mean(ref, "images_per_s")))
+    out.rows.append(
+        Row(
+            "training speed",
+            _mean(ours, "images_per_s"),
+            "img/s",
+            _mean(ref, "images_per_s"),
+            _mean(ours, "images_per_s") / _mean(ref, "images_per_s"),
+        )
+    )
     for label, keys in (("test images re-encoded (PNG as JPEG q90, JPEG as PNG): accuracy", ("format", "accuracy")),):
         o = [_probe(r, *keys) for r in ours]
         b = [_probe(r, *keys) for r in ref]
@@ -298,7 +349,7 @@ def run(size: str, work: Path, jobs: int = 1) -> Outcome:
         "real_dev_jobs": jobs,
     }
     for name, runs in (("", ours), ("reference_", ref)):
-        for r, seed in zip(runs, SIZES[size]["seeds"]):
+        for r, seed in zip(runs, SIZES[size]["seeds"], strict=True):
             extra[f"real_dev_{name}accuracy_seed{seed}"] = r["accuracy"]
             extra[f"real_dev_{name}accuracy_seed{seed}_ci_low"] = r["accuracy_ci"][0]
             extra[f"real_dev_{name}accuracy_seed{seed}_ci_high"] = r["accuracy_ci"][1]
@@ -314,9 +365,10 @@ def run(size: str, work: Path, jobs: int = 1) -> Outcome:
         if all(v is not None for v in flagged):
             extra[f"real_dev_{name}format_shortcut_splits"] = int(sum(bool(v) for v in flagged))
     out.extra = extra
-    for r, b, seed in zip(ours, ref, SIZES[size]["seeds"]):
+    for r, b, seed in zip(ours, ref, SIZES[size]["seeds"], strict=True):
         out.notes.append(
-            f"split seed {seed}: ours accuracy {r['accuracy']:.3f} [{r['accuracy_ci'][0]:.3f}, {r['accuracy_ci'][1]:.3f}]"
+            f"split seed {seed}: ours accuracy {r['accuracy']:.3f} "
+            f"[{r['accuracy_ci'][0]:.3f}, {r['accuracy_ci'][1]:.3f}]"
             f", AUC {r['macro_auc']:.4f} [{r['macro_auc_ci'][0]:.4f}, {r['macro_auc_ci'][1]:.4f}]; reference "
             f"{b['accuracy']:.3f} [{b['accuracy_ci'][0]:.3f}, {b['accuracy_ci'][1]:.3f}], AUC {b['macro_auc']:.4f}"
         )

@@ -172,10 +172,12 @@ GATE_HELD = 4
 DRIFT_FLAGGED = 3
 
 
-@app.command(epilog=f"Exit codes: 0 the version passed (and was promoted when auto_promote is on); "
-                    f"{GATE_REFUSED} the gate refused it; {GATE_HELD} it passed but drift holds it back "
-                    "(drift.block_promotion); 1 an error (no such version, registry unreachable); "
-                    "2 bad params or usage.")
+@app.command(
+    epilog=f"Exit codes: 0 the version passed (and was promoted when auto_promote is on); "
+    f"{GATE_REFUSED} the gate refused it; {GATE_HELD} it passed but drift holds it back "
+    "(drift.block_promotion); 1 an error (no such version, registry unreachable); "
+    "2 bad params or usage."
+)
 def gate(
     version: Annotated[str, typer.Argument(help="Model version to put through the gate.")],
     params: ParamsOpt = Path("params.yaml"),
@@ -194,8 +196,10 @@ def gate(
         raise typer.Exit(GATE_HELD)
 
 
-@app.command(epilog=f"Exit codes: 0 checked, no drift (or nothing to compare with, said why); {DRIFT_FLAGGED} "
-                    "drift flagged; 1 an error (tracking server unreachable, no split manifest); 2 bad params.")
+@app.command(
+    epilog=f"Exit codes: 0 checked, no drift (or nothing to compare with, said why); {DRIFT_FLAGGED} "
+    "drift flagged; 1 an error (tracking server unreachable, no split manifest); 2 bad params."
+)
 def drift(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None:
     """Compare the current split's data with the champion's; write the report, log it to MLflow, notify on drift."""
     from cxr.monitoring.drift import drift as step
@@ -207,8 +211,10 @@ def drift(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> None
         raise typer.Exit(DRIFT_FLAGGED)
 
 
-@app.command(epilog="Exit codes: 0 promoted (or already champion); 1 refused or an error (a version the gate "
-                    "refused needs --force; another data source; no such version); 2 bad params or usage.")
+@app.command(
+    epilog="Exit codes: 0 promoted (or already champion); 1 refused or an error (a version the gate "
+    "refused needs --force; another data source; no such version); 2 bad params or usage."
+)
 def promote(
     version: Annotated[str, typer.Argument(help="Model version to make champion.")],
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded on the version).")],
@@ -275,12 +281,19 @@ def predict(
 
 @app.command()
 def sweep(
-    set_params: Annotated[list[str] | None, typer.Option(
-        "--set-param", "-S", help="As in dvc exp run: key=value, or key=v1,v2 for a grid (repeat for more keys).")] = None,
-    name: Annotated[str | None, typer.Option("--name", help="The sweep's MLflow parent run (default: a timestamp).")] = None,
+    set_params: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set-param", "-S", help="As in dvc exp run: key=value, or key=v1,v2 for a grid (repeat for more keys)."
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="The sweep's MLflow parent run (default: a timestamp).")
+    ] = None,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Queue workers; 1 is the reliable choice.")] = 1,
-    log_only: Annotated[bool, typer.Option(
-        "--log-only", help="Queue and run nothing: log the experiments DVC already has to MLflow.")] = False,
+    log_only: Annotated[
+        bool, typer.Option("--log-only", help="Queue and run nothing: log the experiments DVC already has to MLflow.")
+    ] = False,
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = None,
 ) -> None:
@@ -336,8 +349,10 @@ def tune(
 
     s, r = setup(params, root)
     res = _run(step, s, s.paths(r), tracking_uri(r), trials)
-    typer.echo(f"study {res.study_name}: best {s.tune.objective}={res.best_value:.4f} after {res.trials} trials "
-               f"({res.pruned} pruned)")
+    typer.echo(
+        f"study {res.study_name}: best {s.tune.objective}={res.best_value:.4f} after {res.trials} trials "
+        f"({res.pruned} pruned)"
+    )
     typer.echo(f"best params in {res.params_file}; apply with: dvc exp run {shlex.join(res.dvc_args())}")
     if queue:
         _run(run_dvc, ["exp", "run", "--queue", *res.dvc_args()], r)

@@ -25,8 +25,11 @@ def publish_data_report(report_path: Path, data_version: str | None) -> bool:
     report = read_json(report_path)
     if report is None:
         return False
-    create_markdown_artifact(key=DATA_REPORT_ARTIFACT, markdown=data_report_markdown(report),
-                             description=f"Split and data checks of data version {data_version}")
+    create_markdown_artifact(
+        key=DATA_REPORT_ARTIFACT,
+        markdown=data_report_markdown(report),
+        description=f"Split and data checks of data version {data_version}",
+    )
     return True
 
 

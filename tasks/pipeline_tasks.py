@@ -29,7 +29,11 @@ PROMOTION_ARTIFACT = "cxr-promotion"
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, OSError)
 #: OSErrors that say the input is wrong, not that the world is flaky: retrying cannot help.
 PERMANENT_OS_ERRORS: tuple[type[BaseException], ...] = (
-    FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
 )
 
 
@@ -59,7 +63,10 @@ def stream_dvc(args: list[str], root: Path, logger: logging.Logger | logging.Log
 
 
 @task(
-    name="download", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_transient,
+    name="download",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=_transient,
     timeout_seconds=DOWNLOAD_TIMEOUT_S,
 )
 def download_data(params: str, root: str) -> dict:
@@ -73,8 +80,12 @@ def download_data(params: str, root: str) -> dict:
 
 
 @task(
-    name="dvc-stage", retries=1, retry_delay_seconds=[30], retry_condition_fn=_transient,
-    timeout_seconds=STAGE_TIMEOUT_S, task_run_name="dvc repro {stage}",
+    name="dvc-stage",
+    retries=1,
+    retry_delay_seconds=[30],
+    retry_condition_fn=_transient,
+    timeout_seconds=STAGE_TIMEOUT_S,
+    task_run_name="dvc repro {stage}",
 )
 def repro_stage(stage: str, root: str) -> bool:
     """Run one ``dvc.yaml`` stage through DVC (which skips it when nothing changed); True when it ran.
@@ -91,7 +102,10 @@ def repro_stage(stage: str, root: str) -> bool:
 
 
 @task(
-    name="drift", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient,
+    name="drift",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=_transient,
     timeout_seconds=REGISTER_TIMEOUT_S,
 )
 def check_drift(params: str, root: str) -> dict:
@@ -101,15 +115,25 @@ def check_drift(params: str, root: str) -> dict:
 
     s = load_settings(params)
     report = drift(s, s.paths(Path(root)), tracking_uri(Path(root)))
-    create_markdown_artifact(key=DRIFT_ARTIFACT, markdown=report.markdown(),
-                             description="Data drift of the current data against the champion's")
+    create_markdown_artifact(
+        key=DRIFT_ARTIFACT,
+        markdown=report.markdown(),
+        description="Data drift of the current data against the champion's",
+    )
     get_run_logger().info("%s", report.summary())
-    return {"status": report.status, "flagged": report.flagged, "reasons": report.reasons,
-            "mlflow_run_id": report.mlflow_run_id}
+    return {
+        "status": report.status,
+        "flagged": report.flagged,
+        "reasons": report.reasons,
+        "mlflow_run_id": report.mlflow_run_id,
+    }
 
 
 @task(
-    name="register", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient,
+    name="register",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=_transient,
     timeout_seconds=REGISTER_TIMEOUT_S,
 )
 def register_model(params: str, root: str) -> dict:
@@ -120,12 +144,20 @@ def register_model(params: str, root: str) -> dict:
     res = register(s, s.paths(Path(root)), Path(params))
     create_markdown_artifact(key=REGISTRATION_ARTIFACT, markdown=res.summary(), description="What this run registered")
     get_run_logger().info("%s", res.summary())
-    return {"run_id": res.run_id, "model": res.model_name, "version": res.version, "tracking_uri": res.tracking_uri,
-            "new": res.new}
+    return {
+        "run_id": res.run_id,
+        "model": res.model_name,
+        "version": res.version,
+        "tracking_uri": res.tracking_uri,
+        "new": res.new,
+    }
 
 
 @task(
-    name="gate", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_transient,
+    name="gate",
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=_transient,
     timeout_seconds=REGISTER_TIMEOUT_S,
 )
 def gate_version(params: str, root: str, version: str) -> dict:
@@ -139,11 +171,26 @@ def gate_version(params: str, root: str, version: str) -> dict:
     res = gate(s, s.paths(Path(root)), MlflowClient(tracking_uri(Path(root))), version)
     create_markdown_artifact(key=PROMOTION_ARTIFACT, markdown=res.markdown(), description="Promotion gate decision")
     get_run_logger().info("%s", res.lines()[0])
-    return {"version": version, "promote": res.decision.promote, "promoted": res.promotion is not None,
-            "held_by": res.held_by, "verdict": res.verdict, "reasons": res.decision.reasons}
+    return {
+        "version": version,
+        "promote": res.decision.promote,
+        "promoted": res.promotion is not None,
+        "held_by": res.held_by,
+        "verdict": res.verdict,
+        "reasons": res.decision.reasons,
+    }
 
 
 __all__ = [
-    "check_drift", "download_data", "repro_stage", "register_model", "gate_version", "DvcError", "DvcLockBusy",
-    "StageKilled", "is_transient", "stream_command", "stream_dvc",
+    "check_drift",
+    "download_data",
+    "repro_stage",
+    "register_model",
+    "gate_version",
+    "DvcError",
+    "DvcLockBusy",
+    "StageKilled",
+    "is_transient",
+    "stream_command",
+    "stream_dvc",
 ]

@@ -15,16 +15,30 @@ from benchmarks.__main__ import main  # noqa: E402
 
 KEYS: dict[str, tuple[str, ...]] = {
     "ingest": ("ingest_images_per_s_per_core", "dvc_add_full_s", "dvc_noop_repro_full_s"),
-    "input": ("input_pipeline_speedup_vs_reference", "train_step_overhead", "train_step_reference_images_per_s",
-              "train_step_ours_images_per_s"),
+    "input": (
+        "input_pipeline_speedup_vs_reference",
+        "train_step_overhead",
+        "train_step_reference_images_per_s",
+        "train_step_ours_images_per_s",
+    ),
     "gradcam": ("gradcam_batched_speedup",),
     "pyfunc": ("pyfunc_batch_overhead", "pyfunc_single_latency_ms"),
     "flow": ("flow_overhead_vs_dvc_repro", "flow_overhead_first_run_vs_dvc_repro"),
-    "gpu": ("gpu_resnet18_224_images_per_s", "gpu_resnet18_224_ceiling_images_per_s",
-            "gpu_resnet18_224_fraction_of_ceiling", "gpu_resnet50_224_fraction_of_ceiling",
-            "gpu_speedup_vs_reference_style", "gpu_gradcam_batched_speedup"),
-    "quality": ("real_dev_accuracy", "real_dev_macro_auc", "real_dev_covid_sensitivity", "real_dev_reference_accuracy",
-                "real_dev_accuracy_gain_vs_reference"),
+    "gpu": (
+        "gpu_resnet18_224_images_per_s",
+        "gpu_resnet18_224_ceiling_images_per_s",
+        "gpu_resnet18_224_fraction_of_ceiling",
+        "gpu_resnet50_224_fraction_of_ceiling",
+        "gpu_speedup_vs_reference_style",
+        "gpu_gradcam_batched_speedup",
+    ),
+    "quality": (
+        "real_dev_accuracy",
+        "real_dev_macro_auc",
+        "real_dev_covid_sensitivity",
+        "real_dev_reference_accuracy",
+        "real_dev_accuracy_gain_vs_reference",
+    ),
 }
 
 
@@ -42,18 +56,26 @@ def restore_threads(monkeypatch):
     cv2.setNumThreads(cv2_before)
 
 
-@pytest.fixture(scope="module")
-def work(module_tmp: Path) -> Path:
-    """One work folder for the module, so the tiny synthetic dataset is generated once."""
-    return module_tmp
-
-
 def run_tiny(name: str, work: Path, tmp_path: Path, capsys, *options: str) -> dict:
     results = tmp_path / "results.json"
     notes = tmp_path / "RESULTS.md"
     (tmp_path / "results.json").write_text(json.dumps({"earlier_key": 1.5}))
-    rc = main([name, "--size", "tiny", "--threads", "1", "--results", str(results), "--notes", str(notes),
-               "--work", str(work), *options])
+    rc = main(
+        [
+            name,
+            "--size",
+            "tiny",
+            "--threads",
+            "1",
+            "--results",
+            str(results),
+            "--notes",
+            str(notes),
+            "--work",
+            str(work),
+            *options,
+        ]
+    )
     printed = capsys.readouterr().out
     assert rc == 0
     assert f"== {name} ==" in printed

@@ -41,7 +41,7 @@ class Settings(Section):
     tune: Tune = Field(default_factory=Tune)
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "Settings":
+    def _cross_checks(self) -> Settings:
         labels = self.base.labels
         pos = self.evaluate.positive_class
         if pos is not None and pos not in labels:

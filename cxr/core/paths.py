@@ -35,7 +35,7 @@ class Paths(BaseModel):
     drift: str = "reports/drift.json"
     tune: str = "reports/tune"
 
-    def resolve(self, root: Path) -> "ResolvedPaths":
+    def resolve(self, root: Path) -> ResolvedPaths:
         """Absolute paths under ``root``; ``CXR_CACHE_DIR``, when set, places the decoded cache elsewhere."""
         resolved = {k: root / v for k, v in self.model_dump().items()}
         # Queued DVC experiments run in temporary copies of the project: pointing them all at one decoded

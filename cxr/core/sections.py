@@ -125,7 +125,7 @@ class Download(Section):
     local: LocalSource = Field(default_factory=LocalSource)
 
     @model_validator(mode="after")
-    def _local_needs_path(self) -> "Download":
+    def _local_needs_path(self) -> Download:
         if self.source == "local" and not self.local.path:
             raise ValueError("source 'local' needs download.local.path")
         return self
@@ -261,7 +261,7 @@ class Range(Section):
     choices: list[Any] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
-    def _one_kind(self) -> "Range":
+    def _one_kind(self) -> Range:
         if self.choices is not None:
             if self.low is not None or self.high is not None:
                 raise ValueError("give either choices or low/high, not both")
@@ -296,12 +296,14 @@ class Tune(Section):
     prune_after_trials: int = Field(3, ge=0)
     prune_after_epochs: int = Field(1, ge=0)
     #: Dotted ``train.*`` key -> its range or choices.
-    space: dict[str, Range] = Field(default_factory=lambda: {
-        "train.lr": Range(low=0.0003, high=0.01, log=True),
-        "train.weight_decay": Range(low=0.00001, high=0.01, log=True),
-        "train.label_smoothing": Range(low=0.0, high=0.1),
-        "train.batch_size": Range(choices=[16, 32, 64]),
-    })
+    space: dict[str, Range] = Field(
+        default_factory=lambda: {
+            "train.lr": Range(low=0.0003, high=0.01, log=True),
+            "train.weight_decay": Range(low=0.00001, high=0.01, log=True),
+            "train.label_smoothing": Range(low=0.0, high=0.1),
+            "train.batch_size": Range(choices=[16, 32, 64]),
+        }
+    )
 
     @field_validator("space")
     @classmethod

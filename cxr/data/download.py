@@ -108,8 +108,15 @@ def _fill(staging: Path, base: Base, cfg: Download, root: Path) -> dict[str, Ind
         src = local_path(cfg, root)
         expected = None
     staging.rmdir()  # ingest builds its destination atomically and refuses to overwrite a half-made one
-    report = ingest(src, staging, list(base.folders), policy=cfg.policy, expected_counts=expected, workers=cfg.workers,
-                    max_pixels=cfg.max_pixels)
+    report = ingest(
+        src,
+        staging,
+        list(base.folders),
+        policy=cfg.policy,
+        expected_counts=expected,
+        workers=cfg.workers,
+        max_pixels=cfg.max_pixels,
+    )
     if report.bad:
         log.warning("%d bad files skipped (policy 'skip'), e.g. %s", len(report.bad), report.bad[0])
         # Stored with the data (and so in its version), where the split step's data report picks it up.

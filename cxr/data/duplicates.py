@@ -56,12 +56,6 @@ def fingerprint_bytes(data: bytes, hash_size: int = DEFAULT_HASH_SIZE) -> tuple[
         return sha256_bytes(data), pil_dhash(im, hash_size), (im.width, im.height), im.mode
 
 
-
-
-
-
-
-
 def _hash_words(phashes: Sequence[int]) -> np.ndarray:
     """Pack non-negative integer hashes into an (n, words) uint64 array."""
     values = [int(h) for h in phashes]

@@ -123,4 +123,3 @@ def safe_extract(
             raise
     logger.info("extracted %d members of %s into %s (%d bytes)", len(plan), archive, target, written)
     return target
-

@@ -106,5 +106,3 @@ def inspect_bytes(
         # The same fingerprint as duplicates.fingerprint_bytes, from the decode already made here.
         dh = pil_dhash(im) if fingerprint else 0
         return Inspection(None, sha256_bytes(data), dh, im.width, im.height, im.mode, fmt, len(data))
-
-

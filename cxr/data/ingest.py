@@ -116,16 +116,16 @@ def _plan_class(root: Path, cls: str, cls_dir: Path, warnings: list[str]) -> lis
     if not images:
         raise DataError(f"class {cls!r}: folder {img_dir} has no images ({', '.join(IMAGE_SUFFIXES)})")
     names = {p.name for p in images}
-    tasks = [
-        _Task(cls, p, p.relative_to(root).as_posix(), f"{cls}/images/{p.name}", False) for p in images
-    ]
+    tasks = [_Task(cls, p, p.relative_to(root).as_posix(), f"{cls}/images/{p.name}", False) for p in images]
     mask_dir = cls_dir / "masks"
     if mask_dir.is_dir():
         masks, _ = _list_files(mask_dir)
         orphans = [m.name for m in masks if m.name not in names]
         if orphans:
-            _warn(warnings, f"class {cls!r}: {len(orphans)} masks without an image in {mask_dir} "
-                            f"(e.g. {orphans[0]!r}), ignored")
+            _warn(
+                warnings,
+                f"class {cls!r}: {len(orphans)} masks without an image in {mask_dir} (e.g. {orphans[0]!r}), ignored",
+            )
         tasks += [
             _Task(cls, m, m.relative_to(root).as_posix(), f"{cls}/masks/{m.name}", True)
             for m in masks
@@ -240,8 +240,20 @@ def _keep(plan: _Plan, results: list[Inspection], build: Path, wanted: list[str]
         kept.counts[t.cls] += 1
         kept.sources[t.cls][src_name] = kept.sources[t.cls].get(src_name, 0) + 1
         kept.records.append(
-            ImageRecord(t.cls, t.out, t.rel, r.sha256, r.dhash, r.width, r.height, r.mode, r.format,
-                        r.nbytes, src_name, mask_of.get((t.cls, t.src.name)))
+            ImageRecord(
+                t.cls,
+                t.out,
+                t.rel,
+                r.sha256,
+                r.dhash,
+                r.width,
+                r.height,
+                r.mode,
+                r.format,
+                r.nbytes,
+                src_name,
+                mask_of.get((t.cls, t.src.name)),
+            )
         )
     return kept
 
@@ -276,11 +288,17 @@ def _check_duplicates(records: list[ImageRecord]) -> tuple[list[list[str]], list
     """Exact-duplicate groups and label conflicts (kept, not refused), each kind logged with examples."""
     dups, conflicts = _find_duplicates(records)
     if dups:
-        logger.warning("%d groups of exact duplicate files (identical bytes, kept; see report.duplicates), e.g. %s",
-                       len(dups), _examples(dups))
+        logger.warning(
+            "%d groups of exact duplicate files (identical bytes, kept; see report.duplicates), e.g. %s",
+            len(dups),
+            _examples(dups),
+        )
     if conflicts:
-        logger.warning("%d identical images in several classes (label conflicts; see report.conflicts), e.g. %s",
-                       len(conflicts), _examples(conflicts))
+        logger.warning(
+            "%d identical images in several classes (label conflicts; see report.conflicts), e.g. %s",
+            len(conflicts),
+            _examples(conflicts),
+        )
     return dups, conflicts
 
 
@@ -348,6 +366,11 @@ def ingest(
     )
     logger.info(
         "ingested %d images into %s in %.2fs (%s); %d bad, %d duplicate groups",
-        sum(kept.counts.values()), dest, report.elapsed_s, kept.counts, len(bad), len(dups),
+        sum(kept.counts.values()),
+        dest,
+        report.elapsed_s,
+        kept.counts,
+        len(bad),
+        len(dups),
     )
     return report

@@ -126,9 +126,6 @@ def find_dataset_root(path: Path, classes: Sequence[str]) -> tuple[Path, str]:
             present = ", ".join(sorted(d.name for ds in dirs.values() for d in ds)) or "none"
             raise DataError(f"class {cls!r} missing: no folder for it in {root} (class folders found: {present})")
         if len(dirs[cls]) > 1:
-            raise DataError(
-                f"class {cls!r} has several folders in {root}: {', '.join(d.name for d in dirs[cls])}"
-            )
+            raise DataError(f"class {cls!r} has several folders in {root}: {', '.join(d.name for d in dirs[cls])}")
     layout = "v5" if any((dirs[c][0] / "images").is_dir() for c in wanted) else "flat"
     return root, layout
-

@@ -15,7 +15,6 @@ if TYPE_CHECKING:  # only for annotations: the served model reads images through
     pass
 
 
-
 MANIFEST_FIELDS: tuple[str, ...] = ("path", "folder", "label", "split", "sha256", "group", "source")
 
 

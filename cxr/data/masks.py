@@ -16,12 +16,12 @@ log = logging.getLogger(__name__)
 
 def lung_mask_path(row: dict[str, str]) -> str:
     """Where the raw data keeps the lung mask of a manifest row (the Kaggle v5 layout)."""
-    return f'{row["folder"]}/masks/{Path(row["path"]).name}'
+    return f"{row['folder']}/masks/{Path(row['path']).name}"
 
 
 def lesion_mask_path(row: dict[str, str]) -> str:
     """Where the synthetic data keeps the lesion mask of a manifest row (none in the real dataset)."""
-    return f'{row["folder"]}/lesions/{Path(row["path"]).name}'
+    return f"{row['folder']}/lesions/{Path(row['path']).name}"
 
 
 def read_mask(store: RawStore, rel: str, size: int) -> np.ndarray | None:

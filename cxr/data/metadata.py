@@ -81,4 +81,3 @@ def metadata_files(root: Path, cls_dir: Path, cls: str, wanted: Sequence[str]) -
                 if folder_class(e.name.split(".", 1)[0], wanted) == cls:
                     found.append(Path(e.path))
     return found
-

@@ -105,8 +105,10 @@ def build_index(
 
 def write_index(path: Path, entries: Mapping[str, IndexEntry]) -> None:
     """Write the index atomically, sorted by path: the same images always give the same bytes."""
-    rows = ((rel, rel.split("/", 1)[0], e.sha256, f"{e.dhash:x}", e.width, e.height, e.mode, e.source)
-            for rel, e in sorted(entries.items()))
+    rows = (
+        (rel, rel.split("/", 1)[0], e.sha256, f"{e.dhash:x}", e.width, e.height, e.mode, e.source)
+        for rel, e in sorted(entries.items())
+    )
     write_csv(path, INDEX_FIELDS, (dict(zip(INDEX_FIELDS, row, strict=True)) for row in rows))
 
 
@@ -122,8 +124,9 @@ def read_index(raw: Path) -> dict[str, IndexEntry] | None:
     out: dict[str, IndexEntry] = {}
     for n, row in enumerate(rows, start=2):
         try:
-            out[row["path"]] = IndexEntry(row["sha256"], int(row["dhash"], 16), int(row["width"]),
-                                          int(row["height"]), row["mode"], row["source"])
+            out[row["path"]] = IndexEntry(
+                row["sha256"], int(row["dhash"], 16), int(row["width"]), int(row["height"]), row["mode"], row["source"]
+            )
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}, line {n}: malformed row ({err})") from None
     return out

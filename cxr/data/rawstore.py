@@ -90,8 +90,10 @@ def pack(loose: Path, dest: Path) -> list[Path]:
         if entry.is_dir():
             target = archive_path(dest, entry.name)
             files = sorted(p for p in entry.rglob("*") if p.is_file())
-            with atomic_path(target) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED,
-                                                             allowZip64=True) as zf:
+            with (
+                atomic_path(target) as tmp,
+                zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf,
+            ):
                 for f in files:
                     info = zipfile.ZipInfo(f.relative_to(loose).as_posix(), date_time=ZIP_DATE)
                     info.external_attr = 0o644 << 16
@@ -157,8 +159,10 @@ class RawStore:
                 try:
                     zf = zipfile.ZipFile(path)
                 except zipfile.BadZipFile as err:
-                    raise ValueError(f"{path}: not a readable zip archive ({err}); restore it with "
-                                     "'dvc checkout data.dvc' or run the download step again") from None
+                    raise ValueError(
+                        f"{path}: not a readable zip archive ({err}); restore it with "
+                        "'dvc checkout data.dvc' or run the download step again"
+                    ) from None
                 self._zips[folder] = zf
                 self._names[folder] = set(zf.namelist())
             return zf
@@ -207,7 +211,7 @@ class RawStore:
         prefix = f"{folder}/{sub}/"
         if self.is_packed(folder):
             self._zip(folder)
-            names = [n for n in self._names[folder] if n.startswith(prefix) and "/" not in n[len(prefix):]]
+            names = [n for n in self._names[folder] if n.startswith(prefix) and "/" not in n[len(prefix) :]]
         else:
             d = self.root / folder / sub
             names = [f"{prefix}{p.name}" for p in d.iterdir() if p.is_file()] if d.is_dir() else []

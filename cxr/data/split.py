@@ -20,8 +20,6 @@ from cxr.data.rawstore import SKIPPED_FILE, RawStore, archive_path
 log = logging.getLogger(__name__)
 
 
-
-
 @dataclass(frozen=True)
 class SplitResult:
     """Where the manifest went and how many images each split got."""
@@ -40,8 +38,10 @@ def list_images(raw: Path, base: Base) -> list[tuple[str, str]]:
     with RawStore(raw) as store:
         for folder in base.folders:
             if not store.has_folder(folder):
-                raise FileNotFoundError(f"{raw / folder}: class folder {folder!r} is missing from the raw data "
-                                        f"(neither {archive_path(raw, folder).name} nor a folder)")
+                raise FileNotFoundError(
+                    f"{raw / folder}: class folder {folder!r} is missing from the raw data "
+                    f"(neither {archive_path(raw, folder).name} nor a folder)"
+                )
             files = store.list(folder, "images", IMAGE_SUFFIXES)
             if not files:
                 where = archive_path(raw, folder) if store.is_packed(folder) else raw / folder / "images"
@@ -107,8 +107,11 @@ def split(base: Base, cfg: Split, paths: ResolvedPaths) -> SplitResult:
         prints = [index[rel].fingerprint for rel, _ in items]
         sources = {Path(rel).stem.lower(): index[rel].source for rel, _ in items}
     else:
-        log.info("%s: %s; hashing every image", paths.raw,
-                 "no index" if index is None else "the index does not cover every image")
+        log.info(
+            "%s: %s; hashing every image",
+            paths.raw,
+            "no index" if index is None else "the index does not cover every image",
+        )
         with RawStore(paths.raw) as store:
 
             def fingerprint(rel: str):
@@ -140,8 +143,11 @@ def split(base: Base, cfg: Split, paths: ResolvedPaths) -> SplitResult:
     report = data_report(rows, prints)
     report["skipped"] = skipped_files(paths.raw)
     if report["skipped"]:
-        log.warning("%d files were left out of the raw data (download.policy 'skip'); listed in %s",
-                    len(report["skipped"]), paths.data_report)
+        log.warning(
+            "%d files were left out of the raw data (download.policy 'skip'); listed in %s",
+            len(report["skipped"]),
+            paths.data_report,
+        )
     write_json(paths.data_report, report, sort_keys=True)
     log.info("split %d images: %s", len(rows), report["counts"])
     return SplitResult(paths.manifest, paths.data_report, report["counts"], report["duplicates"]["groups"])

@@ -115,8 +115,10 @@ def _mediastinum(
     hx = rng.uniform(0.06, 0.13)
     hy = lung_bot - rng.uniform(0.22, 0.30)
     hrx, hry = rng.uniform(0.26, 0.33), rng.uniform(0.18, 0.24)
-    heart = ramp(1.0 - ((x - np.float32(hx)) * np.float32(1.0 / hrx)) ** 2
-                  - ((y - np.float32(hy)) * np.float32(1.0 / hry)) ** 2, 0.3)
+    heart = ramp(
+        1.0 - ((x - np.float32(hx)) * np.float32(1.0 / hrx)) ** 2 - ((y - np.float32(hy)) * np.float32(1.0 / hry)) ** 2,
+        0.3,
+    )
     np.maximum(medi, heart, out=medi)
     return medi
 

@@ -41,13 +41,15 @@ STRIDES = (8, 16, 32)
 
 def _family(arch: str) -> str:
     name = arch.lower().strip()
-    for family, prefixes in (("resnet", ("resnet", "resnext", "wide_resnet")), ("densenet", ("densenet",)),
-                             ("efficientnet", ("efficientnet",)), ("convnext", ("convnext",))):
+    for family, prefixes in (
+        ("resnet", ("resnet", "resnext", "wide_resnet")),
+        ("densenet", ("densenet",)),
+        ("efficientnet", ("efficientnet",)),
+        ("convnext", ("convnext",)),
+    ):
         if name.startswith(prefixes):
             return family
-    raise ValueError(
-        f"unsupported arch {arch!r} for Grad-CAM; expected resnet*, densenet*, efficientnet* or convnext*"
-    )
+    raise ValueError(f"unsupported arch {arch!r} for Grad-CAM; expected resnet*, densenet*, efficientnet* or convnext*")
 
 
 def target_layers(
@@ -166,8 +168,13 @@ def _prepared_for_cams(model: torch.nn.Module, layers: list[torch.nn.Module]) ->
 
 
 def _cams_by_batch(
-    model: torch.nn.Module, layers: list[torch.nn.Module], cam_cls: type, images: torch.Tensor,
-    targets: list[int] | None, batch_size: int, return_logits: bool,
+    model: torch.nn.Module,
+    layers: list[torch.nn.Module],
+    cam_cls: type,
+    images: torch.Tensor,
+    targets: list[int] | None,
+    batch_size: int,
+    return_logits: bool,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """The raw maps (B, H, W) float32, batch by batch, and each batch's logits when ``return_logits``."""
     import torch
@@ -288,9 +295,7 @@ def _prepare(cams: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarra
     h, w = c.shape[1:]
     mb = m > 0
     if mb.shape[1:] != (h, w):
-        mb = np.stack(
-            [cv2.resize(x.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0 for x in mb]
-        )
+        mb = np.stack([cv2.resize(x.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0 for x in mb])
     return np.nan_to_num(c), mb
 
 

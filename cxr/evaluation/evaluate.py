@@ -50,8 +50,12 @@ class TemperatureChoice:
 
     def record(self) -> dict[str, Any]:
         """The choice as the metrics and calibration.json report it."""
-        return {"temperature": self.temperature, "temperature_fitted": self.fitted,
-                "temperature_applied": self.applied, "criterion": self.check["criterion"]}
+        return {
+            "temperature": self.temperature,
+            "temperature_fitted": self.fitted,
+            "temperature_applied": self.applied,
+            "criterion": self.check["criterion"],
+        }
 
 
 def split_logits(
@@ -72,8 +76,11 @@ def _score_splits(
     valid, test = manifest.select("valid"), manifest.select("test")
     if len(test) == 0:
         raise ValueError(f"{paths.manifest}: the test split is empty")
-    return (test, split_logits(model, valid, classes, paths, size, batch_size),
-            split_logits(model, test, classes, paths, size, batch_size))
+    return (
+        test,
+        split_logits(model, valid, classes, paths, size, batch_size),
+        split_logits(model, test, classes, paths, size, batch_size),
+    )
 
 
 def choose_temperature(logits: np.ndarray, labels: np.ndarray, seed: int) -> TemperatureChoice:
@@ -83,9 +90,14 @@ def choose_temperature(logits: np.ndarray, labels: np.ndarray, seed: int) -> Tem
     choice = TemperatureChoice(float(fit_temperature(logits, labels)), temperature_check(logits, labels, seed=seed))
     check = choice.check
     # Serving and every figure use the temperature only when it helps on held-out validation folds.
-    log.info("temperature %.3f fitted on validation %s (%s: %.4f scaled vs %.4f unscaled)", choice.fitted,
-             "used" if choice.applied else "not used", check["criterion"], check["valid_cv_nll_scaled"],
-             check["valid_cv_nll_unscaled"])
+    log.info(
+        "temperature %.3f fitted on validation %s (%s: %.4f scaled vs %.4f unscaled)",
+        choice.fitted,
+        "used" if choice.applied else "not used",
+        check["criterion"],
+        check["valid_cv_nll_scaled"],
+        check["valid_cv_nll_unscaled"],
+    )
     return choice
 
 
@@ -124,8 +136,14 @@ def _calibration_summary(
 
 
 def _write_reports(
-    paths: ResolvedPaths, metrics: dict, cm: list[list[int]], classes: Sequence[str], calibration: dict[str, Any],
-    test: Manifest, labels: np.ndarray, probs: np.ndarray,
+    paths: ResolvedPaths,
+    metrics: dict,
+    cm: list[list[int]],
+    classes: Sequence[str],
+    calibration: dict[str, Any],
+    test: Manifest,
+    labels: np.ndarray,
+    probs: np.ndarray,
 ) -> None:
     """The metrics files, calibration.json (what serving reads), predictions.csv and the ROC points."""
     from cxr.evaluation import figures
@@ -196,8 +214,16 @@ def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "aut
     metrics["probes"] = shortcut_probes(model, test, classes, paths.raw, size, cfg.batch_size)
 
     paths.eval_reports.mkdir(parents=True, exist_ok=True)
-    _write_reports(paths, metrics, cm, classes, {**choice.record(), "positive_class": pos, "threshold": threshold},
-                  test, t_labels, t_probs)
+    _write_reports(
+        paths,
+        metrics,
+        cm,
+        classes,
+        {**choice.record(), "positive_class": pos, "threshold": threshold},
+        test,
+        t_labels,
+        t_probs,
+    )
     _save_figures(paths.eval_reports, cm, classes, t_labels, t_probs)
     log.info("test accuracy %.4f (n=%d), macro AUC %s", m["accuracy"], len(t_labels), m.get("macro_auc"))
     log.info("shortcut probes: %s", metrics["probes"]["summary"])

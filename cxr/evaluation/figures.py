@@ -117,8 +117,13 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> F
         mean_tpr[-1] = 1.0
         ax.plot(grid, mean_tpr, "k--", lw=2.0, label=f"macro (AUC={auc(grid, mean_tpr):.3f})")
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
-    _finish_curve(ax, "False positive rate (1 - specificity)", "True positive rate (sensitivity)",
-                  "ROC (one-vs-rest)", "lower right")
+    _finish_curve(
+        ax,
+        "False positive rate (1 - specificity)",
+        "True positive rate (sensitivity)",
+        "ROC (one-vs-rest)",
+        "lower right",
+    )
     return fig
 
 

@@ -67,8 +67,9 @@ def _served_temperature(paths: ResolvedPaths) -> float:
     """The temperature evaluation chose on validation (the probabilities a user of the served model sees), else 1."""
     if paths.calibration.is_file():
         return read_temperature(paths.calibration)
-    log.warning("%s: not found (run the evaluate step first); the galleries show uncalibrated probabilities",
-                paths.calibration)
+    log.warning(
+        "%s: not found (run the evaluate step first); the galleries show uncalibrated probabilities", paths.calibration
+    )
     return 1.0
 
 
@@ -134,8 +135,14 @@ def localisation_metrics(
 
 
 def write_overlays(
-    out: Path, images: np.ndarray, cams: np.ndarray, probs: np.ndarray, labels: np.ndarray,
-    classes: Sequence[str], rows: Sequence[dict[str, str]], per_class: int,
+    out: Path,
+    images: np.ndarray,
+    cams: np.ndarray,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    rows: Sequence[dict[str, str]],
+    per_class: int,
 ) -> int:
     """A fresh ``out``: per class a folder of overlays of its chosen cases and a gallery of them; the overlay count."""
     from cxr.evaluation.cam import gallery, overlay
@@ -171,8 +178,9 @@ def gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "auto"
     images = np.array(decoded_cache(test, paths.raw, paths.cache, size))
     x = to_input(torch.from_numpy(images).unsqueeze(1), next(model.parameters()).device)
     # One batched pass gives the predictions and the maps for the predicted class.
-    cams, logits = compute_cams(model, x, None, arch, cfg.method, cfg.batch_size, return_logits=True,
-                                layer=cfg.target_layer, stride=cfg.stride)
+    cams, logits = compute_cams(
+        model, x, None, arch, cfg.method, cfg.batch_size, return_logits=True, layer=cfg.target_layer, stride=cfg.stride
+    )
     probs = softmax(logits, _served_temperature(paths))
 
     layer = cfg.target_layer or _layer_name(model, arch, cfg.stride)
@@ -182,6 +190,7 @@ def gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "auto"
     written = write_overlays(out, images, cams, probs, labels, classes, test.rows, cfg.per_class)
     write_json(paths.cam_metrics_full, metrics)
     write_json(paths.cam_metrics, cam_headline(metrics))
-    log.info("Grad-CAM: %d overlays in %s; %s", written, out,
-             {k: v for k, v in metrics.items() if "per_class" not in k})
+    log.info(
+        "Grad-CAM: %d overlays in %s; %s", written, out, {k: v for k, v in metrics.items() if "per_class" not in k}
+    )
     return GradCamResult(out, paths.cam_metrics_full, written)

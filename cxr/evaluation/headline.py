@@ -15,7 +15,8 @@ def headline_metrics(m: Mapping[str, Any]) -> dict[str, Any]:
     binary = m.get("binary") or {}
     if binary.get("sensitivity") is not None:
         out[f"{binary.get('positive', 'positive')}_vs_rest"] = {
-            "sens": binary["sensitivity"], "spec": binary.get("specificity")
+            "sens": binary["sensitivity"],
+            "spec": binary.get("specificity"),
         }
     ece = (m.get("calibration") or {}).get("ece")
     if ece is not None:

@@ -86,7 +86,11 @@ def _acc(pred: np.ndarray, labels: np.ndarray) -> float | None:
 
 
 def format_probe(
-    model: torch.nn.Module, store: RawStore, rows: Sequence[dict[str, str]], labels: np.ndarray, size: int,
+    model: torch.nn.Module,
+    store: RawStore,
+    rows: Sequence[dict[str, str]],
+    labels: np.ndarray,
+    size: int,
     batch_size: int,
 ) -> dict:
     """Accuracy on the test images as stored and re-encoded in the other format, overall and per original format."""
@@ -103,8 +107,13 @@ def format_probe(
     for f in sorted(set(formats)):
         sel = fmt == f
         a0, a1 = _acc(p0[sel], labels[sel]), _acc(p1[sel], labels[sel])
-        by_format[f] = {"n": int(sel.sum()), "reencoded_as": "jpeg" if f == "png" else "png",
-                        "accuracy_original": a0, "accuracy": a1, "changed": float((p0[sel] != p1[sel]).mean())}
+        by_format[f] = {
+            "n": int(sel.sum()),
+            "reencoded_as": "jpeg" if f == "png" else "png",
+            "accuracy_original": a0,
+            "accuracy": a1,
+            "changed": float((p0[sel] != p1[sel]).mean()),
+        }
         if sel.sum() >= MIN_IMAGES:
             drops.append(a0 - a1)
     drop = max(drops) if drops else None
@@ -112,24 +121,41 @@ def format_probe(
     if drop is None:
         verdict = f"too few test images per format (under {MIN_IMAGES}) to judge"
     elif shortcut:
-        worst = max((f for f in by_format if by_format[f]["n"] >= MIN_IMAGES),
-                    key=lambda f: by_format[f]["accuracy_original"] - by_format[f]["accuracy"])
+        worst = max(
+            (f for f in by_format if by_format[f]["n"] >= MIN_IMAGES),
+            key=lambda f: by_format[f]["accuracy_original"] - by_format[f]["accuracy"],
+        )
         as_format = by_format[worst]["reencoded_as"].upper()
-        verdict = (f"SHORTCUT: re-encoding the {worst.upper()} test images as {as_format} "
-                   f"drops their accuracy by {drop:.2f} (threshold {FORMAT_DROP:.2f}); the model reads the file "
-                   "encoding, not only the lungs")
+        verdict = (
+            f"SHORTCUT: re-encoding the {worst.upper()} test images as {as_format} "
+            f"drops their accuracy by {drop:.2f} (threshold {FORMAT_DROP:.2f}); the model reads the file "
+            "encoding, not only the lungs"
+        )
     else:
-        verdict = (f"no format shortcut: re-encoding changes the accuracy of each format by less than "
-                   f"{FORMAT_DROP:.2f} (largest drop {drop:.2f})")
+        verdict = (
+            f"no format shortcut: re-encoding changes the accuracy of each format by less than "
+            f"{FORMAT_DROP:.2f} (largest drop {drop:.2f})"
+        )
     return {
-        "n": len(rows), "jpeg_quality": JPEG_QUALITY, "accuracy_original": _acc(p0, labels),
-        "accuracy": _acc(p1, labels), "changed": float((p0 != p1).mean()), "by_format": by_format,
-        "max_drop": drop, "threshold": FORMAT_DROP, "shortcut": shortcut, "verdict": verdict,
+        "n": len(rows),
+        "jpeg_quality": JPEG_QUALITY,
+        "accuracy_original": _acc(p0, labels),
+        "accuracy": _acc(p1, labels),
+        "changed": float((p0 != p1).mean()),
+        "by_format": by_format,
+        "max_drop": drop,
+        "threshold": FORMAT_DROP,
+        "shortcut": shortcut,
+        "verdict": verdict,
     }
 
 
 def lung_probe(
-    model: torch.nn.Module, store: RawStore, rows: Sequence[dict[str, str]], labels: np.ndarray, size: int,
+    model: torch.nn.Module,
+    store: RawStore,
+    rows: Sequence[dict[str, str]],
+    labels: np.ndarray,
+    size: int,
     batch_size: int,
 ) -> dict | None:
     """Accuracy with the outside of the lungs blanked and with the lungs blanked; None without lung masks."""
@@ -154,17 +180,27 @@ def lung_probe(
         shortcut, verdict = False, "too few masked test images, or no accuracy above chance, to judge"
     elif kept >= LUNGS_BLANKED_KEEP:
         shortcut = True
-        verdict = (f"SHORTCUT: with the lungs blanked the model still scores {acc_blanked:.2f} (chance {chance:.2f}), "
-                   f"{kept:.0%} of its accuracy above chance (threshold {LUNGS_BLANKED_KEEP:.0%}); it reads the "
-                   "class from outside the lungs")
+        verdict = (
+            f"SHORTCUT: with the lungs blanked the model still scores {acc_blanked:.2f} (chance {chance:.2f}), "
+            f"{kept:.0%} of its accuracy above chance (threshold {LUNGS_BLANKED_KEEP:.0%}); it reads the "
+            "class from outside the lungs"
+        )
     else:
         shortcut = False
-        verdict = (f"no lung shortcut: with the lungs blanked the model keeps {max(kept, 0.0):.0%} of its accuracy "
-                   f"above chance (threshold {LUNGS_BLANKED_KEEP:.0%})")
+        verdict = (
+            f"no lung shortcut: with the lungs blanked the model keeps {max(kept, 0.0):.0%} of its accuracy "
+            f"above chance (threshold {LUNGS_BLANKED_KEEP:.0%})"
+        )
     return {
-        "n": len(keep), "accuracy_original": acc, "accuracy_lungs_only": acc_lungs_only,
-        "accuracy_lungs_blanked": acc_blanked, "chance": chance, "kept_above_chance": kept,
-        "threshold": LUNGS_BLANKED_KEEP, "shortcut": shortcut, "verdict": verdict,
+        "n": len(keep),
+        "accuracy_original": acc,
+        "accuracy_lungs_only": acc_lungs_only,
+        "accuracy_lungs_blanked": acc_blanked,
+        "chance": chance,
+        "kept_above_chance": kept,
+        "threshold": LUNGS_BLANKED_KEEP,
+        "shortcut": shortcut,
+        "verdict": verdict,
     }
 
 

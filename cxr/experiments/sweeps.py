@@ -28,7 +28,14 @@ log = logging.getLogger(__name__)
 
 #: Columns ``dvc exp show`` keeps besides the changed params: the run's state and the headline metrics.
 HEADLINE_COLUMNS: tuple[str, ...] = (
-    "Experiment", "Created", "State", "best_val_loss", "best_val_accuracy", "accuracy", "macro_auc", "macro_f1",
+    "Experiment",
+    "Created",
+    "State",
+    "best_val_loss",
+    "best_val_accuracy",
+    "accuracy",
+    "macro_auc",
+    "macro_f1",
 )
 #: Param sections a sweep may change (their changed keys stay in the table with ``--only-changed``).
 PARAM_SECTIONS: tuple[str, ...] = ("base", "download", "split", "train", "evaluate", "gradcam")
@@ -74,8 +81,16 @@ def list_experiments(root: Path) -> list[Experiment]:
                 data = rev.get("data") or {}
                 params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
                 metrics = {f: (v or {}).get("data") or {} for f, v in (data.get("metrics") or {}).items()}
-                found.append(Experiment(rev.get("name") or rev["rev"][:7], rev["rev"], baseline["rev"],
-                                        str(executor.get("state") or "success"), params, metrics))
+                found.append(
+                    Experiment(
+                        rev.get("name") or rev["rev"][:7],
+                        rev["rev"],
+                        baseline["rev"],
+                        str(executor.get("state") or "success"),
+                        params,
+                        metrics,
+                    )
+                )
     return found
 
 
@@ -101,8 +116,15 @@ def run_queue(root: Path, names: Sequence[str], jobs: int = 1, timeout_s: float 
     from cxr.ops.dvc import dvc_env
 
     # The workers outlive `dvc queue start` and keep its output open: detach them from ours.
-    subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)], cwd=root, env=dvc_env(),
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)],
+        cwd=root,
+        env=dvc_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        check=True,
+    )
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     wanted = set(names)
     while True:
@@ -131,7 +153,9 @@ def _history(root: Path, exp: Experiment, settings: Settings) -> list[dict[str, 
     return list(csv.DictReader(io.StringIO(text))) if text else []
 
 
-def log_sweep(root: Path, settings: Settings, uri: str, sweep: str, names: Sequence[str] | None = None) -> tuple[str, list[str]]:
+def log_sweep(
+    root: Path, settings: Settings, uri: str, sweep: str, names: Sequence[str] | None = None
+) -> tuple[str, list[str]]:
     """Log the experiments (all of the current baseline, or ``names``) as MLflow runs nested under the sweep's run.
 
     Returns (parent run id, ids of the runs logged now); experiments already logged are skipped.
@@ -150,8 +174,11 @@ def log_sweep(root: Path, settings: Settings, uri: str, sweep: str, names: Seque
     client = mlflow.MlflowClient(uri)
     parents = client.search_runs([exp_id], f"tags.`cxr.sweep` = '{sweep}' and tags.`cxr.kind` = 'sweep'")
     logged_now: list[str] = []
-    with mlflow.start_run(run_id=parents[0].info.run_id) if parents else \
-            mlflow.start_run(experiment_id=exp_id, run_name=sweep) as parent:
+    with (
+        mlflow.start_run(run_id=parents[0].info.run_id)
+        if parents
+        else mlflow.start_run(experiment_id=exp_id, run_name=sweep) as parent
+    ):
         mlflow.set_tags({"cxr.kind": "sweep", "cxr.sweep": sweep})
         for e in exps:
             if e.state.lower() not in ("success", ""):
@@ -162,16 +189,29 @@ def log_sweep(root: Path, settings: Settings, uri: str, sweep: str, names: Seque
                 log.info("experiment %s already logged as run %s", e.name, done[0].info.run_id)
                 continue
             with mlflow.start_run(experiment_id=exp_id, run_name=e.name, nested=True) as child:
-                mlflow.set_tags({"cxr.kind": "dvc-experiment", "cxr.sweep": sweep, "dvc.exp_name": e.name,
-                                 "dvc.exp_rev": e.rev, "dvc.baseline": e.baseline})
-                mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v
-                                   for k, v in flatten(e.params).items()})
+                mlflow.set_tags(
+                    {
+                        "cxr.kind": "dvc-experiment",
+                        "cxr.sweep": sweep,
+                        "dvc.exp_name": e.name,
+                        "dvc.exp_rev": e.rev,
+                        "dvc.baseline": e.baseline,
+                    }
+                )
+                mlflow.log_params(
+                    {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flatten(e.params).items()}
+                )
                 for row in _history(root, e, settings):
                     step = int(row.pop("epoch"))
-                    mlflow.log_metrics({f"epoch/{k}": float(v) for k, v in row.items() if v not in ("", None)}, step=step)
+                    mlflow.log_metrics(
+                        {f"epoch/{k}": float(v) for k, v in row.items() if v not in ("", None)}, step=step
+                    )
                 paths = settings.paths(root)
-                for file, prefix in ((paths.metrics, "test/"), (paths.sensitivity, "test/sensitivity/"),
-                                     (paths.train_metrics, "train/")):
+                for file, prefix in (
+                    (paths.metrics, "test/"),
+                    (paths.sensitivity, "test/sensitivity/"),
+                    (paths.train_metrics, "train/"),
+                ):
                     mlflow.log_metrics(flat_metrics(e.metrics.get(file.relative_to(root).as_posix(), {}), prefix))
                 logged_now.append(child.info.run_id)
     log.info("sweep %s: %d experiments logged to MLflow (parent run %s)", sweep, len(logged_now), parent.info.run_id)

@@ -96,8 +96,9 @@ def _trial_paths(paths: ResolvedPaths, number: int) -> ResolvedPaths:
     return paths.model_copy(update={"model_dir": folder, "train_reports": folder})
 
 
-def _objective(settings: Settings, paths: ResolvedPaths, base_train: Train, study_name: str,
-               exp_id: str) -> Callable[[Any], float]:
+def _objective(
+    settings: Settings, paths: ResolvedPaths, base_train: Train, study_name: str, exp_id: str
+) -> Callable[[Any], float]:
     """One trial: train on sampled values in a nested MLflow run, reporting each epoch's score to the pruner."""
     import mlflow
     import optuna
@@ -139,8 +140,9 @@ def _objective(settings: Settings, paths: ResolvedPaths, base_train: Train, stud
     return objective
 
 
-def tune(settings: Settings, paths: ResolvedPaths, uri: str, trials: int | None = None,
-         study_name: str | None = None) -> TuneResult:
+def tune(
+    settings: Settings, paths: ResolvedPaths, uri: str, trials: int | None = None, study_name: str | None = None
+) -> TuneResult:
     """Run the study, track it in MLflow, write ``best_params.yaml``; the test split is never read."""
     import mlflow
     import optuna
@@ -181,15 +183,31 @@ def tune(settings: Settings, paths: ResolvedPaths, uri: str, trials: int | None 
         best = study.best_trial
         mlflow.log_metric(f"best_{cfg.objective}", best.value)
         mlflow.log_params({f"best.{k}": v for k, v in best.params.items()})
-        result = TuneResult(study_name, float(best.value), dict(best.params), len(study.trials), len(pruned),
-                            paths.tune / BEST_PARAMS_FILE, parent.info.run_id)
+        result = TuneResult(
+            study_name,
+            float(best.value),
+            dict(best.params),
+            len(study.trials),
+            len(pruned),
+            paths.tune / BEST_PARAMS_FILE,
+            parent.info.run_id,
+        )
         _write_outputs(result, study, cfg.objective)
         mlflow.log_artifact(str(result.params_file), "tune")
         mlflow.log_artifact(str(paths.tune / TRIALS_FILE), "tune")
-    write_json(paths.tune / "study.json", {"study": study_name, "objective": cfg.objective, "direction": goal,
-                                           "best_value": result.best_value, "best_params": result.best_params,
-                                           "trials": result.trials, "pruned": result.pruned,
-                                           "mlflow_parent_run_id": result.parent_run_id})
+    write_json(
+        paths.tune / "study.json",
+        {
+            "study": study_name,
+            "objective": cfg.objective,
+            "direction": goal,
+            "best_value": result.best_value,
+            "best_params": result.best_params,
+            "trials": result.trials,
+            "pruned": result.pruned,
+            "mlflow_parent_run_id": result.parent_run_id,
+        },
+    )
     log.info("study %s: best %s=%.4f with %s", study_name, cfg.objective, result.best_value, result.best_params)
     return result
 
@@ -205,7 +223,22 @@ def _write_outputs(result: TuneResult, study: Any, objective: str) -> None:
     write_text(result.params_file, header + yaml.safe_dump(nested(result.best_params), sort_keys=False))
     keys = sorted({k for t in study.trials for k in t.params})
     columns = ["number", "state", objective, *keys]
-    write_csv(result.params_file.parent / TRIALS_FILE, columns, (
-        dict(zip(columns, [t.number, t.state.name, "" if t.value is None else f"{t.value:.6g}",
-                           *(t.params.get(k, "") for k in keys)], strict=True))
-        for t in study.trials))
+    write_csv(
+        result.params_file.parent / TRIALS_FILE,
+        columns,
+        (
+            dict(
+                zip(
+                    columns,
+                    [
+                        t.number,
+                        t.state.name,
+                        "" if t.value is None else f"{t.value:.6g}",
+                        *(t.params.get(k, "") for k in keys),
+                    ],
+                    strict=True,
+                )
+            )
+            for t in study.trials
+        ),
+    )

@@ -33,7 +33,6 @@ def load_raw(store: RawStore, rel: str, size: int) -> np.ndarray:
     return decode(store.read(rel), size, store.describe(rel))
 
 
-
 def decoded_cache(manifest: Manifest, raw: Path, cache_dir: Path, size: int, workers: int = 2) -> np.ndarray:
     """A read-only memory map (N, size, size) uint8 of the manifest's images (in ``raw``), decoded once.
 
@@ -53,20 +52,24 @@ def decoded_cache(manifest: Manifest, raw: Path, cache_dir: Path, size: int, wor
     return np.load(path, mmap_mode="r")
 
 
+def _decode_into(tmp: Path, store: RawStore, rels: list[str], size: int, workers: int) -> None:
+    """Decode ``rels`` into a new .npy memory map at ``tmp``; the map is closed when this returns (before a rename)."""
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rels), size, size))
+
+    def fill(i: int) -> None:
+        out[i] = load_raw(store, rels[i], size)
+
+    # OpenCV releases the GIL while decoding, so threads scale (archive reads are short and locked).
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        list(pool.map(fill, range(len(rels))))
+    out.flush()
+
+
 def _build_cache(manifest: Manifest, raw: Path, path: Path, size: int, workers: int) -> None:
     """Decode the manifest's images into ``path`` through a temporary file renamed into place."""
     rels = [r["path"] for r in manifest.rows]
     with atomic_path(path) as tmp, RawStore(raw) as store:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(rels), size, size))
-
-        def fill(i: int) -> None:
-            out[i] = load_raw(store, rels[i], size)
-
-        # OpenCV releases the GIL while decoding, so threads scale (archive reads are short and locked).
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            list(pool.map(fill, range(len(rels))))
-        out.flush()
-        del out  # the memory map holds the file open: closed before the rename
+        _decode_into(tmp, store, rels, size, workers)
     log.info("decoded %d images at %d px into %s", len(rels), size, path)
 
 

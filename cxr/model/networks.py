@@ -14,7 +14,6 @@ from cxr.core.archs import SUPPORTED_ARCHS
 log = logging.getLogger(__name__)
 
 
-
 class WeightsUnavailable(RuntimeError):
     """Pretrained weights could not be loaded; the message says why and what to do."""
 

@@ -40,7 +40,6 @@ from cxr.ops.tracking import CHAMPION, MANIFEST_ARTIFACT
 log = logging.getLogger(__name__)
 
 
-
 def penultimate_features(model: Any, images: np.ndarray, batch_size: int = 64, device: str = "cpu") -> np.ndarray:
     """The input of the model's classification head (its last ``nn.Linear``) for each image: (N, D) float32."""
     import torch
@@ -55,7 +54,7 @@ def penultimate_features(model: Any, images: np.ndarray, batch_size: int = 64, d
     try:
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).unsqueeze(1)
+                batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).unsqueeze(1)
                 model(to_input(batch, device))
     finally:
         handle.remove()
@@ -63,7 +62,7 @@ def penultimate_features(model: Any, images: np.ndarray, batch_size: int = 64, d
 
 
 def load_sample(rows: Sequence[dict[str, str]], raw: Path, size: int, max_images: int, seed: int) -> Sample:
-    """A seeded sample of at most ``max_images`` manifest rows, decoded at ``size``, with their files' sizes and modes."""
+    """A seeded sample of at most ``max_images`` manifest rows, decoded at ``size``, with the files' sizes and modes."""
     from PIL import Image
 
     from cxr.data.rawstore import RawStore
@@ -119,14 +118,18 @@ def _champion(settings: Settings, uri: str, dst: Path) -> tuple[str, Path, Path]
     except MlflowException:
         raise NoReference(f"no champion of {name} yet: nothing to compare with") from None
     try:
-        manifest = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=MANIFEST_ARTIFACT,
-                                                            dst_path=str(dst / "run"), tracking_uri=uri))
+        manifest = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=mv.run_id, artifact_path=MANIFEST_ARTIFACT, dst_path=str(dst / "run"), tracking_uri=uri
+            )
+        )
     except (MlflowException, OSError):
         raise NoReference(f"champion {name} version {mv.version} has no {MANIFEST_ARTIFACT} in its run") from None
     # The version's concrete location: a models:/ URI would be resolved against the process-wide registry.
     location = client.get_model_version_download_uri(name, mv.version)
-    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(dst / "model"),
-                                                         tracking_uri=uri))
+    model_dir = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(dst / "model"), tracking_uri=uri)
+    )
     checkpoints = sorted(model_dir.rglob("*.pt"))
     if not checkpoints:
         raise NoReference(f"champion {name} version {mv.version} has no checkpoint among its model's artifacts")
@@ -145,11 +148,20 @@ def check(settings: Settings, paths: ResolvedPaths, uri: str) -> DriftReport:
             version, checkpoint, manifest = _champion(settings, uri, Path(tmp))
         except NoReference as why:
             return DriftReport(status="skipped", alpha=cfg.alpha, reasons=[str(why)], data=data)
-        ref_rows, ref_desc, cur_rows, cur_desc = choose_sides(read_csv(manifest), list(read_manifest(paths.manifest).rows))
+        ref_rows, ref_desc, cur_rows, cur_desc = choose_sides(
+            read_csv(manifest), list(read_manifest(paths.manifest).rows)
+        )
         if len(ref_rows) < 2 or len(cur_rows) < 2:
-            return DriftReport(status="skipped", alpha=cfg.alpha, champion_version=version, data=data, reasons=[
-                f"too few images to compare: {len(ref_rows)} of the champion's validation split are in the "
-                f"current raw data, {len(cur_rows)} current"])
+            return DriftReport(
+                status="skipped",
+                alpha=cfg.alpha,
+                champion_version=version,
+                data=data,
+                reasons=[
+                    f"too few images to compare: {len(ref_rows)} of the champion's validation split are in the "
+                    f"current raw data, {len(cur_rows)} current"
+                ],
+            )
         model, meta = load_trained(checkpoint)
     size, seed = int(meta["image_size"]), settings.base.seed
     ref = load_sample(ref_rows, paths.raw, size, cfg.max_images, seed)
@@ -167,8 +179,15 @@ def drift(settings: Settings, paths: ResolvedPaths, uri: str) -> DriftReport:
         report.mlflow_run_id = log_to_mlflow(report, settings, uri, paths.root, version)
     write_report(report, paths.drift)
     if report.flagged and settings.drift.notify:
-        notify_drift("; ".join(report.reasons), {"data_version": version, "mlflow_run_id": report.mlflow_run_id,
-                                                 "champion_version": report.champion_version, "tests": report.tests})
+        notify_drift(
+            "; ".join(report.reasons),
+            {
+                "data_version": version,
+                "mlflow_run_id": report.mlflow_run_id,
+                "champion_version": report.champion_version,
+                "tests": report.tests,
+            },
+        )
     log.info("%s", report.summary())
     return report
 
@@ -182,8 +201,15 @@ def log_to_mlflow(report: DriftReport, settings: Settings, uri: str, root: Path,
     mlflow.set_tracking_uri(uri)
     exp_id = ensure_experiment(mlflow, settings.base.experiment, root, uri)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"drift-{(data_version or 'unknown')[:8]}") as run:
-        mlflow.set_tags({"cxr.kind": "drift", "drift.status": report.status, "drift.flagged": str(report.flagged).lower(),
-                         "champion_version": report.champion_version or "none", "data_version": data_version or "unknown"})
+        mlflow.set_tags(
+            {
+                "cxr.kind": "drift",
+                "drift.status": report.status,
+                "drift.flagged": str(report.flagged).lower(),
+                "champion_version": report.champion_version or "none",
+                "data_version": data_version or "unknown",
+            }
+        )
         mlflow.log_metrics(report.metrics())
         mlflow.log_dict(report.to_dict(), "drift.json")
         mlflow.log_text(report.markdown(), "drift.md")

@@ -62,8 +62,11 @@ class DriftReport:
 
     def metrics(self) -> dict[str, float]:
         """Flat numeric metrics for MLflow (``drift/<test>_p``, ``drift/<test>_stat``, ``drift/flagged``)."""
-        out: dict[str, float] = {"drift/flagged": float(self.flagged), "drift/n_reference": float(self.n_reference),
-                                 "drift/n_current": float(self.n_current)}
+        out: dict[str, float] = {
+            "drift/flagged": float(self.flagged),
+            "drift/n_reference": float(self.n_reference),
+            "drift/n_current": float(self.n_current),
+        }
         for name, t in self.tests.items():
             if t.get("p") is not None:
                 out[f"drift/{name}_p"] = float(t["p"])
@@ -92,21 +95,46 @@ class DriftReport:
             f"Reference: {self.reference} ({self.n_reference} images). "
             f"Current: {self.current} ({self.n_current} images).",
             "",
-            *table(["test", "statistic", "p-value", "drift"],
-                   ((name, fmt_number(t.get("stat")), fmt_number(t.get("p")),
-                     "yes" if t.get("p") is not None and t["p"] < self.alpha else "no")
-                    for name, t in self.tests.items()), right=(1, 2)),
+            *table(
+                ["test", "statistic", "p-value", "drift"],
+                (
+                    (
+                        name,
+                        fmt_number(t.get("stat")),
+                        fmt_number(t.get("p")),
+                        "yes" if t.get("p") is not None and t["p"] < self.alpha else "no",
+                    )
+                    for name, t in self.tests.items()
+                ),
+                right=(1, 2),
+            ),
         ]
         if self.counts:
             ref, cur = self.counts.get("reference", {}), self.counts.get("current", {})
-            lines += ["", *table(["class", "reference", "current"],
-                                 ((c, ref.get(c, 0), cur.get(c, 0)) for c in sorted(set(ref) | set(cur))),
-                                 right=(1, 2))]
+            lines += [
+                "",
+                *table(
+                    ["class", "reference", "current"],
+                    ((c, ref.get(c, 0), cur.get(c, 0)) for c in sorted(set(ref) | set(cur))),
+                    right=(1, 2),
+                ),
+            ]
         if self.intensity:
-            lines += ["", *table(["intensity (0-255)", "reference", "current"],
-                                 ((f, fmt_number(self.intensity["reference"].get(f)),
-                                   fmt_number(self.intensity["current"].get(f))) for f in INTENSITY_FEATURES),
-                                 right=(1, 2))]
+            lines += [
+                "",
+                *table(
+                    ["intensity (0-255)", "reference", "current"],
+                    (
+                        (
+                            f,
+                            fmt_number(self.intensity["reference"].get(f)),
+                            fmt_number(self.intensity["current"].get(f)),
+                        )
+                        for f in INTENSITY_FEATURES
+                    ),
+                    right=(1, 2),
+                ),
+            ]
         if self.reasons:
             lines += ["", *bullets(self.reasons)]
         return "\n".join(lines)
@@ -136,16 +164,22 @@ def compare_samples(
     report.tests["class_mix"] = {"stat": stat, "p": p}
     stat, p = intensity_test(reference.images, current.images)
     report.tests["intensity"] = {"stat": stat, "p": p}
-    for name, ref_vals, cur_vals in (("image_size", reference.sizes, current.sizes),
-                                     ("image_mode", reference.modes, current.modes)):
+    for name, ref_vals, cur_vals in (
+        ("image_size", reference.sizes, current.sizes),
+        ("image_mode", reference.modes, current.modes),
+    ):
         if ref_vals and cur_vals:
             stat, p = categorical_test(ref_vals, cur_vals)
             report.tests[name] = {"stat": stat, "p": p}
-    report.counts = {"reference": dict(sorted(Counter(reference.labels).items())),
-                     "current": dict(sorted(Counter(current.labels).items()))}
+    report.counts = {
+        "reference": dict(sorted(Counter(reference.labels).items())),
+        "current": dict(sorted(Counter(current.labels).items())),
+    }
     fr, fc = intensity_features(reference.images), intensity_features(current.images)
-    report.intensity = {"reference": dict(zip(INTENSITY_FEATURES, map(float, fr.mean(0)))),
-                        "current": dict(zip(INTENSITY_FEATURES, map(float, fc.mean(0))))}
+    report.intensity = {
+        "reference": dict(zip(INTENSITY_FEATURES, map(float, fr.mean(0)), strict=True)),
+        "current": dict(zip(INTENSITY_FEATURES, map(float, fc.mean(0)), strict=True)),
+    }
     for name, t in report.tests.items():
         if t["p"] < cfg.alpha:
             report.reasons.append(f"{name}: p = {t['p']:.3g} < alpha {cfg.alpha}")

@@ -58,7 +58,12 @@ def stream_command(
     cancellation, Ctrl-C), so a timed-out stage leaves no training process behind.
     """
     proc = subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     lines: queue.Queue[str | None] = queue.Queue()
 
@@ -126,15 +131,6 @@ def run_dvc(args: list[str], root: Path, on_line: Callable[[str], None] | None =
         err_type = DvcLockBusy if _DVC_LOCK.search(shown) else StageKilled if _KILLED.search(shown) else DvcError
         raise err_type(f"`dvc {' '.join(args)}` failed in {root} (exit {code}):\n{tail}")
     return out
-
-
-
-
-
-
-
-
-
 
 
 def track_raw(root: Path, raw_rel: str, meta: dict) -> str:

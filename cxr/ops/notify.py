@@ -64,7 +64,9 @@ def post_json(url: str, body: dict[str, Any], timeout_s: float = TIMEOUT_S) -> b
         log.error("%s is not an http(s) URL; notification not sent", WEBHOOK_ENV)
         return False
     req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST",
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
         headers={"Content-Type": "application/json", "User-Agent": "cxr-mlops-notify"},
     )
     try:
@@ -79,7 +81,7 @@ def post_json(url: str, body: dict[str, Any], timeout_s: float = TIMEOUT_S) -> b
 
 
 def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
-    """Prefect ``on_failure``/``on_crashed`` hook: post the failure to ``CXR_NOTIFY_WEBHOOK``, or log it; never raises."""
+    """Prefect ``on_failure``/``on_crashed`` hook: post the failure to ``CXR_NOTIFY_WEBHOOK`` or log it."""
     try:
         body = failure_message(flow, flow_run, state)
         log.error("pipeline failure: %s", body["text"])

@@ -39,12 +39,6 @@ def check_tracking(uri: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-
-
-
-
-
-
 def artifact_location(uri: str, root: Path) -> str | None:
     """Where a new experiment keeps its artifacts: beside a sqlite store, in ``mlartifacts/``; a server decides its own.
 
@@ -79,7 +73,7 @@ def sanitize_key(key: str) -> str:
 
 
 def flat_metrics(m: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Flatten to 'test/accuracy', 'test/COVID/sensitivity' style keys with float values only (None dropped) for MLflow."""
+    """MLflow metric keys ('test/accuracy', 'test/COVID/sensitivity') with float values (None dropped)."""
     out: dict[str, float] = {}
 
     def walk(obj: Mapping[str, Any], path: list[str]) -> None:

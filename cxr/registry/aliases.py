@@ -32,12 +32,11 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
-
 
 
 SYNTHETIC = "synthetic"
@@ -93,7 +92,7 @@ class GateRefused(PromotionError):
 
 def utc_now() -> str:
     """The current UTC time, ISO 8601 to the second (the format of every recorded ``*.at`` tag)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def model_label(name: str, version: str | int | None = None) -> str:
@@ -139,8 +138,12 @@ def upsert(fn: Callable[..., Any], *args: Any) -> None:
     of one alias or model tag can collide on its primary key; the retry finds the row and updates it."""
     from tenacity import retry, retry_if_exception, stop_after_attempt, wait_incrementing
 
-    retry(retry=retry_if_exception(_transient), stop=stop_after_attempt(UPSERT_ATTEMPTS),
-          wait=wait_incrementing(start=0.1, increment=0.1), reraise=True)(fn)(*args)
+    retry(
+        retry=retry_if_exception(_transient),
+        stop=stop_after_attempt(UPSERT_ATTEMPTS),
+        wait=wait_incrementing(start=0.1, increment=0.1),
+        reraise=True,
+    )(fn)(*args)
 
 
 def set_alias(client, name: str, alias: str, version: str) -> None:
@@ -233,8 +236,7 @@ def promotion_lock(client, name: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iter
     try:
         lock.acquire()
     except Timeout:
-        raise PromotionError(
-            f"{model_label(name)}: another promotion held {path} for over {timeout_s:.0f} s") from None
+        raise PromotionError(f"{model_label(name)}: another promotion held {path} for over {timeout_s:.0f} s") from None
     try:
         yield "file"
     finally:
@@ -285,6 +287,8 @@ def data_source_problem(client, name: str, mv, model_source: str | None = UNSET)
         return None
     version_source = (mv.tags or {}).get("data_source") or "unknown"
     if version_source != model_source:
-        return (f"{model_label(name, mv.version)} was trained on {version_source!r} data but the registered model "
-                f"is for {model_source!r} data: it cannot become champion")
+        return (
+            f"{model_label(name, mv.version)} was trained on {version_source!r} data but the registered model "
+            f"is for {model_source!r} data: it cannot become champion"
+        )
     return None

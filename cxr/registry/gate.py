@@ -49,10 +49,9 @@ from cxr.registry.predictions import (
     rescore,
 )
 from cxr.registry.promote import Promotion, promote
-from cxr.stats.paired import bootstrap_noninferiority, mcnemar_noninferiority
+from cxr.stats.paired import PairedTest, bootstrap_noninferiority, mcnemar_noninferiority
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -97,7 +96,9 @@ class GateResult:
 
     def markdown(self) -> str:
         """The verdict and the reasons as Markdown (the Prefect artifact)."""
-        return "\n".join([f"**{self.name} version {self.version}: {self.verdict}**", "", *bullets(self.decision.reasons)])
+        return "\n".join(
+            [f"**{self.name} version {self.version}: {self.verdict}**", "", *bullets(self.decision.reasons)]
+        )
 
 
 def _floors(metrics: Mapping[str, float], cfg: Registry, where: str) -> tuple[list[str], list[str], dict]:
@@ -163,7 +164,8 @@ def evaluate_gate(
     else:
         try:
             cmp_fail, cmp_pass, checks["comparison"] = _compare(
-                client, name, mv, get_version(client, name, champion), cfg, manifest, raw, seed)
+                client, name, mv, get_version(client, name, champion), cfg, manifest, raw, seed
+            )
         except (ValueError, OSError) as err:
             cmp_fail, cmp_pass = [f"{where}: cannot compare with champion version {champion}: {err}"], []
         fails += cmp_fail
@@ -173,81 +175,110 @@ def evaluate_gate(
     return decision
 
 
-def _compare(client, name, mv, champ, cfg: Registry, manifest, raw, seed) -> tuple[list[str], list[str], dict]:
-    """Paired non-inferiority of the challenger ``mv`` against the champion ``champ`` on the challenger's test set."""
-    where = model_label(name, mv.version)
-    with tempfile.TemporaryDirectory(prefix="cxr-gate-") as tmp:
-        tmp_path = Path(tmp)
-        preds = download_artifact(client, mv.run_id, PREDICTIONS_ARTIFACT, tmp_path / "challenger")
-        if preds is None:
-            return [f"{where}: its run has no {PREDICTIONS_ARTIFACT} to compare with the champion"], [], {}
-        ch_preds = read_csv(preds)
-        logged = download_artifact(client, mv.run_id, MANIFEST_ARTIFACT, tmp_path / "challenger-manifest")
-        rows = read_manifest_rows(logged) if logged else (read_manifest_rows(manifest) if manifest else None)
-        test_rows = manifest_test_rows(rows) if rows is not None else None
-        challenger = hashed_outcomes(ch_preds, test_rows, f"{where} {PREDICTIONS_ARTIFACT}")
-        if challenger is None:
-            return [f"{where}: the test image hashes of its predictions are unknown (no sha256 column, and no "
-                    "manifest listing its test paths was given or logged)"], [], {}
+class _CannotCompare(Exception):
+    """Why the challenger cannot be compared with the champion: the gate refuses, naming the reason."""
 
-        champ_where = model_label(name, champ.version)
-        champion = None
-        if champ.run_id:
-            c_file = download_artifact(client, champ.run_id, PREDICTIONS_ARTIFACT, tmp_path / "champion")
-            if c_file is not None:
-                c_logged = download_artifact(client, champ.run_id, MANIFEST_ARTIFACT, tmp_path / "champion-manifest")
-                c_rows: dict | None = manifest_test_rows(read_manifest_rows(c_logged)) if c_logged else None
-                data_version = (mv.tags or {}).get("data_version")
-                same_data = data_version not in (None, "", "unknown") and (
-                    (champ.tags or {}).get("data_version") == data_version)
-                if c_rows is None and same_data:
-                    # Same DVC data version: identical raw files, so the challenger's manifest maps its paths too.
-                    c_rows = test_rows
-                champion = hashed_outcomes(read_csv(c_file), c_rows, f"{champ_where} {PREDICTIONS_ARTIFACT}")
 
-    checks: dict[str, Any] = {"champion": str(champ.version)}
-    if champion is not None and set(champion) == set(challenger):
-        checks["split"] = "same"
-        keys = sorted(challenger)
-        right_ch = [challenger[k][0] == challenger[k][1] for k in keys]
-        right_cp = [champion[k][0] == champion[k][1] for k in keys]
-    else:
-        checks["split"] = "rescored"
-        if test_rows is None or raw is None:
-            return [f"{where}: champion version {champ.version} was scored on another test split and cannot be "
-                    "re-scored without the challenger's manifest and raw image folder"], [], checks
-        by_hash: dict[str, dict[str, str]] = {}
-        for r in test_rows.values():
-            by_hash.setdefault(r["sha256"], r)
-        keys = sorted(set(by_hash) & set(challenger))
-        if not keys:
-            return [f"{where}: its predictions share no test image with its manifest"], [], checks
-        try:
-            with RawStore(Path(raw)) as store:
-                images = [store.model_input(by_hash[k]["path"]) for k in keys]
-            labels = rescore(f"models:/{name}/{champ.version}", client, images)
-        except Exception as err:  # noqa: BLE001 - any load or predict failure means no comparison: refuse
-            return [f"{where}: could not re-score champion version {champ.version} on the challenger's test "
-                    f"split: {type(err).__name__}: {err}"], [], checks
-        right_ch = [challenger[k][0] == challenger[k][1] for k in keys]
-        right_cp = [lab == by_hash[k]["label"] for k, lab in zip(keys, labels)]
+def _outcomes(client, name: str, mv, champ, manifest: Path | None, tmp: Path) -> tuple[dict, dict | None, dict | None]:
+    """(challenger's outcomes by image hash, the champion's or None, the challenger's test rows by path or None)."""
+    preds = download_artifact(client, mv.run_id, PREDICTIONS_ARTIFACT, tmp / "challenger")
+    if preds is None:
+        raise _CannotCompare(f"its run has no {PREDICTIONS_ARTIFACT} to compare with the champion")
+    logged = download_artifact(client, mv.run_id, MANIFEST_ARTIFACT, tmp / "challenger-manifest")
+    rows = read_manifest_rows(logged) if logged else (read_manifest_rows(manifest) if manifest else None)
+    test_rows = manifest_test_rows(rows) if rows is not None else None
+    challenger = hashed_outcomes(read_csv(preds), test_rows, f"{model_label(name, mv.version)} {PREDICTIONS_ARTIFACT}")
+    if challenger is None:
+        raise _CannotCompare(
+            "the test image hashes of its predictions are unknown (no sha256 column, and no "
+            "manifest listing its test paths was given or logged)"
+        )
+    champion = None
+    c_file = download_artifact(client, champ.run_id, PREDICTIONS_ARTIFACT, tmp / "champion") if champ.run_id else None
+    if c_file is not None:
+        c_logged = download_artifact(client, champ.run_id, MANIFEST_ARTIFACT, tmp / "champion-manifest")
+        c_rows: dict | None = manifest_test_rows(read_manifest_rows(c_logged)) if c_logged else None
+        data_version = (mv.tags or {}).get("data_version")
+        if (
+            c_rows is None
+            and data_version not in (None, "", "unknown")
+            and ((champ.tags or {}).get("data_version") == data_version)
+        ):
+            # Same DVC data version: identical raw files, so the challenger's manifest maps its paths too.
+            c_rows = test_rows
+        champion = hashed_outcomes(
+            read_csv(c_file), c_rows, f"{model_label(name, champ.version)} {PREDICTIONS_ARTIFACT}"
+        )
+    return challenger, champion, test_rows
 
-    n = len(keys)
-    if n == 0:
-        return [f"{where}: no test image in common with champion version {champ.version}"], [], checks
-    b = sum(1 for x, y in zip(right_ch, right_cp) if x and not y)
-    c = sum(1 for x, y in zip(right_ch, right_cp) if y and not x)
+
+def _rescored(client, name: str, champ, challenger: dict, test_rows: dict | None, raw: Path | None):
+    """(image hashes, challenger right, champion right) with the champion re-scored on the challenger's test images."""
+    if test_rows is None or raw is None:
+        raise _CannotCompare(
+            f"champion version {champ.version} was scored on another test split and cannot be "
+            "re-scored without the challenger's manifest and raw image folder"
+        )
+    by_hash: dict[str, dict[str, str]] = {}
+    for r in test_rows.values():
+        by_hash.setdefault(r["sha256"], r)
+    keys = sorted(set(by_hash) & set(challenger))
+    if not keys:
+        raise _CannotCompare("its predictions share no test image with its manifest")
+    try:
+        with RawStore(Path(raw)) as store:
+            images = [store.model_input(by_hash[k]["path"]) for k in keys]
+        labels = rescore(f"models:/{name}/{champ.version}", client, images)
+    except Exception as err:  # noqa: BLE001 - any load or predict failure means no comparison: refuse
+        raise _CannotCompare(
+            f"could not re-score champion version {champ.version} on the challenger's test "
+            f"split: {type(err).__name__}: {err}"
+        ) from None
+    right_cp = [lab == by_hash[k]["label"] for k, lab in zip(keys, labels, strict=True)]
+    return keys, [challenger[k][0] == challenger[k][1] for k in keys], right_cp
+
+
+def _paired(right_ch: list[bool], right_cp: list[bool], cfg: Registry, seed: int) -> PairedTest:
+    """The configured paired non-inferiority test of the challenger's per-image correctness against the champion's."""
+    n = len(right_ch)
     if cfg.test == "mcnemar":
+        b = sum(1 for x, y in zip(right_ch, right_cp, strict=True) if x and not y)
+        c = sum(1 for x, y in zip(right_ch, right_cp, strict=True) if y and not x)
         result = mcnemar_noninferiority(b, c, n, cfg.margin, cfg.alpha)
     else:
         result = bootstrap_noninferiority(right_ch, right_cp, cfg.margin, cfg.alpha, cfg.n_boot, seed)
     result.accuracy_challenger = sum(right_ch) / n
     result.accuracy_champion = sum(right_cp) / n
+    return result
+
+
+def _compare(client, name, mv, champ, cfg: Registry, manifest, raw, seed) -> tuple[list[str], list[str], dict]:
+    """Paired non-inferiority of the challenger ``mv`` against the champion ``champ`` on the challenger's test set."""
+    where = model_label(name, mv.version)
+    checks: dict[str, Any] = {"champion": str(champ.version)}
+    try:
+        with tempfile.TemporaryDirectory(prefix="cxr-gate-") as tmp:
+            challenger, champion, test_rows = _outcomes(client, name, mv, champ, manifest, Path(tmp))
+        if champion is not None and set(champion) == set(challenger):
+            checks["split"] = "same"
+            keys = sorted(challenger)
+            right_ch = [challenger[k][0] == challenger[k][1] for k in keys]
+            right_cp = [champion[k][0] == champion[k][1] for k in keys]
+        else:
+            checks["split"] = "rescored"
+            keys, right_ch, right_cp = _rescored(client, name, champ, challenger, test_rows, raw)
+    except _CannotCompare as why:
+        return [f"{where}: {why}"], [], checks
+    if not keys:
+        return [f"{where}: no test image in common with champion version {champ.version}"], [], checks
+    result = _paired(right_ch, right_cp, cfg, seed)
     checks.update(asdict(result))
     stat = f"p = {result.p_value:.4g}" if result.p_value is not None else f"lower bound {result.ci_lower:+.4f}"
-    summary = (f"accuracy {result.accuracy_challenger:.4f} vs champion version {champ.version} "
-               f"{result.accuracy_champion:.4f} on {n} paired test images ({checks['split']} split; "
-               f"{result.test}, margin {cfg.margin}, {stat}, alpha {cfg.alpha})")
+    summary = (
+        f"accuracy {result.accuracy_challenger:.4f} vs champion version {champ.version} "
+        f"{result.accuracy_champion:.4f} on {len(keys)} paired test images ({checks['split']} split; "
+        f"{result.test}, margin {cfg.margin}, {stat}, alpha {cfg.alpha})"
+    )
     if result.non_inferior:
         return [], [f"non-inferior: {summary}"], checks
     return [f"{where}: not shown non-inferior: {summary}"], [], checks
@@ -287,8 +318,9 @@ def register_challenger(
         client.set_model_version_tag(name, version, key, value)
     promotion = None
     if decision.promote and held_by is None and cfg.auto_promote:
-        promotion = promote(client, name, version, "gate passed: " + "; ".join(decision.reasons), actor,
-                            expect_champion=champion)
+        promotion = promote(
+            client, name, version, "gate passed: " + "; ".join(decision.reasons), actor, expect_champion=champion
+        )
     result = GateResult(name, version, decision, promotion, held_by)
     log.info("%s version %s: %s", name, version, result.verdict)
     return result
@@ -312,6 +344,12 @@ def drift_hold(settings: Settings, paths: ResolvedPaths, uri: str, champion: str
 def gate(settings: Settings, paths: ResolvedPaths, client, version: str | int, actor: str = "gate") -> GateResult:
     """The gate step: put ``version`` through the gate with the project's registry and drift settings."""
     return register_challenger(
-        client, settings.base.model_name, version, settings.registry, paths.manifest, paths.raw, actor,
+        client,
+        settings.base.model_name,
+        version,
+        settings.registry,
+        paths.manifest,
+        paths.raw,
+        actor,
         hold=lambda champion: drift_hold(settings, paths, client.tracking_uri, champion),
     )

@@ -24,8 +24,11 @@ def download_artifact(client, run_id: str, artifact: str, dst: Path) -> Path | N
     from mlflow.exceptions import MlflowException
 
     try:
-        return Path(mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=artifact, dst_path=str(dst), tracking_uri=client.tracking_uri))
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=artifact, dst_path=str(dst), tracking_uri=client.tracking_uri
+            )
+        )
     except (MlflowException, OSError):
         return None
 
@@ -64,7 +67,8 @@ def rescore(model_uri: str, client, images: Sequence[str | bytes]) -> list[str]:
 
     with tempfile.TemporaryDirectory(prefix="cxr-rescore-") as tmp:
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri, dst_path=tmp, tracking_uri=client.tracking_uri, registry_uri=registry_uri(client))
+            artifact_uri=model_uri, dst_path=tmp, tracking_uri=client.tracking_uri, registry_uri=registry_uri(client)
+        )
         model = mlflow.pyfunc.load_model(local)
         out = model.predict(pd.DataFrame({"image": [p if isinstance(p, bytes) else str(p) for p in images]}))
     if "label" not in getattr(out, "columns", ()):

@@ -84,8 +84,10 @@ def promote(
     with promotion_lock(client, name) if lock else contextlib.nullcontext():
         current = alias_version(client, name, CHAMPION)
         if expect_champion is not UNSET and current != expect_champion:
-            raise ChampionChanged(f"{where}: the champion is now version {current}, not {expect_champion} as "
-                                  "when the gate ran; run the gate again")
+            raise ChampionChanged(
+                f"{where}: the champion is now version {current}, not {expect_champion} as "
+                "when the gate ran; run the gate again"
+            )
         at = utc_now()
         if current == version:
             log.info("%s is already the champion", where)
@@ -93,15 +95,38 @@ def promote(
         if current is not None:
             set_alias(client, name, PREVIOUS, current)
         set_alias(client, name, CHAMPION, version)  # an upsert: the model is never without a champion
-        for key, value in {"promotion.at": at, "promotion.by": actor, "promotion.reason": reason[:5000],
-                           "promotion.previous": current or "", "promotion.gate": gate,
-                           "promotion.forced": str(forced).lower()}.items():
+        for key, value in {
+            "promotion.at": at,
+            "promotion.by": actor,
+            "promotion.reason": reason[:5000],
+            "promotion.previous": current or "",
+            "promotion.gate": gate,
+            "promotion.forced": str(forced).lower(),
+        }.items():
             client.set_model_version_tag(name, version, key, value)
         set_champion_history(client, name, [*champion_history(client, name), version])
-        append_audit(client, name, {"event": "promote", "version": version, "previous": current, "actor": actor,
-                                     "reason": reason, "at": at, **({"forced": True} if forced else {})})
-    log.log(logging.WARNING if forced else logging.INFO, "%s promoted to champion (was %s) by %s%s: %s", where,
-            current, actor, " against the gate's refusal (forced)" if forced else "", reason)
+        append_audit(
+            client,
+            name,
+            {
+                "event": "promote",
+                "version": version,
+                "previous": current,
+                "actor": actor,
+                "reason": reason,
+                "at": at,
+                **({"forced": True} if forced else {}),
+            },
+        )
+    log.log(
+        logging.WARNING if forced else logging.INFO,
+        "%s promoted to champion (was %s) by %s%s: %s",
+        where,
+        current,
+        actor,
+        " against the gate's refusal (forced)" if forced else "",
+        reason,
+    )
     return Promotion(name, version, current, "promote", reason, actor, at)
 
 
@@ -115,8 +140,9 @@ def rollback(client, name: str, reason: str, actor: str = "unknown", lock: bool 
         if current is None:
             raise PromotionError(f"{model_label(name)}: has no champion to roll back")
         if target is None or target == current:
-            raise PromotionError(f"{model_label(name, current)} is the champion and there is no previous champion "
-                                 "to roll back to")
+            raise PromotionError(
+                f"{model_label(name, current)} is the champion and there is no previous champion to roll back to"
+            )
         set_alias(client, name, CHAMPION, target)
         history = champion_history(client, name)
         while history and history[-1] == current:
@@ -130,14 +156,22 @@ def rollback(client, name: str, reason: str, actor: str = "unknown", lock: bool 
             client.delete_registered_model_alias(name, PREVIOUS)
         set_champion_history(client, name, [*history, target])
         at = utc_now()
-        for key, value in {"rollback.at": at, "rollback.by": actor, "rollback.reason": reason[:5000],
-                           "rollback.to": target}.items():
+        for key, value in {
+            "rollback.at": at,
+            "rollback.by": actor,
+            "rollback.reason": reason[:5000],
+            "rollback.to": target,
+        }.items():
             client.set_model_version_tag(name, current, key, value)
         client.set_model_version_tag(name, target, "promotion.restored_at", at)
-        append_audit(client, name, {"event": "rollback", "version": target, "previous": current, "actor": actor,
-                                     "reason": reason, "at": at})
-    log.info("%s: champion rolled back from version %s to %s by %s: %s", model_label(name), current, target, actor,
-             reason)
+        append_audit(
+            client,
+            name,
+            {"event": "rollback", "version": target, "previous": current, "actor": actor, "reason": reason, "at": at},
+        )
+    log.info(
+        "%s: champion rolled back from version %s to %s by %s: %s", model_label(name), current, target, actor, reason
+    )
     return Promotion(name, target, current, "rollback", reason, actor, at)
 
 

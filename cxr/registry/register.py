@@ -34,9 +34,11 @@ class RegisterResult:
         """What was registered, or why nothing was: the same words on the command line and in the flow."""
         if self.new:
             return f"MLflow run {self.run_id}: registered {self.model_name} version {self.version}"
-        return (f"MLflow run {self.run_id}: nothing new; data, params and code equal those of {self.model_name} "
-                f"version {self.version}, so no version is registered and the gate does not run "
-                "(`cxr register --force` registers anyway)")
+        return (
+            f"MLflow run {self.run_id}: nothing new; data, params and code equal those of {self.model_name} "
+            f"version {self.version}, so no version is registered and the gate does not run "
+            "(`cxr register --force` registers anyway)"
+        )
 
 
 #: Settings that do not change the model: a new log level, gate rule, drift rule or search space is not a new model.
@@ -75,8 +77,9 @@ def find_version_by_inputs(client, name: str, key: str):
     return max(found, key=lambda v: int(v.version), default=None)
 
 
-def _create_version(client, name: str, source: str, run_id: str, model_id: str | None,
-                    tags: dict[str, str], description: str):
+def _create_version(
+    client, name: str, source: str, run_id: str, model_id: str | None, tags: dict[str, str], description: str
+):
     """Create the version in one call; a registered model made just for it is removed again when that fails."""
     from mlflow.exceptions import MlflowException
 
@@ -87,14 +90,17 @@ def _create_version(client, name: str, source: str, run_id: str, model_id: str |
         if err.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         try:
-            client.create_registered_model(name, description=f"Chest X-ray classifier ({name}); see each version's model card.")
+            client.create_registered_model(
+                name, description=f"Chest X-ray classifier ({name}); see each version's model card."
+            )
             created = True
         except MlflowException as err2:
             if err2.error_code != "RESOURCE_ALREADY_EXISTS":  # another registration created it meanwhile
                 raise
     try:
-        return client.create_model_version(name, source, run_id=run_id, tags=tags, description=description,
-                                           model_id=model_id)
+        return client.create_model_version(
+            name, source, run_id=run_id, tags=tags, description=description, model_id=model_id
+        )
     except Exception:
         # Only an empty model made here is removed: another process may have registered a version meanwhile.
         if created and not client.search_model_versions(f"name='{name}'"):
@@ -113,9 +119,13 @@ def _log_registered_report(client, settings: Settings, paths: ResolvedPaths, run
         return
     try:
         with tempfile.TemporaryDirectory(prefix="cxr-report-") as tmp:
-            page = report(settings, paths, Path(tmp) / paths.report.name,
-                                registered={"run_id": run_id, "name": settings.base.model_name, "version": version},
-                                extra_sections=drift_sections(paths.drift))
+            page = report(
+                settings,
+                paths,
+                Path(tmp) / paths.report.name,
+                registered={"run_id": run_id, "name": settings.base.model_name, "version": version},
+                extra_sections=drift_sections(paths.drift),
+            )
             client.log_artifact(run_id, str(page), "pipeline")
     except Exception:  # noqa: BLE001 - the version exists; failing now would make a retry register another
         log.exception("the report naming version %s could not be logged to run %s", version, run_id)
@@ -137,8 +147,11 @@ def _read_inputs(settings: Settings, paths: ResolvedPaths) -> _Inputs:
     from cxr.model.inference import load_checkpoint
 
     root = paths.root
-    for path, step in ((paths.metrics_full, "evaluate"), (paths.calibration, "evaluate"),
-                       (paths.best_checkpoint, "train")):
+    for path, step in (
+        (paths.metrics_full, "evaluate"),
+        (paths.calibration, "evaluate"),
+        (paths.best_checkpoint, "train"),
+    ):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found; run the {step} step first")
     metrics = read_json(paths.metrics_full)
@@ -168,8 +181,12 @@ def _log_run(settings: Settings, paths: ResolvedPaths, inputs: _Inputs, params_f
 
     mlflow.set_tag("registration", "new version")
     mlflow.set_tags(inputs.lineage)
-    mlflow.log_params({k: json.dumps(v) if isinstance(v, (list, dict)) else v
-                       for k, v in flatten(settings.model_dump(mode="json")).items()})
+    mlflow.log_params(
+        {
+            k: json.dumps(v) if isinstance(v, (list, dict)) else v
+            for k, v in flatten(settings.model_dump(mode="json")).items()
+        }
+    )
     if paths.history.is_file():
         for row in read_csv(paths.history):
             step = int(row.pop("epoch"))
@@ -177,19 +194,28 @@ def _log_run(settings: Settings, paths: ResolvedPaths, inputs: _Inputs, params_f
     mlflow.log_metrics(flat_metrics(inputs.metrics, "test/"))
     # Files left out under download.policy 'skip' (listed in pipeline/report.json and the model card).
     mlflow.log_metric("data/skipped_files", len(inputs.data_report.get("skipped") or []))
-    mlflow.log_metrics({f"cam/{k}": float(v) for k, v in flatten(inputs.cam).items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    mlflow.log_metrics(
+        {
+            f"cam/{k}": float(v)
+            for k, v in flatten(inputs.cam).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+    )
     mlflow.log_artifacts(str(paths.eval_reports), "evaluation")
     if paths.gradcam_reports.is_dir():
         mlflow.log_artifacts(str(paths.gradcam_reports), "gradcam")
     # The manifest lets the promotion gate (cxr.registry.gate) map predictions to image hashes later.
-    for extra in (paths.data_report, paths.manifest, paths.history, params_file or paths.root / "params.yaml",
-                  paths.root / "dvc.lock"):
+    for extra in (
+        paths.data_report,
+        paths.manifest,
+        paths.history,
+        params_file or paths.root / "params.yaml",
+        paths.root / "dvc.lock",
+    ):
         if extra.is_file():
             mlflow.log_artifact(str(extra), "pipeline")
     mlflow.log_text(inputs.card, "model_card.md")
-    return log_pyfunc(paths.best_checkpoint, paths.calibration, name="model",
-                      batch_size=settings.evaluate.batch_size)
+    return log_pyfunc(paths.best_checkpoint, paths.calibration, name="model", batch_size=settings.evaluate.batch_size)
 
 
 def register(
@@ -214,18 +240,30 @@ def register(
     if same is not None:
         # The run is still recorded, so a schedule's history shows it ran and found nothing new.
         with mlflow.start_run(experiment_id=exp_id, run_name=f"unchanged-{commit[:8]}") as run:
-            mlflow.set_tags({**lineage, "registration": "unchanged", "same_as_version": str(same.version),
-                             "same_as_run_id": same.run_id or ""})
-        log.info("inputs %s equal those of %s version %s: nothing registered (MLflow run %s)",
-                 lineage["inputs_hash"], name, same.version, run.info.run_id)
+            mlflow.set_tags(
+                {
+                    **lineage,
+                    "registration": "unchanged",
+                    "same_as_version": str(same.version),
+                    "same_as_run_id": same.run_id or "",
+                }
+            )
+        log.info(
+            "inputs %s equal those of %s version %s: nothing registered (MLflow run %s)",
+            lineage["inputs_hash"],
+            name,
+            same.version,
+            run.info.run_id,
+        )
         return RegisterResult(run.info.run_id, name, str(same.version), uri, new=False)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"pipeline-{commit[:8]}") as run:
         info = _log_run(settings, paths, inputs, params_file)
     # The version is created only once the run has finished with every artifact in place.
     run_id = run.info.run_id
     tags = {**lineage, "mlflow_run_id": run_id, **metric_tags(inputs.metrics, settings.evaluate.positive_class)}
-    mv = _create_version(client, name, info.model_uri, run_id, info.model_id, tags,
-                         version_description(inputs.card, run_id))
+    mv = _create_version(
+        client, name, info.model_uri, run_id, info.model_id, tags, version_description(inputs.card, run_id)
+    )
     log.info("MLflow run %s; registered %s version %s", run_id, name, mv.version)
     _log_registered_report(client, settings, paths, run_id, str(mv.version))
     return RegisterResult(run_id, name, str(mv.version), uri)

@@ -17,6 +17,7 @@ def drift_sections(path: Path) -> list[tuple[str, str, str]]:
         return []
     title = "Data drift against the champion" if report.status == "checked" else "Data drift"
     counts = sorted(set(report.counts.get("reference", {})) | set(report.counts.get("current", {})))
-    html = render_html("report_drift.html.j2", drift=report, count_classes=counts,
-                       intensity_features=list(INTENSITY_FEATURES))
+    html = render_html(
+        "report_drift.html.j2", drift=report, count_classes=counts, intensity_features=list(INTENSITY_FEATURES)
+    )
     return [("drift", title, html)]

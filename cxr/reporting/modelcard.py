@@ -42,13 +42,21 @@ def metric_tags(metrics: dict, positive: str | None) -> dict[str, str]:
     return tags
 
 
-def model_card(settings: Settings, meta: dict, metrics: dict, cam: dict, lineage: dict[str, str],
-               data_report: dict | None = None) -> str:
+def model_card(
+    settings: Settings, meta: dict, metrics: dict, cam: dict, lineage: dict[str, str], data_report: dict | None = None
+) -> str:
     """The model card (Markdown): use, data, classes, training, test metrics with CIs, calibration, CAMs, limits."""
     ci = (metrics.get("bootstrap") or {}).get("ci", settings.evaluate.ci)
     return render_text(
-        "model_card.md.j2", settings=settings, meta=meta, metrics=metrics, cam=cam, lineage=lineage,
-        data_report=data_report, classes=list(meta["classes"]), ci_pct=f"{ci * 100:.0f}%",
+        "model_card.md.j2",
+        settings=settings,
+        meta=meta,
+        metrics=metrics,
+        cam=cam,
+        lineage=lineage,
+        data_report=data_report,
+        classes=list(meta["classes"]),
+        ci_pct=f"{ci * 100:.0f}%",
         best_epoch=int(meta.get("epoch", -1)) + 1,
     )
 

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 #: Known evaluation figures, in reading order, with captions; other PNGs in the folder follow, by name.
 EVAL_FIGURES: tuple[tuple[str, str], ...] = (
     ("confusion_matrix.png", "Confusion matrix (test): counts and row-normalised"),
@@ -102,9 +101,16 @@ def _metrics_section(m: Mapping[str, Any]) -> Markup:
     """Overall, per-class, binary and calibration tables."""
     boot = m.get("bootstrap") or {}
     return render_html(
-        "report_metrics.html.j2", m=m, boot=boot, ci_pct=round(100 * float(boot.get("ci", 0.95))),
-        overall_keys=OVERALL_KEYS, per_class=m.get("per_class") or {}, per_class_keys=PER_CLASS_KEYS,
-        binary=m.get("binary"), binary_keys=BINARY_KEYS, cal=m.get("calibration"),
+        "report_metrics.html.j2",
+        m=m,
+        boot=boot,
+        ci_pct=round(100 * float(boot.get("ci", 0.95))),
+        overall_keys=OVERALL_KEYS,
+        per_class=m.get("per_class") or {},
+        per_class_keys=PER_CLASS_KEYS,
+        binary=m.get("binary"),
+        binary_keys=BINARY_KEYS,
+        cal=m.get("calibration"),
     )
 
 
@@ -112,8 +118,12 @@ def _source_section(m: Mapping[str, Any]) -> Markup:
     """Accuracy and per-class sensitivity by image source: the shortcut audit."""
     by_source = m.get("per_source") or {}
     classes = list(next(iter(by_source.values())).get("per_class", {})) if by_source else []
-    return render_html("report_sources.html.j2", by_source=by_source, classes=classes,
-                       sensitivity_header=[f"sensitivity {c}" for c in classes])
+    return render_html(
+        "report_sources.html.j2",
+        by_source=by_source,
+        classes=classes,
+        sensitivity_header=[f"sensitivity {c}" for c in classes],
+    )
 
 
 def _figures_section(folder: Path) -> Markup:
@@ -138,12 +148,15 @@ def _gradcam_section(folder: Path, cam_file: Path, classes: Iterable[str]) -> Ma
     ordered = [f"gallery-{c.replace(' ', '_')}.png" for c in classes]
     ordered = [n for n in ordered if n in galleries] + sorted(n for n in galleries if n not in ordered)
     return render_html(
-        "report_gradcam.html.j2", cam=cam,
+        "report_gradcam.html.j2",
+        cam=cam,
         pointing_ratio=f"{hit / chance:.1f}x chance" if hit is not None and chance else "n/a",
-        per_class_keys=per_class_keys, per_class_labels=[_CAM_PER_CLASS[k] for k in per_class_keys],
+        per_class_keys=per_class_keys,
+        per_class_labels=[_CAM_PER_CLASS[k] for k in per_class_keys],
         per_class_names=list(dict.fromkeys(n for k in per_class_keys for n in cam[k])),
-        galleries=[_img(galleries[n], n.removeprefix("gallery-").removesuffix(".png").replace("_", " "))
-                   for n in ordered],
+        galleries=[
+            _img(galleries[n], n.removeprefix("gallery-").removesuffix(".png").replace("_", " ")) for n in ordered
+        ],
     )
 
 
@@ -156,7 +169,10 @@ def _data_section(paths: ResolvedPaths) -> Markup:
     counts = (rep or {}).get("counts") or {}
     sources = (rep or {}).get("sources") or {}
     return render_html(
-        "report_data.html.j2", data_version=data_version(paths.root), rep=rep, splits=splits,
+        "report_data.html.j2",
+        data_version=data_version(paths.root),
+        rep=rep,
+        splits=splits,
         count_rows=[(c, [*(v.get(s, 0) for s in splits), sum(v.get(s, 0) for s in splits)]) for c, v in counts.items()],
         split_totals=[sum(v.get(s, 0) for v in counts.values()) for s in splits],
         source_names=sorted({s for v in sources.values() for s in v}),
@@ -167,8 +183,9 @@ def _probes_section(m: Mapping[str, Any]) -> Markup:
     """The shortcut probes: accuracy after re-encoding the test images, and with the lungs or their outside blanked."""
     probes = m.get("probes") or {}
     lungs = probes.get("lungs") or {}
-    return render_html("report_probes.html.j2", probes=probes,
-                       lung_threshold_pct=100 * float(lungs.get("threshold", 0)))
+    return render_html(
+        "report_probes.html.j2", probes=probes, lung_threshold_pct=100 * float(lungs.get("threshold", 0))
+    )
 
 
 def _training_section(paths: ResolvedPaths) -> Markup:
@@ -184,11 +201,22 @@ def _training_section(paths: ResolvedPaths) -> Markup:
     fig = plot_training_curves(history, summary.get("best_epoch"))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    preview = (_img(paths.augmentation_preview, "Train augmentations on one training image: the CPU path (top) and "
-                    "the device path (bottom), the same seeds")
-               if paths.augmentation_preview.is_file() else None)
-    return render_html("report_training.html.j2", curves=_img_bytes(buf.getvalue(), "Loss and validation scores per epoch"),
-                       summary=summary, epochs=len(history), preview=preview)
+    preview = (
+        _img(
+            paths.augmentation_preview,
+            "Train augmentations on one training image: the CPU path (top) and "
+            "the device path (bottom), the same seeds",
+        )
+        if paths.augmentation_preview.is_file()
+        else None
+    )
+    return render_html(
+        "report_training.html.j2",
+        curves=_img_bytes(buf.getvalue(), "Loss and validation scores per epoch"),
+        summary=summary,
+        epochs=len(history),
+        preview=preview,
+    )
 
 
 def _lineage_section(settings: Settings, paths: ResolvedPaths, registered: Mapping[str, str] | None) -> Markup:
@@ -197,8 +225,13 @@ def _lineage_section(settings: Settings, paths: ResolvedPaths, registered: Mappi
 
     commit, dirty = git_commit(paths.root)
     return render_html(
-        "report_lineage.html.j2", commit=commit, dirty=dirty, data_version=data_version(paths.root),
-        lock_hash=file_hash(paths.root / "dvc.lock"), fingerprint=settings.fingerprint(), registered=registered,
+        "report_lineage.html.j2",
+        commit=commit,
+        dirty=dirty,
+        data_version=data_version(paths.root),
+        lock_hash=file_hash(paths.root / "dvc.lock"),
+        fingerprint=settings.fingerprint(),
+        registered=registered,
     )
 
 
@@ -209,8 +242,10 @@ def _params_section(settings: Settings) -> Markup:
     sections = []
     for name, block in settings.model_dump(mode="json").items():
         items = flatten(block) if isinstance(block, dict) else {"": block}
-        rows = [(f"{name}.{k}" if k else name, json.dumps(v) if isinstance(v, (list, dict)) or v is None else v)
-                for k, v in items.items()]
+        rows = [
+            (f"{name}.{k}" if k else name, json.dumps(v) if isinstance(v, (list, dict)) or v is None else v)
+            for k, v in items.items()
+        ]
         sections.append((name, rows))
     return render_html("report_params.html.j2", sections=sections)
 
@@ -237,8 +272,11 @@ def report(
         ("sources", "By image source", _source_section(metrics)),
         ("probes", "Shortcut probes", _probes_section(metrics)),
         ("figures", "Evaluation figures", _figures_section(paths.eval_reports)),
-        ("gradcam", "Grad-CAM: where the model looks",
-         _gradcam_section(paths.gradcam_reports, paths.cam_metrics_full, settings.base.labels)),
+        (
+            "gradcam",
+            "Grad-CAM: where the model looks",
+            _gradcam_section(paths.gradcam_reports, paths.cam_metrics_full, settings.base.labels),
+        ),
         ("training", "Training", _training_section(paths)),
         ("data", "Data", _data_section(paths)),
         ("params", "Parameters", _params_section(settings)),
@@ -251,8 +289,11 @@ def report(
     page = render_html(
         "report.html.j2",
         title=f"{settings.base.model_name}: evaluation report",
-        labels=list(settings.base.labels), arch=settings.train.arch, image_size=settings.train.image_size,
-        fingerprint=settings.fingerprint(), synthetic=settings.download.source == "synthetic",
+        labels=list(settings.base.labels),
+        arch=settings.train.arch,
+        image_size=settings.train.image_size,
+        fingerprint=settings.fingerprint(),
+        synthetic=settings.download.source == "synthetic",
         sections=[{"id": sid, "title": title, "html": html} for sid, title, html in sections],
     )
     write_text(out, page)

@@ -22,22 +22,41 @@ def metrics_markdown(metrics: Mapping[str, Any], cam: Mapping[str, Any] | None =
     """The headline test metrics as Markdown tables (a Prefect artifact): overall, per class, binary, sources, CAM."""
     rows = [(label, ci(metrics, key)) for key, label in OVERALL_KEYS if key in metrics]
     cal = metrics.get("calibration") or {}
-    rows += [(label, f"{cal[key]:.3f}") for key, label in (("ece", "ECE"), ("brier", "Brier"),
-                                                            ("temperature", "temperature")) if cal.get(key) is not None]
-    lines = [f"## Test metrics (n = {metrics.get('n', 'n/a')}, 95% bootstrap CI)", "", *table(["metric", "value"], rows)]
+    rows += [
+        (label, f"{cal[key]:.3f}")
+        for key, label in (("ece", "ECE"), ("brier", "Brier"), ("temperature", "temperature"))
+        if cal.get(key) is not None
+    ]
+    lines = [
+        f"## Test metrics (n = {metrics.get('n', 'n/a')}, 95% bootstrap CI)",
+        "",
+        *table(["metric", "value"], rows),
+    ]
     per_class = metrics.get("per_class") or {}
     if per_class:
-        lines += ["", *table(["class", "support", *PER_CLASS_KEYS],
-                             ([name, block.get("support", "n/a"), *(ci(block, k) for k in PER_CLASS_KEYS)]
-                              for name, block in per_class.items()))]
+        lines += [
+            "",
+            *table(
+                ["class", "support", *PER_CLASS_KEYS],
+                (
+                    [name, block.get("support", "n/a"), *(ci(block, k) for k in PER_CLASS_KEYS)]
+                    for name, block in per_class.items()
+                ),
+            ),
+        ]
     binary = metrics.get("binary")
     if binary:
-        lines += ["", f"**{binary.get('positive')} vs rest** (threshold {binary.get('threshold', 0):.3f}): "
-                  + ", ".join(f"{k} {ci(binary, k)}" for k in BINARY_KEYS)]
+        lines += [
+            "",
+            f"**{binary.get('positive')} vs rest** (threshold {binary.get('threshold', 0):.3f}): "
+            + ", ".join(f"{k} {ci(binary, k)}" for k in BINARY_KEYS),
+        ]
     by_source = metrics.get("per_source") or {}
     if by_source:
-        lines += ["", *table(["source", "n", "accuracy"], ((s, b.get("n"), ci(b, "accuracy"))
-                                                          for s, b in by_source.items()))]
+        lines += [
+            "",
+            *table(["source", "n", "accuracy"], ((s, b.get("n"), ci(b, "accuracy")) for s, b in by_source.items())),
+        ]
     cam_rows = [(label, f"{(cam or {})[key]:.3f}") for key, label in CAM_KEYS if (cam or {}).get(key) is not None]
     if cam_rows:
         lines += ["", *table(["Grad-CAM", "value"], cam_rows)]
@@ -66,6 +85,10 @@ def data_report_markdown(report: Mapping[str, Any]) -> str:
             lines.append(f"{title}: " + ", ".join(f"{k} ({v})" for k, v in report[key].items()) + ".")
     skipped = report.get("skipped") or []
     if skipped:
-        lines += ["", f"Left out of the data (download.policy 'skip'): {len(skipped)} file(s).", "",
-                  *table(["file", "reason"], ((f"`{s['path']}`", s["reason"]) for s in skipped))]
+        lines += [
+            "",
+            f"Left out of the data (download.policy 'skip'): {len(skipped)} file(s).",
+            "",
+            *table(["file", "reason"], ((f"`{s['path']}`", s["reason"]) for s in skipped)),
+        ]
     return "\n".join(lines)

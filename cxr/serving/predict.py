@@ -1,4 +1,5 @@
-"""Batch prediction with a registered (or any MLflow) model: image files in, a CSV or JSON table out, optional Grad-CAM."""
+"""Batch prediction with a registered (or any MLflow) model: image files in, a CSV or JSON table out, optional
+Grad-CAM."""
 
 from __future__ import annotations
 
@@ -98,11 +99,15 @@ def load_model(model_uri: str, tracking_uri: str | None = None):
             mlflow.MlflowClient(uri).get_model_version_by_alias(name, alias)
         except MlflowException as err:
             if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-                raise ModelUnavailable(f"{model_uri}: there is no registered model {name!r} in {uri}; run the "
-                                       "pipeline (cxr run) or cxr register first") from None
-            raise ModelUnavailable(f"{model_uri}: model {name!r} has no {alias!r} alias in {uri}; make a version "
-                                   f"{alias} with 'cxr gate VERSION' or 'cxr promote VERSION --reason ...', or "
-                                   "name one with --model models:/NAME/VERSION") from None
+                raise ModelUnavailable(
+                    f"{model_uri}: there is no registered model {name!r} in {uri}; run the "
+                    "pipeline (cxr run) or cxr register first"
+                ) from None
+            raise ModelUnavailable(
+                f"{model_uri}: model {name!r} has no {alias!r} alias in {uri}; make a version "
+                f"{alias} with 'cxr gate VERSION' or 'cxr promote VERSION --reason ...', or "
+                "name one with --model models:/NAME/VERSION"
+            ) from None
     try:
         return mlflow.pyfunc.load_model(model_uri)
     except MlflowException as err:
@@ -144,15 +149,20 @@ def predict(
             except (ValueError, OSError) as err:
                 failed[str(files[i])] = str(err)
                 log.warning("skipped %s", err)
-                rows[i] = {"path": str(files[i]), **dict.fromkeys(prob_columns), "label": None,
-                           **({"gradcam": None} if gradcam_dir is not None else {}), "error": str(err)}
+                rows[i] = {
+                    "path": str(files[i]),
+                    **dict.fromkeys(prob_columns),
+                    "label": None,
+                    **({"gradcam": None} if gradcam_dir is not None else {}),
+                    "error": str(err),
+                }
         if not kept:
             continue
         chunk = np.stack(images)
         result = model.predict(to_frame(list(chunk)))
         if gradcam_dir is not None:
             _gradcam(clf, chunk, result, [files[i] for i in kept], [names[i] for i in kept], Path(gradcam_dir))
-        for i, (_, r) in zip(kept, result.iterrows()):
+        for i, (_, r) in zip(kept, result.iterrows(), strict=True):
             row = {"path": str(files[i]), **{c: float(r[c]) for c in prob_columns}, "label": r["label"]}
             if gradcam_dir is not None:
                 row["gradcam"] = str(Path(gradcam_dir) / names[i])
@@ -176,7 +186,7 @@ def _gradcam(clf, images: np.ndarray, result, files: Sequence[Path], names: list
     targets = [clf.classes.index(label) for label in labels]
     cams = compute_cams(clf.model, clf.input_tensor(images), targets, clf.arch, batch_size=16)
     folder.mkdir(parents=True, exist_ok=True)
-    for i, (cam, name) in enumerate(zip(cams, names)):
+    for i, (cam, name) in enumerate(zip(cams, names, strict=True)):
         path = folder / name
         # The map is drawn over the file as it is (it was decoded once already, so it decodes again).
         original = to_gray(cv2.imdecode(np.fromfile(files[i], np.uint8), cv2.IMREAD_UNCHANGED))
@@ -188,5 +198,12 @@ def _gradcam(clf, images: np.ndarray, result, files: Sequence[Path], names: list
             raise OSError(f"{path}: cannot write the Grad-CAM overlay ({err})") from None
 
 
-__all__ = ["predict", "collect_images", "check_output", "load_model", "ModelUnavailable", "PredictResult",
-           "IMAGE_SUFFIXES"]
+__all__ = [
+    "predict",
+    "collect_images",
+    "check_output",
+    "load_model",
+    "ModelUnavailable",
+    "PredictResult",
+    "IMAGE_SUFFIXES",
+]

@@ -16,13 +16,16 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
 import pandas as pd
 
 from cxr.model.inference import read_temperature
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +34,8 @@ CHECKPOINT_ARTIFACT = "checkpoint"
 CALIBRATION_ARTIFACT = "calibration"
 DEFAULT_BATCH_SIZE = 32
 
-#: Distributions the served model imports: it reads images (cxr.data) and runs the model (cxr.model.inference, cxr.models),
-#: and imports no training, configuration or tracking code; mlflow unpickles it with cloudpickle.
+#: Distributions the served model imports: it decodes images and runs the model (cxr.model) and imports no
+#: training, configuration or tracking code; mlflow unpickles it with cloudpickle.
 SERVING_REQUIREMENTS: tuple[str, ...] = (
     "mlflow",
     "torch",
@@ -83,8 +86,11 @@ def _expand(values: Sequence[Any]) -> list:
     for value in values:
         if isinstance(value, np.ndarray) and value.dtype == object and value.ndim == 1:
             value = list(value)
-        if isinstance(value, (list, tuple)) and value and all(
-                isinstance(v, (str, bytes, bytearray, Path)) for v in value):
+        if (
+            isinstance(value, (list, tuple))
+            and value
+            and all(isinstance(v, (str, bytes, bytearray, Path)) for v in value)
+        ):
             out.extend(value)
         else:
             out.append(value)
@@ -117,8 +123,10 @@ def as_items(model_input: Any) -> list:
         return [model_input]
     if isinstance(model_input, (list, tuple, np.ndarray)):
         return list(model_input)
-    raise ValueError(f"unsupported input type {type(model_input).__name__}; send a DataFrame with an "
-                     f"{IMAGE_COLUMN!r} column or a list of images")
+    raise ValueError(
+        f"unsupported input type {type(model_input).__name__}; send a DataFrame with an "
+        f"{IMAGE_COLUMN!r} column or a list of images"
+    )
 
 
 def _from_base64(text: str) -> bytes | None:
@@ -158,8 +166,10 @@ def load_one(item: Any, size: int, name: str) -> np.ndarray:
         try:
             return decode(data, size, name)
         except ValueError:
-            raise ValueError(f"{name}: {shown!r} is neither an existing file nor a base64-encoded image "
-                             "(it decodes from base64, but not to a PNG or JPEG)") from None
+            raise ValueError(
+                f"{name}: {shown!r} is neither an existing file nor a base64-encoded image "
+                "(it decodes from base64, but not to a PNG or JPEG)"
+            ) from None
     if isinstance(item, (bytes, bytearray, memoryview)):
         return decode(bytes(item), size, name)
     if isinstance(item, (np.ndarray, list)):
@@ -171,8 +181,10 @@ def load_one(item: Any, size: int, name: str) -> np.ndarray:
                 raise ValueError(f"{name}: an image array must hold uint8 values 0..255 (got {array.dtype})")
             array = array.astype(np.uint8)
         return decode(array, size, name)
-    raise ValueError(f"{name}: unsupported image type {type(item).__name__} "
-                     "(expected a path, bytes, a base64 string or a uint8 array)")
+    raise ValueError(
+        f"{name}: unsupported image type {type(item).__name__} "
+        "(expected a path, bytes, a base64 string or a uint8 array)"
+    )
 
 
 def item_name(item: Any, index: int) -> str:
@@ -200,8 +212,14 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
         self.temperature = read_temperature(Path(calibration)) if calibration else 1.0
         config = context.model_config or {}
         self.batch_size = int(config.get("batch_size", DEFAULT_BATCH_SIZE))
-        log.info("loaded %s for %s at %d px, T=%.3f on %s", self.arch, list(self.classes), self.image_size,
-                 self.temperature, self.device)
+        log.info(
+            "loaded %s for %s at %d px, T=%.3f on %s",
+            self.arch,
+            list(self.classes),
+            self.image_size,
+            self.temperature,
+            self.device,
+        )
 
     def preprocess(self, model_input: Any) -> np.ndarray:
         """The request's images as one (N, size, size) uint8 stack."""
@@ -216,7 +234,7 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
             # Any other exception reaches an HTTP client as a bare "unexpected error"; this one as a 400 and its reason.
             raise BadImage(str(err)) from None
 
-    def input_tensor(self, images: np.ndarray) -> "torch.Tensor":
+    def input_tensor(self, images: np.ndarray) -> torch.Tensor:
         """Normalised model input (N, 1, H, W) on the model's device."""
         import torch
 
@@ -231,7 +249,7 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
         out = [np.zeros((0, len(self.classes)), np.float32)]
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                batch = self.input_tensor(images[start:start + self.batch_size])
+                batch = self.input_tensor(images[start : start + self.batch_size])
                 out.append(self.model(batch).float().cpu().numpy())
         return np.concatenate(out)
 
@@ -272,7 +290,7 @@ def example_png(size: int = 32) -> bytes:
     return buf.tobytes()
 
 
-def signature(classes: Sequence[str]) -> "mlflow.models.ModelSignature":
+def signature(classes: Sequence[str]) -> mlflow.models.ModelSignature:
     """Input: one column ``image`` of any type (path, bytes, base64, array); output: probabilities and label."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, Schema
@@ -288,7 +306,7 @@ def log_pyfunc(
     name: str = "model",
     batch_size: int = DEFAULT_BATCH_SIZE,
     metadata: dict | None = None,
-) -> "mlflow.models.model.ModelInfo":
+) -> mlflow.models.model.ModelInfo:
     """Log the classifier as an MLflow pyfunc model in the active run (starts one when none is active)."""
     import cxr
     from cxr.model.inference import load_checkpoint
@@ -315,10 +333,24 @@ def log_pyfunc(
         input_example=example,
         pip_requirements=pinned_requirements(),
         model_config={"batch_size": int(batch_size)},
-        metadata={"classes": classes, "image_size": int(meta["image_size"]), "arch": str(meta["arch"]),
-                  **(metadata or {})},
+        metadata={
+            "classes": classes,
+            "image_size": int(meta["image_size"]),
+            "arch": str(meta["arch"]),
+            **(metadata or {}),
+        },
     )
 
 
-__all__ = ["CxrClassifier", "log_pyfunc", "prob_column", "pinned_requirements", "as_items",
-           "load_one", "signature", "to_frame", "IMAGE_COLUMN", "BadImage"]
+__all__ = [
+    "CxrClassifier",
+    "log_pyfunc",
+    "prob_column",
+    "pinned_requirements",
+    "as_items",
+    "load_one",
+    "signature",
+    "to_frame",
+    "IMAGE_COLUMN",
+    "BadImage",
+]

@@ -53,9 +53,7 @@ def check_probs(y_true: np.ndarray, probs: np.ndarray, n_classes: int | None = N
     return y, p
 
 
-def resample_weights(
-    y: np.ndarray, n_boot: int, rng: np.random.Generator, stratified: bool
-) -> Iterator[np.ndarray]:
+def resample_weights(y: np.ndarray, n_boot: int, rng: np.random.Generator, stratified: bool) -> Iterator[np.ndarray]:
     """Yield chunks (b, N) of bootstrap count weights, n_boot rows in total."""
     n = y.shape[0]
     chunk = max(1, min(n_boot, CHUNK_CELLS // max(n, 1)))

@@ -97,5 +97,10 @@ def temperature_check(logits: np.ndarray, y_true: np.ndarray, folds: int = 5, se
         scaled += nll(z[held], y[held], t) * len(held)
         plain += nll(z[held], y[held]) * len(held)
     scaled, plain = scaled / len(y), plain / len(y)
-    return {"criterion": TEMPERATURE_CRITERION, "folds": len(parts), "valid_cv_nll_scaled": scaled,
-            "valid_cv_nll_unscaled": plain, "helps": bool(scaled < plain)}
+    return {
+        "criterion": TEMPERATURE_CRITERION,
+        "folds": len(parts),
+        "valid_cv_nll_scaled": scaled,
+        "valid_cv_nll_unscaled": plain,
+        "helps": bool(scaled < plain),
+    }

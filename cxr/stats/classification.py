@@ -118,8 +118,9 @@ class _Binary:
     cells: np.ndarray  # (N, 4) one-hot of the item's cell: tp, fn, tn, fp
 
 
-def _binary_setup(y: np.ndarray, p: np.ndarray, classes: list[str], positive: str | None,
-                  threshold: float | None) -> _Binary | None:
+def _binary_setup(
+    y: np.ndarray, p: np.ndarray, classes: list[str], positive: str | None, threshold: float | None
+) -> _Binary | None:
     """The binary block's inputs, or None when there is no positive class among ``classes``."""
     if positive is None:
         return None
@@ -188,8 +189,14 @@ def _point_estimates(scorer: _Scorer, n: int) -> tuple[dict[str, np.ndarray], np
 
 
 def _bootstrap_samples(
-    scorer: _Scorer, y: np.ndarray, point: dict[str, np.ndarray], valid: np.ndarray, auc_valid: np.ndarray,
-    n_boot: int, seed: int, stratified: bool,
+    scorer: _Scorer,
+    y: np.ndarray,
+    point: dict[str, np.ndarray],
+    valid: np.ndarray,
+    auc_valid: np.ndarray,
+    n_boot: int,
+    seed: int,
+    stratified: bool,
 ) -> dict[str, np.ndarray]:
     """Each statistic of ``point`` on ``n_boot`` resamples, (n_boot, ...) a key; the macros average the same classes."""
     rng = np.random.default_rng(seed)
@@ -206,8 +213,13 @@ def _bootstrap_samples(
 
 
 def _pack(
-    classes: list[str], y: np.ndarray, pred: np.ndarray, point: dict[str, np.ndarray],
-    samples: dict[str, np.ndarray], binary: _Binary | None, ci: float,
+    classes: list[str],
+    y: np.ndarray,
+    pred: np.ndarray,
+    point: dict[str, np.ndarray],
+    samples: dict[str, np.ndarray],
+    binary: _Binary | None,
+    ci: float,
 ) -> dict[str, Any]:
     """The JSON-ready result: whole-set figures, per class, the confusion matrix and the binary block, with CIs."""
     out: dict[str, Any] = {"n": int(y.shape[0]), "classes": classes}
@@ -262,9 +274,7 @@ def classification_metrics(
     return out
 
 
-def choose_threshold(
-    y_true_binary: np.ndarray, scores: np.ndarray, min_sensitivity: float | None = None
-) -> float:
+def choose_threshold(y_true_binary: np.ndarray, scores: np.ndarray, min_sensitivity: float | None = None) -> float:
     """Youden's J on validation, or the largest threshold reaching min_sensitivity."""
     from sklearn.metrics import roc_curve
 

@@ -74,11 +74,19 @@ def bootstrap_noninferiority(
         raise ValueError(f"a paired bootstrap needs at least 2 paired images, not {n}")
     x = a - z
     result = bootstrap(
-        (a, z), lambda ch, cp, axis=-1: np.mean(ch - cp, axis=axis), n_resamples=n_boot,
+        (a, z),
+        lambda ch, cp, axis=-1: np.mean(ch - cp, axis=axis),
+        n_resamples=n_boot,
         batch=256,  # keeps memory at 256 x n
-        vectorized=True, paired=True, confidence_level=1 - alpha, alternative="greater", method="percentile",
-        rng=np.random.default_rng(seed))
+        vectorized=True,
+        paired=True,
+        confidence_level=1 - alpha,
+        alternative="greater",
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     lower = float(result.confidence_interval.low)
     b, c = int((x > 0).sum()), int((x < 0).sum())
-    return PairedTest("bootstrap", n, b, c, math.nan, math.nan, float(x.mean()), margin, alpha, None, lower,
-                      lower > -margin)
+    return PairedTest(
+        "bootstrap", n, b, c, math.nan, math.nan, float(x.mean()), margin, alpha, None, lower, lower > -margin
+    )

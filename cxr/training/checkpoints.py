@@ -100,8 +100,9 @@ class Parts:
         return self.ema.module if self.ema is not None else self.model
 
 
-def save_epoch(paths: ResolvedPaths, meta: dict, parts: Parts, state: TrainState, fingerprint: dict,
-               improved: bool, complete: bool) -> None:
+def save_epoch(
+    paths: ResolvedPaths, meta: dict, parts: Parts, state: TrainState, fingerprint: dict, improved: bool, complete: bool
+) -> None:
     """The epoch's checkpoints: best.pt (kept as ``state.best``) when it ``improved``; last.pt, to resume, always."""
     if improved:
         # A copy on the CPU: last.pt carries it, so a resumed run can always restore best.pt.

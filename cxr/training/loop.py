@@ -136,8 +136,9 @@ def validation_scores(logits: np.ndarray, labels: np.ndarray, k: int) -> dict[st
 
 
 def _write_history(path: Path, rows: Sequence[dict]) -> None:
-    write_csv(path, HISTORY_FIELDS, ({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()}
-                                     for r in rows))
+    write_csv(
+        path, HISTORY_FIELDS, ({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    )
 
 
 def _dist_info() -> tuple[int, int, int]:
@@ -233,7 +234,13 @@ def wrap(model: nn.Module, cfg: Train, proc: Process) -> nn.Module:
 
 
 def run_epoch(
-    epoch: int, net: nn.Module, parts: Parts, criterion: nn.Module, data: TrainData, cfg: Train, base: Base,
+    epoch: int,
+    net: nn.Module,
+    parts: Parts,
+    criterion: nn.Module,
+    data: TrainData,
+    cfg: Train,
+    base: Base,
     proc: Process,
 ) -> dict:
     """Train one epoch through ``net`` and validate the scored weights: the epoch's history row."""
@@ -242,8 +249,17 @@ def run_epoch(
     # Seeded per (seed, epoch, rank), so a resumed run mixes the same pairs.
     mix_rng = np.random.default_rng([base.seed, epoch, proc.rank]) if cfg.mixup > 0 else None
     train_loss, speed, seconds = train_one_epoch(
-        net, data.train_loader, criterion, parts.optimizer, parts.scheduler, proc.device, cfg,
-        _epoch_desc(epoch, cfg), proc.main, parts.ema, mix_rng,
+        net,
+        data.train_loader,
+        criterion,
+        parts.optimizer,
+        parts.scheduler,
+        proc.device,
+        cfg,
+        _epoch_desc(epoch, cfg),
+        proc.main,
+        parts.ema,
+        mix_rng,
     )
     if proc.distributed:
         t = torch.tensor([train_loss], device=proc.device)
@@ -267,15 +283,26 @@ def _val_scores(row: dict) -> dict:
 def _log_epoch(epoch: int, row: dict, cfg: Train, improved: bool) -> None:
     log.info(
         "%s train_loss=%.4f val_loss=%.4f val_acc=%.4f val_f1=%.4f %.0f img/s%s",
-        _epoch_desc(epoch, cfg), row["train_loss"], row["val_loss"], row["val_accuracy"], row["val_macro_f1"],
-        row["images_per_s"], " *" if improved else "",
+        _epoch_desc(epoch, cfg),
+        row["train_loss"],
+        row["val_loss"],
+        row["val_accuracy"],
+        row["val_macro_f1"],
+        row["images_per_s"],
+        " *" if improved else "",
     )
 
 
 def checkpoint_meta(epoch: int, row: dict, cfg: Train, base: Base) -> dict:
     """What both checkpoints say about the model besides its weights: arch, classes, input size, params, scores."""
-    return {"arch": cfg.arch, "classes": list(base.labels), "image_size": cfg.image_size,
-            "params": cfg.model_dump(mode="json"), "epoch": epoch, "val": _val_scores(row)}
+    return {
+        "arch": cfg.arch,
+        "classes": list(base.labels),
+        "image_size": cfg.image_size,
+        "params": cfg.model_dump(mode="json"),
+        "epoch": epoch,
+        "val": _val_scores(row),
+    }
 
 
 def write_summary(path: Path, state: TrainState, mean_speed: float) -> None:
@@ -332,8 +359,9 @@ def train(
     if proc.distributed:
         dist.barrier()
     best_score = float(state.best_score or 0.0)
-    return TrainResult(paths.best_checkpoint, state.best_epoch, best_score, len(state.history), mean_speed,
-                       state.resumed_from)
+    return TrainResult(
+        paths.best_checkpoint, state.best_epoch, best_score, len(state.history), mean_speed, state.resumed_from
+    )
 
 
 def write_preview(train_m: Manifest, images: np.ndarray, cfg: Train, seed: int, out: Path) -> None:

@@ -89,6 +89,11 @@ def make_ema(model: nn.Module, decay: float | None) -> nn.Module | None:
 def make_optimizer(model: nn.Module, cfg: Train) -> torch.optim.Optimizer:
     """``train.optimizer``: AdamW, or SGD with Nesterov momentum; the same rate and weight decay for every tensor."""
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

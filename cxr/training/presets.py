@@ -51,8 +51,13 @@ def draw_params(aug: Augment, seed: int) -> np.ndarray:
     out = IDENTITY.copy()
     if u[0] < aug.p:  # A.Affine: rotate, translate_percent (x and y apart), scale (x and y apart: keep_ratio=False)
         r, s, k = aug.rotate_deg, aug.shift, aug.scale
-        out[0:5] = (between(-r, r, u[1]), between(-s, s, u[2]), between(-s, s, u[3]),
-                    between(1 - k, 1 + k, u[4]), between(1 - k, 1 + k, u[5]))
+        out[0:5] = (
+            between(-r, r, u[1]),
+            between(-s, s, u[2]),
+            between(-s, s, u[3]),
+            between(1 - k, 1 + k, u[4]),
+            between(1 - k, 1 + k, u[5]),
+        )
     if u[6] < aug.p:  # A.RandomBrightnessContrast: alpha = 1 + contrast, beta = brightness (times 255: by max)
         out[5:7] = (1.0 + between(-aug.contrast, aug.contrast, u[7]), between(-aug.brightness, aug.brightness, u[8]))
     if u[9] < aug.p:  # A.RandomGamma
@@ -96,8 +101,14 @@ def apply_cpu(image: np.ndarray, params: np.ndarray) -> np.ndarray:
     h, w = image.shape
     if tuple(params[:5]) != tuple(IDENTITY[:5]):
         # What A.Affine runs (bilinear, zero border); the tests hold it to A.Compose pixel for pixel.
-        image = cv2.warpAffine(image, affine_matrix(params, h, w), (w, h), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        image = cv2.warpAffine(
+            image,
+            affine_matrix(params, h, w),
+            (w, h),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
     if tuple(params[5:8]) != tuple(IDENTITY[5:8]):
         # Brightness/contrast then gamma as one lookup: both are per-level tables of a uint8 image.
         image = cv2.LUT(image, lut(params))
@@ -120,8 +131,13 @@ def affine_matrices(params: torch.Tensor, height: int, width: int) -> torch.Tens
     a = torch.stack([torch.stack([cos * sx, sin * sy], -1), torch.stack([-sin * sx, cos * sy], -1)], -2)
     # Python scalars only: a tensor made from host data would be a copy that waits for the device.
     cx, cy = width / 2 - 0.5, height / 2 - 0.5
-    offset = torch.stack([cx + torch.trunc(p[:, 1] * width) - (a[:, 0, 0] * cx + a[:, 0, 1] * cy),
-                          cy + torch.trunc(p[:, 2] * height) - (a[:, 1, 0] * cx + a[:, 1, 1] * cy)], -1)
+    offset = torch.stack(
+        [
+            cx + torch.trunc(p[:, 1] * width) - (a[:, 0, 0] * cx + a[:, 0, 1] * cy),
+            cy + torch.trunc(p[:, 2] * height) - (a[:, 1, 0] * cx + a[:, 1, 1] * cy),
+        ],
+        -1,
+    )
     return torch.cat([a, offset.unsqueeze(-1)], -1)
 
 

@@ -43,7 +43,6 @@ def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
-
 def sample_rows() -> list[dict[str, str]]:
     """Rows of the sample's manifest.csv."""
     with open(SAMPLE / "manifest.csv", newline="") as fh:
@@ -123,7 +122,7 @@ def test_near_duplicate_recall_and_false_groups_on_sample(tmp_path: Path) -> Non
     hashes = [p[1] for p in prints]
 
     copies = [fingerprint_of(degrade(p.read_bytes(), scale=0.75), tmp_path, "c.jpg")[1] for p in paths]
-    moved = [hamming(a, b) for a, b in zip(hashes, copies)]
+    moved = [hamming(a, b) for a, b in zip(hashes, copies, strict=True)]
     recall = np.mean([d <= DEFAULT_THRESHOLD for d in moved])
     assert recall >= 0.98, f"recall {recall:.3f}, distances {np.bincount(moved)}"
 
@@ -136,7 +135,7 @@ def test_near_duplicate_recall_and_false_groups_on_sample(tmp_path: Path) -> Non
     # The sample was de-duplicated with a 16x16 average hash (8 bits); the dHash still finds one pair,
     # COVID-1060 / COVID-1117, which is the same radiograph (checked by eye). Everything else is distinct.
     assert falsely_grouped / n <= 0.01, f"{falsely_grouped}/{n} images grouped ({pairs} pairs, rate {pair_rate:.2e})"
-    by_name = {p.name: g for p, g in zip(paths, groups)}
+    by_name = {p.name: g for p, g in zip(paths, groups, strict=True)}
     assert by_name["COVID-1060.png"] == by_name["COVID-1117.png"]
 
 
@@ -180,7 +179,7 @@ def test_group_duplicates_matches_brute_force(bits: int) -> None:
     rng = np.random.default_rng(bits)
     centres = [int.from_bytes(rng.bytes(bits // 8), "big") for _ in range(40)]
     hashes, shas = [], []
-    for k in range(300):
+    for _ in range(300):
         h = centres[rng.integers(len(centres))]
         for b in rng.choice(bits, size=rng.integers(0, 8), replace=False):
             h ^= 1 << int(b)

@@ -44,7 +44,6 @@ def validate_image(path: Path, expect_mask: bool = False, max_pixels: int = MAX_
     return inspect_bytes(data, expect_mask, fingerprint=False, max_pixels=max_pixels).reason
 
 
-
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -422,12 +421,22 @@ def test_v5_with_masks_and_metadata_in_zip(tmp_path: Path) -> None:
         (root / cls / "masks").mkdir(parents=True)
         for i in range(1, 4):
             (root / cls / "images" / f"{cls}-{i}.png").write_bytes(png_bytes(xray_like(hash((cls, i)) % 1000, 299)))
-            (root / cls / "masks" / f"{cls}-{i}.png").write_bytes(png_bytes((xray_like(i, 256) > 100).astype(np.uint8) * 255))
+            (root / cls / "masks" / f"{cls}-{i}.png").write_bytes(
+                png_bytes((xray_like(i, 256) > 100).astype(np.uint8) * 255)
+            )
     (root / "Normal" / "masks" / "Normal-3.png").write_bytes(b"\x89PNG broken")
     (root / "Normal" / "masks" / "Normal-9.png").write_bytes(png_bytes(xray_like(9, 256)))  # orphan mask
-    _write_sheet(root / "COVID.metadata.xlsx", [("COVID-1", "https://github.com/ieee8023/covid-chestxray-dataset"),
-                                                ("COVID-2", "https://sirm.org/category/senza-categoria/covid-19/")])
-    _write_sheet(root / "Normal.metadata.xlsx", [(f"NORMAL-{i}", "https://www.kaggle.com/c/rsna-pneumonia-detection-challenge/data") for i in range(1, 4)])
+    _write_sheet(
+        root / "COVID.metadata.xlsx",
+        [
+            ("COVID-1", "https://github.com/ieee8023/covid-chestxray-dataset"),
+            ("COVID-2", "https://sirm.org/category/senza-categoria/covid-19/"),
+        ],
+    )
+    _write_sheet(
+        root / "Normal.metadata.xlsx",
+        [(f"NORMAL-{i}", "https://www.kaggle.com/c/rsna-pneumonia-detection-challenge/data") for i in range(1, 4)],
+    )
     archive = zip_folder(tmp_path / "build", tmp_path / "v5.zip", top="archive")
 
     with pytest.raises(DataError, match=r"Normal/masks/Normal-3.png"):
@@ -438,11 +447,17 @@ def test_v5_with_masks_and_metadata_in_zip(tmp_path: Path) -> None:
     assert report.counts == {"COVID": 3, "Normal": 3}
     assert report.masks == {"COVID": 3, "Normal": 2}
     assert [b.path for b in report.bad] == ["Normal/masks/Normal-3.png"]
-    assert report.sources["COVID"] == {"github.com/ieee8023/covid-chestxray-dataset": 1, "sirm.org/category": 1, "unknown": 1}
+    assert report.sources["COVID"] == {
+        "github.com/ieee8023/covid-chestxray-dataset": 1,
+        "sirm.org/category": 1,
+        "unknown": 1,
+    }
     assert report.sources["Normal"] == {"kaggle.com/c/rsna-pneumonia-detection-challenge": 3}
     assert (dest / "COVID.metadata.xlsx").is_file() and (dest / "Normal.metadata.xlsx").is_file()
     assert sorted(p.name for p in (dest / "Normal" / "masks").iterdir()) == ["Normal-1.png", "Normal-2.png"]
-    assert sha256_file(dest / "COVID" / "masks" / "COVID-2.png") == sha256_file(root / "COVID" / "masks" / "COVID-2.png")
+    assert sha256_file(dest / "COVID" / "masks" / "COVID-2.png") == sha256_file(
+        root / "COVID" / "masks" / "COVID-2.png"
+    )
     rec = {r.path: r for r in report.records}
     assert rec["COVID/images/COVID-1.png"].mask == "COVID/masks/COVID-1.png"
     assert rec["Normal/images/Normal-3.png"].mask is None
@@ -527,7 +542,10 @@ def test_source_from_url() -> None:
     assert metadata.source_from_url("https://www.kaggle.com/c/rsna-pneumonia-detection-challenge/data") == (
         "kaggle.com/c/rsna-pneumonia-detection-challenge"
     )
-    assert metadata.source_from_url("https://bimcv.cipf.es/bimcv-projects/bimcv-covid19/#1590") == "bimcv.cipf.es/bimcv-projects"
+    assert (
+        metadata.source_from_url("https://bimcv.cipf.es/bimcv-projects/bimcv-covid19/#1590")
+        == "bimcv.cipf.es/bimcv-projects"
+    )
     assert metadata.source_from_url("") == "unknown"
 
 

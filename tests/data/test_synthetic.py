@@ -73,7 +73,7 @@ def test_render_is_pure():
     for cls in SYNTHETIC_CLASSES:
         a = render(cls, 5, seed=3, size=128)
         b = render(cls, 5, seed=3, size=128)
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             assert x.dtype == np.uint8 and x.shape == (128, 128)
             assert np.array_equal(x, y)
     # different index / seed / class give different images
@@ -149,7 +149,7 @@ def test_lung_features_do_reveal_class(sample_set):
     """
     images, lungs, y = sample_set
     feats = []
-    for img, lung in zip(images, lungs):
+    for img, lung in zip(images, lungs, strict=True):
         f = img.astype(np.float32)
         f = (f - f.mean()) / (f.std() + 1e-6)
         inner = cv2.erode(lung.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0

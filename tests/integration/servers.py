@@ -66,14 +66,21 @@ class Process:
         return self.popen.pid
 
 
-def start_process(name: str, cmd: Sequence[str], log: Path, env: dict[str, str] | None = None,
-                  cwd: Path | None = None) -> Process:
+def start_process(
+    name: str, cmd: Sequence[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Process:
     """Start ``cmd`` in a new session (its own process group), stdout and stderr to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as fh:
-        popen = subprocess.Popen(list(cmd), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env={**os.environ, **TELEMETRY_OFF, **(env or {})}, cwd=cwd,
-                                 start_new_session=True)
+        popen = subprocess.Popen(
+            list(cmd),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **TELEMETRY_OFF, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+        )
     return Process(name, popen, log)
 
 
@@ -99,6 +106,7 @@ def pid_alive(pid: int) -> bool:
 
 def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout_s: float = 15.0, group: bool = True) -> None:
     """Signal a PID (its whole process group when ``group``), wait, then SIGKILL what is left."""
+
     def send(s: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if group:
@@ -134,8 +142,9 @@ def wait_for_http(url: str, timeout_s: float = 120.0, proc: Process | None = Non
     last = ""
     while time.monotonic() < deadline:
         if proc is not None and proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} before {url} answered:\n"
-                               f"{tail(proc.log)}")
+            raise RuntimeError(
+                f"{proc.name} exited with {proc.popen.returncode} before {url} answered:\n{tail(proc.log)}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:
                 if resp.status == expect:
@@ -144,8 +153,9 @@ def wait_for_http(url: str, timeout_s: float = 120.0, proc: Process | None = Non
         except (urllib.error.URLError, OSError) as err:
             last = str(err)
         time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer {expect} within {timeout_s:.0f} s (last: {last})\n"
-                       f"{tail(proc.log) if proc else ''}")
+    raise TimeoutError(
+        f"{url} did not answer {expect} within {timeout_s:.0f} s (last: {last})\n{tail(proc.log) if proc else ''}"
+    )
 
 
 @contextlib.contextmanager
@@ -160,8 +170,13 @@ def running_prefect_server(home: Path, env: dict[str, str], timeout_s: float = 2
     api = f"http://{LOOPBACK}:{port}/api"
     env = {**env, "PREFECT_HOME": str(home), "PREFECT_API_URL": api, "PREFECT_UI_ENABLED": "false"}
     prefect = Path(sys.executable).parent / "prefect"
-    proc = start_process("prefect server", [str(prefect), "server", "start", "--host", LOOPBACK, "--port", str(port)],
-                         home / "server.log", env, home)
+    proc = start_process(
+        "prefect server",
+        [str(prefect), "server", "start", "--host", LOOPBACK, "--port", str(port)],
+        home / "server.log",
+        env,
+        home,
+    )
     try:
         wait_for_http(f"{api}/health", timeout_s, proc)
         yield api
@@ -174,8 +189,9 @@ def running_prefect_server(home: Path, env: dict[str, str], timeout_s: float = 2
 
 def postgres_bin() -> Path | None:
     """The newest Debian PostgreSQL binary folder holding ``initdb``, or one on PATH; None when absent."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3])
-                   if p.parts[-3].isdigit() else 0)
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0
+    )
     if found:
         return found[-1].parent
     on_path = shutil.which("initdb")
@@ -185,8 +201,9 @@ def postgres_bin() -> Path | None:
 def postgres_unavailable() -> str | None:
     """Why a PostgreSQL cluster cannot be started here, or None when it can."""
     if postgres_bin() is None:
-        return ("PostgreSQL is not installed (no initdb); install it with: "
-                "apt-get update && apt-get install -y postgresql")
+        return (
+            "PostgreSQL is not installed (no initdb); install it with: apt-get update && apt-get install -y postgresql"
+        )
     if os.geteuid() == 0:
         try:
             import pwd
@@ -217,8 +234,13 @@ class PostgresCluster:
 
     def create_database(self, name: str) -> str:
         """Create a database; returns its URL."""
-        subprocess.run([str(self.bin / "createdb"), "-h", LOOPBACK, "-p", str(self.port), "-U", self.user, name],
-                       check=True, capture_output=True, text=True, timeout=60)
+        subprocess.run(
+            [str(self.bin / "createdb"), "-h", LOOPBACK, "-p", str(self.port), "-U", self.user, name],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         return self.url(name)
 
 
@@ -252,12 +274,30 @@ def start_postgres(timeout_s: float = 120.0) -> PostgresCluster:
         as_user = ["runuser", "-u", "postgres", "--"]
     data, log = root / "data", root / "postgres.log"
     try:
-        _run_as(as_user, [str(bin_dir / "initdb"), "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8",
-                          "--no-sync"], timeout=timeout_s)
+        _run_as(
+            as_user,
+            [str(bin_dir / "initdb"), "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8", "--no-sync"],
+            timeout=timeout_s,
+        )
         port = free_port()
         opts = f"-p {port} -c listen_addresses={LOOPBACK} -k {root} -c fsync=off -c max_connections=100"
-        _run_as(as_user, [str(bin_dir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(log), "-w", "-t",
-                          str(int(timeout_s)), "start"], timeout=timeout_s + 10)
+        _run_as(
+            as_user,
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                opts,
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                str(int(timeout_s)),
+                "start",
+            ],
+            timeout=timeout_s + 10,
+        )
         pid = int((data / "postmaster.pid").read_text().split()[0])
     except BaseException:
         stop_postgres_folder(root)
@@ -296,14 +336,26 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
 # ------------------------------------------------------------------------------------------------ MLflow
 
 
-def start_mlflow(backend_uri: str, artifacts: Path, log: Path, port: int | None = None,
-                 timeout_s: float = 180.0) -> Process:
+def start_mlflow(
+    backend_uri: str, artifacts: Path, log: Path, port: int | None = None, timeout_s: float = 180.0
+) -> Process:
     """``mlflow server`` on 127.0.0.1 with a database backend and proxied artifacts; returns once /health is OK."""
     port = port or free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
-    cmd = [str(mlflow_cli) if mlflow_cli.exists() else "mlflow", "server",
-           "--backend-store-uri", backend_uri, "--artifacts-destination", str(artifacts),
-           "--host", LOOPBACK, "--port", str(port), "--workers", "1"]
+    cmd = [
+        str(mlflow_cli) if mlflow_cli.exists() else "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        str(artifacts),
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     proc = start_process("mlflow server", cmd, log)
     proc.url = f"http://{LOOPBACK}:{port}"
     try:

@@ -23,8 +23,9 @@ SPACE = {"train.lr": {"low": 0.0005, "high": 0.005, "log": True}, "train.batch_s
 
 
 def _cxr(root: Path, *args: str, env: dict | None = None) -> str:
-    proc = subprocess.run([sys.executable, "-m", "cxr", *args], cwd=root, capture_output=True, text=True,
-                          env={**dvc_env(), **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", "cxr", *args], cwd=root, capture_output=True, text=True, env={**dvc_env(), **(env or {})}
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -37,15 +38,24 @@ def committed(module_tmp: Path) -> Path:
     """
     from cxr.data.download import download
 
-    params = tiny_params(train={"epochs": 1}, evaluate={"n_boot": 20}, gradcam={"per_class": 1},
-                         tune={"trials": 2, "epochs": 2, "prune_after_trials": 1})
+    params = tiny_params(
+        train={"epochs": 1},
+        evaluate={"n_boot": 20},
+        gradcam={"per_class": 1},
+        tune={"trials": 2, "epochs": 2, "prune_after_trials": 1},
+    )
     params["tune"]["space"] = SPACE
     root = make_project(module_tmp / "p", params)
     shutil.copy(REPO / ".gitignore", root / ".gitignore")  # keeps last.pt and the decoded cache out of commits
     s = load_settings(root / "params.yaml")
     download(s.base, s.download, s.paths(root))
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
     subprocess.run(["git", "add", "-A"], cwd=root, check=True, env=env)
     subprocess.run(["git", "commit", "-qm", "data"], cwd=root, check=True, env=env)
     return root
@@ -92,8 +102,10 @@ def test_tune_two_trials_on_validation_only(committed: Path, tmp_path: Path, mon
     assert load_settings(tmp_path / "applied.yaml").train.lr == result.best_params["train.lr"]
 
     client = mlflow.MlflowClient(uri)
-    children = client.search_runs([client.get_run(result.parent_run_id).info.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+    children = client.search_runs(
+        [client.get_run(result.parent_run_id).info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'",
+    )
     assert len(children) == 2
     for child in children:
         assert "train.lr" in child.data.params
@@ -106,8 +118,9 @@ def test_queued_grid_runs_and_is_logged_to_mlflow(committed: Path, tmp_path: Pat
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     root = _project(committed, tmp_path)
     shared = tmp_path / "shared-cache"
-    out = _cxr(root, "sweep", "-S", "train.lr=0.001,0.003", "--name", "lr-grid", "-j", "1",
-               env={CACHE_DIR_ENV: str(shared)})
+    out = _cxr(
+        root, "sweep", "-S", "train.lr=0.001,0.003", "--name", "lr-grid", "-j", "1", env={CACHE_DIR_ENV: str(shared)}
+    )
     assert "queued 2 experiments" in out and "MLflow: 2 runs logged under lr-grid" in out
     # Both queued runs (in their own temporary copies of the project) used the one shared decoded cache.
     assert list(shared.glob("*.npy"))

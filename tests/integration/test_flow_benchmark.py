@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from benchsupport import restore_threads, run_tiny, work  # noqa: F401  (fixtures used by the tests)
+from benchsupport import restore_threads, run_tiny  # noqa: F401  (restore_threads: an autouse fixture)
 
 
 @pytest.mark.slow

@@ -70,8 +70,17 @@ def manifest(tmp: Path) -> tuple[Path, Path, list[dict[str, str]]]:
         path = f"{label}/images/x{i}.png"
         (raw / path).parent.mkdir(parents=True, exist_ok=True)
         (raw / path).write_text(label)
-        rows.append({"path": path, "folder": label, "label": label, "split": "test", "sha256": sha(path),
-                     "group": str(i), "source": "kaggle"})
+        rows.append(
+            {
+                "path": path,
+                "folder": label,
+                "label": label,
+                "split": "test",
+                "sha256": sha(path),
+                "group": str(i),
+                "source": "kaggle",
+            }
+        )
     out = tmp / "manifest.csv"
     with out.open("w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -80,10 +89,16 @@ def manifest(tmp: Path) -> tuple[Path, Path, list[dict[str, str]]]:
     return out, raw, rows
 
 
-
-def register_version(tmp: Path, rows, n_right: int, tags: dict[str, str] | None = None, metrics=GOOD,
-                     model: bool = False, name: str = NAME) -> str:
-    """One run like cxr.registry.register's (lineage tags, test metrics, evaluation/predictions.csv) and a new version."""
+def register_version(
+    tmp: Path,
+    rows,
+    n_right: int,
+    tags: dict[str, str] | None = None,
+    metrics=GOOD,
+    model: bool = False,
+    name: str = NAME,
+) -> str:
+    """One run like the register step's (lineage tags, test metrics, evaluation/predictions.csv) and a new version."""
     import mlflow
 
     exp = mlflow.set_experiment("cxr-it")
@@ -100,15 +115,20 @@ def register_version(tmp: Path, rows, n_right: int, tags: dict[str, str] | None 
         mlflow.log_metrics(metrics)
         mlflow.log_artifact(str(preds), "evaluation")
         if model:
-            uri = mlflow.pyfunc.log_model(name="model", python_model=label_reading_model(CLASSES), pip_requirements=["mlflow"]).model_uri
+            uri = mlflow.pyfunc.log_model(
+                name="model", python_model=label_reading_model(CLASSES), pip_requirements=["mlflow"]
+            ).model_uri
             return str(mlflow.register_model(uri, name, tags=tags).version)
     # No model needed where only the recorded predictions are compared: a version pointing at the run's files.
     client = mlflow.MlflowClient()
     if not client.search_registered_models(f"name='{name}'"):
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # a concurrent creator won
             client.create_registered_model(name)
-    return str(client.create_model_version(name, f"{run.info.artifact_uri}/evaluation", run_id=run.info.run_id,
-                                           tags=tags).version)
+    return str(
+        client.create_model_version(
+            name, f"{run.info.artifact_uri}/evaluation", run_id=run.info.run_id, tags=tags
+        ).version
+    )
 
 
 def test_gate_promotion_rollback_and_serving_by_alias(client, tmp_path: Path) -> None:
@@ -121,8 +141,14 @@ def test_gate_promotion_rollback_and_serving_by_alias(client, tmp_path: Path) ->
     from cxr.registry.gate import register_challenger
     from cxr.registry.promote import promote, rollback
 
-    cfg = Registry(min_accuracy=0.5, min_macro_auc=0.7, min_sensitivity={"COVID": 0.5}, margin=0.02,
-                   test="mcnemar", auto_promote=True)
+    cfg = Registry(
+        min_accuracy=0.5,
+        min_macro_auc=0.7,
+        min_sensitivity={"COVID": 0.5},
+        margin=0.02,
+        test="mcnemar",
+        auto_promote=True,
+    )
     path, raw, rows = manifest(tmp_path)
     v1 = register_version(tmp_path, rows, 100, model=True)
     first = register_challenger(client, NAME, v1, cfg, manifest=path, raw=raw)
@@ -182,7 +208,7 @@ def test_two_promotions_at_once_leave_exactly_one_champion(client, tmp_path: Pat
         errors: list[BaseException] = []
         stop = threading.Event()
 
-        def watch() -> None:
+        def watch(stop: threading.Event = stop, round_: int = round_) -> None:
             # Once there is a champion, no interleaving of promotions may leave the model without one.
             watcher = MlflowClient(client.tracking_uri)
             while not stop.is_set():
@@ -190,7 +216,7 @@ def test_two_promotions_at_once_leave_exactly_one_champion(client, tmp_path: Pat
                     seen_none.append(round_)
                 time.sleep(0.01)
 
-        def go(v: str) -> None:
+        def go(v: str, barrier: threading.Barrier = barrier, errors: list = errors) -> None:
             try:
                 own = MlflowClient(client.tracking_uri)  # one client per promoter, as two processes would have
                 barrier.wait()

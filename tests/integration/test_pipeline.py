@@ -85,8 +85,15 @@ def test_flow_then_dvc_agree(tmp_path: Path, prefect_harness, monkeypatch) -> No
     shown = dvc(root, "metrics", "show", "--json")
     assert "accuracy" in shown
     # The headline table is readable: every metrics file's table fits a 160-column screen.
-    tables = {path: dvc(root, "metrics", "show", path) for path in (
-        "reports/metrics.json", "reports/sensitivity.json", "reports/cam_metrics.json", "reports/train/metrics.json")}
+    tables = {
+        path: dvc(root, "metrics", "show", path)
+        for path in (
+            "reports/metrics.json",
+            "reports/sensitivity.json",
+            "reports/cam_metrics.json",
+            "reports/train/metrics.json",
+        )
+    }
     for table in tables.values():
         assert max(map(len, table.splitlines())) <= 160, table
     assert "Viral Pneumonia" in tables["reports/sensitivity.json"]
@@ -199,7 +206,9 @@ def test_bad_input_stops_before_training_and_leaves_nothing(tmp_path: Path) -> N
     assert "unchanged" in proc.stdout
     # A missing class archive: the split names it, and no manifest or model appears.
     (root / "data" / "raw" / "Viral Pneumonia.zip").unlink()
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=root, capture_output=True, text=True, env=dvc_env())
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"], cwd=root, capture_output=True, text=True, env=dvc_env()
+    )
     assert proc.returncode != 0
     assert "Viral Pneumonia" in proc.stdout + proc.stderr
     assert not (root / "data" / "split" / "manifest.csv").exists()

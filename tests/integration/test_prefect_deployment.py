@@ -31,8 +31,12 @@ SERVER_START_S = 240  # a cold server migrates its database first; slow on a sha
 RUN_TIMEOUT_S = 480
 # Smaller than tiny: one epoch, small images, few bootstrap rounds; registration is covered by test_pipeline.py.
 # Most of a stage's time is its process importing torch; the rest shrinks with the images.
-FAST = {"download": {"synthetic": {"size": 64}}, "train": {"epochs": 1, "image_size": 32},
-        "evaluate": {"n_boot": 20}, "gradcam": {"per_class": 1}}
+FAST = {
+    "download": {"synthetic": {"size": 64}},
+    "train": {"epochs": 1, "image_size": 32},
+    "evaluate": {"n_boot": 20},
+    "gradcam": {"per_class": 1},
+}
 
 
 def fast_params(**changes) -> dict:
@@ -41,6 +45,7 @@ def fast_params(**changes) -> dict:
 
 
 # --- fixtures ----------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def prefect_server(module_tmp: Path) -> Iterator[dict[str, str]]:
@@ -127,6 +132,7 @@ async def _wait_final(client, run_id, timeout_s: float, log: Path):
 
 # --- the tests ---------------------------------------------------------------------------------
 
+
 def test_scheduled_deployment_runs_on_a_process_worker(api, tmp_path: Path) -> None:
     import anyio
     from prefect.client.orchestration import get_client
@@ -146,8 +152,13 @@ def test_scheduled_deployment_runs_on_a_process_worker(api, tmp_path: Path) -> N
     elsewhere = tmp_path / "worker"
     elsewhere.mkdir()
     worker_log = tmp_path / "worker.log"
-    worker: Process = start_process("prefect worker", [prefect, "worker", "start", "--pool", "cxr-process",
-                                                       "--name", "test-worker"], worker_log, env, elsewhere)
+    worker: Process = start_process(
+        "prefect worker",
+        [prefect, "worker", "start", "--pool", "cxr-process", "--name", "test-worker"],
+        worker_log,
+        env,
+        elsewhere,
+    )
 
     async def scenario():
         async with get_client() as client:
@@ -162,9 +173,7 @@ def test_scheduled_deployment_runs_on_a_process_worker(api, tmp_path: Path) -> N
             assert dep.work_pool_name == "cxr-process"
             assert dep.parameters == {"params": "params.yaml", "root": "."}
             assert {"cxr", "scheduled"} <= set(dep.tags)
-            assert dep.pull_steps == [
-                {"prefect.deployments.steps.set_working_directory": {"directory": str(root)}}
-            ]
+            assert dep.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(root)}}]
             assert dep.entrypoint == "flows/pipeline.py:pipeline"
 
             run = await client.create_flow_run_from_deployment(dep.id)
@@ -187,8 +196,9 @@ def test_scheduled_deployment_runs_on_a_process_worker(api, tmp_path: Path) -> N
     from cxr.ops.dvc import pipeline_stages
 
     assert set(lock_stages(root)) == set(pipeline_stages(root)) == {"split", "train", "evaluate", "gradcam", "report"}
-    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=root, capture_output=True, text=True,
-                            env=dvc_env())
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status"], cwd=root, capture_output=True, text=True, env=dvc_env()
+    )
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
     assert "accuracy" in json.loads((root / "reports" / "metrics.json").read_text())
     assert not (elsewhere / "dvc.lock").exists() and not (elsewhere / "reports").exists()
@@ -234,8 +244,9 @@ def test_failed_run_changes_neither_registry_nor_cache_and_notifies(api, tmp_pat
     added = cache_files(root) - before
     # Outs with `cache: false` (the data report, kept in git) never enter the cache.
     report = yaml.safe_load((root / "params.yaml").read_text())["base"]["paths"]["data_report"]
-    split_outs = {f".dvc/cache/files/md5/{o['md5'][:2]}/{o['md5'][2:]}" for o in stages["split"]["outs"]
-                  if o["path"] != report}
+    split_outs = {
+        f".dvc/cache/files/md5/{o['md5'][:2]}/{o['md5'][2:]}" for o in stages["split"]["outs"] if o["path"] != report
+    }
     assert {p for p in added if p.startswith(".dvc/cache/files/")} == split_outs
     # No run-cache entry at all: DVC keeps none for a stage with an uncached out (the split's data report),
     # and none for a stage that failed (train).

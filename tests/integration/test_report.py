@@ -18,9 +18,16 @@ from cxr.core.config import load_settings, parse_settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-default-apps", "--virtual-time-budget=5000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--virtual-time-budget=5000",
 )
 # Appended to a copy of the page only: the report itself has no script.
 IMAGE_PROBE = """<script>window.addEventListener('load', function () {
@@ -38,7 +45,9 @@ PNG_1PX = base64.b64decode(
 def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
@@ -47,13 +56,25 @@ def _fake_outputs(root: Path) -> tuple:
     settings = parse_settings(tiny_params(base={"model_name": "m<script>alert(1)</script>"}))
     paths = settings.paths(root)
     metrics = {
-        "n": 4, "classes": ["COVID", "Normal"], "accuracy": 0.75, "accuracy_ci_low": 0.5, "accuracy_ci_high": 1.0,
-        "per_class": {"COVID": {"support": 2, "sensitivity": 0.5, "sensitivity_ci_low": None,
-                                "sensitivity_ci_high": None}},
+        "n": 4,
+        "classes": ["COVID", "Normal"],
+        "accuracy": 0.75,
+        "accuracy_ci_low": 0.5,
+        "accuracy_ci_high": 1.0,
+        "per_class": {
+            "COVID": {"support": 2, "sensitivity": 0.5, "sensitivity_ci_low": None, "sensitivity_ci_high": None}
+        },
         "calibration": {"temperature": 1.5, "ece": 0.1, "brier": 0.2, "ece_uncalibrated": 0.3},
-        "per_source": {"<b>site</b>": {"n": 4, "ci": False, "accuracy": 0.75, "accuracy_ci_low": None,
-                                       "accuracy_ci_high": None,
-                                       "per_class": {"COVID": {"support": 2, "sensitivity": 0.5}}}},
+        "per_source": {
+            "<b>site</b>": {
+                "n": 4,
+                "ci": False,
+                "accuracy": 0.75,
+                "accuracy_ci_low": None,
+                "accuracy_ci_high": None,
+                "per_class": {"COVID": {"support": 2, "sensitivity": 0.5}},
+            }
+        },
         "bootstrap": {"n_boot": 10, "ci": 0.95, "stratified": True},
     }
     paths.metrics_full.parent.mkdir(parents=True)
@@ -81,7 +102,7 @@ def test_report_is_self_contained_and_escaped(tmp_path: Path) -> None:
     assert page.count('src="data:image/png;base64,') == 2
     assert not EXTERNAL.search(page)
     assert "6.0x chance" in page  # pointing game 0.3 against chance 0.05
-    assert "0.750 <span class=\"ci\">[0.500, 1.000]</span>" in page
+    assert '0.750 <span class="ci">[0.500, 1.000]</span>' in page
     assert "No data report" in page  # a missing input says so instead of failing
     md = metrics_markdown(json.loads(paths.metrics_full.read_text()))
     assert "| Accuracy | 0.750 [0.500, 1.000] |" in md and "| <b>site</b> | 4 | 0.750 |" in md
@@ -135,8 +156,15 @@ def test_report_from_a_pipeline_run_renders_in_chromium(tmp_path: Path) -> None:
     from cxr.reporting.report import report
 
     # Smaller than tiny: the page is the point, not the model (one gallery per class needs one case each).
-    root = make_project(tmp_path / "p", tiny_params(download={"synthetic": {"size": 64}}, train={"image_size": 32},
-                                                    evaluate={"n_boot": 20}, gradcam={"per_class": 1}))
+    root = make_project(
+        tmp_path / "p",
+        tiny_params(
+            download={"synthetic": {"size": 64}},
+            train={"image_size": 32},
+            evaluate={"n_boot": 20},
+            gradcam={"per_class": 1},
+        ),
+    )
     _run_pipeline(root)
     s = load_settings(root / "params.yaml")
     paths = s.paths(root)
@@ -155,8 +183,7 @@ def test_report_from_a_pipeline_run_renders_in_chromium(tmp_path: Path) -> None:
         assert needle.lower() in page.lower(), needle
     # Every evaluation figure and gallery, the training curves drawn from reports/train/history.csv and the
     # augmentation preview the train step drew.
-    expected = (len(list(paths.eval_reports.glob("*.png"))) + len(list(paths.gradcam_reports.glob("gallery-*.png")))
-                + 2)
+    expected = len(list(paths.eval_reports.glob("*.png"))) + len(list(paths.gradcam_reports.glob("gallery-*.png"))) + 2
     assert page.count('<img src="data:image/png;base64,') == expected >= 10
 
     probe = tmp_path / "probe.html"
@@ -183,24 +210,42 @@ def test_report_shows_lineage_training_curves_params_and_why_a_measure_is_absent
     settings, paths = _fake_outputs(tmp_path)
     metrics = json.loads(paths.metrics_full.read_text())
     metrics["calibration"] = {
-        "temperature": 1.0, "temperature_fitted": 0.843, "temperature_applied": False,
+        "temperature": 1.0,
+        "temperature_fitted": 0.843,
+        "temperature_applied": False,
         "criterion": "5-fold cross-validated NLL on the validation split improves over no scaling",
-        "valid_cv_nll_scaled": 0.51, "valid_cv_nll_unscaled": 0.5, "ece": 0.023, "ece_uncalibrated": 0.023,
-        "ece_at_fitted_temperature": 0.042, "fitted_worsens_test_ece": True, "brier": 0.2,
+        "valid_cv_nll_scaled": 0.51,
+        "valid_cv_nll_unscaled": 0.5,
+        "ece": 0.023,
+        "ece_uncalibrated": 0.023,
+        "ece_at_fitted_temperature": 0.042,
+        "fitted_worsens_test_ece": True,
+        "brier": 0.2,
     }
     paths.metrics_full.write_text(json.dumps(metrics))
-    (paths.gradcam_reports / "metrics.json").write_text(json.dumps(
-        {"method": "gradcam", "images": 4, "lung_energy_absent": "no lung masks in data/raw for the 4 test images"}))
+    (paths.gradcam_reports / "metrics.json").write_text(
+        json.dumps(
+            {"method": "gradcam", "images": 4, "lung_energy_absent": "no lung masks in data/raw for the 4 test images"}
+        )
+    )
     paths.train_reports.mkdir(parents=True)
     (paths.train_reports / "history.csv").write_text(
         "epoch,lr,train_loss,val_loss,val_accuracy,val_macro_f1,images_per_s,seconds\n"
-        "1,0.001,1.3,1.2,0.4,0.35,100,1\n2,0.001,1.0,0.9,0.6,0.55,100,1\n3,0.0005,0.8,1.0,0.55,0.5,100,1\n")
-    (paths.train_reports / "metrics.json").write_text(json.dumps(
-        {"best_val_accuracy": 0.6, "best_epoch": 2, "epochs_run": 3, "train_images_per_s": 100.0}))
+        "1,0.001,1.3,1.2,0.4,0.35,100,1\n2,0.001,1.0,0.9,0.6,0.55,100,1\n3,0.0005,0.8,1.0,0.55,0.5,100,1\n"
+    )
+    (paths.train_reports / "metrics.json").write_text(
+        json.dumps({"best_val_accuracy": 0.6, "best_epoch": 2, "epochs_run": 3, "train_images_per_s": 100.0})
+    )
     paths.data_report.parent.mkdir(parents=True)
-    paths.data_report.write_text(json.dumps({"images": 4, "counts": {"COVID": {"train": 2, "valid": 1, "test": 1}},
-                                             "skipped": [{"path": "COVID/images/<big>.png",
-                                                          "reason": "too large (10000x10000)"}]}))
+    paths.data_report.write_text(
+        json.dumps(
+            {
+                "images": 4,
+                "counts": {"COVID": {"train": 2, "valid": 1, "test": 1}},
+                "skipped": [{"path": "COVID/images/<big>.png", "reason": "too large (10000x10000)"}],
+            }
+        )
+    )
 
     page = report(settings, paths).read_text()
     assert page.count('src="data:image/png;base64,') == 3  # the training curves besides the two figures
@@ -215,6 +260,10 @@ def test_report_shows_lineage_training_curves_params_and_why_a_measure_is_absent
     assert "<td><code>train.augment.rotate_deg</code></td><td>10.0</td>" in page
     assert "<td><code>download.max_pixels</code></td><td>25000000</td>" in page
 
-    page = report(settings, paths, tmp_path / "registered.html",
-                        registered={"run_id": "abc123", "name": "cxr-classifier", "version": "7"}).read_text()
+    page = report(
+        settings,
+        paths,
+        tmp_path / "registered.html",
+        registered={"run_id": "abc123", "name": "cxr-classifier", "version": "7"},
+    ).read_text()
     assert "<code>abc123</code>" in page and "cxr-classifier version 7" in page and "not registered yet" not in page

@@ -73,7 +73,7 @@ def post(url: str, payload: dict) -> tuple[int, dict]:
 
 
 def registered_project(root: Path, tracking: str) -> tuple[str, str]:
-    """Register a random-weight checkpoint through cxr.registry.register (the pipeline's own path); return (name, version)."""
+    """Register a random-weight checkpoint through the register step (the pipeline's own path); (name, version)."""
     from cxr.registry.register import register
 
     settings = parse_settings(tiny_params())
@@ -85,11 +85,15 @@ def registered_project(root: Path, tracking: str) -> tuple[str, str]:
     with torch.no_grad():
         model.fc.weight.mul_(5.0)
     paths.model_dir.mkdir(parents=True)
-    torch.save({"model": model.state_dict(), "arch": "resnet18", "classes": CLASSES, "image_size": 48, "epoch": 0},
-               paths.best_checkpoint)
+    torch.save(
+        {"model": model.state_dict(), "arch": "resnet18", "classes": CLASSES, "image_size": 48, "epoch": 0},
+        paths.best_checkpoint,
+    )
     paths.eval_reports.mkdir(parents=True)
     (paths.eval_reports / "calibration.json").write_text(json.dumps({"temperature": 1.7}))
-    paths.metrics_full.write_text(json.dumps({"n": 16, "accuracy": 0.5, "accuracy_ci_low": 0.3, "accuracy_ci_high": 0.7}))
+    paths.metrics_full.write_text(
+        json.dumps({"n": 16, "accuracy": 0.5, "accuracy_ci_low": 0.3, "accuracy_ci_high": 0.7})
+    )
     old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = tracking
     try:
@@ -114,11 +118,29 @@ def server(module_tmp: Path) -> Iterator[dict]:
     client.set_registered_model_alias(name, "champion", version)
 
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "MLFLOW_ENABLE_TELEMETRY": "false", "DO_NOT_TRACK": "1",
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking,
+        "MLFLOW_ENABLE_TELEMETRY": "false",
+        "DO_NOT_TRACK": "1",
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     log = root / "serve.log"
-    cmd = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion", "--env-manager", "local",
-           "--host", "127.0.0.1", "-p", str(port), "-w", "1"]
+    cmd = [
+        str(BIN / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        f"models:/{name}@champion",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -160,8 +182,9 @@ def test_served_model_answers_like_the_loaded_one(server) -> None:
     b64 = [base64.b64encode(b).decode("ascii") for b in images]
     expected = server["model"].predict(pd.DataFrame({"image": images}))
 
-    status, body = post(server["url"] + "/invocations",
-                        {"dataframe_split": {"columns": ["image"], "data": [[s] for s in b64]}})
+    status, body = post(
+        server["url"] + "/invocations", {"dataframe_split": {"columns": ["image"], "data": [[s] for s in b64]}}
+    )
     assert status == 200, body
     got = pd.DataFrame(body["predictions"])
     assert list(got.columns) == [f"p_{c}" for c in CLASSES] + ["label"]
@@ -190,8 +213,9 @@ def test_the_readmes_request_is_answered(server, tmp_path: Path) -> None:
     command = command.replace("127.0.0.1:5001", server["url"].removeprefix("http://"))
     image = png_images(1)[0]
     (tmp_path / "new.png").write_bytes(image)
-    proc = subprocess.run(["bash", "-c", command + " -w '\\n%{http_code}'"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        ["bash", "-c", command + " -w '\\n%{http_code}'"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     body, _, status = proc.stdout.rpartition("\n")
     assert status == "200", body
@@ -206,8 +230,11 @@ def test_every_documented_request_shape_is_answered(server) -> None:
     images = png_images(2)
     b64 = [base64.b64encode(b).decode("ascii") for b in images]
     expected = list(server["model"].predict(pd.DataFrame({"image": images}))["label"])
-    for payload in ({"inputs": {"image": b64}}, {"inputs": b64},
-                    {"dataframe_split": {"columns": ["image"], "data": [[s] for s in b64]}}):
+    for payload in (
+        {"inputs": {"image": b64}},
+        {"inputs": b64},
+        {"dataframe_split": {"columns": ["image"], "data": [[s] for s in b64]}},
+    ):
         status, body = post(server["url"] + "/invocations", payload)
         assert status == 200, (payload.keys(), body)
         assert [r["label"] for r in body["predictions"]] == expected, payload.keys()

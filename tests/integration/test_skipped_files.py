@@ -34,8 +34,9 @@ def test_skipped_files_reach_the_data_report_and_its_markdown(tmp_path: Path) ->
     from cxr.reporting.summary import data_report_markdown
 
     source = _local_source(tmp_path / "source")
-    params = tiny_params(download={"source": "local", "policy": "skip", "max_pixels": 500 * 500,
-                                   "local": {"path": str(source)}})
+    params = tiny_params(
+        download={"source": "local", "policy": "skip", "max_pixels": 500 * 500, "local": {"path": str(source)}}
+    )
     root = make_project(tmp_path / "project", params)
     s = load_settings(root / "params.yaml")
     paths = s.paths(root)

@@ -22,16 +22,20 @@ def project(module_tmp: Path):
     from cxr.model.networks import build_model
     from cxr.training.checkpoints import save_checkpoint
 
-    root = make_project(module_tmp / "p",
-                        tiny_params(download={"synthetic": {"per_class": 10, "size": 96}}, split={"valid": 8, "test": 8}))
+    root = make_project(
+        module_tmp / "p",
+        tiny_params(download={"synthetic": {"per_class": 10, "size": 96}}, split={"valid": 8, "test": 8}),
+    )
     s = load_settings(root / "params.yaml")
     paths = s.paths(root)
     download(s.base, s.download, paths)
     split(s.base, s.split, paths)
     classes = list(s.base.labels)
     model = build_model("resnet18", len(classes), None)
-    save_checkpoint(paths.best_checkpoint, {"model": model.state_dict(), "arch": "resnet18", "classes": classes,
-                                            "image_size": 48, "epoch": 0})
+    save_checkpoint(
+        paths.best_checkpoint,
+        {"model": model.state_dict(), "arch": "resnet18", "classes": classes, "image_size": 48, "epoch": 0},
+    )
     return s, paths
 
 
@@ -62,8 +66,9 @@ def test_without_lung_masks_the_metrics_and_the_log_say_why(project, monkeypatch
     s, paths = project
     real_mask = gradcam.read_mask
     # The older flat layout of the dataset has no lung masks (lesion masks exist only in synthetic data).
-    monkeypatch.setattr(gradcam, "read_mask",
-                        lambda store, rel, size: None if "/masks/" in rel else real_mask(store, rel, size))
+    monkeypatch.setattr(
+        gradcam, "read_mask", lambda store, rel, size: None if "/masks/" in rel else real_mask(store, rel, size)
+    )
     with caplog.at_level(logging.WARNING, logger="cxr.evaluation.gradcam"):
         gradcam.gradcam(s.base, s.gradcam, paths, "cpu")
     metrics = json.loads((paths.gradcam_reports / "metrics.json").read_text())

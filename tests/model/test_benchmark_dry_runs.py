@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from benchsupport import KEYS, restore_threads, run_tiny, work  # noqa: F401  (fixtures used by the tests)
+from benchsupport import KEYS, restore_threads, run_tiny  # noqa: F401  (restore_threads: an autouse fixture)
 
 
 @pytest.mark.slow
@@ -18,7 +18,8 @@ def test_quality_benchmark_runs_tiny_through_the_pipeline_steps(work: Path, tmp_
         assert isinstance(data[key], (int, float)), key
     assert 0 <= data["real_dev_accuracy"] <= 1 and 0 <= data["real_dev_reference_accuracy"] <= 1
     assert data["real_dev_accuracy_gain_vs_reference"] == pytest.approx(
-        data["real_dev_accuracy"] - data["real_dev_reference_accuracy"], abs=1e-3)
+        data["real_dev_accuracy"] - data["real_dev_reference_accuracy"], abs=1e-3
+    )
     assert data["real_dev_images"] == 24 and data["real_dev_epochs"] == 1
     assert data["real_dev_train_s"] > 0 and data["real_dev_reference_images_per_s"] > 0
     assert 0 <= data["real_dev_format_probe_accuracy"] <= 1  # the shortcut probe ran in evaluation

@@ -38,8 +38,7 @@ def test_two_gloo_processes_match_one(tmp_path: Path) -> None:
     # The one-process reference needs no launcher: torchrun's two processes are what is tested.
     train(s.train, s.base, s.paths(single), resume=False)
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "cxr", "train"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cxr", "train"]
     proc = subprocess.run(cmd, cwd=multi, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Only rank 0 logs epochs and writes checkpoints.

@@ -37,8 +37,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 TRAINED = {
     "download": {"synthetic": {"per_class": 200, "workers": 2}, "workers": 2},
     "split": {"valid": 60, "test": 160},
-    "train": {"image_size": 128, "epochs": 4, "batch_size": 16, "num_workers": 0, "lr": 0.001,
-              "warmup_epochs": 1, "augment": {"p": 0.0}},
+    "train": {
+        "image_size": 128,
+        "epochs": 4,
+        "batch_size": 16,
+        "num_workers": 0,
+        "lr": 0.001,
+        "warmup_epochs": 1,
+        "augment": {"p": 0.0},
+    },
     "gradcam": {"method": "gradcam", "stride": 8, "per_class": 1, "batch_size": 32},
 }
 

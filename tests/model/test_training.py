@@ -86,8 +86,9 @@ def test_killed_training_resumes_to_the_uninterrupted_result(prepare) -> None:
     # The kill and the resume go through the CLI: a real process dying mid-epoch is the point.
     crashed = prepare("crashed")
     last = crashed / "models" / "last.pt"
-    child = subprocess.Popen([sys.executable, "-m", "cxr", "train"], cwd=crashed,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "cxr", "train"], cwd=crashed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 600
     while not last.exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

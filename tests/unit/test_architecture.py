@@ -95,7 +95,7 @@ def test_no_import_cycles() -> None:
         state[m] = 1
         for t in sorted(graph.get(m, ())):
             if state[t] == 1:
-                cycles.append([*stack[stack.index(t):], t])
+                cycles.append([*stack[stack.index(t) :], t])
             elif state[t] == 0:
                 visit(t, [*stack, t])
         state[m] = 2

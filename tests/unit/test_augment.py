@@ -29,8 +29,9 @@ from cxr.training.presets import (
     on_device,
 )
 
-WIDE = Augment(rotate_deg=20, shift=0.1, scale=0.2, brightness=0.3, contrast=0.25, gamma=(0.7, 1.3), clahe=0.5,
-               hflip=0.5, p=0.6)
+WIDE = Augment(
+    rotate_deg=20, shift=0.1, scale=0.2, brightness=0.3, contrast=0.25, gamma=(0.7, 1.3), clahe=0.5, hflip=0.5, p=0.6
+)
 COL = {name: i for i, name in enumerate(PARAMS)}
 
 
@@ -77,21 +78,43 @@ def test_draws_use_the_ranges_and_probabilities_of_the_preset() -> None:
     draws = np.stack([draw_params(WIDE, s) for s in range(n)])
     affine = ref["Affine"]
     ranges = {
-        "angle": affine.rotate, "tx": affine.translate_percent["x"], "ty": affine.translate_percent["y"],
-        "sx": affine.scale["x"], "sy": affine.scale["y"],
+        "angle": affine.rotate,
+        "tx": affine.translate_percent["x"],
+        "ty": affine.translate_percent["y"],
+        "sx": affine.scale["x"],
+        "sy": affine.scale["y"],
         "alpha": tuple(1 + v for v in ref["RandomBrightnessContrast"].contrast_limit),
         "beta": ref["RandomBrightnessContrast"].brightness_limit,
-        "gamma": tuple(v / 100 for v in ref["RandomGamma"].gamma_limit), "clip": ref["CLAHE"].clip_limit,
+        "gamma": tuple(v / 100 for v in ref["RandomGamma"].gamma_limit),
+        "clip": ref["CLAHE"].clip_limit,
     }
-    applied = {"angle": draws[:, COL["sx"]] != 1, "alpha": draws[:, COL["alpha"]] != 1,
-               "gamma": draws[:, COL["gamma"]] != 1, "clip": draws[:, COL["clip"]] > 0,
-               "flip": draws[:, COL["flip"]] > 0}
-    probs = {"angle": affine.p, "alpha": ref["RandomBrightnessContrast"].p, "gamma": ref["RandomGamma"].p,
-             "clip": ref["CLAHE"].p, "flip": ref["HorizontalFlip"].p}
+    applied = {
+        "angle": draws[:, COL["sx"]] != 1,
+        "alpha": draws[:, COL["alpha"]] != 1,
+        "gamma": draws[:, COL["gamma"]] != 1,
+        "clip": draws[:, COL["clip"]] > 0,
+        "flip": draws[:, COL["flip"]] > 0,
+    }
+    probs = {
+        "angle": affine.p,
+        "alpha": ref["RandomBrightnessContrast"].p,
+        "gamma": ref["RandomGamma"].p,
+        "clip": ref["CLAHE"].p,
+        "flip": ref["HorizontalFlip"].p,
+    }
     for key, p in probs.items():
         assert abs(applied[key].mean() - p) < 4 * np.sqrt(p * (1 - p) / n), key
-    group = {"angle": "angle", "tx": "angle", "ty": "angle", "sx": "angle", "sy": "angle", "alpha": "alpha",
-             "beta": "alpha", "gamma": "gamma", "clip": "clip"}
+    group = {
+        "angle": "angle",
+        "tx": "angle",
+        "ty": "angle",
+        "sx": "angle",
+        "sy": "angle",
+        "alpha": "alpha",
+        "beta": "alpha",
+        "gamma": "gamma",
+        "clip": "clip",
+    }
     for key, (lo, hi) in ranges.items():
         v = draws[applied[group[key]], COL[key]]
         assert lo <= v.min() and v.max() <= hi, key
@@ -116,10 +139,14 @@ def test_affine_matrix_is_albumentations_formula() -> None:
 
     draws = np.stack([draw_params(WIDE, s) for s in range(50)])
     batched = affine_matrices(torch.from_numpy(draws), 80, 120).numpy()
-    for p, m in zip(draws, batched):
+    for p, m in zip(draws, batched, strict=True):
         ref = fgeometric.create_affine_transformation_matrix(
-            {"x": int(p[1] * 120), "y": int(p[2] * 80)}, {"x": 0.0, "y": 0.0}, {"x": p[3], "y": p[4]}, p[0],
-            fgeometric.center((80, 120)))
+            {"x": int(p[1] * 120), "y": int(p[2] * 80)},
+            {"x": 0.0, "y": 0.0},
+            {"x": p[3], "y": p[4]},
+            p[0],
+            fgeometric.center((80, 120)),
+        )
         assert np.allclose(affine_matrix(p, 80, 120), ref[:2], atol=1e-9)
         assert np.allclose(m, ref[:2], atol=1e-9)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 # benchsupport first: it puts the repository root on sys.path for `benchmarks`.
-from benchsupport import KEYS, restore_threads, run_tiny, work  # noqa: F401  (fixtures used by the tests)
+from benchsupport import KEYS, restore_threads, run_tiny  # noqa: F401  (restore_threads: an autouse fixture)
 
 from benchmarks import BENCHMARKS
 from benchmarks.__main__ import main

@@ -13,14 +13,16 @@ import yaml
 from conftest import REPO, tiny_params
 
 
-def cxr(args: list[str], cwd: Path, env: dict[str, str | None] | None = None,
-        timeout: int = 600) -> subprocess.CompletedProcess:
+def cxr(
+    args: list[str], cwd: Path, env: dict[str, str | None] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """``python -m cxr ARGS`` in ``cwd`` with this checkout's code; ``env`` laid over os.environ (None removes)."""
     full = {**os.environ, **(env or {})}
     full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full.get("PYTHONPATH")]))
     full = {k: v for k, v in full.items() if v is not None}
-    return subprocess.run([sys.executable, "-m", "cxr", *args], cwd=cwd, env=full, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cxr", *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def free_port() -> int:
@@ -86,15 +88,17 @@ def test_predict_without_champion_or_registry_fails_in_one_line(tmp_path: Path) 
 
     line = error_line(cxr(["predict", "new.png"], root, {"MLFLOW_TRACKING_URI": uri}))
     assert "models:/cxr-classifier@champion" in line and "no 'champion' alias" in line and "cxr gate" in line
-    line = error_line(cxr(["predict", "new.png", "--model", "models:/elsewhere@champion"], root,
-                          {"MLFLOW_TRACKING_URI": uri}))
+    line = error_line(
+        cxr(["predict", "new.png", "--model", "models:/elsewhere@champion"], root, {"MLFLOW_TRACKING_URI": uri})
+    )
     assert "no registered model 'elsewhere'" in line
 
     # A tracking server that does not answer. MLflow's own client would retry it for minutes; no retries here
     # keeps a regression quick to show (as a traceback), and does not help the check under test.
     dead = f"http://127.0.0.1:{free_port()}"
-    line = error_line(cxr(["predict", "new.png"], root,
-                          {"MLFLOW_TRACKING_URI": dead, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}))
+    line = error_line(
+        cxr(["predict", "new.png"], root, {"MLFLOW_TRACKING_URI": dead, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    )
     assert dead in line and "unreachable" in line
     assert not (root / "predictions.csv").exists()
 
@@ -102,9 +106,17 @@ def test_predict_without_champion_or_registry_fails_in_one_line(tmp_path: Path) 
 def test_predict_refuses_a_wrong_output_suffix_before_loading_anything(tmp_path: Path) -> None:
     """The refusal comes before MLflow or torch is even imported, let alone the model loaded."""
     root = predict_project(tmp_path / "p")
-    code = ("import sys\nfrom cxr.cli import app\ntry:\n    app(['predict', 'new.png', '-o', 'out.xlsx'])\n"
-            "except SystemExit as e:\n    print(e.code, sorted({'mlflow', 'torch'} & set(sys.modules)))\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys\nfrom cxr.cli import app\ntry:\n    app(['predict', 'new.png', '-o', 'out.xlsx'])\n"
+        "except SystemExit as e:\n    print(e.code, sorted({'mlflow', 'torch'} & set(sys.modules)))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.stdout.strip() == "1 []", (proc.stdout, proc.stderr[-2000:])
     assert proc.stderr.strip() == "error: out.xlsx: the output must end in .csv or .json"

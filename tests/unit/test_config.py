@@ -95,7 +95,9 @@ def test_cli_rejects_unknown_key_before_writing_anything(tmp_path: Path) -> None
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.run(
         [sys.executable, "-m", "cxr", "split", "--params", str(tmp_path / "params.yaml")],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 2
     assert "train.epochz" in proc.stderr and "unknown key" in proc.stderr

@@ -90,8 +90,17 @@ def test_decoded_cache_is_keyed_by_content_and_size(tmp_path: Path) -> None:
     rows = []
     for i in range(3):
         cv2.imwrite(str(raw / "A" / "images" / f"{i}.png"), np.full((90, 90), i * 50, np.uint8))
-        rows.append({"path": f"A/images/{i}.png", "sha256": str(i), "label": "A", "split": "train",
-                     "folder": "A", "group": str(i), "source": ""})
+        rows.append(
+            {
+                "path": f"A/images/{i}.png",
+                "sha256": str(i),
+                "label": "A",
+                "split": "train",
+                "folder": "A",
+                "group": str(i),
+                "source": "",
+            }
+        )
     m = Manifest(tuple(rows))
     arr = decoded_cache(m, raw, tmp_path / "cache", 32)
     assert arr.shape == (3, 32, 32) and int(arr[2].mean()) == 100
@@ -112,8 +121,17 @@ def test_decoded_cache_is_built_once_by_concurrent_writers(tmp_path: Path, monke
     rows = []
     for i in range(4):
         cv2.imwrite(str(raw / "A" / "images" / f"{i}.png"), np.full((64, 64), i * 40, np.uint8))
-        rows.append({"path": f"A/images/{i}.png", "sha256": str(i), "label": "A", "split": "train",
-                     "folder": "A", "group": str(i), "source": ""})
+        rows.append(
+            {
+                "path": f"A/images/{i}.png",
+                "sha256": str(i),
+                "label": "A",
+                "split": "train",
+                "folder": "A",
+                "group": str(i),
+                "source": "",
+            }
+        )
     m = Manifest(tuple(rows))
     builds, real_build = [], data._build_cache
     start = threading.Barrier(4)

@@ -1,4 +1,5 @@
-"""prefect.yaml's deployments and the container files: entrypoints exist, pools and job variables fit, data stays out."""
+"""prefect.yaml's deployments and the container files: entrypoints exist, pools and job variables fit, data stays
+out."""
 
 from __future__ import annotations
 
@@ -12,9 +13,24 @@ from conftest import REPO
 
 POOLS = {"cxr-process": "process", "cxr-docker": "docker", "cxr-k8s": "kubernetes"}
 #: Job variables the Docker worker (prefect-docker) accepts.
-DOCKER_VARIABLES = {"image", "image_pull_policy", "volumes", "env", "auto_remove", "networks", "network_mode",
-                    "stream_output", "mem_limit", "memswap_limit", "privileged", "container_create_kwargs",
-                    "registry_credentials", "name", "labels", "command"}
+DOCKER_VARIABLES = {
+    "image",
+    "image_pull_policy",
+    "volumes",
+    "env",
+    "auto_remove",
+    "networks",
+    "network_mode",
+    "stream_output",
+    "mem_limit",
+    "memswap_limit",
+    "privileged",
+    "container_create_kwargs",
+    "registry_credentials",
+    "name",
+    "labels",
+    "command",
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +55,11 @@ def test_container_deployments_get_code_data_and_tracking(deployments, name) -> 
     steps = [next(iter(s)) for s in dep["pull"]]
     assert steps[0] == "prefect.deployments.steps.git_clone"  # a container has no checkout of its own
     assert "prefect.deployments.steps.set_working_directory" in steps
-    shell = [s["prefect.deployments.steps.run_shell_script"]["script"] for s in dep["pull"]
-             if "prefect.deployments.steps.run_shell_script" in s]
+    shell = [
+        s["prefect.deployments.steps.run_shell_script"]["script"]
+        for s in dep["pull"]
+        if "prefect.deployments.steps.run_shell_script" in s
+    ]
     assert any("cache.dir /srv/cxr/" in s for s in shell)  # the DVC cache on the volume
     jv = dep["work_pool"]["job_variables"]
     env = jv["env"]
@@ -70,9 +89,22 @@ def test_k8s_job_variables_match_the_base_job_template(deployments) -> None:
 
 
 def test_dockerignore_keeps_data_caches_and_stores_out() -> None:
-    ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
-    assert {"data", "models", "reports", ".dvc/cache", "mlflow.db", "mlartifacts", ".venv", ".git", ".prefect"} <= ignored
+    ignored = {
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {
+        "data",
+        "models",
+        "reports",
+        ".dvc/cache",
+        "mlflow.db",
+        "mlartifacts",
+        ".venv",
+        ".git",
+        ".prefect",
+    } <= ignored
 
 
 def test_dockerfile_has_cpu_and_cuda_bases_and_no_entrypoint() -> None:

@@ -245,8 +245,11 @@ def test_every_path_in_dvc_yaml_is_a_resolved_path() -> None:
 
     params = _params()
     paths = load_settings(REPO / "params.yaml").paths(REPO)
-    known = {getattr(paths, n).relative_to(REPO).as_posix() for n in dir(paths)
-             if not n.startswith("_") and isinstance(getattr(paths, n, None), Path) and n != "root"}
+    known = {
+        getattr(paths, n).relative_to(REPO).as_posix()
+        for n in dir(paths)
+        if not n.startswith("_") and isinstance(getattr(paths, n, None), Path) and n != "root"
+    }
     spec = yaml.safe_load(_resolve((REPO / "dvc.yaml").read_text(), params))
     named: set[str] = set()
     for stage in spec["stages"].values():
@@ -259,5 +262,6 @@ def test_every_path_in_dvc_yaml_is_a_resolved_path() -> None:
         for definition in plot.values():
             named.update(definition["y"])
     assert named - known == set(), f"dvc.yaml names paths cxr.config does not define: {sorted(named - known)}"
-    assert "${" not in (REPO / "dvc.yaml").read_text().split("plots:")[-1].replace("${base.paths.", ""), \
+    assert "${" not in (REPO / "dvc.yaml").read_text().split("plots:")[-1].replace("${base.paths.", ""), (
         "the plots block spells a path without base.paths"
+    )

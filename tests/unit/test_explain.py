@@ -9,13 +9,21 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 pytest.importorskip("pytorch_grad_cam")
 
-from cxr.evaluation.cam import compute_cams, energy_inside, gallery, iou_at_top, overlay, pointing_game, target_layers
+from cxr.evaluation.cam import (  # noqa: E402 - after the skips: they name what is missing
+    compute_cams,
+    energy_inside,
+    gallery,
+    iou_at_top,
+    overlay,
+    pointing_game,
+    target_layers,
+)
 
 SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def models() -> dict[str, "torch.nn.Module"]:
+def models() -> dict[str, torch.nn.Module]:
     """Tiny-input torchvision models with random weights, one per family tested."""
     torch.manual_seed(0)
     return {
@@ -25,7 +33,7 @@ def models() -> dict[str, "torch.nn.Module"]:
 
 
 @pytest.fixture(scope="module")
-def images() -> "torch.Tensor":
+def images() -> torch.Tensor:
     """Three random 64x64 RGB images."""
     g = torch.Generator().manual_seed(0)
     return torch.randn(3, 3, SIZE, SIZE, generator=g)
@@ -223,7 +231,7 @@ def test_cam_figure_draws_the_image_pixel_for_pixel_with_a_colour_bar_and_the_la
     height, width = rendered.shape[:2]
     box = fig.axes[0].get_position()
     x0, x1, y0, y1 = (round(v) for v in (box.x0 * width, box.x1 * width, box.y0 * height, box.y1 * height))
-    region = rendered[height - y1:height - y0, x0:x1]
+    region = rendered[height - y1 : height - y0, x0:x1]
     assert region.shape == (173, 211, 3)
     np.testing.assert_array_equal(region, overlay(image, cam))
     assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "Grad-CAM (normalised)"

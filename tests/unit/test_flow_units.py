@@ -22,6 +22,7 @@ from tasks import pipeline_tasks as pt
 
 # --- Markdown artifacts -------------------------------------------------------------------------
 
+
 def test_metrics_markdown_rows_intervals_and_missing_keys() -> None:
     md = metrics_markdown(
         {"n": 400, "accuracy": 0.91234, "accuracy_ci_low": 0.88, "accuracy_ci_high": 0.94, "macro_auc": 0.97},
@@ -36,8 +37,13 @@ def test_metrics_markdown_rows_intervals_and_missing_keys() -> None:
 def test_data_report_markdown_counts_totals_and_duplicates() -> None:
     report = {
         "counts": {"COVID": {"train": 10, "valid": 2, "test": 3}, "Normal": {"train": 20, "valid": 4, "test": 5}},
-        "duplicates": {"groups": 2, "images_in_groups": 5, "exact_copies": 1, "groups_crossing_splits": 0,
-                       "label_conflicts": [["a", "b"]]},
+        "duplicates": {
+            "groups": 2,
+            "images_in_groups": 5,
+            "exact_copies": 1,
+            "groups_crossing_splits": 0,
+            "label_conflicts": [["a", "b"]],
+        },
         "sizes": {"299x299": 44},
         "modes": {"L": 44},
     }
@@ -50,6 +56,7 @@ def test_data_report_markdown_counts_totals_and_duplicates() -> None:
 
 
 # --- the failure notifier -----------------------------------------------------------------------
+
 
 class _Recorder(BaseHTTPRequestHandler):
     """Records each POST (path, headers, JSON body) and answers with the server's status."""
@@ -78,10 +85,14 @@ def webhook():
 
 def _failed_run():
     flow = SimpleNamespace(name="cxr-pipeline")
-    run = SimpleNamespace(name="brave-otter", id="0b7e-run", deployment_id=None,
-                          parameters={"params": "params.yaml", "root": Path("/x")})
-    state = SimpleNamespace(type=SimpleNamespace(value="FAILED"), name="Failed",
-                            message="Flow run encountered an exception: DvcError: `dvc repro` failed")
+    run = SimpleNamespace(
+        name="brave-otter", id="0b7e-run", deployment_id=None, parameters={"params": "params.yaml", "root": Path("/x")}
+    )
+    state = SimpleNamespace(
+        type=SimpleNamespace(value="FAILED"),
+        name="Failed",
+        message="Flow run encountered an exception: DvcError: `dvc repro` failed",
+    )
     return flow, run, state
 
 
@@ -137,6 +148,7 @@ def test_notify_never_raises_and_never_logs_the_token(webhook, monkeypatch, capl
 
 # --- retries: only what can heal by itself ------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("exc", "retry"),
     [
@@ -172,8 +184,11 @@ def test_retry_condition_on_a_real_prefect_failed_state() -> None:
 
 
 def test_tasks_retry_with_the_condition_and_have_time_limits() -> None:
-    for t, limit in ((pt.download_data, pt.DOWNLOAD_TIMEOUT_S), (pt.repro_stage, pt.STAGE_TIMEOUT_S),
-                     (pt.register_model, pt.REGISTER_TIMEOUT_S)):
+    for t, limit in (
+        (pt.download_data, pt.DOWNLOAD_TIMEOUT_S),
+        (pt.repro_stage, pt.STAGE_TIMEOUT_S),
+        (pt.register_model, pt.REGISTER_TIMEOUT_S),
+    ):
         assert t.retries >= 1 and t.retry_condition_fn is pt._transient, t.name
         assert t.timeout_seconds == limit, t.name
     assert pt.REGISTER_TIMEOUT_S < pt.DOWNLOAD_TIMEOUT_S <= pt.STAGE_TIMEOUT_S < pt.FLOW_TIMEOUT_S
@@ -185,6 +200,7 @@ def test_tasks_retry_with_the_condition_and_have_time_limits() -> None:
 
 # --- streaming the stage output -----------------------------------------------------------------
 
+
 def test_stream_command_passes_lines_as_they_come(tmp_path: Path) -> None:
     script = (
         "import sys, time\n"
@@ -194,8 +210,9 @@ def test_stream_command_passes_lines_as_they_come(tmp_path: Path) -> None:
         "sys.exit(3)\n"
     )
     seen: list[tuple[float, str]] = []
-    code, out = pt.stream_command([sys.executable, "-c", script], tmp_path, None,
-                                  lambda line: seen.append((time.monotonic(), line)))
+    code, out = pt.stream_command(
+        [sys.executable, "-c", script], tmp_path, None, lambda line: seen.append((time.monotonic(), line))
+    )
     assert code == 3
     assert [line for _, line in seen] == ["one", "progress 100%", "two"]  # stderr merged, last redraw only
     assert out == "one\nprogress 100%\ntwo"

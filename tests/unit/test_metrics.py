@@ -55,7 +55,15 @@ def test_perfect_predictions_all_one() -> None:
     y = np.repeat(np.arange(4), 25)
     p = _probs_from_preds(y, 4, conf=0.9)
     m = classification_metrics(y, p, CLASSES, n_boot=200)
-    keys = ["accuracy", "macro_precision", "macro_sensitivity", "macro_specificity", "macro_f1", "weighted_f1", "macro_auc"]
+    keys = [
+        "accuracy",
+        "macro_precision",
+        "macro_sensitivity",
+        "macro_specificity",
+        "macro_f1",
+        "weighted_f1",
+        "macro_auc",
+    ]
     for key in keys:
         for suffix in ("", "_ci_low", "_ci_high"):
             assert m[key + suffix] == pytest.approx(1.0), key + suffix
@@ -312,7 +320,9 @@ def fig_data() -> tuple[np.ndarray, np.ndarray]:
 def test_figures_written(tmp_path, fig_data, kind) -> None:
     y, p = fig_data
     if kind == "cm":
-        fig = figures.plot_confusion_matrix(classification_metrics(y, p, CLASSES, n_boot=0)["confusion_matrix"], CLASSES)
+        fig = figures.plot_confusion_matrix(
+            classification_metrics(y, p, CLASSES, n_boot=0)["confusion_matrix"], CLASSES
+        )
     elif kind == "roc":
         fig = figures.plot_roc(y, p, CLASSES)
     elif kind == "pr":
@@ -349,10 +359,13 @@ def test_augmentation_preview_grid(tmp_path) -> None:
     assert np.array_equal(cpu[0], image) and np.array_equal(device[0], image)
     assert all(not np.array_equal(t, image) for t in cpu[1:] + device[1:])  # p=1: every tile is changed
     # The same seed gives the same augmentation by both paths (bilinear rounding aside).
-    assert all(np.abs(a.astype(int) - b).max() <= 3 for a, b in zip(cpu[1:], device[1:]))
+    assert all(np.abs(a.astype(int) - b).max() <= 3 for a, b in zip(cpu[1:], device[1:], strict=True))
     again = preview_figure(image, aug, n=5, seed=3)
-    assert all(np.array_equal(np.asarray(a.images[0].get_array()), np.asarray(b.images[0].get_array()))
-               for a, b in zip(fig.axes, again.axes) if a.images)
+    assert all(
+        np.array_equal(np.asarray(a.images[0].get_array()), np.asarray(b.images[0].get_array()))
+        for a, b in zip(fig.axes, again.axes, strict=True)
+        if a.images
+    )
     fig.savefig(tmp_path / "aug.png", dpi=60)
     assert (tmp_path / "aug.png").stat().st_size > 1024
     with pytest.raises(ValueError, match="2-D uint8"):

@@ -46,8 +46,17 @@ def _raw(tmp_path: Path, images: dict[str, list[bytes]], masks: bool) -> tuple[P
             (raw / cls / "images" / name).write_bytes(data)
             if masks:
                 (raw / cls / "masks" / name).write_bytes(_png(_lung_mask()))
-            rows.append({"path": f"{cls}/images/{name}", "folder": cls, "label": cls, "split": "test",
-                         "sha256": "", "group": "", "source": ""})
+            rows.append(
+                {
+                    "path": f"{cls}/images/{name}",
+                    "folder": cls,
+                    "label": cls,
+                    "split": "test",
+                    "sha256": "",
+                    "group": "",
+                    "source": "",
+                }
+            )
     return raw, Manifest(tuple(rows))
 
 
@@ -90,8 +99,9 @@ def test_a_model_that_reads_the_encoding_is_flagged(tmp_path: Path) -> None:
     smooth = [np.full((SIZE, SIZE), v, np.uint8) for v in rng.integers(60, 200, 12)]  # class 1, stored as JPEG
     raw, test = _raw(tmp_path, {"COVID": [_png(n) for n in noisy], "Normal": [_jpeg(s) for s in smooth]}, False)
     as_png = _roughness(torch.from_numpy(np.stack(noisy)).float().div(255).unsqueeze(1)).mean()
-    as_jpeg = _roughness(torch.from_numpy(np.stack([decode(reencode(_png(n)), SIZE) for n in noisy]))
-                         .float().div(255).unsqueeze(1)).mean()
+    as_jpeg = _roughness(
+        torch.from_numpy(np.stack([decode(reencode(_png(n)), SIZE) for n in noisy])).float().div(255).unsqueeze(1)
+    ).mean()
     assert as_jpeg < as_png  # JPEG at quality 90 drops the faint pattern: the cue this model reads
     model = _Fixed(_roughness, float(as_jpeg + as_png) / 2)
 
@@ -115,8 +125,10 @@ def _with_border(value: int, rng: np.random.Generator) -> np.ndarray:
 
 def test_a_model_that_reads_outside_the_lungs_is_flagged_and_one_that_reads_the_lungs_is_not(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
-    images = {"COVID": [_png(_with_border(200, rng)) for _ in range(8)],
-              "Normal": [_png(_with_border(60, rng)) for _ in range(8)]}
+    images = {
+        "COVID": [_png(_with_border(200, rng)) for _ in range(8)],
+        "Normal": [_png(_with_border(60, rng)) for _ in range(8)],
+    }
     raw, test = _raw(tmp_path, images, True)
     corner = _Fixed(lambda x: x[:, 0, :4, :4].mean(dim=(1, 2)), 0.5)  # reads the top-left corner: no lung there
     probes = shortcut_probes(corner, test, CLASSES, raw, SIZE, batch_size=8)
@@ -126,8 +138,10 @@ def test_a_model_that_reads_outside_the_lungs_is_flagged_and_one_that_reads_the_
     assert lungs["shortcut"] and "SHORTCUT" in lungs["verdict"] and probes["shortcut"]
 
     # The cue inside the lungs, and a model that reads the centre of the left lung only.
-    images = {"COVID": [_png(np.where(_lung_mask() > 0, 220, 100).astype(np.uint8)) for _ in range(8)],
-              "Normal": [_png(np.where(_lung_mask() > 0, 30, 100).astype(np.uint8)) for _ in range(8)]}
+    images = {
+        "COVID": [_png(np.where(_lung_mask() > 0, 220, 100).astype(np.uint8)) for _ in range(8)],
+        "Normal": [_png(np.where(_lung_mask() > 0, 30, 100).astype(np.uint8)) for _ in range(8)],
+    }
     raw2, test2 = _raw(tmp_path / "b", images, True)
     centre = _Fixed(lambda x: x[:, 0, 28:36, 16:24].mean(dim=(1, 2)), 0.5)
     probes2 = shortcut_probes(centre, test2, CLASSES, raw2, SIZE, batch_size=8)
@@ -140,13 +154,38 @@ def test_a_model_that_reads_outside_the_lungs_is_flagged_and_one_that_reads_the_
 def test_the_report_section_says_shortcut_in_words() -> None:
     from cxr.reporting.report import _probes_section
 
-    html = _probes_section({"probes": {
-        "shortcut": True, "summary": "SHORTCUT: re-encoding the PNG test images as JPEG drops their accuracy",
-        "format": {"n": 20, "accuracy_original": 1.0, "accuracy": 0.5, "changed": 0.5, "jpeg_quality": 90,
-                   "threshold": 0.1, "by_format": {"png": {"n": 10, "reencoded_as": "jpeg", "accuracy_original": 1.0,
-                                                           "accuracy": 0.0, "changed": 1.0}}},
-        "lungs": {"n": 20, "accuracy_original": 1.0, "accuracy_lungs_only": 0.5, "accuracy_lungs_blanked": 0.95,
-                  "chance": 0.5, "threshold": 0.5},
-    }})
+    html = _probes_section(
+        {
+            "probes": {
+                "shortcut": True,
+                "summary": "SHORTCUT: re-encoding the PNG test images as JPEG drops their accuracy",
+                "format": {
+                    "n": 20,
+                    "accuracy_original": 1.0,
+                    "accuracy": 0.5,
+                    "changed": 0.5,
+                    "jpeg_quality": 90,
+                    "threshold": 0.1,
+                    "by_format": {
+                        "png": {
+                            "n": 10,
+                            "reencoded_as": "jpeg",
+                            "accuracy_original": 1.0,
+                            "accuracy": 0.0,
+                            "changed": 1.0,
+                        }
+                    },
+                },
+                "lungs": {
+                    "n": 20,
+                    "accuracy_original": 1.0,
+                    "accuracy_lungs_only": 0.5,
+                    "accuracy_lungs_blanked": 0.95,
+                    "chance": 0.5,
+                    "threshold": 0.5,
+                },
+            }
+        }
+    )
     assert 'class="warn"' in html and "SHORTCUT" in html and "lungs blanked" in html and "0.950" in html
     assert "No shortcut probes" in _probes_section({})

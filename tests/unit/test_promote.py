@@ -34,8 +34,16 @@ CLASSES = ("COVID", "Normal")
 NAME = "cxr-test"
 N_TEST = 200
 GOOD = {"test/accuracy": 0.9, "test/macro_auc": 0.95, "test/COVID/sensitivity": 0.9}
-CFG = Registry(min_accuracy=0.5, min_macro_auc=0.7, min_sensitivity={"COVID": 0.5}, margin=0.02, alpha=0.05,
-               test="mcnemar", n_boot=500, auto_promote=True)
+CFG = Registry(
+    min_accuracy=0.5,
+    min_macro_auc=0.7,
+    min_sensitivity={"COVID": 0.5},
+    margin=0.02,
+    alpha=0.05,
+    test="mcnemar",
+    n_boot=500,
+    auto_promote=True,
+)
 
 
 def sha(text: str) -> str:
@@ -48,8 +56,17 @@ def manifest_rows(prefix: str = "img", n: int = N_TEST) -> list[dict[str, str]]:
     for i in range(n + 10):
         label = CLASSES[i % 2]
         path = f"{label}/images/{prefix}{i}.png"
-        rows.append({"path": path, "folder": label, "label": label, "split": "test" if i < n else "train",
-                     "sha256": sha(f"{prefix}{i}"), "group": str(i), "source": "synthetic"})
+        rows.append(
+            {
+                "path": path,
+                "folder": label,
+                "label": label,
+                "split": "test" if i < n else "train",
+                "sha256": sha(f"{prefix}{i}"),
+                "group": str(i),
+                "source": "synthetic",
+            }
+        )
     return rows
 
 
@@ -67,8 +84,12 @@ def predictions(rows: list[dict[str, str]], n_right: int, with_hash: bool = Fals
     for i, r in enumerate(x for x in rows if x["split"] == "test"):
         wrong = CLASSES[1 - CLASSES.index(r["label"])]
         pred = r["label"] if i < n_right else wrong
-        row = {"path": r["path"], "actual": r["label"], "predicted": pred,
-               **{f"p_{c}": "1.0" if c == pred else "0.0" for c in CLASSES}}
+        row = {
+            "path": r["path"],
+            "actual": r["label"],
+            "predicted": pred,
+            **{f"p_{c}": "1.0" if c == pred else "0.0" for c in CLASSES},
+        }
         if with_hash:
             row["sha256"] = r["sha256"]
         out.append(row)
@@ -234,8 +255,11 @@ def test_champion_on_another_split_is_rescored_on_the_challengers_test_images(st
     client, add = store
     old_rows = manifest_rows("old")
     # The champion was scored on another split; as a model it reads the label written in each image "file".
-    champ = add(preds=predictions(old_rows, 180, with_hash=True), model=label_reading_model(CLASSES),
-                tags={"data_version": "dv0"})
+    champ = add(
+        preds=predictions(old_rows, 180, with_hash=True),
+        model=label_reading_model(CLASSES),
+        tags={"data_version": "dv0"},
+    )
     promote(client, NAME, champ, "baseline", "alice")
     rows = manifest_rows("new")
     raw = tmp_path / "raw"
@@ -284,8 +308,13 @@ def test_manual_promote_and_rollback_are_recorded(store) -> None:
     assert alias_version(client, NAME, PREVIOUS) is None
     assert champion_history(client, NAME) == [v1]
     events = [(e["event"], e["version"], e["actor"]) for e in audit_log(client, NAME)]
-    assert events == [("promote", v1, "alice"), ("promote", v2, "bob"), ("promote", v3, "carol"),
-                      ("rollback", v2, "dave"), ("rollback", v1, "dave")]
+    assert events == [
+        ("promote", v1, "alice"),
+        ("promote", v2, "bob"),
+        ("promote", v3, "carol"),
+        ("rollback", v2, "dave"),
+        ("rollback", v1, "dave"),
+    ]
 
 
 def test_audit_log_is_bounded(store) -> None:
@@ -488,7 +517,7 @@ def test_the_file_lock_times_out_with_a_clear_error(tmp_path: Path) -> None:
 
 
 def _drift_project(tmp_path: Path, block: bool) -> tuple[Path, object, object]:
-    """params.yaml (drift.block_promotion as given) and a split manifest under ``tmp_path``; (params, settings, paths)."""
+    """params.yaml (drift.block_promotion as given) and a split manifest: (params, settings, paths)."""
     import yaml
     from conftest import tiny_params
 
@@ -499,8 +528,9 @@ def _drift_project(tmp_path: Path, block: bool) -> tuple[Path, object, object]:
     params.write_text(yaml.safe_dump(tiny_params(base={"model_name": NAME}, drift={"block_promotion": block})))
     settings = load_settings(params)
     paths = settings.paths(tmp_path)
-    write_split([{**r, "split": "valid" if i % 3 else r["split"]} for i, r in enumerate(manifest_rows(n=12))],
-                paths.manifest)
+    write_split(
+        [{**r, "split": "valid" if i % 3 else r["split"]} for i, r in enumerate(manifest_rows(n=12))], paths.manifest
+    )
     return params, settings, paths
 
 
@@ -508,8 +538,13 @@ def _flagged_report(paths, champion: str | None):
     from cxr.data.manifest import manifest_hash, read_manifest
     from cxr.monitoring.report import DriftReport, write_report
 
-    report = DriftReport(status="checked", flagged=True, reasons=["intensity: p = 0.001 < alpha 0.01"],
-                         champion_version=champion, data=manifest_hash(read_manifest(paths.manifest)))
+    report = DriftReport(
+        status="checked",
+        flagged=True,
+        reasons=["intensity: p = 0.001 < alpha 0.01"],
+        champion_version=champion,
+        data=manifest_hash(read_manifest(paths.manifest)),
+    )
     write_report(report, paths.drift)
     return report
 

@@ -34,8 +34,18 @@ def make_checkpoint(path: Path, classes=CLASSES, size: int = SIZE, seed: int = 0
     with torch.no_grad():
         model.fc.weight.mul_(5.0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "arch": "resnet18", "classes": list(classes), "image_size": size,
-                "params": {}, "epoch": 0, "val": {"val_accuracy": 0.5}}, path)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "arch": "resnet18",
+            "classes": list(classes),
+            "image_size": size,
+            "params": {},
+            "epoch": 0,
+            "val": {"val_accuracy": 0.5},
+        },
+        path,
+    )
     return path
 
 
@@ -81,8 +91,14 @@ def store(module_tmp: Path) -> dict:
     with mlflow.start_run(experiment_id=exp):
         info = log_pyfunc(checkpoint, calibration)
     model = mlflow.pyfunc.load_model(info.model_uri)
-    return {"root": root, "checkpoint": checkpoint, "uri": uri, "model_uri": info.model_uri, "model": model,
-            "images": make_images(root / "images")}
+    return {
+        "root": root,
+        "checkpoint": checkpoint,
+        "uri": uri,
+        "model_uri": info.model_uri,
+        "model": model,
+        "images": make_images(root / "images"),
+    }
 
 
 def test_probabilities_sum_to_one_in_the_checkpoint_class_order(store) -> None:
@@ -108,8 +124,15 @@ def test_path_bytes_base64_and_arrays_give_the_same_answer(store) -> None:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-    inputs = [str(path), raw, base64.b64encode(raw).decode(), base64.encodebytes(raw).decode(),
-              "data:image/png;base64," + base64.b64encode(raw).decode(), rgb, gray]
+    inputs = [
+        str(path),
+        raw,
+        base64.b64encode(raw).decode(),
+        base64.encodebytes(raw).decode(),
+        "data:image/png;base64," + base64.b64encode(raw).decode(),
+        rgb,
+        gray,
+    ]
     out = store["model"].predict(to_frame(inputs))
     probs = out.drop(columns="label").to_numpy()
     for i in range(1, len(inputs)):
@@ -123,8 +146,9 @@ def test_path_bytes_base64_and_arrays_give_the_same_answer(store) -> None:
     assert np.abs(clf.preprocess([bgr]).astype(int) - pixels[0]).max() > 10
     # A mapping {"image": [...]} works through pyfunc too (what the scoring server makes of JSON "inputs").
     for listed in ({"image": [str(path), raw]}, {"image": [str(path), base64.b64encode(raw).decode()]}):
-        np.testing.assert_allclose(store["model"].predict(listed).drop(columns="label").to_numpy(), probs[:2],
-                                   atol=1e-9)
+        np.testing.assert_allclose(
+            store["model"].predict(listed).drop(columns="label").to_numpy(), probs[:2], atol=1e-9
+        )
 
 
 def test_calibration_temperature_is_applied(store) -> None:
@@ -238,8 +262,13 @@ def test_predict_writes_csv_and_json_with_gradcam(store, tmp_path: Path) -> None
     nested = make_images(folder / "sub", n=2, seed=5)
     (folder / "notes.txt").write_text("not an image")
     single = store["images"][0]
-    result = predict(store["model_uri"], [folder, single], tmp_path / "out" / "pred.csv", gradcam_dir=tmp_path / "cams",
-                     tracking_uri=store["uri"])
+    result = predict(
+        store["model_uri"],
+        [folder, single],
+        tmp_path / "out" / "pred.csv",
+        gradcam_dir=tmp_path / "cams",
+        tracking_uri=store["uri"],
+    )
     assert result.predicted == 3 and result.failed == {}
     table = pd.read_csv(result.out)
     assert list(table.columns) == ["path", "p_Normal", "p_COVID", "p_Viral Pneumonia", "label", "gradcam", "error"]
@@ -247,18 +276,22 @@ def test_predict_writes_csv_and_json_with_gradcam(store, tmp_path: Path) -> None
     assert list(table["path"]) == [str(p) for p in nested] + [str(single)]
     np.testing.assert_allclose(table.filter(like="p_").sum(axis=1), 1.0, atol=1e-6)
     direct = store["model"].predict(pd.DataFrame({"image": [str(p) for p in nested]}))
-    np.testing.assert_allclose(table.filter(like="p_").to_numpy()[:2], direct.drop(columns="label").to_numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        table.filter(like="p_").to_numpy()[:2], direct.drop(columns="label").to_numpy(), atol=1e-6
+    )
     cams = sorted((tmp_path / "cams").glob("*.png"))
     assert len(cams) == 3 and len({c.name for c in cams}) == 3  # img0 twice (folder and file): names stay unique
     # Each overlay is drawn at its file's own resolution (not the model's SIZE), plus a fixed frame
     # for the title and the colour bar.
     frames = set()
-    for path, image in zip(table["gradcam"], table["path"]):
+    for path, image in zip(table["gradcam"], table["path"], strict=True):
         overlay, source = cv2.imread(path), cv2.imread(image)
         assert overlay.std() > 0
         frames.add((overlay.shape[0] - source.shape[0], overlay.shape[1] - source.shape[1]))
     assert len(frames) == 1 and min(next(iter(frames))) > 0, frames
-    assert len({cv2.imread(p).shape for p in table["gradcam"]}) == len({cv2.imread(p).shape for p in table["path"]}) == 2
+    assert (
+        len({cv2.imread(p).shape for p in table["gradcam"]}) == len({cv2.imread(p).shape for p in table["path"]}) == 2
+    )
 
     json_out = predict(store["model_uri"], [single], tmp_path / "pred.json", tracking_uri=store["uri"]).out
     rows = json.loads(json_out.read_text())
@@ -284,8 +317,9 @@ def test_predict_reports_a_bad_file_and_classifies_the_rest(store, tmp_path: Pat
     assert "img0_bad.jpg: cannot be decoded" in table.loc[1, "error"] and table["error"].isna().sum() == 2
     assert len(list((tmp_path / "cams").glob("*.png"))) == 2
     direct = store["model"].predict(pd.DataFrame({"image": [str(p) for p in good]}))
-    np.testing.assert_allclose(table.filter(like="p_").to_numpy()[[0, 2]], direct.drop(columns="label").to_numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        table.filter(like="p_").to_numpy()[[0, 2]], direct.drop(columns="label").to_numpy(), atol=1e-6
+    )
     assert any("img0_bad.jpg" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
 
     # Nothing readable: an error, and nothing written.
@@ -315,14 +349,29 @@ def fake_project(root: Path) -> tuple:
     make_checkpoint(paths.best_checkpoint)
     paths.eval_reports.mkdir(parents=True)
     (paths.eval_reports / "calibration.json").write_text(json.dumps({"temperature": 1.5}))
-    metrics = {"n": 16, "classes": CLASSES, "accuracy": 0.75, "accuracy_ci_low": 0.5, "accuracy_ci_high": 0.9,
-               "macro_auc": 0.8, "macro_auc_ci_low": 0.6, "macro_auc_ci_high": 0.95,
-               "per_class": {c: {"support": 5, "sensitivity": 0.6, "sensitivity_ci_low": 0.2,
-                                 "sensitivity_ci_high": 1.0} for c in CLASSES},
-               "binary": {"positive": "COVID", "threshold": 0.4, "sensitivity": 0.8, "sensitivity_ci_low": 0.4,
-                          "sensitivity_ci_high": 1.0},
-               "calibration": {"temperature": 1.5, "ece": 0.05, "ece_uncalibrated": 0.2, "brier": 0.3},
-               "bootstrap": {"ci": 0.95}}
+    metrics = {
+        "n": 16,
+        "classes": CLASSES,
+        "accuracy": 0.75,
+        "accuracy_ci_low": 0.5,
+        "accuracy_ci_high": 0.9,
+        "macro_auc": 0.8,
+        "macro_auc_ci_low": 0.6,
+        "macro_auc_ci_high": 0.95,
+        "per_class": {
+            c: {"support": 5, "sensitivity": 0.6, "sensitivity_ci_low": 0.2, "sensitivity_ci_high": 1.0}
+            for c in CLASSES
+        },
+        "binary": {
+            "positive": "COVID",
+            "threshold": 0.4,
+            "sensitivity": 0.8,
+            "sensitivity_ci_low": 0.4,
+            "sensitivity_ci_high": 1.0,
+        },
+        "calibration": {"temperature": 1.5, "ece": 0.05, "ece_uncalibrated": 0.2, "brier": 0.3},
+        "bootstrap": {"ci": 0.95},
+    }
     paths.metrics_full.write_text(json.dumps(metrics))
     paths.gradcam_reports.mkdir(parents=True)
     (paths.gradcam_reports / "metrics.json").write_text(json.dumps({"lung_energy": 0.61, "lung_area_fraction": 0.3}))
@@ -374,15 +423,26 @@ def test_register_logs_the_pyfunc_with_lineage_and_a_model_card(tmp_path: Path, 
     assert float(tags["test.macro_auc_ci_high"]) == 0.95
     assert float(tags["test.COVID.sensitivity"]) == 0.6 and float(tags["test.COVID.at_threshold.sensitivity"]) == 0.8
     card = version.description
-    for needle in ("Intended use", "abc123.dir", "Normal, COVID, Viral Pneumonia", "0.7500 [0.5000, 0.9000]",
-                   "T = 1.5000", "0.6100", "Source-archive shortcut", "Near duplicates", "No patient identifiers"):
+    for needle in (
+        "Intended use",
+        "abc123.dir",
+        "Normal, COVID, Viral Pneumonia",
+        "0.7500 [0.5000, 0.9000]",
+        "T = 1.5000",
+        "0.6100",
+        "Source-archive shortcut",
+        "Near duplicates",
+        "No patient identifiers",
+    ):
         assert needle in card, needle
-    local = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="model_card.md",
-                                                dst_path=str(tmp_path / "dl"), tracking_uri=uri)
+    local = mlflow.artifacts.download_artifacts(
+        run_id=result.run_id, artifact_path="model_card.md", dst_path=str(tmp_path / "dl"), tracking_uri=uri
+    )
     assert Path(local).read_text() == card
     # The report logged to the run names the run and the version, which the report stage cannot know.
-    page = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="pipeline/report.html",
-                                               dst_path=str(tmp_path / "dl"), tracking_uri=uri)
+    page = mlflow.artifacts.download_artifacts(
+        run_id=result.run_id, artifact_path="pipeline/report.html", dst_path=str(tmp_path / "dl"), tracking_uri=uri
+    )
     page = Path(page).read_text()
     assert f"<code>{result.run_id}</code>" in page and f"{result.model_name} version {result.version}" in page
     assert client.get_run(result.run_id).data.metrics["data/skipped_files"] == 0
@@ -426,10 +486,13 @@ def test_register_twice_with_the_same_inputs_registers_once(tmp_path: Path, monk
     assert not reg.register(gate_only, paths).new
     forced = reg.register(settings, paths, force=True)
     assert forced.new and forced.version != first.version
-    changed = parse_settings({**settings.model_dump(mode="json"),
-                              "train": {**settings.train.model_dump(mode="json"), "lr": 0.01}})
+    changed = parse_settings(
+        {**settings.model_dump(mode="json"), "train": {**settings.train.model_dump(mode="json"), "lr": 0.01}}
+    )
     assert reg.register(changed, paths).new
-    (paths.root / "cxr" / "model" / "networks.py").write_text((paths.root / "cxr" / "model" / "networks.py").read_text() + "\n# edited\n")
+    (paths.root / "cxr" / "model" / "networks.py").write_text(
+        (paths.root / "cxr" / "model" / "networks.py").read_text() + "\n# edited\n"
+    )
     assert reg.register(settings, paths).new
     card = paths.root / "cxr" / "reporting" / "templates" / "model_card.md.j2"
     card.write_text(card.read_text() + "\nEdited.\n")
@@ -467,7 +530,8 @@ def test_artifact_location_follows_the_tracking_uri(tmp_path: Path) -> None:
     from cxr.ops.tracking import artifact_location
 
     assert artifact_location(f"sqlite:///{tmp_path / 'store' / 'x.db'}", tmp_path / "p") == (
-        (tmp_path / "store" / "mlartifacts").as_uri())
+        (tmp_path / "store" / "mlartifacts").as_uri()
+    )
     assert artifact_location("postgresql://u@db/mlflow", tmp_path / "p") == (tmp_path / "p" / "mlartifacts").as_uri()
     assert artifact_location("http://127.0.0.1:5000", tmp_path) is None  # the server's --artifacts-destination
 

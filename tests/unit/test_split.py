@@ -21,9 +21,9 @@ def _labels() -> list[str]:
 def test_stratified_sizes_keep_class_proportions() -> None:
     labels = _labels()
     out = assign_splits(labels, list(range(len(labels))), Split(valid=90, test=45), seed=1)
-    counts = Counter(zip(labels, out))
-    assert sum(v for (l, s), v in counts.items() if s == "valid") == 90
-    assert sum(v for (l, s), v in counts.items() if s == "test") == 45
+    counts = Counter(zip(labels, out, strict=True))
+    assert sum(v for (_label, s), v in counts.items() if s == "valid") == 90
+    assert sum(v for (_label, s), v in counts.items() if s == "test") == 45
     assert (counts[("a", "valid")], counts[("b", "valid")], counts[("c", "valid")]) == (60, 20, 10)
     assert (counts[("a", "test")], counts[("b", "test")], counts[("c", "test")]) == (30, 10, 5)
 
@@ -31,7 +31,7 @@ def test_stratified_sizes_keep_class_proportions() -> None:
 def test_balanced_mode_takes_equal_shares() -> None:
     labels = _labels()
     out = assign_splits(labels, list(range(len(labels))), Split(mode="balanced", valid=30, test=30), seed=1)
-    counts = Counter(zip(labels, out))
+    counts = Counter(zip(labels, out, strict=True))
     assert {counts[(c, "valid")] for c in "abc"} == {10}
     assert {counts[(c, "test")] for c in "abc"} == {10}
 

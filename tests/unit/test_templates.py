@@ -1,4 +1,5 @@
-"""The report and model card templates: HTML escaped, Markdown verbatim, missing values loud, shipped with the package."""
+"""The report and model card templates: HTML escaped, Markdown verbatim, missing values loud, shipped with the
+package."""
 
 from __future__ import annotations
 
@@ -21,10 +22,28 @@ HOSTILE = "<script>alert(1)</script>"
 
 def test_html_templates_escape_values() -> None:
     page = render_html(
-        "report.html.j2", title=HOSTILE, labels=["COVID", HOSTILE], arch="resnet18", image_size=48,
-        fingerprint="f", synthetic=False, sections=[{"id": "x", "title": HOSTILE, "html": render_html(
-            "report_lineage.html.j2", commit=HOSTILE, dirty=False, data_version=None, lock_hash=None,
-            fingerprint="f", registered={"run_id": HOSTILE, "name": "m", "version": "1"})}],
+        "report.html.j2",
+        title=HOSTILE,
+        labels=["COVID", HOSTILE],
+        arch="resnet18",
+        image_size=48,
+        fingerprint="f",
+        synthetic=False,
+        sections=[
+            {
+                "id": "x",
+                "title": HOSTILE,
+                "html": render_html(
+                    "report_lineage.html.j2",
+                    commit=HOSTILE,
+                    dirty=False,
+                    data_version=None,
+                    lock_hash=None,
+                    fingerprint="f",
+                    registered={"run_id": HOSTILE, "name": "m", "version": "1"},
+                ),
+            }
+        ],
     )
     assert "<script" not in page
     assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 7  # title twice, labels, nav, heading, lineage twice
@@ -34,8 +53,14 @@ def test_html_templates_escape_values() -> None:
 
 def test_model_card_is_markdown_not_html_escaped() -> None:
     settings = parse_settings(tiny_params(base={"model_name": f"m{HOSTILE}"}))
-    card = model_card(settings, {"classes": ["COVID", "Normal"]}, {"n": 4, "accuracy": 0.5}, {},
-                      {"data_version": "abc"}, {"images": 4, "skipped": [{"path": "a<b>.png", "reason": "x & y"}]})
+    card = model_card(
+        settings,
+        {"classes": ["COVID", "Normal"]},
+        {"n": 4, "accuracy": 0.5},
+        {},
+        {"data_version": "abc"},
+        {"images": 4, "skipped": [{"path": "a<b>.png", "reason": "x & y"}]},
+    )
     # Markdown is read as text: an HTML entity would show as such ("&lt;=" for "<=").
     assert card.startswith(f"# Model card: m{HOSTILE}\n")
     assert "(<= " in card and "`a<b>.png` (x & y)" in card and "&lt;" not in card and "&amp;" not in card
@@ -63,7 +88,12 @@ def test_templates_ship_with_the_package() -> None:
     names = {p.name for p in shipped.iterdir() if p.is_file()}
     assert {"report.html.j2", "macros.html.j2", "report_drift.html.j2", "model_card.md.j2"} <= names
     globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["cxr.reporting"]
-    on_disk = [p.relative_to(REPO / "cxr" / "reporting").as_posix() for p in (REPO / "cxr" / "reporting" / "templates").rglob("*") if p.is_file()
-               and "__pycache__" not in p.parts]
-    unshipped = [f for f in on_disk if not any(fnmatch.fnmatchcase(f, g) and f.count("/") == g.count("/") for g in globs)]
+    on_disk = [
+        p.relative_to(REPO / "cxr" / "reporting").as_posix()
+        for p in (REPO / "cxr" / "reporting" / "templates").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    ]
+    unshipped = [
+        f for f in on_disk if not any(fnmatch.fnmatchcase(f, g) and f.count("/") == g.count("/") for g in globs)
+    ]
     assert on_disk and not unshipped, f"templates a wheel would leave out: {unshipped}"
