@@ -56,6 +56,17 @@ def _transient(task, task_run, state) -> bool:
     return False
 
 
+def tracking_task(name: str):
+    """A task that talks to the tracking server (drift, register, gate): quick retries on transient errors only."""
+    return task(
+        name=name,
+        retries=2,
+        retry_delay_seconds=[5, 30],
+        retry_condition_fn=_transient,
+        timeout_seconds=REGISTER_TIMEOUT_S,
+    )
+
+
 def stream_dvc(args: list[str], root: Path, logger: logging.Logger | logging.LoggerAdapter) -> str:
     """``run_dvc`` with DVC's output streamed line by line into ``logger``."""
     logger.info("running `dvc %s` in %s", " ".join(args), root)
@@ -101,13 +112,7 @@ def repro_stage(stage: str, root: str) -> bool:
     return ran
 
 
-@task(
-    name="drift",
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=_transient,
-    timeout_seconds=REGISTER_TIMEOUT_S,
-)
+@tracking_task("drift")
 def check_drift(params: str, root: str) -> dict:
     """The drift step (report, MLflow run, notice on drift); publish the report."""
     from cxr.monitoring.drift import drift
@@ -121,21 +126,10 @@ def check_drift(params: str, root: str) -> dict:
         description="Data drift of the current data against the champion's",
     )
     get_run_logger().info("%s", report.summary())
-    return {
-        "status": report.status,
-        "flagged": report.flagged,
-        "reasons": report.reasons,
-        "mlflow_run_id": report.mlflow_run_id,
-    }
+    return {k: getattr(report, k) for k in ("status", "flagged", "reasons", "mlflow_run_id")}
 
 
-@task(
-    name="register",
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=_transient,
-    timeout_seconds=REGISTER_TIMEOUT_S,
-)
+@tracking_task("register")
 def register_model(params: str, root: str) -> dict:
     """Log the run to MLflow and register a new model version, or point to the version with the same inputs."""
     from cxr.registry.register import register
@@ -144,22 +138,10 @@ def register_model(params: str, root: str) -> dict:
     res = register(s, s.paths(Path(root)), Path(params))
     create_markdown_artifact(key=REGISTRATION_ARTIFACT, markdown=res.summary(), description="What this run registered")
     get_run_logger().info("%s", res.summary())
-    return {
-        "run_id": res.run_id,
-        "model": res.model_name,
-        "version": res.version,
-        "tracking_uri": res.tracking_uri,
-        "new": res.new,
-    }
+    return {"model": res.model_name, **{k: getattr(res, k) for k in ("run_id", "version", "tracking_uri", "new")}}
 
 
-@task(
-    name="gate",
-    retries=2,
-    retry_delay_seconds=[5, 30],
-    retry_condition_fn=_transient,
-    timeout_seconds=REGISTER_TIMEOUT_S,
-)
+@tracking_task("gate")
 def gate_version(params: str, root: str, version: str) -> dict:
     """The promotion gate on the new version (the same step as ``cxr gate``); publish its verdict."""
     from mlflow import MlflowClient

@@ -45,6 +45,11 @@ class Paths(BaseModel):
         return ResolvedPaths(root=root, **resolved)
 
 
+def _inside(folder: str, name: str, doc: str) -> property:
+    """A path property: the file ``name`` inside the output folder ``folder``."""
+    return property(lambda self: getattr(self, folder) / name, doc=doc)
+
+
 class ResolvedPaths(BaseModel):
     """``Paths`` made absolute; steps receive this."""
 
@@ -68,51 +73,23 @@ class ResolvedPaths(BaseModel):
 
     # The files inside the output folders: named here only (dvc.yaml spells them as ${folder}/name, and
     # tests/unit/test_dvc_graph.py checks that every path dvc.yaml names is one of these).
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.model_dir / "best.pt"
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.model_dir / "last.pt"
-
-    @property
-    def history(self) -> Path:
-        """Per-epoch training history (a DVC plot)."""
-        return self.train_reports / "history.csv"
-
-    @property
-    def train_metrics(self) -> Path:
-        """The training summary (a DVC metric)."""
-        return self.train_reports / "metrics.json"
-
-    @property
-    def augmentation_preview(self) -> Path:
-        """The train augmentations drawn on one training image, by both paths."""
-        return self.train_reports / "augmentations.png"
-
-    @property
-    def calibration(self) -> Path:
-        """Temperature and decision threshold chosen on validation; the served model applies them."""
-        return self.eval_reports / "calibration.json"
-
-    @property
-    def predictions(self) -> Path:
-        """Per-image test predictions (a DVC plot; the promotion gate pairs models by these)."""
-        return self.eval_reports / "predictions.csv"
-
-    @property
-    def roc_points(self) -> Path:
-        """ROC curve points per class (a DVC plot)."""
-        return self.eval_reports / "roc.csv"
-
-    @property
-    def confusion(self) -> Path:
-        """Confusion counts with the class order."""
-        return self.eval_reports / "confusion_matrix.json"
-
-    @property
-    def cam_metrics_full(self) -> Path:
-        """Every Grad-CAM measure, per class included."""
-        return self.gradcam_reports / "metrics.json"
+    best_checkpoint = _inside(
+        "model_dir", "best.pt", "The checkpoint chosen on validation (what is evaluated and served)."
+    )
+    last_checkpoint = _inside("model_dir", "last.pt", "The resume point: the last epoch's full training state.")
+    history = _inside("train_reports", "history.csv", "Per-epoch training history (a DVC plot).")
+    train_metrics = _inside("train_reports", "metrics.json", "The training summary (a DVC metric).")
+    augmentation_preview = _inside(
+        "train_reports", "augmentations.png", "The train augmentations drawn on one training image, by both paths."
+    )
+    calibration = _inside(
+        "eval_reports",
+        "calibration.json",
+        "Temperature and threshold chosen on validation; the served model applies them.",
+    )
+    predictions = _inside(
+        "eval_reports", "predictions.csv", "Per-image test predictions (a DVC plot; the gate pairs models by these)."
+    )
+    roc_points = _inside("eval_reports", "roc.csv", "ROC curve points per class (a DVC plot).")
+    confusion = _inside("eval_reports", "confusion_matrix.json", "Confusion counts with the class order.")
+    cam_metrics_full = _inside("gradcam_reports", "metrics.json", "Every Grad-CAM measure, per class included.")

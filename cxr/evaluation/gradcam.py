@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GradCamResult:
-    """Where the overlays and the explanation metrics went."""
+    """Where the overlays and the explanation metrics went, and how many overlays were drawn.
+
+    The Grad-CAM headline figures (``dvc metrics show``) are in ``base.paths.cam_metrics``.
+    """
 
     folder: Path
     metrics: Path

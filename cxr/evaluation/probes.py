@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -85,15 +86,19 @@ def _acc(pred: np.ndarray, labels: np.ndarray) -> float | None:
     return float((pred == labels).mean()) if len(labels) else None
 
 
-def format_probe(
-    model: torch.nn.Module,
-    store: RawStore,
-    rows: Sequence[dict[str, str]],
-    labels: np.ndarray,
-    size: int,
-    batch_size: int,
-) -> dict:
+@dataclass(frozen=True)
+class ProbeImages:
+    """The test images a probe re-scores: where they are stored, their manifest rows and labels, the input size."""
+
+    store: RawStore
+    rows: Sequence[dict[str, str]]
+    labels: np.ndarray
+    size: int
+
+
+def format_probe(model: torch.nn.Module, test: ProbeImages, batch_size: int) -> dict:
     """Accuracy on the test images as stored and re-encoded in the other format, overall and per original format."""
+    store, rows, labels, size = test.store, test.rows, test.labels, test.size
     formats, before, after = [], [], []
     for r in rows:
         data = store.read(r["path"])
@@ -150,15 +155,9 @@ def format_probe(
     }
 
 
-def lung_probe(
-    model: torch.nn.Module,
-    store: RawStore,
-    rows: Sequence[dict[str, str]],
-    labels: np.ndarray,
-    size: int,
-    batch_size: int,
-) -> dict | None:
+def lung_probe(model: torch.nn.Module, test: ProbeImages, batch_size: int) -> dict | None:
     """Accuracy with the outside of the lungs blanked and with the lungs blanked; None without lung masks."""
+    store, rows, labels, size = test.store, test.rows, test.labels, test.size
     keep, images, masks = [], [], []
     for i, r in enumerate(rows):
         mask = read_mask(store, lung_mask_path(r), size)
@@ -210,8 +209,9 @@ def shortcut_probes(
     """Both probes on the test split; ``shortcut`` is true when either finds one, ``summary`` says so in words."""
     labels = test.labels(classes)
     with RawStore(raw) as store:
-        out: dict = {"format": format_probe(model, store, test.rows, labels, size, batch_size)}
-        lungs = lung_probe(model, store, test.rows, labels, size, batch_size)
+        images = ProbeImages(store, test.rows, labels, size)
+        out: dict = {"format": format_probe(model, images, batch_size)}
+        lungs = lung_probe(model, images, batch_size)
     if lungs is not None:
         out["lungs"] = lungs
     found = [k for k in ("format", "lungs") if k in out and out[k]["shortcut"]]

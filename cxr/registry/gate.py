@@ -289,10 +289,11 @@ def register_challenger(
     name: str,
     version: str | int,
     cfg: Registry,
+    *,
+    hold: Callable[[str | None], str | None] | None = None,
+    actor: str = "gate",
     manifest: Path | None = None,
     raw: Path | None = None,
-    actor: str = "gate",
-    hold: Callable[[str | None], str | None] | None = None,
 ) -> GateResult:
     """Make ``version`` the challenger, decide, record the decision as tags, and auto-promote when allowed.
 
@@ -348,8 +349,8 @@ def gate(settings: Settings, paths: ResolvedPaths, client, version: str | int, a
         settings.base.model_name,
         version,
         settings.registry,
-        paths.manifest,
-        paths.raw,
-        actor,
+        manifest=paths.manifest,
+        raw=paths.raw,
+        actor=actor,
         hold=lambda champion: drift_hold(settings, paths, client.tracking_uri, champion),
     )

@@ -23,8 +23,10 @@ log = logging.getLogger(__name__)
 class RegisterResult:
     """The MLflow run and the registered model version."""
 
+    #: The MLflow run that records this pipeline run (a short one when nothing new was registered).
     run_id: str
     model_name: str
+    #: The new version, or the existing one made from the same inputs.
     version: str
     tracking_uri: str
     #: False when a version made from the same inputs already existed: nothing was registered.
