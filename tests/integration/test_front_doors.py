@@ -41,7 +41,7 @@ def champion(root: Path) -> str:
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    return client.get_model_version_by_alias("cxr-classifier", "champion").version
+    return str(client.get_model_version_by_alias("cxr-classifier", "champion").version)
 
 
 def test_the_flow_and_the_command_line_hold_a_drifting_version_alike(tmp_path: Path, monkeypatch) -> None:
