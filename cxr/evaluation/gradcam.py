@@ -83,7 +83,7 @@ def _by_class(values: np.ndarray, labels: np.ndarray, classes: Sequence[str], pr
 
 def _lung_metrics(cams: np.ndarray, lungs: list, labels: np.ndarray, classes: Sequence[str], raw: Path) -> dict:
     """Share of CAM energy inside the lungs against the lungs' area; or, without lung masks, why it is missing."""
-    from cxr.evaluation.cam import energy_inside
+    from cxr.evaluation.localisation import energy_inside
 
     has_lung = np.array([m is not None for m in lungs])
     if not has_lung.any():
@@ -106,7 +106,7 @@ def _lung_metrics(cams: np.ndarray, lungs: list, labels: np.ndarray, classes: Se
 
 def _lesion_metrics(cams: np.ndarray, lesions: list, labels: np.ndarray, classes: Sequence[str]) -> dict:
     """The pointing game against chance, IoU and energy inside the lesions; empty without lesion masks."""
-    from cxr.evaluation.cam import energy_inside, iou_at_top, pointing_game
+    from cxr.evaluation.localisation import energy_inside, iou_at_top, pointing_game
 
     has_lesion = np.array([m is not None and m.any() for m in lesions])
     if not has_lesion.any():
@@ -148,7 +148,7 @@ def write_overlays(
     per_class: int,
 ) -> int:
     """A fresh ``out``: per class a folder of overlays of its chosen cases and a gallery of them; the overlay count."""
-    from cxr.evaluation.cam import gallery, overlay
+    from cxr.evaluation.overlays import gallery, overlay
 
     if out.exists():
         shutil.rmtree(out)

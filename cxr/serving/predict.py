@@ -179,7 +179,8 @@ def _gradcam(clf, images: np.ndarray, result, files: Sequence[Path], names: list
     """Write a Grad-CAM overlay PNG for the predicted class of each image, at the file's own resolution."""
     import cv2
 
-    from cxr.evaluation.cam import cam_figure, compute_cams
+    from cxr.evaluation.cam import compute_cams
+    from cxr.evaluation.overlays import cam_figure
     from cxr.model.preprocess import to_gray
 
     labels = result["label"].tolist()

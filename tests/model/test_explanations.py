@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cxr.data.synthetic import render
-from cxr.evaluation.cam import pointing_game
+from cxr.evaluation.localisation import pointing_game
 
 LESION_CLASSES = ("COVID", "Lung_Opacity", "Viral Pneumonia")
 

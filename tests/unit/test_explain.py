@@ -9,15 +9,10 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 pytest.importorskip("pytorch_grad_cam")
 
-from cxr.evaluation.cam import (  # noqa: E402 - after the skips: they name what is missing
-    compute_cams,
-    energy_inside,
-    gallery,
-    iou_at_top,
-    overlay,
-    pointing_game,
-    target_layers,
-)
+# After the skips, which name what is missing.
+from cxr.evaluation.cam import compute_cams, target_layers  # noqa: E402
+from cxr.evaluation.localisation import energy_inside, iou_at_top, pointing_game  # noqa: E402
+from cxr.evaluation.overlays import gallery, overlay  # noqa: E402
 
 SIZE = 64
 
@@ -215,7 +210,7 @@ def test_overlay_and_gallery(tmp_path) -> None:
 
 
 def test_cam_figure_draws_the_image_pixel_for_pixel_with_a_colour_bar_and_the_label() -> None:
-    from cxr.evaluation.cam import cam_figure, overlay
+    from cxr.evaluation.overlays import cam_figure, overlay
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (173, 211), dtype=np.uint8)  # not square, not the model's size
