@@ -522,7 +522,7 @@ def test_artifacts_go_beside_the_store_not_into_the_working_folder(tmp_path: Pat
     assert result.tracking_uri == f"sqlite:///{project / 'mlflow.db'}"
     assert list((project / "mlartifacts").rglob("MLmodel")), "the model is not under mlartifacts/"
     assert not (project / "mlruns").exists() and list(elsewhere.iterdir()) == []
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     assert "`mlflow.db`, `mlartifacts/`" in readme
 
 
