@@ -1,10 +1,11 @@
 """The two augmentation paths are the Albumentations preset: same ranges, same pixels, same statistics.
 
-``cxr.data.train_transform`` (``A.Compose``) is the reference. The CPU path is held to it pixel for pixel
+``train_transform`` in tests/oracles.py (``A.Compose``) is the reference. The CPU path is held to it pixel for pixel
 given the parameters ``Compose`` drew; the device path (run here on CPU tensors) to the CPU path given the
 same parameters; and the parameters both draw per seed to the ranges and probabilities ``Compose`` uses,
 then to ``Compose``'s own draws through what test patterns show (rotation and shift from a dot pattern,
-brightness, contrast and gamma from a ramp).
+brightness, contrast and gamma from a ramp). Also: the horizontal flip is off unless asked for, and the
+preview figure the train step draws shows both paths.
 """
 
 from __future__ import annotations
@@ -350,3 +351,9 @@ def test_augmentation_preview_grid(tmp_path) -> None:
     assert (tmp_path / "aug.png").stat().st_size > 1024
     with pytest.raises(ValueError, match="2-D uint8"):
         preview_figure(image.astype(np.float32), aug)
+
+
+def test_horizontal_flip_is_off_by_default() -> None:
+    names = [type(t).__name__ for t in train_transform(Augment()).transforms]
+    assert "HorizontalFlip" not in names
+    assert "HorizontalFlip" in [type(t).__name__ for t in train_transform(Augment(hflip=0.5)).transforms]
