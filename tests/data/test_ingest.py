@@ -2,46 +2,29 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
-import os
 import shutil
-import stat
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from cxr.data import kaggle, layout, metadata
-from cxr.data.extract import safe_extract
-from cxr.data.imagecheck import MAX_PIXELS, inspect_bytes
-from cxr.data.ingest import ingest
-from cxr.data.kaggle import DownloadError, download_kaggle
-from cxr.data.layout import CLASS_ALIASES, DataError, find_dataset_root
-from cxr.data.metadata import read_metadata
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-SAMPLE = SHARED / "cxr-sample"
-METADATA_XLSX = SHARED / "cxr-metadata-example" / "NORMAL.metadata.xlsx"
-CLASSES = ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia")
-
-needs_sample = pytest.mark.skipif(
-    not (SAMPLE / "manifest.csv").is_file(), reason=f"real CXR sample not found at {SAMPLE}"
+from ingest_support import (
+    CLASSES,
+    FAULTS,
+    SAMPLE,
+    _truncated_png,
+    manifest,
+    needs_sample,
+    png_bytes,
+    small_dataset,
+    xray_like,
 )
 
-
-def validate_image(path: Path, expect_mask: bool = False, max_pixels: int = MAX_PIXELS) -> str | None:
-    """Fully decode an image file; return the reason it is bad, or None when it is a usable PNG/JPEG."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        return f"unreadable ({exc.strerror or exc})"
-    return inspect_bytes(data, expect_mask, fingerprint=False, max_pixels=max_pixels).reason
+from cxr.data.ingest import ingest
+from cxr.data.layout import DataError, find_dataset_root
 
 
 def sha256_file(path: Path) -> str:
@@ -49,38 +32,9 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def manifest() -> dict[str, str]:
-    """relpath -> sha256 from the sample's manifest.csv."""
-    with open(SAMPLE / "manifest.csv", newline="") as fh:
-        return {row["relpath"]: row["sha256"] for row in csv.DictReader(fh)}
-
-
 def tree(path: Path) -> dict[str, str]:
     """relpath -> sha256 of every file under path."""
     return {p.relative_to(path).as_posix(): sha256_file(p) for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def png_bytes(arr: np.ndarray) -> bytes:
-    """Encode an array as PNG (uint16 -> I;16, HxWx4 -> RGBA)."""
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def xray_like(seed: int, size: int = 96) -> np.ndarray:
-    """A random 8-bit grayscale image (not a real X-ray; used only where the sample is not needed)."""
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (size, size), dtype=np.uint8)
-
-
-def small_dataset(root: Path, per_class: int = 3) -> Path:
-    """Copy the first few sample images of every class into root (v5-like layout)."""
-    for cls in CLASSES:
-        src = sorted((SAMPLE / cls / "images").iterdir())[:per_class]
-        (root / cls / "images").mkdir(parents=True)
-        for p in src:
-            shutil.copyfile(p, root / cls / "images" / p.name)
-    return root
 
 
 def zip_folder(folder: Path, archive: Path, top: str | None = None) -> Path:
@@ -91,43 +45,6 @@ def zip_folder(folder: Path, archive: Path, top: str | None = None) -> Path:
                 rel = p.relative_to(folder).as_posix()
                 zf.write(p, f"{top}/{rel}" if top else rel)
     return archive
-
-
-# ----------------------------------------------------------------------------- names and layout
-
-
-def test_class_aliases_map_old_names() -> None:
-    assert layout.canonical_class("COVID-19") == "COVID"
-    assert layout.canonical_class("NORMAL") == "Normal"
-    assert layout.canonical_class("viral_pneumonia") == "Viral Pneumonia"
-    assert layout.canonical_class("Lung Opacity") == "Lung_Opacity"
-    assert layout.canonical_class("images") is None
-    assert set(CLASS_ALIASES.values()) == set(CLASSES)
-
-
-@needs_sample
-def test_find_root_of_sample_and_nested(tmp_path: Path) -> None:
-    assert find_dataset_root(SAMPLE, CLASSES) == (SAMPLE, "v5")
-    nested = tmp_path / "a" / "COVID-19_Radiography_Dataset"
-    small_dataset(nested, 1)
-    assert find_dataset_root(tmp_path, CLASSES) == (nested, "v5")
-
-
-@needs_sample
-def test_missing_class_names_it(tmp_path: Path) -> None:
-    data = small_dataset(tmp_path / "src", 1)
-    shutil.rmtree(data / "Lung_Opacity")
-    with pytest.raises(DataError, match=r"Lung_Opacity.*missing.*src"):
-        find_dataset_root(data, CLASSES)
-    with pytest.raises(DataError, match="Lung_Opacity"):
-        ingest(data, tmp_path / "dest", CLASSES)
-    assert not (tmp_path / "dest").exists()
-
-
-def test_no_dataset_at_all(tmp_path: Path) -> None:
-    (tmp_path / "x" / "y").mkdir(parents=True)
-    with pytest.raises(DataError, match="no class folders"):
-        find_dataset_root(tmp_path, CLASSES)
 
 
 # ----------------------------------------------------------------------------- the real sample
@@ -198,62 +115,6 @@ def test_unrequested_class_folder_is_ignored(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- planted faults
 
 
-def _truncated_png() -> bytes:
-    data = (SAMPLE / "Lung_Opacity" / "images" / "Lung_Opacity-1.png").read_bytes()
-    return data[: len(data) // 2]
-
-
-def _truncated_jpeg() -> bytes:
-    src = sorted((SAMPLE / "Viral Pneumonia" / "images").iterdir())[0]
-    data = src.read_bytes()
-    return data[: len(data) // 2]
-
-
-FAULTS = {
-    "truncated.png": (_truncated_png, "truncated"),
-    "truncated.jpeg": (_truncated_jpeg, "truncated"),
-    "empty.png": (lambda: b"", "0 bytes"),
-    "notes.png": (lambda: b"these are not pixels\n" * 20, "not an image"),
-    "deep16.png": (lambda: png_bytes(xray_like(1).astype(np.uint16) * 257), "16"),
-    "alpha.png": (
-        lambda: png_bytes(np.dstack([np.stack([xray_like(2)] * 3, -1), xray_like(3)])),
-        "transparen",
-    ),
-    "palette.png": (lambda: _encode(Image.fromarray(xray_like(4)).convert("P")), "mode P"),
-    "tiny.png": (lambda: png_bytes(xray_like(5, size=32)), "too small"),
-}
-
-
-def _encode(im: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format=fmt, **kw)
-    return buf.getvalue()
-
-
-@needs_sample
-@pytest.mark.parametrize("name", sorted(FAULTS))
-def test_validate_image_reasons(tmp_path: Path, name: str) -> None:
-    make, reason = FAULTS[name]
-    path = tmp_path / name
-    path.write_bytes(make())
-    got = validate_image(path)
-    assert got is not None and reason in got
-
-
-@needs_sample
-def test_validate_image_accepts_real_and_opaque(tmp_path: Path) -> None:
-    for row in list(manifest())[::25]:
-        assert validate_image(SAMPLE / row) is None, row
-    opaque = np.dstack([np.stack([xray_like(6)] * 3, -1), np.full((96, 96), 255, np.uint8)])
-    (tmp_path / "opaque.png").write_bytes(png_bytes(opaque))
-    assert validate_image(tmp_path / "opaque.png") is None
-    (tmp_path / "gray.jpg").write_bytes(_encode(Image.fromarray(xray_like(7)), "JPEG", quality=90))
-    assert validate_image(tmp_path / "gray.jpg") is None
-    (tmp_path / "mask.png").write_bytes(_encode(Image.fromarray(xray_like(8) > 128)))
-    assert validate_image(tmp_path / "mask.png", expect_mask=True) is None
-    assert "unreadable" in validate_image(tmp_path / "missing.png")
-
-
 @needs_sample
 @pytest.mark.parametrize("name", sorted(FAULTS))
 def test_planted_fault_fail_and_skip(tmp_path: Path, name: str) -> None:
@@ -288,35 +149,6 @@ def test_skip_lists_all_bad_and_ingests_rest(tmp_path: Path) -> None:
     assert sorted(b.path.rsplit("/", 1)[1] for b in report.bad) == sorted(FAULTS)
     assert sum(report.counts.values()) == 10
     assert len(list((tmp_path / "dest").rglob("*.*"))) == 10
-
-
-@needs_sample
-def test_image_above_max_pixels_refused_from_its_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import warnings
-
-    from PIL import ImageFile
-
-    data = small_dataset(tmp_path / "src", 2)
-    big = data / "Normal" / "images" / "Normal-big.png"
-    Image.new("L", (10_000, 10_000)).save(big)  # 100 Mpx: above Pillow's own warning limit, 100 kB on disk
-
-    def no_decode(self):
-        raise AssertionError(f"decoded {self.size}")
-
-    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)  # Pillow's check must not run first
-        assert "download.max_pixels" in validate_image(big)
-        monkeypatch.undo()
-        with pytest.raises(DataError, match=r"Normal/images/Normal-big.png: too large \(10000x10000 .*max_pixels"):
-            ingest(data, tmp_path / "dest", CLASSES, policy="fail")
-        assert not (tmp_path / "dest").exists()
-        report = ingest(data, tmp_path / "dest", CLASSES, policy="skip")
-    assert [b.path for b in report.bad] == ["Normal/images/Normal-big.png"]
-    assert report.counts["Normal"] == 2
-    assert validate_image(big, max_pixels=10_000 * 10_000) is None
-    jpeg = next((data / "Viral Pneumonia" / "images").glob("*.jpeg"))  # the limit reads JPEG headers too
-    assert "224x224 = 50,176 pixels, above download.max_pixels = 40,000" in validate_image(jpeg, max_pixels=200 * 200)
 
 
 @needs_sample
@@ -461,132 +293,3 @@ def test_v5_with_masks_and_metadata_in_zip(tmp_path: Path) -> None:
     rec = {r.path: r for r in report.records}
     assert rec["COVID/images/COVID-1.png"].mask == "COVID/masks/COVID-1.png"
     assert rec["Normal/images/Normal-3.png"].mask is None
-
-
-# ----------------------------------------------------------------------------- zip safety
-
-
-def _evil_zip(path: Path, kind: str) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("data/COVID/images/ok.txt", "fine")
-        if kind == "dotdot":
-            zf.writestr(zipfile.ZipInfo("data/../../evil.txt"), "pwned")
-        elif kind == "absolute":
-            zf.writestr(zipfile.ZipInfo(str(path.parent / "abs-evil.txt")), "pwned")
-        elif kind == "symlink":
-            info = zipfile.ZipInfo("data/link")
-            info.external_attr = (stat.S_IFLNK | 0o777) << 16
-            zf.writestr(info, "../../evil.txt")
-            zf.writestr("data/link/evil.txt", "through the link")
-    return path
-
-
-@pytest.mark.parametrize("kind,reason", [("dotdot", "'..'"), ("absolute", "absolute"), ("symlink", "symbolic link")])
-def test_evil_zip_refused(tmp_path: Path, kind: str, reason: str) -> None:
-    work = tmp_path / "work"
-    work.mkdir()
-    archive = _evil_zip(work / "evil.zip", kind)
-    listing = lambda: sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))  # noqa: E731
-    before = listing()
-    with pytest.raises(DataError, match=reason) as err:
-        safe_extract(archive, work / "out")
-    assert "evil" in str(err.value) or "link" in str(err.value)
-    assert listing() == before
-    with pytest.raises(DataError, match=reason):
-        ingest(archive, work / "dest", CLASSES)
-    assert listing() == before
-
-
-def test_zip_limits(tmp_path: Path) -> None:
-    bomb = tmp_path / "bomb.zip"
-    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("zeros.bin", b"\0" * (4 << 20))
-    with pytest.raises(DataError, match=r"zeros.bin.*ratio"):
-        safe_extract(bomb, tmp_path / "out")
-    many = tmp_path / "many.zip"
-    with zipfile.ZipFile(many, "w") as zf:
-        for i in range(5):
-            zf.writestr(f"f{i}.txt", "x" * 100)
-    with pytest.raises(DataError, match="members"):
-        safe_extract(many, tmp_path / "out", max_members=4)
-    with pytest.raises(DataError, match="f[0-9].txt.*size"):
-        safe_extract(many, tmp_path / "out", max_total_bytes=250)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.zip", "many.zip"]
-    out = safe_extract(many, tmp_path / "out")
-    assert sorted(p.name for p in out.iterdir()) == [f"f{i}.txt" for i in range(5)]
-    (tmp_path / "notzip.zip").write_text("nope")
-    with pytest.raises(DataError, match="notzip.zip"):
-        safe_extract(tmp_path / "notzip.zip", tmp_path / "out2")
-
-
-# ----------------------------------------------------------------------------- metadata and download
-
-
-@pytest.mark.skipif(not METADATA_XLSX.is_file(), reason=f"metadata example not found at {METADATA_XLSX}")
-def test_read_real_metadata() -> None:
-    meta = read_metadata(METADATA_XLSX)
-    assert len(meta) == 1341
-    assert "NORMAL-1" in meta and "NORMAL-1341" in meta
-    assert all(isinstance(v, str) and v for v in meta.values())
-    assert set(meta.values()) == {"kaggle.com/paultimothymooney/chest-xray-pneumonia"}
-
-
-def test_read_metadata_bad_file(tmp_path: Path) -> None:
-    bad = tmp_path / "COVID.metadata.xlsx"
-    bad.write_text("not a workbook")
-    with pytest.raises(DataError, match="COVID.metadata.xlsx"):
-        read_metadata(bad)
-
-
-def test_source_from_url() -> None:
-    assert metadata.source_from_url("https://www.kaggle.com/c/rsna-pneumonia-detection-challenge/data") == (
-        "kaggle.com/c/rsna-pneumonia-detection-challenge"
-    )
-    assert (
-        metadata.source_from_url("https://bimcv.cipf.es/bimcv-projects/bimcv-covid19/#1590")
-        == "bimcv.cipf.es/bimcv-projects"
-    )
-    assert metadata.source_from_url("") == "unknown"
-
-
-def _no_credentials(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
-    monkeypatch.setenv("HOME", str(home))
-    for key in list(os.environ):
-        if key.startswith("KAGGLE") or key == "XDG_CONFIG_HOME":
-            monkeypatch.delenv(key, raising=False)
-    (home / "empty").mkdir(parents=True)
-    # kagglehub resolves ~/.kaggle at import time; point its lookup at an empty folder too
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(home / "empty"))
-
-
-def test_download_without_credentials_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _no_credentials(monkeypatch, tmp_path / "home")
-    with pytest.raises(DownloadError, match=r"(?s)KAGGLE_USERNAME.*local"):
-        download_kaggle("tawsifurrahman/covid19-radiography-database", 5, tmp_path / "cache", timeout_s=3)
-    assert "KAGGLEHUB_CACHE" not in os.environ or os.environ["KAGGLEHUB_CACHE"] != str(tmp_path / "cache")
-
-
-def test_download_offline_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _no_credentials(monkeypatch, tmp_path / "home")
-    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
-    monkeypatch.setenv("KAGGLE_KEY", "0" * 32)
-    monkeypatch.setattr(kaggle, "KAGGLE_HOST", "kaggle.invalid")
-    for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(key, raising=False)
-    with pytest.raises(DownloadError, match="cannot reach"):
-        download_kaggle("tawsifurrahman/covid19-radiography-database", None, tmp_path / "cache", timeout_s=2)
-
-
-def test_download_reuses_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _no_credentials(monkeypatch, tmp_path / "home")
-    base = tmp_path / "cache" / "datasets" / "tawsifurrahman" / "covid19-radiography-database"
-    done = base / "versions" / "5"
-    (done / "COVID-19_Radiography_Dataset").mkdir(parents=True)
-    (base / "versions" / "6").mkdir()  # an interrupted download: no completion marker
-    with pytest.raises(DownloadError):
-        download_kaggle("tawsifurrahman/covid19-radiography-database", 6, tmp_path / "cache", timeout_s=1)
-    (base / "5.complete").touch()  # kagglehub's completion marker
-    got = download_kaggle("tawsifurrahman/covid19-radiography-database", 5, tmp_path / "cache")
-    assert got == done.resolve()
-    got = download_kaggle("tawsifurrahman/covid19-radiography-database", None, tmp_path / "cache", timeout_s=1)
-    assert got == done.resolve()

@@ -6,17 +6,15 @@ from __future__ import annotations
 import fnmatch
 import importlib.resources
 import tomllib
-from pathlib import Path
 
 import jinja2
 import pytest
-from conftest import tiny_params
+from conftest import REPO, tiny_params
 
 from cxr.core.config import parse_settings
 from cxr.reporting.modelcard import model_card
 from cxr.reporting.templating import environment, render_html, render_text
 
-REPO = Path(__file__).resolve().parents[2]
 HOSTILE = "<script>alert(1)</script>"
 
 

@@ -113,13 +113,10 @@ def test_fingerprint_changes_with_the_section() -> None:
 
 def test_config_defaults_are_the_params_file() -> None:
     """params.yaml holds the values; cxr.config's defaults may not drift from them (one source per value)."""
-    from pathlib import Path
-
     from cxr.core.config import Settings, load_settings
 
-    repo = Path(__file__).resolve().parents[2]
     defaults = Settings().model_dump(mode="json")
-    params = load_settings(repo / "params.yaml").model_dump(mode="json")
+    params = load_settings(REPO / "params.yaml").model_dump(mode="json")
 
     def diff(a, b, prefix=""):
         if isinstance(a, dict) and isinstance(b, dict):

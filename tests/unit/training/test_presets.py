@@ -1,10 +1,11 @@
 """The two augmentation paths are the Albumentations preset: same ranges, same pixels, same statistics.
 
-``cxr.data.train_transform`` (``A.Compose``) is the reference. The CPU path is held to it pixel for pixel
+``train_transform`` in tests/oracles.py (``A.Compose``) is the reference. The CPU path is held to it pixel for pixel
 given the parameters ``Compose`` drew; the device path (run here on CPU tensors) to the CPU path given the
 same parameters; and the parameters both draw per seed to the ranges and probabilities ``Compose`` uses,
 then to ``Compose``'s own draws through what test patterns show (rotation and shift from a dot pattern,
-brightness, contrast and gamma from a ramp).
+brightness, contrast and gamma from a ramp). Also: the horizontal flip is off unless asked for, and the
+preview figure the train step draws shows both paths.
 """
 
 from __future__ import annotations
@@ -323,3 +324,36 @@ def test_device_path_on_cuda_matches_the_cpu_tensors() -> None:
     on_gpu = apply_batch(x.cuda(), torch.from_numpy(params).cuda()).cpu()
     on_cpu = apply_batch(x, torch.from_numpy(params))
     assert (on_gpu.int() - on_cpu.int()).abs().max() <= 2
+
+
+def test_augmentation_preview_grid(tmp_path) -> None:
+    from cxr.core.sections import Augment
+    from cxr.training.presets import preview_figure
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((64, 64)) * 255).astype(np.uint8)
+    aug = Augment(rotate_deg=20, p=1.0)
+    fig = preview_figure(image, aug, n=5, seed=3)
+    shown = [np.asarray(ax.images[0].get_array()) for ax in fig.axes if ax.images]
+    assert len(shown) == 12  # two rows: the original, then 5 draws, by the CPU path and by the device path
+    cpu, device = shown[:6], shown[6:]
+    assert np.array_equal(cpu[0], image) and np.array_equal(device[0], image)
+    assert all(not np.array_equal(t, image) for t in cpu[1:] + device[1:])  # p=1: every tile is changed
+    # The same seed gives the same augmentation by both paths (bilinear rounding aside).
+    assert all(np.abs(a.astype(int) - b).max() <= 3 for a, b in zip(cpu[1:], device[1:], strict=True))
+    again = preview_figure(image, aug, n=5, seed=3)
+    assert all(
+        np.array_equal(np.asarray(a.images[0].get_array()), np.asarray(b.images[0].get_array()))
+        for a, b in zip(fig.axes, again.axes, strict=True)
+        if a.images
+    )
+    fig.savefig(tmp_path / "aug.png", dpi=60)
+    assert (tmp_path / "aug.png").stat().st_size > 1024
+    with pytest.raises(ValueError, match="2-D uint8"):
+        preview_figure(image.astype(np.float32), aug)
+
+
+def test_horizontal_flip_is_off_by_default() -> None:
+    names = [type(t).__name__ for t in train_transform(Augment()).transforms]
+    assert "HorizontalFlip" not in names
+    assert "HorizontalFlip" in [type(t).__name__ for t in train_transform(Augment(hflip=0.5)).transforms]

@@ -1,0 +1,96 @@
+"""Batch prediction with the logged pyfunc model: CSV and JSON out, Grad-CAM overlays, bad files reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from serving_support import (
+    CLASSES,
+    make_images,
+    store_fixture,  # noqa: F401 - the fixture store (one logged pyfunc model, temperature 2)
+)
+
+
+def test_predict_writes_csv_and_json_with_gradcam(store, tmp_path: Path) -> None:
+    from cxr.serving.predict import predict
+
+    folder = tmp_path / "in"
+    nested = make_images(folder / "sub", n=2, seed=5)
+    (folder / "notes.txt").write_text("not an image")
+    single = store["images"][0]
+    result = predict(
+        store["model_uri"],
+        [folder, single],
+        tmp_path / "out" / "pred.csv",
+        gradcam_dir=tmp_path / "cams",
+        tracking_uri=store["uri"],
+    )
+    assert result.predicted == 3 and result.failed == {}
+    table = pd.read_csv(result.out)
+    assert list(table.columns) == ["path", "p_Normal", "p_COVID", "p_Viral Pneumonia", "label", "gradcam", "error"]
+    assert table["error"].isna().all()
+    assert list(table["path"]) == [str(p) for p in nested] + [str(single)]
+    np.testing.assert_allclose(table.filter(like="p_").sum(axis=1), 1.0, atol=1e-6)
+    direct = store["model"].predict(pd.DataFrame({"image": [str(p) for p in nested]}))
+    np.testing.assert_allclose(
+        table.filter(like="p_").to_numpy()[:2], direct.drop(columns="label").to_numpy(), atol=1e-6
+    )
+    cams = sorted((tmp_path / "cams").glob("*.png"))
+    assert len(cams) == 3 and len({c.name for c in cams}) == 3  # img0 twice (folder and file): names stay unique
+    # Each overlay is drawn at its file's own resolution (not the model's SIZE), plus a fixed frame
+    # for the title and the colour bar.
+    frames = set()
+    for path, image in zip(table["gradcam"], table["path"], strict=True):
+        overlay, source = cv2.imread(path), cv2.imread(image)
+        assert overlay.std() > 0
+        frames.add((overlay.shape[0] - source.shape[0], overlay.shape[1] - source.shape[1]))
+    assert len(frames) == 1 and min(next(iter(frames))) > 0, frames
+    assert (
+        len({cv2.imread(p).shape for p in table["gradcam"]}) == len({cv2.imread(p).shape for p in table["path"]}) == 2
+    )
+
+    json_out = predict(store["model_uri"], [single], tmp_path / "pred.json", tracking_uri=store["uri"]).out
+    rows = json.loads(json_out.read_text())
+    assert rows[0]["path"] == str(single) and rows[0]["label"] in CLASSES and "gradcam" not in rows[0]
+    assert rows[0]["p_COVID"] == pytest.approx(float(table["p_COVID"].iloc[-1]), abs=1e-6)
+
+
+def test_predict_reports_a_bad_file_and_classifies_the_rest(store, tmp_path: Path, caplog) -> None:
+    from cxr.serving.predict import predict
+
+    folder = tmp_path / "in"
+    good = make_images(folder, n=2)
+    bad = folder / "img0_bad.jpg"  # sorts between the two good ones: rows keep the input order
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    out = tmp_path / "pred.csv"
+    with caplog.at_level("WARNING", logger="cxr.serving.predict"):
+        result = predict(store["model_uri"], [folder], out, gradcam_dir=tmp_path / "cams", tracking_uri=store["uri"])
+    assert result.predicted == 2 and list(result.failed) == [str(bad)]
+    table = pd.read_csv(out)
+    assert list(table["path"]) == [str(good[0]), str(bad), str(good[1])]
+    assert table["label"].isna().tolist() == [False, True, False]
+    assert table.loc[1, ["p_Normal", "p_COVID", "p_Viral Pneumonia", "gradcam"]].isna().all()
+    assert "img0_bad.jpg: cannot be decoded" in table.loc[1, "error"] and table["error"].isna().sum() == 2
+    assert len(list((tmp_path / "cams").glob("*.png"))) == 2
+    direct = store["model"].predict(pd.DataFrame({"image": [str(p) for p in good]}))
+    np.testing.assert_allclose(
+        table.filter(like="p_").to_numpy()[[0, 2]], direct.drop(columns="label").to_numpy(), atol=1e-6
+    )
+    assert any("img0_bad.jpg" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+
+    # Nothing readable: an error, and nothing written.
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    (only_bad / "x.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"none of the 1 images could be read .*x\.png"):
+        predict(store["model_uri"], [only_bad], tmp_path / "none.csv", tracking_uri=store["uri"])
+    assert not (tmp_path / "none.csv").exists()
+    with pytest.raises(ValueError, match=r"\.csv or \.json"):
+        predict(store["model_uri"], [folder], tmp_path / "pred.xlsx")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        predict(store["model_uri"], [tmp_path / "nowhere"], out)

@@ -1,0 +1,227 @@
+"""The servable pyfunc model: probabilities in the checkpoint's class order, every input form, the calibration
+temperature, named errors, pinned requirements, and loading in a fresh process."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO
+from serving_support import (
+    CLASSES,
+    make_checkpoint,
+    make_images,
+    store_fixture,  # noqa: F401 - the fixture store (one logged pyfunc model, temperature 2)
+)
+
+from cxr.model.preprocess import decode, to_input
+
+
+def reference_logits(checkpoint: Path, images: list[np.ndarray]) -> np.ndarray:
+    """Logits computed by hand from the project's decode and to_input: what the pyfunc must reproduce."""
+    from cxr.model.inference import load_trained
+
+    model, meta = load_trained(checkpoint)
+    x = torch.from_numpy(np.stack([decode(im, meta["image_size"]) for im in images])).unsqueeze(1)
+    with torch.no_grad():
+        return model(to_input(x, "cpu")).numpy().astype(np.float64)
+
+
+def test_probabilities_sum_to_one_in_the_checkpoint_class_order(store) -> None:
+    paths = store["images"]
+    out = store["model"].predict(pd.DataFrame({"image": [str(p) for p in paths]}))
+    assert list(out.columns) == ["p_Normal", "p_COVID", "p_Viral Pneumonia", "label"]
+    probs = out[["p_Normal", "p_COVID", "p_Viral Pneumonia"]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    assert (probs > 0).all()
+    # Each column is the probability of the class the checkpoint puts at that index.
+    logits = reference_logits(store["checkpoint"], [p.read_bytes() for p in paths])
+    expected = np.exp(logits / 2.0) / np.exp(logits / 2.0).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert list(out["label"]) == [CLASSES[i] for i in logits.argmax(axis=1)]
+    assert len(set(out["label"])) > 1 or np.ptp(probs, axis=0).max() > 1e-3  # the images are told apart
+
+
+def test_path_bytes_base64_and_arrays_give_the_same_answer(store) -> None:
+    from cxr.serving.pyfunc import to_frame
+
+    path = store["images"][2]
+    raw = path.read_bytes()
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    inputs = [
+        str(path),
+        raw,
+        base64.b64encode(raw).decode(),
+        base64.encodebytes(raw).decode(),
+        "data:image/png;base64," + base64.b64encode(raw).decode(),
+        rgb,
+        gray,
+    ]
+    out = store["model"].predict(to_frame(inputs))
+    probs = out.drop(columns="label").to_numpy()
+    for i in range(1, len(inputs)):
+        np.testing.assert_allclose(probs[i], probs[0], atol=2e-3, err_msg=f"input {i} differs")
+    # The same pixels reach the network: path, bytes, base64 and RGB identical; gray within rounding.
+    clf = store["model"].unwrap_python_model()
+    pixels = clf.preprocess(to_frame(inputs)).astype(int)
+    for i in range(1, len(inputs)):
+        assert np.abs(pixels[i] - pixels[0]).max() <= (1 if i == len(inputs) - 1 else 0), f"input {i} differs"
+    # BGR given as if it were RGB swaps red and blue: other pixels (the channel order is honoured).
+    assert np.abs(clf.preprocess([bgr]).astype(int) - pixels[0]).max() > 10
+    # A mapping {"image": [...]} works through pyfunc too (what the scoring server makes of JSON "inputs").
+    for listed in ({"image": [str(path), raw]}, {"image": [str(path), base64.b64encode(raw).decode()]}):
+        np.testing.assert_allclose(
+            store["model"].predict(listed).drop(columns="label").to_numpy(), probs[:2], atol=1e-9
+        )
+
+
+def test_calibration_temperature_is_applied(store) -> None:
+    """The logged model (T=2) equals softmax(logits / 2) of the uncalibrated model (T=1)."""
+    from mlflow.pyfunc import PythonModelContext
+
+    from cxr.serving.pyfunc import CxrClassifier
+
+    raw = CxrClassifier()
+    raw.load_context(PythonModelContext(artifacts={"checkpoint": str(store["checkpoint"])}, model_config={}))
+    assert raw.temperature == 1.0
+    paths = [str(p) for p in store["images"]]
+    p1 = raw.predict(None, pd.DataFrame({"image": paths})).drop(columns="label").to_numpy()
+    p2 = store["model"].predict(pd.DataFrame({"image": paths})).drop(columns="label").to_numpy()
+    assert store["model"].unwrap_python_model().temperature == 2.0
+    logits = np.log(p1)
+    expected = np.exp(logits / 2) / np.exp(logits / 2).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(p2, expected, atol=1e-6)
+    assert np.abs(p2 - p1).max() > 1e-3  # a temperature of 2 flattens the distribution
+    assert (p2.max(axis=1) <= p1.max(axis=1) + 1e-9).all()
+
+
+def test_batches_give_the_same_answer_as_one_pass(store) -> None:
+    clf = store["model"].unwrap_python_model()
+    images = clf.preprocess([str(p) for p in store["images"]])
+    whole = clf.logits(images)
+    old = clf.batch_size
+    try:
+        clf.batch_size = 3
+        batched = clf.logits(images)
+    finally:
+        clf.batch_size = old
+    np.testing.assert_allclose(batched, whole, atol=1e-4)
+
+
+def test_bad_inputs_are_named(store, tmp_path: Path) -> None:
+    model = store["model"]
+    with pytest.raises(ValueError, match=r"image\[1\]: cannot be decoded"):
+        model.predict(pd.DataFrame({"image": [str(store["images"][0]), b"not an image at all"]}))
+    with pytest.raises(ValueError, match="missing.png.*neither an existing file nor base64"):
+        model.predict(pd.DataFrame({"image": [str(tmp_path / "missing.png")]}))
+    with pytest.raises(ValueError, match=r"image\[0\]: 'notAFileNorAnImage' is neither.*not to a PNG"):
+        model.predict(pd.DataFrame({"image": ["notAFileNorAnImage"]}))
+    with pytest.raises(ValueError, match=r"image\[0\]: an image array must be H x W"):
+        model.unwrap_python_model().predict(None, [np.zeros((2, 3, 4, 5), np.uint8)])
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(store["images"][0].read_bytes()[:60])
+    with pytest.raises(ValueError, match="broken.png: cannot be decoded"):
+        model.predict(pd.DataFrame({"image": [str(broken)]}))
+
+
+def test_pins_strip_local_version_suffixes(monkeypatch, store) -> None:
+    import importlib.metadata
+
+    import mlflow
+
+    from cxr.serving import pyfunc as serving
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: {"torch": "2.14.1+cu130"}.get(name, "1.0"))
+    assert serving.pinned_requirements(("torch", "numpy")) == ["torch==2.14.1", "numpy==1.0"]
+    monkeypatch.undo()
+    mlflow.set_tracking_uri(store["uri"])
+    local = Path(mlflow.artifacts.download_artifacts(store["model_uri"], dst_path=str(store["root"] / "dl")))
+    reqs = (local / "requirements.txt").read_text().split()
+    names = {r.split("==")[0] for r in reqs}
+    assert {"torch", "torchvision", "numpy", "opencv-python-headless", "pandas", "mlflow"} <= names
+    assert all("==" in r and "+" not in r for r in reqs)
+    assert f"torch=={torch.__version__.split('+')[0]}" in reqs
+    assert (local / "code" / "cxr" / "serving" / "pyfunc.py").is_file()
+
+
+@pytest.mark.slow
+def test_loads_in_a_fresh_process(store) -> None:
+    """The logged model works without this process's imports: the code travels with it."""
+    image = store["images"][0]
+    code = (
+        "import sys, mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri({store['uri']!r})\n"
+        f"m = mlflow.pyfunc.load_model({store['model_uri']!r})\n"
+        f"print(m.predict(pd.DataFrame({{'image': [{str(image)!r}]}})).to_json(orient='records'))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=store["root"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])[0]
+    here = store["model"].predict(pd.DataFrame({"image": [str(image)]})).iloc[0]
+    assert got["label"] == here["label"]
+    for c in CLASSES:
+        assert got[f"p_{c}"] == pytest.approx(here[f"p_{c}"], abs=1e-6)
+
+
+def test_the_served_model_imports_no_training_code(tmp_path: Path) -> None:
+    """Loading the served model and predicting runs through cxr.serving and cxr.model only."""
+    ckpt = make_checkpoint(tmp_path / "best.pt")
+    image = tmp_path / "x.png"
+    cv2.imwrite(str(image), np.full((40, 40), 128, np.uint8))
+    code = (
+        "import sys, types\n"
+        "import pandas as pd\n"
+        "from cxr.serving.pyfunc import CxrClassifier\n"
+        "clf = CxrClassifier()\n"
+        f"ctx = types.SimpleNamespace(artifacts={{'checkpoint': {str(ckpt)!r}}}, model_config={{}})\n"
+        "clf.load_context(ctx)\n"
+        f"out = clf.predict(ctx, pd.DataFrame({{'image': [{str(image)!r}]}}))\n"
+        "assert len(out) == 1\n"
+        "print(sorted(m for m in sys.modules if m.startswith('cxr.')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(eval(proc.stdout))  # noqa: S307 - the list our own subprocess printed
+    # The serving and model packages, and the import-free list of architectures: no params (pydantic), no
+    # training, evaluation, registry or tracking code.
+    allowed = {"cxr", "cxr.core", "cxr.core.archs", "cxr.serving", "cxr.model"}
+    assert {m for m in loaded if m not in allowed and not m.startswith(("cxr.serving.", "cxr.model."))} == set()
+    assert {"cxr.model.inference", "cxr.model.preprocess", "cxr.model.networks"} <= loaded
+
+
+def test_a_version_registered_before_the_layout_still_loads_and_predicts(tmp_path: Path) -> None:
+    """tests/fixtures/pyfunc-v0 pickles ``cxr.serving.CxrClassifier`` (the class's path before the package was laid
+    out by job): MLflow loads it in a fresh process and it predicts what today's code computes by hand."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(REPO / "tests" / "fixtures" / "pyfunc-v0", model_dir)
+    ckpt = make_checkpoint(model_dir / "artifacts" / "best.pt")
+    files = make_images(tmp_path / "img", n=3)
+    request = [base64.b64encode(f.read_bytes()).decode("ascii") for f in files]
+    code = (
+        "import json, sys, mlflow, pandas as pd\n"
+        f"m = mlflow.pyfunc.load_model({str(model_dir)!r})\n"
+        f"out = m.predict(pd.DataFrame({{'image': {request!r}}}))\n"
+        "py = m.unwrap_python_model()\n"
+        "print(json.dumps({'cls': type(py).__module__ + '.' + type(py).__name__, 'label': list(out['label']),\n"
+        "                  'p': out[[c for c in out.columns if c.startswith('p_')]].values.tolist()}))\n"
+    )
+    # Run outside the checkout, so `cxr` is the installed package, as for `mlflow models serve`.
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["cls"] == "cxr.serving.pyfunc.CxrClassifier"
+    logits = reference_logits(ckpt, [f.read_bytes() for f in files])
+    expected = np.exp(logits / 2.0) / np.exp(logits / 2.0).sum(1, keepdims=True)  # calibration.json: T = 2
+    assert np.allclose(out["p"], expected, atol=1e-5)
+    assert out["label"] == [CLASSES[i] for i in expected.argmax(1)]
