@@ -143,3 +143,13 @@ def test_the_split_step_imports_no_torch_and_no_training_code() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]", f"the split step imports {proc.stdout.strip()}"
+
+
+def test_test_modules_have_unique_names_and_one_conftest() -> None:
+    """Test folders are not packages (pytest's prepend import mode): two test modules of one name, or a second
+    conftest.py, would shadow each other."""
+    tests = REPO / "tests"
+    names = [f.name for f in tests.rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
+    assert [f.relative_to(REPO).as_posix() for f in tests.rglob("conftest.py")] == ["tests/conftest.py"]
+    assert not list(tests.rglob("__init__.py"))

@@ -1,4 +1,4 @@
-"""Unit tests for cxr.evaluation.cam (Grad-CAM wrappers and localisation scores)."""
+"""Unit tests for cxr.evaluation.cam (the Grad-CAM wrappers: layers, methods, batches)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ pytest.importorskip("pytorch_grad_cam")
 
 # After the skips, which name what is missing.
 from cxr.evaluation.cam import compute_cams, target_layers  # noqa: E402
-from cxr.evaluation.localisation import energy_inside, iou_at_top, pointing_game  # noqa: E402
-from cxr.evaluation.overlays import gallery, overlay  # noqa: E402
 
 SIZE = 64
 
@@ -136,98 +134,3 @@ def test_a_named_target_layer_gives_a_finer_map(models, images) -> None:
     assert not np.allclose(fine, compute_cams(resnet, images[:2], [0, 1], arch="resnet18"), atol=0.05)
     with pytest.raises(ValueError, match="gradcam.target_layer 'layer9'.*layer4"):
         target_layers(resnet, "resnet18", "layer9")
-
-
-def _square_mask(h: int = 10, w: int = 10) -> np.ndarray:
-    """A 10x10 mask with a 4x4 square of ones at rows/cols 2..5."""
-    m = np.zeros((h, w), dtype=np.uint8)
-    m[2:6, 2:6] = 1
-    return m
-
-
-def test_energy_and_pointing_known_answers() -> None:
-    mask = _square_mask()
-    inside = np.zeros((10, 10))
-    inside[3, 3] = 1.0
-    outside = np.zeros((10, 10))
-    outside[8, 8] = 1.0
-    half = np.zeros((10, 10))
-    half[3, 3] = 1.0
-    half[8, 8] = 1.0
-    uniform = np.ones((10, 10))
-    cams = np.stack([inside, outside, half, uniform, inside])
-    masks = np.stack([mask, mask, mask, mask, np.zeros_like(mask)])
-    e = energy_inside(cams, masks)
-    np.testing.assert_allclose(e[:4], [1.0, 0.0, 0.5, 16 / 100])
-    assert np.isnan(e[4])
-    pg = pointing_game(cams, masks)
-    np.testing.assert_array_equal(pg[:3], [1.0, 0.0, 1.0])
-    assert np.isnan(pg[4])
-    # tolerance: argmax at (7, 3) is 2 px below the mask's last row (5)
-    near = np.zeros((1, 10, 10))
-    near[0, 7, 3] = 1.0
-    assert pointing_game(near, mask[None])[0] == 0.0
-    assert pointing_game(near, mask[None], tolerance_px=2)[0] == 1.0
-
-
-def test_masks_resized_to_cam() -> None:
-    mask = np.kron(_square_mask(), np.ones((4, 4), dtype=np.uint8))  # 40x40 version of the same mask
-    cam = np.zeros((1, 10, 10))
-    cam[0, 3, 3] = 1.0
-    assert energy_inside(cam, mask[None])[0] == pytest.approx(1.0)
-    assert pointing_game(cam, mask[None])[0] == 1.0
-
-
-def test_bump_inside_mask() -> None:
-    h = w = 64
-    yy, xx = np.mgrid[:h, :w]
-    mask = ((yy - 40) ** 2 + (xx - 24) ** 2 <= 15**2).astype(np.uint8)
-    cam = np.exp(-((yy - 40) ** 2 + (xx - 24) ** 2) / (2 * 4.0**2))
-    assert pointing_game(cam[None], mask[None])[0] == 1.0
-    assert energy_inside(cam[None], mask[None])[0] > 0.8
-    assert iou_at_top(cam[None], mask[None], quantile=0.9)[0] > 0.4
-
-
-def test_iou_at_top_known() -> None:
-    mask = _square_mask()
-    cam = mask.astype(float) + 0.01 * np.random.default_rng(0).random((10, 10)) * (1 - mask)
-    # top 16% (quantile 0.84) of the CAM is exactly the 16-pixel square
-    assert iou_at_top(cam[None], mask[None], quantile=0.84)[0] == pytest.approx(1.0)
-    assert np.isnan(iou_at_top(cam[None], np.zeros((1, 10, 10)))[0])
-
-
-def test_overlay_and_gallery(tmp_path) -> None:
-    gray = (np.random.default_rng(0).random((48, 40)) * 255).astype(np.uint8)
-    cam = np.random.default_rng(1).random((6, 5)).astype(np.float32)
-    out = overlay(gray, cam)
-    assert out.shape == (48, 40, 3) and out.dtype == np.uint8
-    rgb = np.stack([gray] * 3, axis=-1)
-    assert overlay(rgb, cam, alpha=0.0).tolist() == rgb.tolist()
-    fig = gallery([gray, rgb, gray], [cam, cam, cam], ["a", "b", "c"], ncols=2)
-    path = tmp_path / "gallery.png"
-    fig.savefig(path, dpi=60)
-    assert path.exists() and path.stat().st_size > 1024
-
-
-def test_cam_figure_draws_the_image_pixel_for_pixel_with_a_colour_bar_and_the_label() -> None:
-    from cxr.evaluation.overlays import cam_figure, overlay
-
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (173, 211), dtype=np.uint8)  # not square, not the model's size
-    cam = rng.random((16, 16)).astype(np.float32)
-    fig = cam_figure(image, cam, "predicted COVID (p = 0.93)")
-    import io
-
-    import cv2
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi)  # as cxr predict saves it
-    rendered = cv2.cvtColor(cv2.imdecode(np.frombuffer(buf.getvalue(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    height, width = rendered.shape[:2]
-    box = fig.axes[0].get_position()
-    x0, x1, y0, y1 = (round(v) for v in (box.x0 * width, box.x1 * width, box.y0 * height, box.y1 * height))
-    region = rendered[height - y1 : height - y0, x0:x1]
-    assert region.shape == (173, 211, 3)
-    np.testing.assert_array_equal(region, overlay(image, cam))
-    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "Grad-CAM (normalised)"
-    assert [t.get_text() for t in fig.texts] == ["predicted COVID (p = 0.93)"]
