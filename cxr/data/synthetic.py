@@ -151,7 +151,8 @@ def generate(
             bar.close()
 
     meta = {
-        "generator": "cxr.data.synthetic",
+        # The generator's name, not its module's path: the same images keep the same data version.
+        "generator": "cxr.synthetic",
         "version": GENERATOR_VERSION,
         "seed": int(seed),
         "size": int(size),
