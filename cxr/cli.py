@@ -60,12 +60,24 @@ def setup(params: Path, root: Path | None) -> tuple[Settings, Path]:
     return settings, (root or params.resolve().parent).resolve()
 
 
+def error_line(err: BaseException) -> str:
+    """What a failure says on one line: the file, key or endpoint it names, and why."""
+    if isinstance(err, OSError) and err.filename:
+        where = f"{err.filename} -> {err.filename2}" if err.filename2 else str(err.filename)
+        return f"error: {where}: {err.strerror or type(err).__name__}"
+    known = (ValueError, OSError, RuntimeError, LookupError)
+    text = str(err).strip() or type(err).__name__
+    return f"error: {text}" if isinstance(err, known) else f"error: {type(err).__name__}: {text}"
+
+
 def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as err:  # noqa: BLE001 - every failure ends in one line; the traceback is logged at DEBUG
         logging.getLogger("cxr").debug("step failed", exc_info=True)
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(error_line(err), err=True)
         raise typer.Exit(1) from None
 
 

@@ -70,15 +70,73 @@ class Settings(Section):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+#: The longest message a params error prints for one key: a value is never echoed whole.
+MAX_MESSAGE = 300
+
+
+def _short(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid params"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"  {key}: {msg}")
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {_short(key, 120)}: {_short(msg)}")
     return "\n".join(lines)
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """YAML as DVC reads it, no more: a duplicate key or an alias (``&a``/``*a``) is an error, not a value.
+
+    DVC's parser refuses a duplicate key that PyYAML would silently take the last value of; and an alias can
+    expand a few lines into billions of values (a "billion laughs" file), which no params file needs.
+    """
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            mark = event.start_mark
+            raise ConfigError(f"line {mark.line + 1}: anchors and aliases (&name, *name) are not allowed in params")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(
+                    f"line {key_node.start_mark.line + 1}: duplicate key {_short(repr(key), 80)} "
+                    f"(first on line {seen[key]})"
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_params(path: Path | str) -> dict[str, Any]:
+    """The params file as a mapping, read the way DVC reads it; ConfigError naming the file otherwise."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot be read ({err})") from None
+    empty = ConfigError(f"{path}: empty; DVC refuses an empty params file (see params.yaml in the repository)")
+    if not text.strip():
+        raise empty
+    try:
+        data = yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as err:
+        raise ConfigError(f"{path}, {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {_short(str(err))}") from None
+    if data is None:
+        raise empty
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
 
 
 def parse_settings(data: dict[str, Any] | None, source: str = "params") -> Settings:
@@ -95,13 +153,4 @@ def parse_settings(data: dict[str, Any] | None, source: str = "params") -> Setti
 
 def load_settings(path: Path | str = "params.yaml") -> Settings:
     """Read and validate ``params.yaml``."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: params file not found") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return parse_settings(data, str(path))
+    return parse_settings(read_params(path), str(path))

@@ -81,3 +81,70 @@ def read_json(path: Path, default: Any = None) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def ensure_writable(*folders: Path) -> None:
+    """Make each folder (and its parents) and prove it takes a file, before a step spends minutes on its work.
+
+    Raises the OSError (PermissionError, NotADirectoryError, a read-only file system ...) naming the folder.
+    """
+    for folder in map(Path, folders):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_path(folder / ".write-test") as probe:
+                probe.write_bytes(b"")
+            (folder / ".write-test").unlink()
+        except OSError as err:
+            raise type(err)(err.errno, f"cannot write there ({err.strerror})", str(folder)) from None
+
+
+class StagedOutputs:
+    """A step's output files, written as one set: each to a temporary sibling first, all renamed into place once
+    every one is written (:func:`staged_outputs`). A failure part-way leaves every old file as it was."""
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []
+
+    @contextlib.contextmanager
+    def path(self, target: Path) -> Iterator[Path]:
+        """A temporary path to write ``target``'s new content to (renamed when the whole set is written)."""
+        target = Path(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        self._staged.append((tmp, target))
+        yield tmp
+
+    def write_text(self, target: Path, text: str) -> None:
+        with self.path(target) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+
+    def write_json(self, target: Path, data: Any, sort_keys: bool = False) -> None:
+        self.write_text(target, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n")
+
+    def write_csv(self, target: Path, fields: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
+        with self.path(target) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(fields), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def commit(self) -> None:
+        for tmp, target in self._staged:
+            os.replace(tmp, target)
+        self._staged.clear()
+
+    def discard(self) -> None:
+        for tmp, _ in self._staged:
+            tmp.unlink(missing_ok=True)
+        self._staged.clear()
+
+
+@contextlib.contextmanager
+def staged_outputs() -> Iterator[StagedOutputs]:
+    """Write a set of files that appear together or not at all (see :class:`StagedOutputs`)."""
+    staged = StagedOutputs()
+    try:
+        yield staged
+    except BaseException:
+        staged.discard()
+        raise
+    staged.commit()

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cxr.core.io import write_csv, write_json
+from cxr.core.io import StagedOutputs, ensure_writable, staged_outputs
 from cxr.core.paths import ResolvedPaths
 from cxr.core.sections import Base, Evaluate
 from cxr.data.manifest import Manifest, read_manifest
@@ -136,6 +136,7 @@ def _calibration_summary(
 
 
 def _write_reports(
+    out: StagedOutputs,
     paths: ResolvedPaths,
     metrics: dict,
     cm: list[list[int]],
@@ -149,23 +150,23 @@ def _write_reports(
     from cxr.evaluation import figures
     from cxr.evaluation.headline import headline_metrics, sensitivity_by_class
 
-    write_json(paths.metrics_full, metrics)
-    write_json(paths.metrics, headline_metrics(metrics))
-    write_json(paths.sensitivity, sensitivity_by_class(metrics))
-    write_json(paths.confusion, {"classes": list(classes), "counts": cm})
-    write_json(paths.calibration, calibration)
+    out.write_json(paths.metrics_full, metrics)
+    out.write_json(paths.metrics, headline_metrics(metrics))
+    out.write_json(paths.sensitivity, sensitivity_by_class(metrics))
+    out.write_json(paths.confusion, {"classes": list(classes), "counts": cm})
+    out.write_json(paths.calibration, calibration)
     # The content hash lets the promotion gate pair two models' answers image by image.
     columns = ["path", "sha256", "actual", "predicted", *[f"p_{c}" for c in classes]]
     rows = (
         [r["path"], r["sha256"], classes[y], classes[int(p.argmax())], *[f"{v:.6f}" for v in p]]
         for r, y, p in zip(test.rows, labels, probs, strict=True)
     )
-    write_csv(paths.predictions, columns, (dict(zip(columns, row, strict=True)) for row in rows))
-    write_csv(paths.roc_points, ["class", "fpr", "tpr", "threshold"], figures.roc_points(labels, probs, classes))
+    out.write_csv(paths.predictions, columns, (dict(zip(columns, row, strict=True)) for row in rows))
+    out.write_csv(paths.roc_points, ["class", "fpr", "tpr", "threshold"], figures.roc_points(labels, probs, classes))
 
 
 def _save_figures(
-    out: Path, cm: list[list[int]], classes: Sequence[str], labels: np.ndarray, probs: np.ndarray
+    out: StagedOutputs, folder: Path, cm: list[list[int]], classes: Sequence[str], labels: np.ndarray, probs: np.ndarray
 ) -> None:
     """The confusion matrix, ROC, precision-recall and reliability figures as PNGs in ``out``."""
     from cxr.evaluation import figures
@@ -177,7 +178,8 @@ def _save_figures(
         "reliability.png": figures.plot_reliability(labels, probs),
     }
     for name, fig in figs.items():
-        fig.savefig(out / name, dpi=110, bbox_inches="tight")
+        with out.path(folder / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
 def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "auto") -> EvalResult:
@@ -185,6 +187,8 @@ def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "aut
     from cxr.evaluation.probes import shortcut_probes
     from cxr.stats.classification import classification_metrics, per_source_metrics
 
+    # A folder it cannot write to stops the step before the minutes of scoring, not after.
+    ensure_writable(paths.eval_reports, paths.metrics.parent, paths.metrics_full.parent, paths.sensitivity.parent)
     model, meta = load_trained(paths.best_checkpoint, pick_device(device))
     classes = tuple(meta["classes"])
     if classes != base.labels:
@@ -213,18 +217,11 @@ def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "aut
         metrics["per_source"] = by_source
     metrics["probes"] = shortcut_probes(model, test, classes, paths.raw, size, cfg.batch_size)
 
-    paths.eval_reports.mkdir(parents=True, exist_ok=True)
-    _write_reports(
-        paths,
-        metrics,
-        cm,
-        classes,
-        {**choice.record(), "positive_class": pos, "threshold": threshold},
-        test,
-        t_labels,
-        t_probs,
-    )
-    _save_figures(paths.eval_reports, cm, classes, t_labels, t_probs)
+    # Every output appears together, or none does: no new metrics beside old figures after a failure.
+    with staged_outputs() as out:
+        calibration = {**choice.record(), "positive_class": pos, "threshold": threshold}
+        _write_reports(out, paths, metrics, cm, classes, calibration, test, t_labels, t_probs)
+        _save_figures(out, paths.eval_reports, cm, classes, t_labels, t_probs)
     log.info("test accuracy %.4f (n=%d), macro AUC %s", m["accuracy"], len(t_labels), m.get("macro_auc"))
     log.info("shortcut probes: %s", metrics["probes"]["summary"])
     return EvalResult(paths.metrics_full, float(m["accuracy"]), m.get("macro_auc"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +11,12 @@ import cv2
 import numpy as np
 import torch
 
-from cxr.core.io import write_json
+from cxr.core.io import ensure_writable, staged_outputs, write_json
 from cxr.core.paths import ResolvedPaths
 from cxr.core.sections import Base, GradCam
 from cxr.data.manifest import read_manifest
 from cxr.data.masks import lesion_mask_path, lung_mask_path, read_mask
-from cxr.data.rawstore import RawStore
+from cxr.data.rawstore import RawStore, replace_dir, temp_dir
 from cxr.evaluation.headline import cam_headline
 from cxr.model.cache import decoded_cache
 from cxr.model.inference import load_trained, pick_device, read_temperature, softmax
@@ -147,12 +146,10 @@ def write_overlays(
     rows: Sequence[dict[str, str]],
     per_class: int,
 ) -> int:
-    """A fresh ``out``: per class a folder of overlays of its chosen cases and a gallery of them; the overlay count."""
+    """Into the empty folder ``out``: per class a folder of overlays of its chosen cases and a gallery of them; the
+    overlay count."""
     from cxr.evaluation.overlays import gallery, overlay
 
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     pred = probs.argmax(1)
     written = 0
     for c, cases in select_cases(labels, probs, len(classes), per_class).items():
@@ -174,6 +171,7 @@ def gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "auto"
     """CAMs for every test image; overlays and a gallery per class; lung-energy and lesion-pointing metrics."""
     from cxr.evaluation.cam import compute_cams
 
+    ensure_writable(paths.gradcam_reports.parent, paths.cam_metrics.parent)  # before the minutes of work
     model, meta = load_trained(paths.best_checkpoint, pick_device(device))
     classes, size, arch = tuple(meta["classes"]), int(meta["image_size"]), meta["arch"]
     test = read_manifest(paths.manifest).select("test")
@@ -190,9 +188,12 @@ def gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "auto"
     metrics: dict = {"method": cfg.method, "target_layer": layer, "images": len(test)}
     metrics.update(localisation_metrics(cams, test.rows, labels, classes, paths.raw, size))
     out = paths.gradcam_reports
-    written = write_overlays(out, images, cams, probs, labels, classes, test.rows, cfg.per_class)
-    write_json(paths.cam_metrics_full, metrics)
-    write_json(paths.cam_metrics, cam_headline(metrics))
+    # The folder is built aside and swapped in, with the headline file: a failure leaves the old outputs whole.
+    with temp_dir(out.parent, f".{out.name}-") as build, staged_outputs() as staged:
+        written = write_overlays(build, images, cams, probs, labels, classes, test.rows, cfg.per_class)
+        write_json(build / paths.cam_metrics_full.relative_to(out), metrics)
+        staged.write_json(paths.cam_metrics, cam_headline(metrics))
+        replace_dir(build, out)
     log.info(
         "Grad-CAM: %d overlays in %s; %s", written, out, {k: v for k, v in metrics.items() if "per_class" not in k}
     )

@@ -7,6 +7,7 @@ imports the training loop, and this module imports nothing from it either.
 from __future__ import annotations
 
 import json
+import pickle
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -35,16 +36,48 @@ def autocast(device: torch.device, amp: bool):
     return nullcontext()
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used (truncated, foreign, or not a checkpoint); the message names it."""
+
+
+#: What every checkpoint the train step writes holds besides the weights.
+CHECKPOINT_KEYS: tuple[str, ...] = ("model", "arch", "classes", "image_size")
+
+
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint safely (tensors and plain containers only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint safely (tensors and plain containers only); CheckpointError naming the file otherwise."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: checkpoint not found; run the train step first") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: a folder, not a checkpoint") from None
+    except (RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as err:
+        # A truncated zip ("PytorchStreamReader failed ..."), a pickle with code in it (refused, never run), text.
+        raise CheckpointError(f"{path}: not a checkpoint that can be read ({_first_line(err)})") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a checkpoint written by the train step (it lacks {missing})")
+    return state
 
 
 def load_trained(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """The model of a checkpoint, in eval mode, with its metadata (classes, arch, image size)."""
     state = load_checkpoint(path)
-    model = build_model(state["arch"], len(state["classes"]), None)
-    model.load_state_dict(state["model"])
+    try:
+        model = build_model(state["arch"], len(state["classes"]), None)
+        model.load_state_dict(state["model"])
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise CheckpointError(
+            f"{path}: its weights do not fit a {state['arch']} with {len(state['classes'])} classes "
+            f"({_first_line(err)})"
+        ) from None
     model.to(device).eval()
     meta = {k: v for k, v in state.items() if k != "model"}
     return model, meta

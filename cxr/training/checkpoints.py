@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +17,9 @@ from torch import nn
 
 from cxr.core.io import atomic_open
 from cxr.core.paths import ResolvedPaths
-from cxr.model.inference import load_checkpoint
+from cxr.model.inference import CheckpointError, load_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -135,7 +141,12 @@ def restore(path: Path, fingerprint: dict, parts: Parts) -> TrainState | None:
     """Load an unfinished run with the same ``fingerprint`` from ``path`` into ``parts``; its state, or None."""
     if not path.exists():
         return None
-    state = load_checkpoint(path)
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as err:
+        # The resume point is a convenience: one that cannot be read means starting afresh, never a stop.
+        log.warning("%s; training starts afresh", err)
+        return None
     if state.get("fingerprint") != fingerprint or state.get("complete") or "best" not in state:
         return None
     parts.model.load_state_dict(state["train_model"] if "train_model" in state else state["model"])
@@ -153,3 +164,34 @@ def restore(path: Path, fingerprint: dict, parts: Parts) -> TrainState | None:
         history=json.loads(state["history"]),
         best=state["best"],
     )
+
+
+@contextlib.contextmanager
+def exclusive(model_dir: Path, enabled: bool = True) -> Iterator[None]:
+    """Hold ``<model_dir>/.train.lock`` while training, so that a second training into the same folder (a rerun
+    while an orphaned one still runs, after its ``dvc repro`` was killed) stops at once, naming the first one.
+
+    An OS file lock: it goes with the process that held it, however that process ends.
+    """
+    if not enabled:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    owner = model_dir / ".train.pid"
+    lock = FileLock(model_dir / ".train.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        pid = owner.read_text().strip() if owner.is_file() else "unknown"
+        raise RuntimeError(
+            f"{model_dir}: another training (process {pid}) is writing its checkpoints here; "
+            "let it finish or stop it, then run again"
+        ) from None
+    try:
+        owner.write_text(f"{os.getpid()}\n")
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()

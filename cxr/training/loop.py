@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cxr.core.io import atomic_path, write_csv, write_json
+from cxr.core.io import atomic_path, ensure_writable, write_csv, write_json
 from cxr.core.paths import ResolvedPaths
 from cxr.core.sections import Base, Train
 from cxr.data.manifest import Manifest, manifest_hash
@@ -24,7 +24,7 @@ from cxr.model.inference import autocast, pick_device, predict
 from cxr.model.networks import build_model
 from cxr.model.preprocess import to_input
 from cxr.stats.classification import macro_f1
-from cxr.training.checkpoints import Parts, TrainState, restore, save_checkpoint, save_epoch
+from cxr.training.checkpoints import Parts, TrainState, exclusive, restore, save_checkpoint, save_epoch
 from cxr.training.dataset import TrainData, build_data
 from cxr.training.optim import lr_lambda, make_ema, make_optimizer, mix_batch, seed_everything
 from cxr.training.presets import apply_batch
@@ -313,19 +313,15 @@ def write_summary(path: Path, state: TrainState, mean_speed: float) -> None:
     write_json(path, summary)
 
 
-def train(
+def _fit(
     cfg: Train,
     base: Base,
     paths: ResolvedPaths,
-    resume: bool = True,
-    on_epoch: Callable[[dict], None] | None = None,
-) -> TrainResult:
-    """Train on the manifest's train split, select on valid, write checkpoints, history and metrics.
-
-    ``on_epoch`` receives each epoch's history row (validation scores included) once its checkpoints are
-    written; it may raise to stop training (a search pruning a trial does).
-    """
-    proc = init_process(cfg)
+    resume: bool,
+    on_epoch: Callable[[dict], None] | None,
+    proc: Process,
+) -> tuple[TrainState, float]:
+    """The loop: data, model and optimiser, the resume point, the epochs with their checkpoints; (state, img/s)."""
     seed_everything(base.seed, cfg.deterministic)
     data = build_data(cfg, base, paths, proc.device, proc.rank, proc.world)
     parts = build_parts(cfg, len(base.labels), len(data.train_loader), proc.device)
@@ -356,6 +352,26 @@ def train(
     if proc.main:
         write_summary(paths.train_metrics, state, mean_speed)
         write_preview(data.train_split, data.train_images, cfg, base.seed, paths.augmentation_preview)
+    return state, mean_speed
+
+
+def train(
+    cfg: Train,
+    base: Base,
+    paths: ResolvedPaths,
+    resume: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train on the manifest's train split, select on valid, write checkpoints, history and metrics.
+
+    ``on_epoch`` receives each epoch's history row (validation scores included) once its checkpoints are
+    written; it may raise to stop training (a search pruning a trial does).
+    """
+    proc = init_process(cfg)
+    if proc.main:  # an unwritable models/ or reports/ stops here, not after the first epoch
+        ensure_writable(paths.model_dir, paths.train_reports)
+    with exclusive(paths.model_dir, proc.main):
+        state, mean_speed = _fit(cfg, base, paths, resume, on_epoch, proc)
     if proc.distributed:
         dist.barrier()
     best_score = float(state.best_score or 0.0)

@@ -146,3 +146,58 @@ def test_tune_space_is_validated(space: dict, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_settings(params, "params.yaml")
     assert "tune.space" in str(err.value) and message in str(err.value)
+
+
+BOMB = """\
+a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+"""
+
+
+def _params_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.timeout(60)
+def test_an_alias_bomb_is_refused_at_once_naming_the_line(tmp_path: Path) -> None:
+    """An alias in a value the validator echoes (a search space's choices) once expanded into hundreds of
+    millions of values before the message was written: aliases are refused while the file is read."""
+    text = (REPO / "params.yaml").read_text()
+    assert "train.batch_size: {choices: [16, 32, 64]}" in text
+    path = _params_file(tmp_path, BOMB + text.replace("{choices: [16, 32, 64]}", "{choices: *g}"))
+    with pytest.raises(ConfigError, match=r"params.yaml, line 1: anchors and aliases") as err:
+        load_settings(path)
+    assert len(str(err.value)) < 300
+    path = _params_file(tmp_path, text + "extra: &x 1\nmore: *x\n")
+    with pytest.raises(ConfigError, match="anchors and aliases"):
+        load_settings(path)
+
+
+def test_a_duplicate_key_is_refused_as_dvc_refuses_it(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys, DVC refuses the file: a hand-run step and `dvc repro` disagreed."""
+    text = (REPO / "params.yaml").read_text()
+    path = _params_file(tmp_path, text.replace("  epochs: 8\n", "  epochs: 8\n  epochs: 3\n", 1))
+    with pytest.raises(ConfigError, match=r"line \d+: duplicate key 'epochs' \(first on line \d+\)"):
+        load_settings(path)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n"])
+def test_an_empty_params_file_is_refused(tmp_path: Path, text: str) -> None:
+    """An empty file once meant every default, so the full synthetic dataset; DVC refuses it."""
+    with pytest.raises(ConfigError, match="params.yaml: empty"):
+        load_settings(_params_file(tmp_path, text))
+
+
+def test_an_error_never_echoes_a_value_whole(tmp_path: Path) -> None:
+    params = real_params()
+    params["tune"]["space"]["train.batch_size"] = {"choices": [-1] * 100_000}
+    with pytest.raises(ConfigError) as err:
+        load_settings(_params_file(tmp_path, yaml.safe_dump(params)))
+    assert "tune.space" in str(err.value) and len(str(err.value)) < 1000
