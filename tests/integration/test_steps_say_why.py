@@ -80,3 +80,51 @@ def test_without_lung_masks_the_metrics_and_the_log_say_why(project, monkeypatch
     gradcam.gradcam(s.base, s.gradcam, paths, "cpu")
     metrics = json.loads((paths.gradcam_reports / "metrics.json").read_text())
     assert metrics["lung_mask_images"] == 8 and "lung_energy_absent" not in metrics
+
+
+def test_evaluation_writes_all_its_outputs_or_none(project, monkeypatch) -> None:
+    """A failure part-way (here, the third figure) leaves every earlier output as it was: no new metrics beside
+    old figures, no temporary files."""
+    from cxr.evaluation import figures
+    from cxr.evaluation.evaluate import evaluate
+
+    s, paths = project
+    evaluate(s.base, s.evaluate, paths, "cpu")
+    outputs = [paths.metrics, paths.metrics_full, paths.sensitivity, paths.calibration, paths.predictions]
+    outputs += sorted(paths.eval_reports.glob("*.png"))
+    before = {p: p.read_bytes() for p in outputs}
+    for p in before:  # what a new run must not leave half-replaced
+        p.write_bytes(b"old " + p.name.encode())
+    old = {p: p.read_bytes() for p in outputs}
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(paths.eval_reports / "precision_recall.png"))
+
+    monkeypatch.setattr(figures, "plot_pr", broken)
+    with pytest.raises(OSError, match="No space left"):
+        evaluate(s.base, s.evaluate, paths, "cpu")
+    assert {p: p.read_bytes() for p in outputs} == old
+    leftovers = [p.name for folder in {paths.eval_reports, paths.metrics.parent} for p in folder.glob(".*.tmp")]
+    assert leftovers == []
+    monkeypatch.undo()
+    evaluate(s.base, s.evaluate, paths, "cpu")
+    assert {p: p.read_bytes() for p in outputs} == before
+
+
+def test_gradcam_replaces_its_outputs_whole(project, monkeypatch) -> None:
+    from cxr.evaluation import gradcam as gradcam_module
+    from cxr.evaluation.gradcam import gradcam
+
+    s, paths = project
+    gradcam(s.base, s.gradcam, paths, "cpu")
+    files = sorted(p for p in paths.gradcam_reports.rglob("*") if p.is_file())
+    state = {p: p.read_bytes() for p in [*files, paths.cam_metrics]}
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gradcam_module, "write_overlays", broken)
+    with pytest.raises(OSError):
+        gradcam(s.base, s.gradcam, paths, "cpu")
+    assert {p: p.read_bytes() for p in state if p.exists()} == state  # the old folder, whole
+    assert not [p for p in paths.gradcam_reports.parent.iterdir() if p.name.startswith(".gradcam")]

@@ -120,3 +120,51 @@ def test_predict_refuses_a_wrong_output_suffix_before_loading_anything(tmp_path:
     )
     assert proc.stdout.strip() == "1 []", (proc.stdout, proc.stderr[-2000:])
     assert proc.stderr.strip() == "error: out.xlsx: the output must end in .csv or .json"
+
+
+def _cli_project(tmp_path: Path) -> Path:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    return tmp_path
+
+
+def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert lines[-1].startswith("error: "), proc.stderr
+    return lines[-1]
+
+
+def test_a_truncated_or_foreign_checkpoint_is_one_error_line_naming_it(tmp_path: Path) -> None:
+    import torch
+
+    root = _cli_project(tmp_path)
+    best = root / "models" / "best.pt"
+    best.parent.mkdir()
+    torch.save({"model": {"w": torch.zeros(2)}, "arch": "resnet18", "classes": ["a", "b"], "image_size": 32}, best)
+    foreign = _one_error_line(cxr(["evaluate"], root))
+    assert str(best) in foreign and "do not fit a resnet18 with 2 classes" in foreign and len(foreign) < 500
+    best.write_bytes(best.read_bytes()[:200])  # truncated
+    truncated = _one_error_line(cxr(["evaluate"], root))
+    assert str(best) in truncated and "not a checkpoint that can be read" in truncated
+
+
+def test_an_output_folder_that_cannot_be_written_stops_training_before_any_work(tmp_path: Path) -> None:
+    """models/ is a file here (a read-only folder behaves alike for a user who is not root)."""
+    root = _cli_project(tmp_path)
+    (root / "models").write_text("not a folder")
+    line = _one_error_line(cxr(["train"], root))
+    assert str(root / "models") in line and "cannot write there" in line
+    assert not (root / "data" / "cache").exists()  # nothing was decoded
+
+
+def test_a_second_training_into_the_same_models_folder_stops_naming_the_first(tmp_path: Path) -> None:
+    """A rerun while an orphaned `cxr train` (its `dvc repro` killed) still writes into models/."""
+    from filelock import FileLock
+
+    root = _cli_project(tmp_path)
+    (root / "models").mkdir()
+    (root / "models" / ".train.pid").write_text("4242\n")
+    with FileLock(root / "models" / ".train.lock"):
+        line = _one_error_line(cxr(["train"], root))
+    assert "another training (process 4242) is writing its checkpoints here" in line
