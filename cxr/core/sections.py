@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -329,20 +330,35 @@ class Tune(Section):
         return v
 
 
+#: The drift check's tests at most (embedding, class mix, intensity, image sizes, image modes).
+DRIFT_TESTS = 5
+
+
 class Drift(Section):
-    """The drift check of each flow run: new (or test) data against the data the champion was trained on."""
+    """The drift check: the images new since the champion's data against the champion's validation images."""
 
     enabled: bool = True
-    #: A test with a p-value below alpha flags drift (embedding MMD, class mix, intensity, image sizes).
+    #: The whole check's false-alarm rate: each of its (up to five) tests flags drift below alpha / tests.
     alpha: float = Field(0.01, gt=0, lt=1)
     #: Images per side at most (a seeded sample), for the features and the tests.
     max_images: int = Field(400, ge=10)
-    #: Permutations of the MMD test: the smallest p-value it can report is 1 / (permutations + 1).
-    permutations: int = Field(500, ge=50)
+    #: Permutations of each test: the smallest p-value one can report is 1 / (permutations + 1).
+    permutations: int = Field(2000, ge=50)
     #: Refuse to promote a new version to champion while drift is flagged.
     block_promotion: bool = False
     #: Post the drift notice to the failure webhook (CXR_NOTIFY_WEBHOOK) when drift is flagged.
     notify: bool = True
+
+    @model_validator(mode="after")
+    def _can_flag(self) -> Drift:
+        # With five tests each held to alpha / 5, a p-value of 1 / (permutations + 1) must be able to fall below.
+        need = math.ceil(DRIFT_TESTS / self.alpha)
+        if self.permutations + 1 <= need:
+            raise ValueError(
+                f"permutations {self.permutations} can never give a p-value below alpha / {DRIFT_TESTS} "
+                f"= {self.alpha / DRIFT_TESTS:.3g}: use at least {need}"
+            )
+        return self
 
 
 class SplitTooLarge(ConfigError):

@@ -39,10 +39,14 @@ class Sample:
 class DriftReport:
     """The outcome of a drift check: what was compared, every test's statistic and p-value, and the verdict."""
 
-    status: str  # "checked" | "skipped"
+    #: "checked"; "no new data" (nothing arrived since the champion's data: no comparison to make); "skipped"
+    #: (nothing to compare with: no champion, or one without its manifest), with the reason.
+    status: str
     flagged: bool = False
     reasons: list[str] = field(default_factory=list)
+    #: The false-alarm rate of the whole check: each of its tests is held to ``alpha / tests`` (Bonferroni).
     alpha: float = 0.01
+    alpha_per_test: float | None = None
     reference: str = ""
     current: str = ""
     n_reference: int = 0
@@ -80,17 +84,22 @@ class DriftReport:
 
     def summary(self) -> str:
         """One line: the verdict and its reasons."""
+        if self.status == "no new data":
+            return f"no new data to check for drift: {'; '.join(self.reasons)}"
         if self.status != "checked":
             return f"drift check skipped: {'; '.join(self.reasons) or 'no reason given'}"
         return f"drift: {'; '.join(self.reasons)}" if self.flagged else "no drift"
 
     def markdown(self) -> str:
         """The report as Markdown (the Prefect artifact, the MLflow run's drift.md, the notice)."""
+        if self.status == "no new data":
+            return f"**No new data to check for drift**: {'; '.join(self.reasons)}"
         if self.status != "checked":
             return f"**Drift check skipped**: {'; '.join(self.reasons) or 'no reason given'}"
+        level = self.alpha_per_test if self.alpha_per_test is not None else self.alpha
         lines = [
-            f"**Data drift: {'DRIFT' if self.flagged else 'no drift'}** (alpha {self.alpha}; "
-            f"champion version {self.champion_version})",
+            f"**Data drift: {'DRIFT' if self.flagged else 'no drift'}** (alpha {self.alpha} over "
+            f"{len(self.tests)} tests, {level:.3g} each; champion version {self.champion_version})",
             "",
             f"Reference: {self.reference} ({self.n_reference} images). "
             f"Current: {self.current} ({self.n_current} images).",
@@ -156,20 +165,20 @@ def compare_samples(
 ) -> DriftReport:
     """Run every test between two samples; ``embed`` maps images (N, S, S) to features (N, D)."""
     report = DriftReport(status="checked", alpha=cfg.alpha, n_reference=len(reference), n_current=len(current))
+    perms = cfg.permutations
     if embed is not None:
         fx, fy = embed(reference.images), embed(current.images)
-        mmd2, p, bw = mmd_permutation_test(fx, fy, cfg.permutations, seed)
+        mmd2, p, bw = mmd_permutation_test(fx, fy, perms, seed)
         report.tests["embedding_mmd"] = {"stat": mmd2, "p": p, "bandwidth": bw, "dims": int(fx.shape[1])}
-    stat, p = categorical_test(reference.labels, current.labels)
+    stat, p = categorical_test(reference.labels, current.labels, perms, seed + 1)
     report.tests["class_mix"] = {"stat": stat, "p": p}
-    stat, p = intensity_test(reference.images, current.images)
+    stat, p = intensity_test(reference.images, current.images, perms, seed + 2)
     report.tests["intensity"] = {"stat": stat, "p": p}
-    for name, ref_vals, cur_vals in (
-        ("image_size", reference.sizes, current.sizes),
-        ("image_mode", reference.modes, current.modes),
+    for i, (name, ref_vals, cur_vals) in enumerate(
+        (("image_size", reference.sizes, current.sizes), ("image_mode", reference.modes, current.modes))
     ):
         if ref_vals and cur_vals:
-            stat, p = categorical_test(ref_vals, cur_vals)
+            stat, p = categorical_test(ref_vals, cur_vals, perms, seed + 3 + i)
             report.tests[name] = {"stat": stat, "p": p}
     report.counts = {
         "reference": dict(sorted(Counter(reference.labels).items())),
@@ -180,9 +189,13 @@ def compare_samples(
         "reference": dict(zip(INTENSITY_FEATURES, map(float, fr.mean(0)), strict=True)),
         "current": dict(zip(INTENSITY_FEATURES, map(float, fc.mean(0)), strict=True)),
     }
+    # Each test at alpha / m, so that the whole check's false-alarm rate is at most alpha (Bonferroni).
+    level = report.alpha_per_test = cfg.alpha / len(report.tests)
     for name, t in report.tests.items():
-        if t["p"] < cfg.alpha:
-            report.reasons.append(f"{name}: p = {t['p']:.3g} < alpha {cfg.alpha}")
+        if t["p"] < level:
+            report.reasons.append(
+                f"{name}: p = {t['p']:.3g} < {level:.3g} (alpha {cfg.alpha} over {len(report.tests)} tests)"
+            )
     report.flagged = bool(report.reasons)
     return report
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import make_project, tiny_params
 
 from cxr.core.config import load_settings
@@ -45,12 +46,24 @@ def test_drift_check_against_the_champion(tmp_path: Path, monkeypatch) -> None:
     registered = register(settings, paths, root / "params.yaml")
     assert registered.version == "1"
     promote(mlflow.MlflowClient(uri), settings.base.model_name, registered.version, "test", "test")
+    # The same data as the champion's: nothing new, so nothing to test (its split's halves are one draw).
+    same = drift(settings, paths, uri)
+    assert same.status == "no new data" and not same.flagged and same.champion_version == "1"
+    assert same.mlflow_run_id is None
+
+    # Four more images per class arrive (the generator's images 20-23; 0-19 are unchanged).
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["download"]["synthetic"]["per_class"] = 24
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    settings = load_settings(root / "params.yaml")
+    download(settings.base, settings.download, paths)
+    split(settings.base, settings.split, paths)
     report = drift(settings, paths, uri)
     assert report.status == "checked" and report.champion_version == "1"
-    assert "test split" in report.current
-    assert report.n_reference == report.n_current == 16  # tiny params: 16 valid, 16 test
+    assert report.n_reference == 16 and report.n_current == 16  # the champion's 16 valid; the 4 x 4 new
     assert {"embedding_mmd", "class_mix", "intensity", "image_size", "image_mode"} <= set(report.tests)
-    assert read_report(paths.drift) == report
+    assert report.alpha_per_test == pytest.approx(settings.drift.alpha / len(report.tests))
+    assert read_report(paths.drift) == report and report.mlflow_run_id
 
     run_id = log_to_mlflow(report, settings, uri, root, "abc")
     run = mlflow.MlflowClient(uri).get_run(run_id)

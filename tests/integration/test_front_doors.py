@@ -58,16 +58,19 @@ def test_the_flow_and_the_command_line_hold_a_drifting_version_alike(tmp_path: P
     first = cxr(flow_root, "gate", "1")
     assert first.returncode == 0 and "version 1: promoted to champion" in first.stdout, first.stdout + first.stderr
 
-    # A second machine's copy of the project, registry included; then the same change on both.
+    # A second machine's copy of the project, registry included; then the same change on both: more images
+    # arrive (the drift check compares the new ones with the champion's) and training is shorter.
     cli_root = tmp_path / "cli"
     shutil.copytree(flow_root, cli_root, symlinks=True)
     for root in (flow_root, cli_root):
         params = yaml.safe_load((root / "params.yaml").read_text())
         params["train"]["epochs"] = 1
+        params["download"]["synthetic"]["per_class"] = 24
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     with prefect_test_harness(server_startup_timeout=180):
         scheduled = pipeline(params="params.yaml", root=str(flow_root))["gate"]
+    assert cxr(cli_root, "download").returncode == 0
     dvc(cli_root, "repro")
     assert "registered cxr-classifier version 2" in cxr(cli_root, "register").stdout
     by_hand = cxr(cli_root, "gate", "2")

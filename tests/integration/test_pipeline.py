@@ -26,7 +26,7 @@ SMALL = {
     "train": {"image_size": 32},
     "evaluate": {"n_boot": 20},
     "gradcam": {"per_class": 1},
-    "drift": {"permutations": 50, "max_images": 40},
+    "drift": {"permutations": 500, "max_images": 40},
 }
 
 

@@ -44,3 +44,11 @@ def test_gpu_benchmark_dry_run_on_the_cpu(work: Path, tmp_path: Path, capsys, mo
     assert data["gpu_device"] == "CPU (dry run)"
     assert data["gpu_resnet18_device_images_per_s"] > 0 and data["gpu_resnet18_cpu_images_per_s"] > 0
     assert data["gpu_gradcam_max_abs_diff"] < 1e-3
+
+
+@pytest.mark.slow
+def test_drift_benchmark_runs_tiny_through_the_pipeline_steps(work: Path, tmp_path: Path, capsys) -> None:
+    """A champion trained by the pipeline's steps, no-change and shifted trials, every key written."""
+    data = run_tiny("drift", work, tmp_path, capsys)
+    for key in KEYS["drift"]:
+        assert 0.0 <= data[key] <= 1.0, key

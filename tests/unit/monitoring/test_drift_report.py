@@ -18,7 +18,7 @@ SIZE = 64
 PER_CLASS = 40
 
 
-CFG = Drift(alpha=0.01, permutations=200)
+CFG = Drift(alpha=0.01, permutations=600)
 
 
 @pytest.fixture(scope="module")
