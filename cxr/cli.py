@@ -13,6 +13,7 @@ import typer
 
 from cxr.core.config import Settings, load_settings
 from cxr.core.sections import ConfigError
+from cxr.core.logs import quiet_clients
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chest X-ray classification pipeline.")
 
@@ -57,6 +58,7 @@ def setup(params: Path, root: Path | None) -> tuple[Settings, Path]:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    quiet_clients(settings.base.log_level)
     return settings, (root or params.resolve().parent).resolve()
 
 

@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from cxr.core.config import load_settings
 from cxr.core.io import read_json
 from cxr.ops.dvc import pipeline_stages
+from cxr.core.logs import quiet_clients
 from cxr.ops.notify import notify_failure
 from cxr.ops.tracking import check_tracking, tracking_uri
 from cxr.reporting.summary import data_report_markdown, metrics_markdown
@@ -45,6 +46,7 @@ def pipeline(params: str = "params.yaml", root: str = ".") -> dict:
     root_path = Path(root).resolve()
     params_path = str((root_path / params) if not Path(params).is_absolute() else Path(params))
     settings = load_settings(params_path)  # bad params fail here, before any work
+    quiet_clients(settings.base.log_level)  # a worker runs the flow without the command line's set-up
     check_tracking(tracking_uri(root_path))  # an unreachable tracking server fails before training
     paths = settings.paths(root_path)
     data = download_data(params_path, str(root_path))

@@ -11,7 +11,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from cxr.core.config import load_settings
-from cxr.ops.dvc import DvcError, DvcLockBusy, StageKilled, run_dvc, stream_command
+from cxr.ops.dvc import DvcError, DvcLockBusy, StageKilled, has_remote, is_hint, run_dvc, stream_command
 
 # Time limits (seconds). Generous on purpose: they exist to free a hung worker (a stalled download,
 # a deadlocked DataLoader), not to police slow hardware. Full data on a CPU is the slow case.
@@ -68,9 +68,15 @@ def tracking_task(name: str):
 
 
 def stream_dvc(args: list[str], root: Path, logger: logging.Logger | logging.LoggerAdapter) -> str:
-    """``run_dvc`` with DVC's output streamed line by line into ``logger``."""
+    """``run_dvc`` with DVC's output streamed line by line into ``logger``; its advice only at DEBUG."""
     logger.info("running `dvc %s` in %s", " ".join(args), root)
-    return run_dvc(args, root, on_line=lambda line: logger.info("%s", line) if line.strip() else None)
+    remote = has_remote(root)
+
+    def emit(line: str) -> None:
+        if line.strip():
+            logger.log(logging.DEBUG if is_hint(line, remote) else logging.INFO, "%s", line)
+
+    return run_dvc(args, root, on_line=emit)
 
 
 @task(

@@ -1,1 +1,1 @@
-"""What every step needs: the validated params (config, sections, paths, architectures) and atomic file I/O."""
+"""What every step needs: the validated params (config, sections, paths, architectures), atomic file I/O, logging."""

@@ -24,10 +24,9 @@ class Paths(BaseModel):
     train_reports: str = "reports/train"
     eval_reports: str = "reports/eval"
     gradcam_reports: str = "reports/gradcam"
-    #: The headline test figures (``dvc metrics show``); everything else, intervals included, is in ``metrics_full``.
-    metrics: str = "reports/metrics.json"
-    #: Test sensitivity per class (``dvc metrics show``: one column per class).
-    sensitivity: str = "reports/sensitivity.json"
+    #: The headline test figures (``dvc metrics show``): a folder, one small file per row of the table (the test
+    #: split, each class, the positive class against the rest); everything, with intervals, is in ``metrics_full``.
+    metrics: str = "reports/metrics"
     metrics_full: str = "reports/metrics_full.json"
     #: The headline Grad-CAM figures (``dvc metrics show``); the full set is in the Grad-CAM folder.
     cam_metrics: str = "reports/cam_metrics.json"
@@ -64,7 +63,6 @@ class ResolvedPaths(BaseModel):
     eval_reports: Path
     gradcam_reports: Path
     metrics: Path
-    sensitivity: Path
     metrics_full: Path
     cam_metrics: Path
     report: Path

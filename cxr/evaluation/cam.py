@@ -172,10 +172,13 @@ def _cams_by_batch(
     targets: list[int] | None,
     batch_size: int,
     return_logits: bool,
+    desc: str | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """The raw maps (B, H, W) float32, batch by batch, and each batch's logits when ``return_logits``."""
     import torch
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cxr.ops.progress import Progress
 
     params = list(model.parameters())
     device = params[0].device if params else torch.device("cpu")
@@ -183,7 +186,7 @@ def _cams_by_batch(
     n, h, w = int(images.shape[0]), int(images.shape[-2]), int(images.shape[-1])
     out = np.empty((n, h, w), dtype=np.float32)
     logits: list[np.ndarray] = []
-    with torch.enable_grad():
+    with torch.enable_grad(), Progress(n, desc or "", enabled=desc is not None) as progress:
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             # A copy: the caller's tensor is never touched.
@@ -198,6 +201,7 @@ def _cams_by_batch(
             if result is None:  # the library's __exit__ swallows IndexError (e.g. a bad target index)
                 raise ValueError(f"CAM computation failed for images {start}:{stop} (target index out of range?)")
             out[start:stop] = np.asarray(result, dtype=np.float32).reshape(stop - start, h, w)
+            progress.update(stop - start)
             del batch
     return out, logits
 
@@ -212,6 +216,7 @@ def compute_cams(
     return_logits: bool = False,
     layer: str | None = None,
     stride: int = 32,
+    desc: str | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Batched CAMs (B,H,W) float32 in [0,1] for class indices (None: predicted class) via the library's CAM context.
 
@@ -222,6 +227,7 @@ def compute_cams(
     channels-last convolutions. ``return_logits`` also returns the model's outputs (B, K) from the
     same forward pass, so a caller that needs predictions does not run the model twice. ``layer``
     and ``stride`` choose the target layer (:func:`target_layers`; by default the family's last block).
+    With ``desc``, the progress is shown (:class:`cxr.ops.progress.Progress`).
 
     For the duration of the call the model's hooks, ``requires_grad`` flags and memory format
     change; all are restored, as are its train/eval flags and the parameters' ``.grad``. Do not
@@ -235,7 +241,7 @@ def compute_cams(
         empty = np.zeros((0, h, w), dtype=np.float32)
         return (empty, np.zeros((0, 0), dtype=np.float32)) if return_logits else empty
     with _prepared_for_cams(model, layers):
-        out, logits = _cams_by_batch(model, layers, cam_cls, images, targets, batch_size, return_logits)
+        out, logits = _cams_by_batch(model, layers, cam_cls, images, targets, batch_size, return_logits, desc)
     np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
     np.clip(out, 0.0, 1.0, out=out)
     logger.debug("computed %d %s CAMs (%s) at %dx%d", n, method, arch, h, w)

@@ -12,10 +12,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from cxr.core.io import StagedOutputs, ensure_writable, staged_outputs
+from cxr.core.io import StagedOutputs, ensure_writable, staged_outputs, write_json
 from cxr.core.paths import ResolvedPaths
 from cxr.core.sections import Base, Evaluate
 from cxr.data.manifest import Manifest, read_manifest
+from cxr.data.rawstore import replace_dir, temp_dir
+from cxr.evaluation.headline import headline_files
 from cxr.model.cache import CachedImages, decoded_cache
 from cxr.model.inference import load_trained, pick_device, predict, softmax
 
@@ -59,13 +61,13 @@ class TemperatureChoice:
 
 
 def split_logits(
-    model: torch.nn.Module, manifest: Manifest, classes, paths: ResolvedPaths, size: int, batch_size: int
+    model: torch.nn.Module, manifest: Manifest, classes, paths: ResolvedPaths, size: int, batch_size: int, name: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels of one split, from the decoded cache."""
+    """Logits and labels of one split (``name``, for the progress shown), from the decoded cache."""
     images = decoded_cache(manifest, paths.raw, paths.cache, size)
     loader = DataLoader(CachedImages(images, manifest.labels(classes)), batch_size=batch_size, shuffle=False)
     device = next(model.parameters()).device
-    return predict(model, loader, device)
+    return predict(model, loader, device, desc=f"scoring the {name} split")
 
 
 def _score_splits(
@@ -78,8 +80,8 @@ def _score_splits(
         raise ValueError(f"{paths.manifest}: the test split is empty")
     return (
         test,
-        split_logits(model, valid, classes, paths, size, batch_size),
-        split_logits(model, test, classes, paths, size, batch_size),
+        split_logits(model, valid, classes, paths, size, batch_size, "validation"),
+        split_logits(model, test, classes, paths, size, batch_size, "test"),
     )
 
 
@@ -148,11 +150,8 @@ def _write_reports(
 ) -> None:
     """The metrics files, calibration.json (what serving reads), predictions.csv and the ROC points."""
     from cxr.evaluation import figures
-    from cxr.evaluation.headline import headline_metrics, sensitivity_by_class
 
     out.write_json(paths.metrics_full, metrics)
-    out.write_json(paths.metrics, headline_metrics(metrics))
-    out.write_json(paths.sensitivity, sensitivity_by_class(metrics))
     out.write_json(paths.confusion, {"classes": list(classes), "counts": cm})
     out.write_json(paths.calibration, calibration)
     # The content hash lets the promotion gate pair two models' answers image by image.
@@ -188,7 +187,7 @@ def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "aut
     from cxr.stats.classification import classification_metrics, per_source_metrics
 
     # A folder it cannot write to stops the step before the minutes of scoring, not after.
-    ensure_writable(paths.eval_reports, paths.metrics.parent, paths.metrics_full.parent, paths.sensitivity.parent)
+    ensure_writable(paths.eval_reports, paths.metrics.parent, paths.metrics_full.parent)
     model, meta = load_trained(paths.best_checkpoint, pick_device(device))
     classes = tuple(meta["classes"])
     if classes != base.labels:
@@ -217,11 +216,16 @@ def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "aut
         metrics["per_source"] = by_source
     metrics["probes"] = shortcut_probes(model, test, classes, paths.raw, size, cfg.batch_size)
 
-    # Every output appears together, or none does: no new metrics beside old figures after a failure.
-    with staged_outputs() as out:
+    # Every output appears together, or none does: no new metrics beside old figures after a failure. The
+    # headline folder is built aside and swapped in whole (a class that is gone leaves no file behind).
+    headline = paths.metrics
+    with temp_dir(headline.parent, f".{headline.name}-") as build, staged_outputs() as out:
+        for name, row in headline_files(metrics).items():
+            write_json(build / name, row)
         calibration = {**choice.record(), "positive_class": pos, "threshold": threshold}
         _write_reports(out, paths, metrics, cm, classes, calibration, test, t_labels, t_probs)
         _save_figures(out, paths.eval_reports, cm, classes, t_labels, t_probs)
+        replace_dir(build, headline)
     log.info("test accuracy %.4f (n=%d), macro AUC %s", m["accuracy"], len(t_labels), m.get("macro_auc"))
     log.info("shortcut probes: %s", metrics["probes"]["summary"])
     return EvalResult(paths.metrics_full, float(m["accuracy"]), m.get("macro_auc"))

@@ -180,7 +180,16 @@ def gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "auto"
     x = to_input(torch.from_numpy(images).unsqueeze(1), next(model.parameters()).device)
     # One batched pass gives the predictions and the maps for the predicted class.
     cams, logits = compute_cams(
-        model, x, None, arch, cfg.method, cfg.batch_size, return_logits=True, layer=cfg.target_layer, stride=cfg.stride
+        model,
+        x,
+        None,
+        arch,
+        cfg.method,
+        cfg.batch_size,
+        return_logits=True,
+        layer=cfg.target_layer,
+        stride=cfg.stride,
+        desc="Grad-CAM on the test split",
     )
     probs = softmax(logits, _served_temperature(paths))
 

@@ -31,11 +31,11 @@ HEADLINE_COLUMNS: tuple[str, ...] = (
     "Experiment",
     "Created",
     "State",
-    "best_val_loss",
-    "best_val_accuracy",
-    "accuracy",
-    "macro_auc",
-    "macro_f1",
+    "val_loss",
+    "val_acc",
+    "acc",
+    "auc",
+    "f1",
 )
 #: Param sections a sweep may change (their changed keys stay in the table with ``--only-changed``).
 PARAM_SECTIONS: tuple[str, ...] = ("base", "download", "split", "train", "evaluate", "gradcam")
@@ -92,6 +92,21 @@ def list_experiments(root: Path) -> list[Experiment]:
                     )
                 )
     return found
+
+
+def _metric_files(exp: Experiment, paths) -> list[tuple[str, dict]]:
+    """(MLflow key prefix, figures) of an experiment's metrics files: ``test/`` for the headline folder's
+    ``test.json``, ``test/<row>/`` for its other files (a class, the positive class against the rest), ``train/``."""
+    root = paths.root
+    headline, train = paths.metrics.relative_to(root).as_posix(), paths.train_metrics.relative_to(root).as_posix()
+    out = []
+    for file, figures in exp.metrics.items():
+        if file == train:
+            out.append(("train/", figures))
+        elif file.startswith(headline + "/"):
+            row = Path(file).stem
+            out.append(("test/" if row == "test" else f"test/{row}/", figures))
+    return out
 
 
 def git_file(root: Path, rev: str, path: str) -> str | None:
@@ -206,13 +221,8 @@ def log_sweep(
                     mlflow.log_metrics(
                         {f"epoch/{k}": float(v) for k, v in row.items() if v not in ("", None)}, step=step
                     )
-                paths = settings.paths(root)
-                for file, prefix in (
-                    (paths.metrics, "test/"),
-                    (paths.sensitivity, "test/sensitivity/"),
-                    (paths.train_metrics, "train/"),
-                ):
-                    mlflow.log_metrics(flat_metrics(e.metrics.get(file.relative_to(root).as_posix(), {}), prefix))
+                for prefix, figures in _metric_files(e, settings.paths(root)):
+                    mlflow.log_metrics(flat_metrics(figures, prefix))
                 logged_now.append(child.info.run_id)
     log.info("sweep %s: %d experiments logged to MLflow (parent run %s)", sweep, len(logged_now), parent.info.run_id)
     return parent.info.run_id, logged_now

@@ -15,6 +15,7 @@ from cxr.core.io import atomic_path
 from cxr.data.manifest import Manifest
 from cxr.data.rawstore import RawStore
 from cxr.model.preprocess import decode
+from cxr.ops.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,12 @@ def _decode_into(tmp: Path, store: RawStore, rels: list[str], size: int, workers
         out[i] = load_raw(store, rels[i], size)
 
     # OpenCV releases the GIL while decoding, so threads scale (archive reads are short and locked).
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        list(pool.map(fill, range(len(rels))))
+    with (
+        ThreadPoolExecutor(max(1, workers)) as pool,
+        Progress(len(rels), f"decoding images at {size} px", logger=log) as progress,
+    ):
+        for _ in pool.map(fill, range(len(rels))):
+            progress.update()
     out.flush()
 
 

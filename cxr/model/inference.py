@@ -93,17 +93,26 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False, channels_last: bool = False
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    amp: bool = False,
+    channels_last: bool = False,
+    desc: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (N, K) and labels (N,) for a deterministic loader."""
+    """Logits (N, K) and labels (N,) for a deterministic loader; with ``desc``, its progress is shown."""
+    from cxr.ops.progress import Progress  # here: the served model imports this module and needs none of it
+
     was_training = model.training
     model.eval()
     logits, labels = [], []
-    for images, y in loader:
-        with autocast(device, amp):
-            out = model(to_input(images, device, channels_last))
-        logits.append(out.float().cpu())
-        labels.append(y)
+    with Progress(len(loader.dataset), desc or "", enabled=desc is not None) as progress:
+        for images, y in loader:
+            with autocast(device, amp):
+                out = model(to_input(images, device, channels_last))
+            logits.append(out.float().cpu())
+            labels.append(y)
+            progress.update(len(y))
     model.train(was_training)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 

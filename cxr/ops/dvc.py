@@ -167,3 +167,19 @@ def pipeline_stages(root: Path) -> tuple[str, ...]:
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: not found; the pipeline's stages are defined there") from None
     return tuple(stages)
+
+
+#: DVC's advice after a stage ran: useful typed by hand, noise in a pipeline run's log.
+_GIT_HINTS: tuple[str, ...] = (
+    "To track the changes with git, run:",
+    "git add ",
+    "To enable auto staging, run:",
+    "dvc config core.autostage true",
+)
+PUSH_HINT = "Use `dvc push` to send your updates to remote storage."
+
+
+def is_hint(line: str, remote: bool) -> bool:
+    """Whether a line of DVC's output is advice: git staging always; ``dvc push`` unless a remote is set."""
+    text = line.strip()
+    return text.startswith(_GIT_HINTS) or (text == PUSH_HINT and not remote)

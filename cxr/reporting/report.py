@@ -198,7 +198,7 @@ def _training_section(paths: ResolvedPaths) -> Markup:
         return render_html("report_training.html.j2", curves=None)
     history = read_csv(history_path)
     summary = _read_json(paths.train_metrics) or {}
-    fig = plot_training_curves(history, summary.get("best_epoch"))
+    fig = plot_training_curves(history, summary.get("epoch"))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     preview = (

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from cxr.data.manifest import Manifest, manifest_hash
 from cxr.model.inference import autocast, pick_device, predict
 from cxr.model.networks import build_model
 from cxr.model.preprocess import to_input
+from cxr.ops.progress import Progress
 from cxr.stats.classification import macro_f1
 from cxr.training.checkpoints import Parts, TrainState, exclusive, restore, save_checkpoint, save_epoch
 from cxr.training.dataset import TrainData, build_data
@@ -46,35 +45,6 @@ class TrainResult:
     resumed_from: int | None
 
 
-class Progress:
-    """A tqdm bar on a terminal; plain log lines otherwise (CI)."""
-
-    def __init__(self, total: int, desc: str, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = None
-        self.total, self.desc, self.count, self.start = total, desc, 0, time.perf_counter()
-        self.steps = 0
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True)
-
-    def update(self, n: int, loss: torch.Tensor) -> None:
-        self.count += n
-        if self.bar is not None:
-            self.bar.update(n)
-            # Reading the loss waits for the device: every step, that would leave the GPU idle between steps.
-            self.steps += 1
-            if self.steps % 50 == 1:
-                self.bar.set_postfix(loss=f"{float(loss):.4f}")
-
-    def close(self) -> float:
-        seconds = time.perf_counter() - self.start
-        if self.bar is not None:
-            self.bar.close()
-        return seconds
-
-
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -94,8 +64,8 @@ def train_one_epoch(
     """
     model.train()
     total_loss, total_n = torch.zeros((), device=device), 0
-    progress = Progress(len(loader.sampler), desc, show)
-    for batch in loader:
+    progress = Progress(len(loader.sampler), desc, logger=log, enabled=show)
+    for step, batch in enumerate(loader):
         images, labels = batch[0], batch[1]
         if len(batch) == 3:  # the rows came with their augmentation parameters: augment the batch on the device
             params = batch[2].to(device, non_blocking=True)
@@ -122,7 +92,8 @@ def train_one_epoch(
             ema.update_parameters(model)
         total_loss += loss.detach() * len(y)
         total_n += len(y)
-        progress.update(len(y), loss.detach())
+        # Reading the loss waits for the device: every step, that would leave the GPU idle between steps.
+        progress.update(len(y), **({"loss": f"{float(loss):.4f}"} if step % 50 == 0 else {}))
     seconds = progress.close()
     return float(total_loss) / max(1, total_n), total_n / max(seconds, 1e-9), seconds
 
@@ -306,10 +277,12 @@ def checkpoint_meta(epoch: int, row: dict, cfg: Train, base: Base) -> dict:
 
 
 def write_summary(path: Path, state: TrainState, mean_speed: float) -> None:
-    """The best epoch's validation scores, the epoch count and the mean training speed, as the step's metrics."""
-    best_row = state.history[state.best_epoch - 1] if state.best_epoch else {}
-    summary = {f"best_{k}": v for k, v in _val_scores(best_row).items()}
-    summary.update(best_epoch=state.best_epoch, epochs_run=len(state.history), train_images_per_s=round(mean_speed, 2))
+    """The step's metrics (``dvc metrics show``, short keys): the selected epoch's validation scores, the epochs
+    run, the mean training speed in images/s."""
+    best = state.history[state.best_epoch - 1] if state.best_epoch else {}
+    row = {"val_acc": best.get("val_accuracy"), "val_f1": best.get("val_macro_f1"), "val_loss": best.get("val_loss")}
+    summary = {k: round(float(v), 4) for k, v in row.items() if v is not None}
+    summary.update(epoch=state.best_epoch, epochs=len(state.history), img_s=round(mean_speed, 1))
     write_json(path, summary)
 
 

@@ -87,7 +87,7 @@ def _outcome(root: Path) -> tuple[list[dict], dict, dict]:
     with (root / "reports" / "train" / "history.csv").open() as fh:
         history = [{k: row[k] for k in COMPARED} for row in csv.DictReader(fh)]
     metrics = json.loads((root / "reports" / "train" / "metrics.json").read_text())
-    metrics.pop("train_images_per_s")
+    metrics.pop("img_s")
     best = torch.load(root / "models" / "best.pt", weights_only=True)
     return history, metrics, best
 
@@ -106,7 +106,7 @@ def test_killed_dvc_repro_resumes_to_the_uninterrupted_result(
     from tasks.pipeline_tasks import is_transient
 
     ref_history, ref_metrics, ref_best = reference
-    best_epoch = ref_metrics["best_epoch"]
+    best_epoch = ref_metrics["epoch"]
     # The case that lost best.pt: killed after the best epoch, and no later epoch improves on it.
     assert best_epoch < EPOCHS, f"the reference run's best epoch is its last ({ref_metrics}); pick other params"
     root = _project(prepared, tmp_path / "project")

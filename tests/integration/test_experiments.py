@@ -126,7 +126,7 @@ def test_queued_grid_runs_and_is_logged_to_mlflow(committed: Path, tmp_path: Pat
     assert list(shared.glob("*.npy"))
 
     table = _cxr(root, "exp-show", "--md")
-    assert "train.lr" in table and "accuracy" in table and "best_val_loss" in table
+    assert "train.lr" in table and "acc" in table and "val_loss" in table
     assert "0.001" in table and "0.003" in table
     assert "per_class" not in table and "counts." not in table  # only headline metrics
 

@@ -200,7 +200,7 @@ def test_scheduled_deployment_runs_on_a_process_worker(api, tmp_path: Path) -> N
         [sys.executable, "-m", "dvc", "status"], cwd=root, capture_output=True, text=True, env=dvc_env()
     )
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
-    assert "accuracy" in json.loads((root / "reports" / "metrics.json").read_text())
+    assert "acc" in json.loads((root / "reports" / "metrics" / "test.json").read_text())
     assert not (elsewhere / "dvc.lock").exists() and not (elsewhere / "reports").exists()
     # Both artifacts, under their fixed keys; the data report has the split's counts.
     assert {"cxr-data-report", "cxr-test-metrics"} <= set(artifacts)

@@ -234,7 +234,7 @@ def test_report_shows_lineage_training_curves_params_and_why_a_measure_is_absent
         "1,0.001,1.3,1.2,0.4,0.35,100,1\n2,0.001,1.0,0.9,0.6,0.55,100,1\n3,0.0005,0.8,1.0,0.55,0.5,100,1\n"
     )
     (paths.train_reports / "metrics.json").write_text(
-        json.dumps({"best_val_accuracy": 0.6, "best_epoch": 2, "epochs_run": 3, "train_images_per_s": 100.0})
+        json.dumps({"val_acc": 0.6, "epoch": 2, "epochs": 3, "img_s": 100.0})
     )
     paths.data_report.parent.mkdir(parents=True)
     paths.data_report.write_text(

@@ -90,7 +90,7 @@ def test_evaluation_writes_all_its_outputs_or_none(project, monkeypatch) -> None
 
     s, paths = project
     evaluate(s.base, s.evaluate, paths, "cpu")
-    outputs = [paths.metrics, paths.metrics_full, paths.sensitivity, paths.calibration, paths.predictions]
+    outputs = [*sorted(paths.metrics.iterdir()), paths.metrics_full, paths.calibration, paths.predictions]
     outputs += sorted(paths.eval_reports.glob("*.png"))
     before = {p: p.read_bytes() for p in outputs}
     for p in before:  # what a new run must not leave half-replaced
