@@ -12,8 +12,8 @@ from typing import Annotated
 import typer
 
 from cxr.core.config import Settings, load_settings
-from cxr.core.sections import ConfigError
 from cxr.core.logs import quiet_clients
+from cxr.core.sections import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chest X-ray classification pipeline.")
 

@@ -9,8 +9,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from cxr.core.config import load_settings
 from cxr.core.io import read_json
-from cxr.ops.dvc import pipeline_stages
 from cxr.core.logs import quiet_clients
+from cxr.ops.dvc import pipeline_stages
 from cxr.ops.notify import notify_failure
 from cxr.ops.tracking import check_tracking, tracking_uri
 from cxr.reporting.summary import data_report_markdown, metrics_markdown
