@@ -62,10 +62,35 @@ def _counts(raw: Path, folders) -> dict[str, int]:
         return {f: len(store.list(f, "images")) for f in folders if store.has_folder(f)}
 
 
-def _up_to_date(root: Path, raw: Path, fingerprint: str) -> bool:
-    """The recorded data matches the params and the folder matches the record (restored from the cache if needed)."""
-    meta = read_data_dvc(root).get("meta") or {}
+def _recorded(root: Path, fingerprint: str) -> bool:
+    """Whether ``data.dvc`` records these settings beside the data they produced (``meta.md5`` is ``outs[0].md5``)."""
+    doc = read_data_dvc(root)
+    meta = doc.get("meta") or {}
     if meta.get("fingerprint") != fingerprint:
+        return False
+    made, held = meta.get("md5"), (doc.get("outs") or [{}])[0].get("md5")
+    if not made:
+        log.warning(
+            "%s names these settings but not the data they produced (it was written by an older version of the "
+            "download step), so it cannot show that the recorded data is theirs: fetching the data again",
+            DATA_DVC,
+        )
+        return False
+    if made != held:
+        log.warning(
+            "%s records data %s, but these settings produced %s (a download was interrupted, or data/raw was "
+            "committed by hand): fetching the data again",
+            DATA_DVC,
+            held,
+            made,
+        )
+        return False
+    return True
+
+
+def _up_to_date(root: Path, raw: Path, fingerprint: str) -> bool:
+    """The recorded data is what the params produce and the folder matches it (restored from the cache if needed)."""
+    if not _recorded(root, fingerprint):
         return False
     try:
         if raw.exists() and not stage_status(root, DATA_DVC):
