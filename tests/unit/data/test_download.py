@@ -1,5 +1,6 @@
 """The download step's record stays true: the settings ``data.dvc`` names are those that produced the data beside
-them, whatever stopped a run."""
+them, whatever stopped a run; a failed run leaves ``data/raw`` and ``data.dvc`` as they were; what an interrupted
+run left is cleared by the next, never while another download is at work."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from conftest import make_project, tiny_params
 import cxr.ops.dvc as dvc_ops
 from cxr.core.config import parse_settings
 from cxr.data.download import DownloadResult, download
-from cxr.ops.dvc import dvc_env
+from cxr.ops.dvc import DvcError, dvc_env
 from cxr.ops.lineage import read_data_dvc
 
 # Two settings that make two different datasets, small enough to make in about a second.
@@ -117,3 +118,63 @@ def test_a_record_without_the_data_hash_is_fetched_again_and_said_so_once(
     said = [r.getMessage() for r in caplog.records if "older version" in r.getMessage()]
     assert len(said) == 1 and "fetching the data again" in said[0]
     assert run(project, A).skipped  # and from then on it is up to date
+
+
+def test_a_failed_commit_leaves_the_data_and_its_record_as_they_were(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = tree(project / "data" / "raw"), (project / "data.dvc").read_bytes()
+    real = dvc_ops.run_dvc
+
+    def failing_commit(args: list[str], root: Path, on_line=None) -> str:
+        if args[0] == "commit":
+            raise DvcError("`dvc commit` failed: No space left on device")
+        return real(args, root, on_line)
+
+    monkeypatch.setattr(dvc_ops, "run_dvc", failing_commit)
+    with pytest.raises(DvcError, match="No space left"):
+        run(project, B)
+    assert (tree(project / "data" / "raw"), (project / "data.dvc").read_bytes()) == before
+    assert sorted(p.name for p in (project / "data").iterdir()) == [".gitignore", ".raw.lock", "raw"]
+
+
+LEFTOVERS = (
+    ".raw-3f2a9c1b7d4e",  # the packed staging folder
+    ".raw-loose-0a1b2c3d4e5f",  # the loose staging folder ...
+    ".raw-loose-0a1b2c3d4e5f.build-9e8d7c6b5a4f",  # ... and the ingestion build folder named after it
+    ".raw-loose-0a1b2c3d4e5f.unzip-1a2b3c4d5e6f",  # ... and the unpacked source zip
+    ".raw.old-12ab34cd",  # the data replaced by the swap
+)
+
+
+def plant_leftovers(root: Path) -> None:
+    for name in LEFTOVERS:
+        (root / "data" / name / "COVID").mkdir(parents=True)
+        (root / "data" / name / "COVID" / "x.png").write_bytes(b"stale")
+    (root / ".data.dvc.4242.140000.tmp").write_text("outs: []\n")
+
+
+def test_leftovers_of_interrupted_downloads_are_removed(project: Path, made: dict[str, DownloadResult]) -> None:
+    plant_leftovers(project)
+    again = run(project, A)
+    assert again.skipped  # nothing to download, and yet the leftovers go
+    assert sorted(p.name for p in (project / "data").iterdir()) == [".gitignore", ".raw.lock", "raw"]
+    assert not list(project.glob(".data.dvc.*.tmp"))
+    assert_holds(project, again, made["A"])
+
+
+def test_a_running_download_keeps_its_folders_and_a_second_one_is_refused(project: Path) -> None:
+    from filelock import FileLock
+
+    plant_leftovers(project)
+    # Another process's download holds the lock (an OS lock: held by a separate open file, as another process's).
+    other = FileLock(project / "data" / ".raw.lock", timeout=0)
+    other.acquire()
+    (project / "data" / ".raw.pid").write_text("4242\n")
+    before = tree(project / "data")
+    try:
+        with pytest.raises(RuntimeError, match=r"another download \(process 4242\)"):
+            run(project, B)
+    finally:
+        other.release()
+    assert tree(project / "data") == before
