@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxr.core.io import atomic_path
 from cxr.core.paths import ResolvedPaths
 from cxr.core.sections import Base, Download
 from cxr.data.rawindex import IndexEntry, build_index, from_ingestion, index_path, write_index
-from cxr.data.rawstore import SKIPPED_FILE, RawStore, pack, replace_dir, temp_dir
+from cxr.data.rawstore import SKIPPED_FILE, RawStore, pack, temp_dir
 from cxr.ops.dvc import DvcError, has_remote, run_dvc, stage_status, track_raw
 from cxr.ops.lineage import DATA_DVC, read_data_dvc
 
@@ -62,10 +67,35 @@ def _counts(raw: Path, folders) -> dict[str, int]:
         return {f: len(store.list(f, "images")) for f in folders if store.has_folder(f)}
 
 
-def _up_to_date(root: Path, raw: Path, fingerprint: str) -> bool:
-    """The recorded data matches the params and the folder matches the record (restored from the cache if needed)."""
-    meta = read_data_dvc(root).get("meta") or {}
+def _recorded(root: Path, fingerprint: str) -> bool:
+    """Whether ``data.dvc`` records these settings beside the data they produced (``meta.md5`` is ``outs[0].md5``)."""
+    doc = read_data_dvc(root)
+    meta = doc.get("meta") or {}
     if meta.get("fingerprint") != fingerprint:
+        return False
+    made, held = meta.get("md5"), (doc.get("outs") or [{}])[0].get("md5")
+    if not made:
+        log.warning(
+            "%s names these settings but not the data they produced (it was written by an older version of the "
+            "download step), so it cannot show that the recorded data is theirs: fetching the data again",
+            DATA_DVC,
+        )
+        return False
+    if made != held:
+        log.warning(
+            "%s records data %s, but these settings produced %s (a download was interrupted, or data/raw was "
+            "committed by hand): fetching the data again",
+            DATA_DVC,
+            held,
+            made,
+        )
+        return False
+    return True
+
+
+def _up_to_date(root: Path, raw: Path, fingerprint: str) -> bool:
+    """The recorded data is what the params produce and the folder matches it (restored from the cache if needed)."""
+    if not _recorded(root, fingerprint):
         return False
     try:
         if raw.exists() and not stage_status(root, DATA_DVC):
@@ -125,28 +155,125 @@ def _fill(staging: Path, base: Base, cfg: Download, root: Path) -> dict[str, Ind
     return from_ingestion(report.records)
 
 
+def _leftovers(raw: Path, root: Path) -> list[Path]:
+    """What interrupted downloads leave: their staging folders and replaced data beside ``raw`` (``.raw-*``,
+    ``.raw-loose-*`` and the ingestion folders inside their names, ``.raw.old-*``), and a half-written record."""
+    prefixes = (f".{raw.name}-", f".{raw.name}.old-")
+    found = [p for p in raw.parent.iterdir() if p.name.startswith(prefixes)]
+    return sorted(found + list(root.glob(f".{DATA_DVC}.*.tmp")))
+
+
+def _clear_leftovers(raw: Path, root: Path) -> None:
+    """Remove what interrupted downloads left; only called with the download lock held, so none is in use."""
+    removed = []
+    for path in _leftovers(raw, root):
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path.name)
+        except OSError as err:  # in the way of nothing: the download goes on
+            log.warning("cannot remove %s, left by an interrupted download: %s", path, err.strerror or err)
+    if removed:
+        log.info("removed what interrupted downloads left: %s", ", ".join(removed))
+
+
+@contextlib.contextmanager
+def _exclusive(raw: Path, root: Path) -> Iterator[None]:
+    """Hold ``.<raw>.lock`` beside ``raw`` for the whole download, and clear what interrupted ones left.
+
+    Two downloads into one folder would swap and record over each other; and only with the lock held is a
+    staging folder known to be a leftover rather than the work of a download still running. An OS file lock:
+    it goes with the process that held it, however that process ends.
+    """
+    from filelock import FileLock, Timeout
+
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    owner = raw.parent / f".{raw.name}.pid"
+    lock = FileLock(raw.parent / f".{raw.name}.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        pid = owner.read_text().strip() if owner.is_file() else "unknown"
+        raise RuntimeError(
+            f"{raw}: another download (process {pid}) is writing the data here; let it finish or stop it, "
+            "then run again"
+        ) from None
+    try:
+        owner.write_text(f"{os.getpid()}\n")
+        _clear_leftovers(raw, root)
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+
+def _install(staging: Path, raw: Path, root: Path, meta: dict) -> str:
+    """Swap the packed ``staging`` in as ``raw`` and record it in ``data.dvc``; return the data version.
+
+    A failure (DVC refusing the commit, a full disk) puts ``raw`` and ``data.dvc`` back as they were. An
+    interruption (Ctrl-C, a kill) is not undone here: :func:`track_raw` writes the record in an order that
+    never claims settings for data they did not produce, and the next download clears the rest.
+    """
+    record = root / DATA_DVC
+    before = record.read_bytes() if record.is_file() else None
+    old = raw.with_name(f".{raw.name}.old-{uuid.uuid4().hex[:8]}") if raw.exists() else None
+    if old is not None:
+        os.rename(raw, old)
+    try:
+        os.rename(staging, raw)
+    except BaseException:
+        if old is not None:
+            os.rename(old, raw)
+        raise
+    try:
+        version = track_raw(root, raw.relative_to(root).as_posix(), meta)
+    except Exception:
+        _put_back(raw, old, record, before)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return version
+
+
+def _put_back(raw: Path, old: Path | None, record: Path, before: bytes | None) -> None:
+    """Undo :func:`_install` after a failure: the previous ``raw`` (or none) and the previous ``data.dvc``."""
+    new = raw.with_name(f".{raw.name}-failed-{uuid.uuid4().hex[:8]}")
+    if raw.exists():
+        os.rename(raw, new)
+    if old is not None:
+        os.rename(old, raw)
+    shutil.rmtree(new, ignore_errors=True)
+    if before is None:
+        record.unlink(missing_ok=True)
+    else:
+        with atomic_path(record) as tmp:
+            tmp.write_bytes(before)
+    log.info("put %s and %s back as they were before this download", raw, record)
+
+
 def download(base: Base, cfg: Download, paths: ResolvedPaths) -> DownloadResult:
     """Make ``data/raw`` match the params, then version it in ``data.dvc`` (and push when a remote is set)."""
     root, raw = paths.root, paths.raw
     desc = source_description(base, cfg, root)
     fingerprint = _fingerprint(desc)
-    if _up_to_date(root, raw, fingerprint):
-        log.info("data/raw is up to date with the params (%s); nothing to download", fingerprint)
-        return DownloadResult(raw, read_data_dvc(root)["outs"][0]["md5"], fingerprint, True, _counts(raw, base.folders))
-
-    raw.parent.mkdir(parents=True, exist_ok=True)
-    with temp_dir(raw.parent, ".raw-") as staging, temp_dir(raw.parent, ".raw-loose-") as loose:
-        known = _fill(loose, base, cfg, root)
-        # Ingestion has decoded and hashed every image: keep that beside the images, versioned with them.
-        write_index(index_path(loose), build_index(loose, base.folders, known, cfg.workers))
-        archives = pack(loose, staging)
-        shutil.rmtree(loose)
-        log.info("packed %d class folders into %s", len(archives), ", ".join(a.name for a in archives))
-        replace_dir(staging, raw)
-    version = track_raw(root, raw.relative_to(root).as_posix(), {**desc, "fingerprint": fingerprint})
-    if has_remote(root):
-        run_dvc(["push", "--quiet", DATA_DVC], root)
-        log.info("pushed data version %s to the default DVC remote", version)
-    counts = _counts(raw, base.folders)
+    with _exclusive(raw, root):
+        if _up_to_date(root, raw, fingerprint):
+            log.info("data/raw is up to date with the params (%s); nothing to download", fingerprint)
+            version = read_data_dvc(root)["outs"][0]["md5"]
+            return DownloadResult(raw, version, fingerprint, True, _counts(raw, base.folders))
+        with temp_dir(raw.parent, f".{raw.name}-") as staging, temp_dir(raw.parent, f".{raw.name}-loose-") as loose:
+            known = _fill(loose, base, cfg, root)
+            # Ingestion has decoded and hashed every image: keep that beside the images, versioned with them.
+            write_index(index_path(loose), build_index(loose, base.folders, known, cfg.workers))
+            archives = pack(loose, staging)
+            shutil.rmtree(loose)
+            log.info("packed %d class folders into %s", len(archives), ", ".join(a.name for a in archives))
+            version = _install(staging, raw, root, {**desc, "fingerprint": fingerprint})
+        if has_remote(root):
+            run_dvc(["push", "--quiet", DATA_DVC], root)
+            log.info("pushed data version %s to the default DVC remote", version)
+        counts = _counts(raw, base.folders)
     log.info("data/raw now holds %s (data version %s)", counts, version)
     return DownloadResult(raw, version, fingerprint, False, counts)

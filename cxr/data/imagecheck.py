@@ -39,8 +39,24 @@ def _alpha_is_real(im: Image.Image) -> bool:
     return False
 
 
+def _blank_value(im: Image.Image) -> str | None:
+    """The value of every pixel of an image that holds one value only (an opaque alpha aside), else None."""
+    w, h = im.size
+    # Nine pixels first (corners, edge middles, centre): they differ in any real image, and the full scan below
+    # would add a tenth to the check of every image.
+    if len({im.getpixel((x * (w - 1) // 2, y * (h - 1) // 2)) for x in range(3) for y in range(3)}) > 1:
+        return None
+    bands = im.getbands()
+    extrema = im.getextrema() if len(bands) > 1 else (im.getextrema(),)
+    colour = [lo_hi for band, lo_hi in zip(bands, extrema, strict=True) if band != "A"]
+    if any(lo != hi for lo, hi in colour):
+        return None
+    values = [lo for lo, _ in colour]
+    return str(values[0]) if len(set(values)) == 1 else str(tuple(values))
+
+
 def _check_decoded(im: Image.Image, expect_mask: bool) -> str | None:
-    """Reason a decoded image is unusable (mode, alpha, size), else None."""
+    """Reason a decoded image is unusable (mode, alpha, size, one value in every pixel), else None."""
     mode = im.mode
     if mode.startswith("I") or mode == "F":
         return f"unsupported mode {mode} (16/32-bit; expected 8-bit L or RGB)"
@@ -51,6 +67,9 @@ def _check_decoded(im: Image.Image, expect_mask: bool) -> str | None:
         return f"unsupported mode {mode} with real transparency (alpha channel not fully opaque)"
     if min(im.size) < MIN_SIDE:
         return f"too small ({im.width}x{im.height}, need at least {MIN_SIDE} px a side)"
+    if not expect_mask and (value := _blank_value(im)) is not None:
+        # An all-black (or all-anything) frame: a failed export or a placeholder, no X-ray to learn from.
+        return f"blank image: every pixel is {value}"
     return None
 
 

@@ -4,56 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.data.extract import safe_extract
 from cxr.data.imagecheck import MAX_PIXELS, Inspection, inspect_bytes
+from cxr.data.ingestplan import Plan, Task, make_plan
 from cxr.data.ingestreport import BadFile, ImageRecord, IngestReport
-from cxr.data.layout import (
-    IMAGE_SUFFIXES,
-    DataError,
-    canonical_class,
-    class_dirs,
-    find_dataset_root,
-    folder_class,
-    folder_entries,
-    resolve_classes,
-    visible_dirs,
-)
-from cxr.data.metadata import metadata_files, read_metadata
+from cxr.data.layout import DataError, canonical_class, find_dataset_root, resolve_classes
 from cxr.data.rawstore import replace_dir, temp_dir
 
 logger = logging.getLogger(__name__)
 
 _MAX_LISTED_BAD = 20
-
-
-@dataclass(frozen=True)
-class _Task:
-    """One file to validate (and stage): an image or a mask."""
-
-    cls: str
-    src: Path
-    rel: str
-    out: str
-    is_mask: bool
-
-
-@dataclass
-class _Plan:
-    """The files to validate, each class's folder, and its metadata sheet: read, or refused under 'skip'."""
-
-    tasks: list[_Task] = field(default_factory=list)
-    cls_dirs: dict[str, Path] = field(default_factory=dict)
-    metadata: dict[str, dict[str, str]] = field(default_factory=dict)  # class -> lower-case file stem -> source
-    sheets: dict[str, Path] = field(default_factory=dict)
-    bad_sheets: list[BadFile] = field(default_factory=list)
 
 
 @dataclass
@@ -75,8 +44,9 @@ def _check_paths(source: Path, dest: Path) -> None:
         raise DataError(f"destination {dest} exists and is not a folder")
 
 
-def _open_source(source: Path, dest: Path, wanted: list[str], stack: contextlib.ExitStack) -> tuple[Path, str]:
-    """Dataset root and layout of a folder, or of a .zip unpacked beside dest until the stack closes."""
+def _open_source(source: Path, dest: Path, wanted: list[str], stack: contextlib.ExitStack) -> tuple[Path, str, Path]:
+    """Dataset root, layout and bounds (the folder, resolved: nothing outside it is read) of a folder, or of a
+    .zip unpacked beside dest until the stack closes."""
     if source.is_file():
         if not zipfile.is_zipfile(source):
             raise DataError(f"source {source} is neither a folder nor a .zip archive")
@@ -84,87 +54,11 @@ def _open_source(source: Path, dest: Path, wanted: list[str], stack: contextlib.
         folder = safe_extract(source, unzip / "src")
     else:
         folder = source
-    return find_dataset_root(folder, wanted)
+    root, layout = find_dataset_root(folder, wanted)
+    return root, layout, Path(os.path.realpath(folder))
 
 
-def _list_files(folder: Path) -> tuple[list[Path], list[str]]:
-    """Image files of a folder (sorted) and the names of other entries that were ignored."""
-    images, ignored = [], []
-    for e in folder_entries(folder):
-        if e.name.startswith("."):
-            ignored.append(e.name)
-        elif e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file():
-            images.append(Path(e.path))
-        else:
-            ignored.append(e.name)
-    return sorted(images), sorted(ignored)
-
-
-def _warn(warnings: list[str], msg: str) -> None:
-    """Log a warning and keep it for the report."""
-    logger.warning(msg)
-    warnings.append(msg)
-
-
-def _plan_class(root: Path, cls: str, cls_dir: Path, warnings: list[str]) -> list[_Task]:
-    """Image and mask tasks of one class folder (v5 images/ + masks/, or flat)."""
-    img_dir = cls_dir / "images" if (cls_dir / "images").is_dir() else cls_dir
-    images, ignored = _list_files(img_dir)
-    ignored = [n for n in ignored if not (img_dir == cls_dir and n in ("images", "masks"))]
-    if ignored:
-        _warn(warnings, f"class {cls!r}: ignored {len(ignored)} non-image entries in {img_dir} (e.g. {ignored[0]!r})")
-    if not images:
-        raise DataError(f"class {cls!r}: folder {img_dir} has no images ({', '.join(IMAGE_SUFFIXES)})")
-    names = {p.name for p in images}
-    tasks = [_Task(cls, p, p.relative_to(root).as_posix(), f"{cls}/images/{p.name}", False) for p in images]
-    mask_dir = cls_dir / "masks"
-    if mask_dir.is_dir():
-        masks, _ = _list_files(mask_dir)
-        orphans = [m.name for m in masks if m.name not in names]
-        if orphans:
-            _warn(
-                warnings,
-                f"class {cls!r}: {len(orphans)} masks without an image in {mask_dir} (e.g. {orphans[0]!r}), ignored",
-            )
-        tasks += [
-            _Task(cls, m, m.relative_to(root).as_posix(), f"{cls}/masks/{m.name}", True)
-            for m in masks
-            if m.name in names
-        ]
-    return tasks
-
-
-def _read_sheet(plan: _Plan, root: Path, cls: str, sheet: Path, policy: str) -> None:
-    """Read a class's metadata sheet into the plan; a bad one stops the run, or under 'skip' is listed as bad."""
-    try:
-        plan.metadata[cls] = {k.lower(): v for k, v in read_metadata(sheet).items()}
-        plan.sheets[cls] = sheet
-    except DataError as exc:
-        # A sheet is input like an image: it names each image's source archive.
-        if policy == "fail":
-            raise DataError(f"{exc}. Fix it, remove it, or use policy 'skip' to leave it out.") from None
-        plan.bad_sheets.append(BadFile(sheet.relative_to(root).as_posix(), str(exc).removeprefix(f"{sheet}: ")))
-        logger.warning("skipping metadata sheet %s for class %r: %s", sheet, cls, exc)
-
-
-def _plan(root: Path, wanted: list[str], policy: str, warnings: list[str]) -> _Plan:
-    """Class by class: the images and masks to validate, and the metadata sheet; unrequested classes are logged."""
-    cls_folders = class_dirs(root, wanted)
-    for d in visible_dirs(root):
-        cls = folder_class(d.name, wanted)
-        if cls is not None and cls not in wanted:
-            logger.info("ignoring folder %s (class %r not requested)", d, cls)
-    plan = _Plan()
-    for cls in wanted:
-        cls_dir = cls_folders[cls][0]
-        plan.cls_dirs[cls] = cls_dir
-        plan.tasks += _plan_class(root, cls, cls_dir, warnings)
-        for sheet in metadata_files(root, cls_dir, cls, wanted)[:1]:
-            _read_sheet(plan, root, cls, sheet, policy)
-    return plan
-
-
-def _make_class_dirs(build: Path, wanted: list[str], tasks: list[_Task]) -> None:
+def _make_class_dirs(build: Path, wanted: list[str], tasks: list[Task]) -> None:
     """images/ for every class in the build, and masks/ for a class with masks to validate."""
     for cls in wanted:
         (build / cls / "images").mkdir(parents=True)
@@ -172,7 +66,7 @@ def _make_class_dirs(build: Path, wanted: list[str], tasks: list[_Task]) -> None
             (build / cls / "masks").mkdir(parents=True)
 
 
-def _process(task: _Task, build: Path, max_pixels: int = MAX_PIXELS) -> Inspection:
+def _process(task: Task, build: Path, max_pixels: int = MAX_PIXELS) -> Inspection:
     """Read a file once, validate and hash it from those bytes, and stage the bytes when valid."""
     try:
         data = task.src.read_bytes()
@@ -185,7 +79,7 @@ def _process(task: _Task, build: Path, max_pixels: int = MAX_PIXELS) -> Inspecti
     return result
 
 
-def _run_all(tasks: list[_Task], fn: Callable[[_Task], Inspection], workers: int) -> list[Inspection]:
+def _run_all(tasks: list[Task], fn: Callable[[Task], Inspection], workers: int) -> list[Inspection]:
     """Apply fn to every task, in order, on a thread pool when workers > 1."""
     if workers <= 1 or len(tasks) < 2:
         return [fn(t) for t in tasks]
@@ -203,9 +97,11 @@ def _bad_message(source: Path, bad: list[BadFile]) -> str:
     return f"{len(bad)} bad file(s) in {source}: {shown}{more}. Fix them or use policy 'skip' to leave them out."
 
 
-def _refused(source: Path, tasks: list[_Task], results: list[Inspection], policy: str) -> list[BadFile]:
-    """The files validation refused: one DataError listing them under policy 'fail', else each logged."""
-    bad = [BadFile(t.rel, r.reason) for t, r in zip(tasks, results, strict=True) if r.reason is not None]
+def _refused(source: Path, plan: Plan, results: list[Inspection], policy: str) -> list[BadFile]:
+    """The files refused, by validation or before it: one DataError listing them under policy 'fail', else each
+    logged."""
+    bad = [BadFile(t.rel, r.reason) for t, r in zip(plan.tasks, results, strict=True) if r.reason is not None]
+    bad += plan.refused
     if bad and policy == "fail":
         raise DataError(_bad_message(source, bad))
     for b in bad:
@@ -213,7 +109,7 @@ def _refused(source: Path, tasks: list[_Task], results: list[Inspection], policy
     return bad
 
 
-def _kept_masks(tasks: list[_Task], results: list[Inspection], build: Path) -> dict[tuple[str, str], str]:
+def _kept_masks(tasks: list[Task], results: list[Inspection], build: Path) -> dict[tuple[str, str], str]:
     """(class, image name) -> staged mask, for valid masks of valid images; other staged masks are removed."""
     pairs = list(zip(tasks, results, strict=True))
     good_images = {(t.cls, t.src.name) for t, r in pairs if not t.is_mask and r.reason is None}
@@ -227,7 +123,7 @@ def _kept_masks(tasks: list[_Task], results: list[Inspection], build: Path) -> d
     return mask_of
 
 
-def _keep(plan: _Plan, results: list[Inspection], build: Path, wanted: list[str]) -> _Kept:
+def _keep(plan: Plan, results: list[Inspection], build: Path, wanted: list[str]) -> _Kept:
     """Record every valid image (with its mask and source archive) and count them by class."""
     mask_of = _kept_masks(plan.tasks, results, build)
     kept = _Kept({cls: 0 for cls in wanted}, {cls: 0 for cls in wanted}, {cls: {} for cls in wanted}, [])
@@ -258,7 +154,7 @@ def _keep(plan: _Plan, results: list[Inspection], build: Path, wanted: list[str]
     return kept
 
 
-def _complete_build(build: Path, plan: _Plan, kept: _Kept, n_bad: int) -> None:
+def _complete_build(build: Path, plan: Plan, kept: _Kept, n_bad: int) -> None:
     """Refuse a class left without a valid image, drop empty masks/ folders, and copy the metadata sheets in."""
     for cls, cls_dir in plan.cls_dirs.items():
         if kept.counts[cls] == 0:
@@ -336,13 +232,13 @@ def ingest(
 
     # Everything is staged in a build folder beside dest, which replaces dest only once it is complete.
     with contextlib.ExitStack() as stack:
-        root, layout = _open_source(source, dest, wanted, stack)
-        plan = _plan(root, wanted, policy, warnings)
+        root, layout, bounds = _open_source(source, dest, wanted, stack)
+        plan = make_plan(root, wanted, policy, bounds, warnings)
         build = stack.enter_context(temp_dir(dest.parent, f".{dest.name}.build-"))
         _make_class_dirs(build, wanted, plan.tasks)
         logger.info("ingesting %d files (%s layout) from %s with %d worker(s)", len(plan.tasks), layout, root, workers)
         results = _run_all(plan.tasks, lambda t: _process(t, build, max_pixels), max(1, workers))
-        bad = _refused(source, plan.tasks, results, policy) + plan.bad_sheets
+        bad = _refused(source, plan, results, policy) + plan.bad_sheets
         kept = _keep(plan, results, build, wanted)
         _complete_build(build, plan, kept, len(bad))
         dups, conflicts = _check_duplicates(kept.records)

@@ -28,7 +28,10 @@ def read_mask(store: RawStore, rel: str, size: int) -> np.ndarray | None:
     """The boolean mask stored at ``rel`` (e.g. ``<FOLDER>/masks/<name>``) at ``size``, or None when there is none."""
     if not store.exists(rel):
         return None
-    m = cv2.imdecode(np.frombuffer(store.read(rel), np.uint8), cv2.IMREAD_GRAYSCALE)
+    # Stored pixel order, as images are decoded (cv2.IMREAD_UNCHANGED ignores EXIF orientation; IMREAD_GRAYSCALE
+    # alone would apply it, turning a tagged mask against its image).
+    flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION
+    m = cv2.imdecode(np.frombuffer(store.read(rel), np.uint8), flags)
     if m is None:
         log.warning("%s: mask cannot be decoded, ignored", store.describe(rel))
         return None

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from cxr.core.io import write_text
-from cxr.ops.lineage import DATA_DVC, data_version, read_data_dvc
+from cxr.ops.lineage import DATA_DVC, read_data_dvc
 
 log = logging.getLogger(__name__)
 
@@ -134,16 +134,25 @@ def run_dvc(args: list[str], root: Path, on_line: Callable[[str], None] | None =
 
 
 def track_raw(root: Path, raw_rel: str, meta: dict) -> str:
-    """Version ``raw_rel`` in ``data.dvc`` (content hash into the DVC cache), keeping ``meta``; return the md5."""
+    """Version ``raw_rel`` in ``data.dvc`` (content hash into the DVC cache), then record ``meta``; return the md5.
+
+    ``meta`` says what the data is (the download's settings). It is written only once DVC has committed the
+    data, together with the md5 that commit recorded (``meta.md5``), so an interruption at any point leaves
+    either no settings or settings beside the very data they describe: never new settings beside an older
+    hash, which a rerun would take as up to date and restore the older data for.
+    """
     path = root / DATA_DVC
-    doc = read_data_dvc(root)
-    outs = doc.get("outs") or [{}]
-    if outs[0].get("path") != raw_rel:
-        outs = [{"path": raw_rel}]
-    doc = {"outs": [{"path": raw_rel, **{k: v for k, v in outs[0].items() if k != "path"}}], "meta": meta}
-    write_text(path, yaml.safe_dump(doc, sort_keys=False))
+    outs = (read_data_dvc(root).get("outs") or [{}])[0]
+    kept = {k: v for k, v in outs.items() if k != "path"} if outs.get("path") == raw_rel else {}
+    # No settings until the data is committed: a record without them is never taken as up to date.
+    write_text(path, yaml.safe_dump({"outs": [{"path": raw_rel, **kept}]}, sort_keys=False))
     run_dvc(["commit", "--force", "--quiet", DATA_DVC], root)
-    return data_version(root) or ""
+    doc = read_data_dvc(root)
+    version = (doc.get("outs") or [{}])[0].get("md5")
+    if not version:
+        raise DvcError(f"{path}: `dvc commit` recorded no md5 for {raw_rel}; run the download step again")
+    write_text(path, yaml.safe_dump({**doc, "meta": {**meta, "md5": version}}, sort_keys=False))
+    return version
 
 
 def has_remote(root: Path) -> bool:
