@@ -93,6 +93,10 @@ def _recorded(root: Path, fingerprint: str) -> bool:
     return True
 
 
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def _up_to_date(root: Path, raw: Path, fingerprint: str) -> bool:
     """The recorded data is what the params produce and the folder matches it (restored from the cache if needed)."""
     if not _recorded(root, fingerprint):
@@ -100,15 +104,36 @@ def _up_to_date(root: Path, raw: Path, fingerprint: str) -> bool:
     try:
         if raw.exists() and not stage_status(root, DATA_DVC):
             return True
-        # Missing or edited by hand: the recorded version is restored from the DVC cache.
-        run_dvc(["checkout", "--force", "--quiet", DATA_DVC], root)
-        restored = raw.exists() and not stage_status(root, DATA_DVC)
-        if restored:
-            log.info("restored %s from the DVC cache", raw)
-        return restored
     except DvcError as err:
-        log.info("recorded data cannot be restored, fetching again: %s", str(err).splitlines()[0])
+        log.info("%s cannot be compared with %s (%s): making the data again", raw, DATA_DVC, _first_line(err))
         return False
+    # Missing or edited by hand: the recorded version comes back from the DVC cache, else from the remote.
+    for how, args in (("the DVC cache", ["checkout", "--force", "--quiet"]), ("the DVC remote", ["pull", "--quiet"])):
+        if how == "the DVC remote" and not has_remote(root):
+            break
+        try:
+            run_dvc([*args, DATA_DVC], root)
+        except DvcError as err:
+            log.debug("`dvc %s %s` failed: %s", args[0], DATA_DVC, err)
+            continue
+        if raw.exists() and not stage_status(root, DATA_DVC):
+            log.info("restored %s from %s", raw, how)
+            return True
+    doc = read_data_dvc(root)
+    where = (
+        "neither the DVC cache nor the DVC remote holds"
+        if has_remote(root)
+        else ("the DVC cache does not hold (and no DVC remote is configured)")
+    )
+    log.info(
+        "%s records data version %s, which %s: a fresh clone, or a cleared cache; making it again from the params "
+        "(download.source: %s)",
+        DATA_DVC,
+        (doc.get("outs") or [{}])[0].get("md5"),
+        where,
+        (doc.get("meta") or {}).get("source", "?"),
+    )
+    return False
 
 
 def _fill(staging: Path, base: Base, cfg: Download, root: Path) -> dict[str, IndexEntry]:

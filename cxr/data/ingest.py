@@ -19,6 +19,7 @@ from cxr.data.ingestplan import Plan, Task, make_plan
 from cxr.data.ingestreport import BadFile, ImageRecord, IngestReport
 from cxr.data.layout import DataError, canonical_class, find_dataset_root, resolve_classes
 from cxr.data.rawstore import replace_dir, temp_dir
+from cxr.ops.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +81,22 @@ def _process(task: Task, build: Path, max_pixels: int = MAX_PIXELS) -> Inspectio
 
 
 def _run_all(tasks: list[Task], fn: Callable[[Task], Inspection], workers: int) -> list[Inspection]:
-    """Apply fn to every task, in order, on a thread pool when workers > 1."""
-    if workers <= 1 or len(tasks) < 2:
-        return [fn(t) for t in tasks]
-    chunk = max(1, min(256, len(tasks) // (workers * 4) or 1))
-    chunks = [tasks[i : i + chunk] for i in range(0, len(tasks), chunk)]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
-        parts = pool.map(lambda ts: [fn(t) for t in ts], chunks)
-        return [r for part in parts for r in part]
+    """Apply fn to every task, in order, on a thread pool when workers > 1; the progress is shown."""
+    with Progress(len(tasks), "checking and copying files", unit="file", logger=logger) as progress:
+        if workers <= 1 or len(tasks) < 2:
+            out = []
+            for t in tasks:
+                out.append(fn(t))
+                progress.update()
+            return out
+        chunk = max(1, min(256, len(tasks) // (workers * 4) or 1))
+        chunks = [tasks[i : i + chunk] for i in range(0, len(tasks), chunk)]
+        results: list[Inspection] = []
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest") as pool:
+            for part in pool.map(lambda ts: [fn(t) for t in ts], chunks):
+                results += part
+                progress.update(len(part))
+        return results
 
 
 def _bad_message(source: Path, bad: list[BadFile]) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.core.io import read_csv, write_csv
+from cxr.ops.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,13 @@ def build_index(
                 raise ValueError(f"{Path(loose) / rel}: cannot be read as an image ({err})") from None
             return IndexEntry(sha, dh, w, h, mode, sources.get(Path(rel).stem.lower(), ""))
 
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            known.update(zip(todo, pool.map(entry, todo), strict=True))
+        with (
+            ThreadPoolExecutor(max(1, workers)) as pool,
+            Progress(len(todo), "hashing images for the index", logger=log) as progress,
+        ):
+            for rel, found in zip(todo, pool.map(entry, todo), strict=True):
+                known[rel] = found
+                progress.update()
         log.info("indexed %d images (%d from ingestion)", len(rels), len(rels) - len(todo))
     return {rel: known[rel] for rel in rels}
 

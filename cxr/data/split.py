@@ -16,6 +16,7 @@ from cxr.core.sections import Base, Split, check_split_fits
 from cxr.data.manifest import write_manifest
 from cxr.data.rawindex import IMAGE_SUFFIXES, read_index, sheet_sources
 from cxr.data.rawstore import SKIPPED_FILE, RawStore, archive_path
+from cxr.ops.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,14 @@ def split(base: Base, cfg: Split, paths: ResolvedPaths) -> SplitResult:
                 except Exception as err:  # the message names the file
                     raise ValueError(f"{store.describe(rel)}: cannot be read as an image ({err})") from None
 
-            with ThreadPoolExecutor(cfg.workers) as pool:
-                prints = list(pool.map(fingerprint, [rel for rel, _ in items]))
+            with (
+                ThreadPoolExecutor(cfg.workers) as pool,
+                Progress(len(items), "hashing images for duplicates", logger=log) as progress,
+            ):
+                prints = []
+                for found in pool.map(fingerprint, [rel for rel, _ in items]):
+                    prints.append(found)
+                    progress.update()
         sources = sheet_sources(paths.raw, base.folders)
     shas = [p[0] for p in prints]
     groups = group_duplicates(shas, [p[1] for p in prints], cfg.near_duplicate_bits)

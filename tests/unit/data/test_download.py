@@ -178,3 +178,31 @@ def test_a_running_download_keeps_its_folders_and_a_second_one_is_refused(projec
     finally:
         other.release()
     assert tree(project / "data") == before
+
+
+def test_a_fresh_clone_makes_the_data_again_and_says_why_in_plain_words(project: Path, made, caplog) -> None:
+    """data.dvc records a version no cache holds (a fresh clone, no remote): the expected path, not an error."""
+    shutil.rmtree(project / "data" / "raw")
+    shutil.rmtree(project / ".dvc" / "cache")
+    caplog.set_level(logging.DEBUG, logger="cxr.data.download")
+    again = run(project, A)
+    assert again.data_version == made["A"].data_version and not again.skipped
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert any("which the DVC cache does not hold (and no DVC remote is configured): a fresh clone" in m for m in said)
+    assert not any("failed" in m or "exit" in m for m in said), said
+
+
+def test_recorded_data_comes_back_from_the_remote_when_the_cache_lacks_it(project: Path, made, tmp_path: Path) -> None:
+    """A teammate's clone with the team's DVC remote: the recorded data is pulled, not made again."""
+    remote = tmp_path / "remote"
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "remote", "add", "-d", "team", str(remote)],
+        cwd=project,
+        check=True,
+        env=dvc_env(),
+    )
+    subprocess.run([sys.executable, "-m", "dvc", "push", "-q", "data.dvc"], cwd=project, check=True, env=dvc_env())
+    shutil.rmtree(project / "data" / "raw")
+    shutil.rmtree(project / ".dvc" / "cache")
+    pulled = run(project, A)
+    assert pulled.skipped and pulled.data_version == made["A"].data_version
