@@ -93,10 +93,10 @@ def choose_temperature(logits: np.ndarray, labels: np.ndarray, seed: int) -> Tem
     check = choice.check
     # Serving and every figure use the temperature only when it helps on held-out validation folds.
     log.info(
-        "temperature %.3f fitted on validation %s (%s: %.4f scaled vs %.4f unscaled)",
+        "temperature %.3f fitted on validation, %s: 5-fold cross-validated NLL on validation %.4f scaled vs %.4f "
+        "unscaled (applied only when scaling lowers it)",
         choice.fitted,
-        "used" if choice.applied else "not used",
-        check["criterion"],
+        "applied" if choice.applied else "not applied",
         check["valid_cv_nll_scaled"],
         check["valid_cv_nll_unscaled"],
     )

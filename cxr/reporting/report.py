@@ -236,18 +236,25 @@ def _lineage_section(settings: Settings, paths: ResolvedPaths, registered: Mappi
 
 
 def _params_section(settings: Settings) -> Markup:
-    """Every parameter as one row per key, section by section."""
+    """Every parameter as one row per key, section by section; those that differ from the defaults marked, and
+    listed first."""
     from cxr.ops.lineage import flatten
 
-    sections = []
+    def text(v: Any) -> str:
+        return json.dumps(v) if isinstance(v, (list, dict)) or v is None else str(v)
+
+    defaults = flatten(Settings().model_dump(mode="json"))
+    sections, changed = [], []
     for name, block in settings.model_dump(mode="json").items():
-        items = flatten(block) if isinstance(block, dict) else {"": block}
-        rows = [
-            (f"{name}.{k}" if k else name, json.dumps(v) if isinstance(v, (list, dict)) or v is None else v)
-            for k, v in items.items()
-        ]
+        items = flatten(block, f"{name}.") if isinstance(block, dict) else {name: block}
+        rows = []
+        for key, value in items.items():
+            default = defaults.get(key)
+            rows.append((key, text(value), None if value == default else text(default)))
+            if value != default:
+                changed.append(rows[-1])
         sections.append((name, rows))
-    return render_html("report_params.html.j2", sections=sections)
+    return render_html("report_params.html.j2", sections=sections, changed=changed)
 
 
 def report(

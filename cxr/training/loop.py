@@ -93,7 +93,7 @@ def train_one_epoch(
         total_loss += loss.detach() * len(y)
         total_n += len(y)
         # Reading the loss waits for the device: every step, that would leave the GPU idle between steps.
-        progress.update(len(y), **({"loss": f"{float(loss):.4f}"} if step % 50 == 0 else {}))
+        progress.update(len(y), **({"loss": f"{float(loss.detach()):.4f}"} if step % 50 == 0 else {}))
     seconds = progress.close()
     return float(total_loss) / max(1, total_n), total_n / max(seconds, 1e-9), seconds
 

@@ -242,6 +242,7 @@ def test_report_shows_lineage_training_curves_params_and_why_a_measure_is_absent
             {
                 "images": 4,
                 "counts": {"COVID": {"train": 2, "valid": 1, "test": 1}},
+                "duplicates": {"groups": 1, "label_conflicts": [["COVID/images/a.png", "Normal/images/b.png"]]},
                 "skipped": [{"path": "COVID/images/<big>.png", "reason": "too large (10000x10000)"}],
             }
         )
@@ -259,6 +260,14 @@ def test_report_shows_lineage_training_curves_params_and_why_a_measure_is_absent
     assert "<pre>" not in page
     assert "<td><code>train.augment.rotate_deg</code></td><td>10.0</td>" in page
     assert "<td><code>download.max_pixels</code></td><td>25000000</td>" in page
+    # What differs from the defaults is said first and marked: tiny params train for 2 epochs, not 8.
+    assert "parameters differ from the defaults" in page
+    assert "<td><code>train.epochs</code></td><td><b>2</b></td><td>8</td>" in page
+    # A conflicting-labels group is explained and named, not only counted.
+    assert "near-copies filed under different classes" in page
+    assert "<code>COVID/images/a.png</code>, <code>Normal/images/b.png</code>" in page
+    # The page built by the report stage says where the drift check's result is (it comes after the page).
+    assert "reports/drift.json" in page and "<code>cxr drift</code>" in page
 
     page = report(
         settings,
