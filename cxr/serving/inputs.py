@@ -1,0 +1,151 @@
+"""What a request to the served model may hold, and how each image in it is read.
+
+A request's images arrive as a DataFrame column ``image``, a mapping ``{"image": [...]}`` or a list; each is
+encoded bytes (PNG, JPEG), a base64 string of them, a uint8 array (H x W gray or H x W x 3 RGB) or a file path.
+An input that is not a readable image is a ``BadImage``: the scoring server answers it with HTTP 400.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+IMAGE_COLUMN = "image"
+
+_BASE64 = re.compile(r"^[A-Za-z0-9+/=_-]+$")
+
+
+class BadImage(mlflow.exceptions.MlflowException, ValueError):
+    """An input that is not a readable image: the scoring server answers it with HTTP 400 and this message."""
+
+    def __init__(self, message: str) -> None:
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _expand(values: Sequence[Any]) -> list:
+    """Cells as images: a cell holding a list of paths, bytes or base64 strings is that many images.
+
+    MLflow turns ``{"image": ["<base64>", ...]}`` (the JSON ``inputs`` form, or a dict given to pyfunc) into a
+    one-row frame whose cell is the whole list. A list of strings or bytes is never one image (an image given
+    as numbers is an array), so expanding it is unambiguous.
+    """
+    out: list = []
+    for value in values:
+        if isinstance(value, np.ndarray) and value.dtype == object and value.ndim == 1:
+            value = list(value)
+        if (
+            isinstance(value, (list, tuple))
+            and value
+            and all(isinstance(v, (str, bytes, bytearray, Path)) for v in value)
+        ):
+            out.extend(value)
+        else:
+            out.append(value)
+    return out
+
+
+def as_items(model_input: Any) -> list:
+    """The images of a request as a list: a DataFrame's ``image`` column, a Series, a list, or one image."""
+    if isinstance(model_input, pd.DataFrame):
+        if IMAGE_COLUMN in model_input.columns:
+            return _expand(list(model_input[IMAGE_COLUMN]))
+        if model_input.shape[1] == 1:  # a list given straight to the Python model arrives as one unnamed column
+            return _expand(list(model_input.iloc[:, 0]))
+        raise ValueError(f"input has no {IMAGE_COLUMN!r} column (columns: {list(model_input.columns)})")
+    if isinstance(model_input, pd.Series):
+        return _expand(list(model_input))
+    if isinstance(model_input, dict):
+        if IMAGE_COLUMN not in model_input:
+            raise ValueError(f"input has no {IMAGE_COLUMN!r} key (keys: {sorted(model_input)})")
+        value = model_input[IMAGE_COLUMN]
+        return _expand(list(value)) if isinstance(value, (list, tuple)) else [value]
+    if isinstance(model_input, np.ndarray) and model_input.dtype != object:
+        # One array is one image (H x W or H x W x 3); a stack of gray images is (N, H, W).
+        if model_input.ndim == 2 or (model_input.ndim == 3 and model_input.shape[2] in (3, 4)):
+            return [model_input]
+        if model_input.ndim in (3, 4):
+            return list(model_input)
+        raise ValueError(f"an image array must be H x W or H x W x 3, got shape {model_input.shape}")
+    if isinstance(model_input, (str, bytes, bytearray, memoryview, Path)):
+        return [model_input]
+    if isinstance(model_input, (list, tuple, np.ndarray)):
+        return list(model_input)
+    raise ValueError(
+        f"unsupported input type {type(model_input).__name__}; send a DataFrame with an "
+        f"{IMAGE_COLUMN!r} column or a list of images"
+    )
+
+
+def _from_base64(text: str) -> bytes | None:
+    """Bytes of a base64 (or data-URI) string, or None when it is not base64."""
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    compact = "".join(text.split())  # base64.encodebytes wraps lines
+    if len(compact) < 8 or not _BASE64.match(compact):
+        return None
+    try:
+        if "-" in compact or "_" in compact:
+            return base64.urlsafe_b64decode(compact + "=" * (-len(compact) % 4))
+        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def load_one(item: Any, size: int, name: str) -> np.ndarray:
+    """One input image as a ``size`` x ``size`` uint8 gray array; errors name the file or the position."""
+    from cxr.model.preprocess import decode, load_image
+
+    if isinstance(item, Path):
+        return load_image(item, size)
+    if isinstance(item, str):
+        path = Path(item)
+        # A file wins over base64: a short name like "abcdefgh" is valid base64 but meant as a file.
+        try:
+            is_file = len(item) < 4096 and path.is_file()
+        except OSError:
+            is_file = False
+        if is_file:
+            return load_image(path, size)
+        data = _from_base64(item)
+        shown = item if len(item) <= 80 else item[:77] + "..."
+        if data is None:
+            raise ValueError(f"{name}: {shown!r} is neither an existing file nor base64-encoded image data")
+        try:
+            return decode(data, size, name)
+        except ValueError:
+            raise ValueError(
+                f"{name}: {shown!r} is neither an existing file nor a base64-encoded image "
+                "(it decodes from base64, but not to a PNG or JPEG)"
+            ) from None
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return decode(bytes(item), size, name)
+    if isinstance(item, (np.ndarray, list)):
+        array = np.asarray(item)
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)) or array.size == 0:
+            raise ValueError(f"{name}: an image array must be H x W or H x W x 3, got shape {array.shape}")
+        if array.dtype != np.uint8:
+            if not np.issubdtype(array.dtype, np.number) or array.min() < 0 or array.max() > 255:
+                raise ValueError(f"{name}: an image array must hold uint8 values 0..255 (got {array.dtype})")
+            array = array.astype(np.uint8)
+        return decode(array, size, name)
+    raise ValueError(
+        f"{name}: unsupported image type {type(item).__name__} "
+        "(expected a path, bytes, a base64 string or a uint8 array)"
+    )
+
+
+def item_name(item: Any, index: int) -> str:
+    """How an error refers to an input: its path when it is one, else its position."""
+    if isinstance(item, Path):
+        return str(item)
+    return f"image[{index}]"
