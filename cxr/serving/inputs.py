@@ -1,16 +1,19 @@
 """What a request to the served model may hold, and how each image in it is read.
 
 A request's images arrive as a DataFrame column ``image``, a mapping ``{"image": [...]}`` or a list; each is
-encoded bytes (PNG, JPEG), a base64 string of them, a uint8 array (H x W gray or H x W x 3 RGB) or a file path.
-An input that is not a readable image is a ``BadImage``: the scoring server answers it with HTTP 400.
+encoded bytes (PNG, JPEG), a base64 string of them, or a uint8 array (H x W gray or H x W x 3 RGB). A file path
+is read only when the serving process allows it (``CXR_SERVE_IMAGE_ROOT``) and the file lies in that folder: a
+request to a network endpoint carries images, not names of files on the server. An input that is not a readable
+image is a ``BadImage``: the scoring server answers it with HTTP 400.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,11 @@ import pandas as pd
 IMAGE_COLUMN = "image"
 
 _BASE64 = re.compile(r"^[A-Za-z0-9+/=_-]+$")
+
+#: The serving process's setting that lets a request name image files: a folder, the only place files are read
+#: from. Unset, the served model opens no file at all.
+IMAGE_ROOT_ENV = "CXR_SERVE_IMAGE_ROOT"
+_MAX_PATH = 4096
 
 
 class BadImage(mlflow.exceptions.MlflowException, ValueError):
@@ -101,32 +109,64 @@ def _from_base64(text: str) -> bytes | None:
         return None
 
 
-def load_one(item: Any, size: int, name: str) -> np.ndarray:
-    """One input image as a ``size`` x ``size`` uint8 gray array; errors name the file or the position."""
-    from cxr.model.preprocess import decode, load_image
+def image_root(environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The folder ``CXR_SERVE_IMAGE_ROOT`` names, resolved, or None: no file is read. Not a folder is an error."""
+    value = environ.get(IMAGE_ROOT_ENV, "").strip()
+    if not value:
+        return None
+    root = Path(value).resolve()
+    if not root.is_dir():
+        raise ValueError(f"{IMAGE_ROOT_ENV}={value}: not a folder")
+    return root
 
-    if isinstance(item, Path):
-        return load_image(item, size)
-    if isinstance(item, str):
-        path = Path(item)
+
+def allowed_file(item: str | Path, root: Path | None) -> Path | None:
+    """The file ``item`` names when it lies in ``root``, symlinks resolved, else None (also with no root).
+
+    A relative name is taken in the root. A name outside the root as written is refused before the file system is
+    asked anything, and a name inside it that resolves elsewhere (a symlink) is refused too: no answer tells what
+    exists outside the root.
+    """
+    text = str(item)
+    if root is None or not text or len(text) > _MAX_PATH or "\x00" in text:
+        return None
+    named = Path(os.path.normpath(root / text))  # an absolute name replaces the root
+    if not named.is_relative_to(root):
+        return None
+    try:
+        resolved = named.resolve(strict=True)
+        return resolved if resolved.is_relative_to(root) and resolved.is_file() else None
+    except (OSError, RuntimeError):  # missing, unreadable, a symlink loop
+        return None
+
+
+def _refused(name: str, root: Path | None) -> str:
+    """Why a string is no image: the same words whether or not a file of that name exists anywhere."""
+    if root is None:
+        return f"{name}: not base64-encoded image data (this server reads no files: send the image's bytes, base64)"
+    return f"{name}: neither base64-encoded image data nor an image file in the folder this server reads from"
+
+
+def load_one(item: Any, size: int, name: str, root: Path | None = None) -> np.ndarray:
+    """One input image as a ``size`` x ``size`` uint8 gray array; errors name the position (or the path).
+
+    A path (a string or a ``Path``) is read only when it lies in ``root``; anything else is decoded as it is.
+    """
+    from cxr.model.preprocess import decode
+
+    if isinstance(item, (str, Path)):
         # A file wins over base64: a short name like "abcdefgh" is valid base64 but meant as a file.
-        try:
-            is_file = len(item) < 4096 and path.is_file()
-        except OSError:
-            is_file = False
-        if is_file:
-            return load_image(path, size)
-        data = _from_base64(item)
-        shown = item if len(item) <= 80 else item[:77] + "..."
-        if data is None:
-            raise ValueError(f"{name}: {shown!r} is neither an existing file nor base64-encoded image data")
-        try:
+        path = allowed_file(item, root)
+        if path is not None:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                raise ValueError(_refused(name, root)) from None
             return decode(data, size, name)
-        except ValueError:
-            raise ValueError(
-                f"{name}: {shown!r} is neither an existing file nor a base64-encoded image "
-                "(it decodes from base64, but not to a PNG or JPEG)"
-            ) from None
+        data = _from_base64(item) if isinstance(item, str) else None
+        if data is None:
+            raise ValueError(_refused(name, root))
+        return decode(data, size, name)
     if isinstance(item, (bytes, bytearray, memoryview)):
         return decode(bytes(item), size, name)
     if isinstance(item, (np.ndarray, list)):
@@ -139,13 +179,10 @@ def load_one(item: Any, size: int, name: str) -> np.ndarray:
             array = array.astype(np.uint8)
         return decode(array, size, name)
     raise ValueError(
-        f"{name}: unsupported image type {type(item).__name__} "
-        "(expected a path, bytes, a base64 string or a uint8 array)"
+        f"{name}: unsupported image type {type(item).__name__} (expected bytes, a base64 string or a uint8 array)"
     )
 
 
 def item_name(item: Any, index: int) -> str:
-    """How an error refers to an input: its path when it is one, else its position."""
-    if isinstance(item, Path):
-        return str(item)
+    """How an error refers to an input: its position in the request (a path is not repeated back either)."""
     return f"image[{index}]"

@@ -1,7 +1,8 @@
 """The served model: an MLflow pyfunc that takes images and returns calibrated class probabilities.
 
-Inputs, one image each: a file path, encoded bytes (PNG, JPEG), a base64 string of those bytes, or a
-uint8 array (H x W gray or H x W x 3 RGB); in a DataFrame column ``image`` or a list. The output has
+Inputs, one image each: encoded bytes (PNG, JPEG), a base64 string of those bytes, or a uint8 array (H x W gray
+or H x W x 3 RGB); in a DataFrame column ``image`` or a list. A file path only where the serving process allows
+a folder (``CXR_SERVE_IMAGE_ROOT``, see cxr/serving/inputs.py). The output has
 one column ``p_<class>`` per class, in the checkpoint's order, and ``label``. Decoding, resizing,
 normalisation, the class order and the temperature all travel inside the logged model, so a client
 sends raw images and nothing else.
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cxr.model.inference import read_temperature
-from cxr.serving.inputs import IMAGE_COLUMN, BadImage, as_items, item_name, load_one
+from cxr.serving.inputs import IMAGE_COLUMN, IMAGE_ROOT_ENV, BadImage, as_items, image_root, item_name, load_one
 
 if TYPE_CHECKING:
     import torch
@@ -80,13 +81,16 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
         self.temperature = read_temperature(Path(calibration)) if calibration else 1.0
         config = context.model_config or {}
         self.batch_size = int(config.get("batch_size", DEFAULT_BATCH_SIZE))
+        # Read when the model is loaded: the serving process's setting, fixed for its life.
+        self.image_root = image_root()
         log.info(
-            "loaded %s for %s at %d px, T=%.3f on %s",
+            "loaded %s for %s at %d px, T=%.3f on %s; image files read from %s",
             self.arch,
             list(self.classes),
             self.image_size,
             self.temperature,
             self.device,
+            self.image_root or f"nowhere ({IMAGE_ROOT_ENV} is not set)",
         )
 
     def preprocess(self, model_input: Any) -> np.ndarray:
@@ -95,7 +99,9 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
             items = as_items(model_input)
             if not items:
                 return np.zeros((0, self.image_size, self.image_size), np.uint8)
-            return np.stack([load_one(x, self.image_size, item_name(x, i)) for i, x in enumerate(items)])
+            return np.stack(
+                [load_one(x, self.image_size, item_name(x, i), self.image_root) for i, x in enumerate(items)]
+            )
         except BadImage:
             raise
         except (ValueError, OSError) as err:

@@ -36,7 +36,7 @@ def test_predict_writes_csv_and_json_with_gradcam(store, tmp_path: Path) -> None
     assert table["error"].isna().all()
     assert list(table["path"]) == [str(p) for p in nested] + [str(single)]
     np.testing.assert_allclose(table.filter(like="p_").sum(axis=1), 1.0, atol=1e-6)
-    direct = store["model"].predict(pd.DataFrame({"image": [str(p) for p in nested]}))
+    direct = store["model"].predict(pd.DataFrame({"image": [p.read_bytes() for p in nested]}))
     np.testing.assert_allclose(
         table.filter(like="p_").to_numpy()[:2], direct.drop(columns="label").to_numpy(), atol=1e-6
     )
@@ -77,7 +77,7 @@ def test_predict_reports_a_bad_file_and_classifies_the_rest(store, tmp_path: Pat
     assert table.loc[1, ["p_Normal", "p_COVID", "p_Viral Pneumonia", "gradcam"]].isna().all()
     assert "img0_bad.jpg: cannot be decoded" in table.loc[1, "error"] and table["error"].isna().sum() == 2
     assert len(list((tmp_path / "cams").glob("*.png"))) == 2
-    direct = store["model"].predict(pd.DataFrame({"image": [str(p) for p in good]}))
+    direct = store["model"].predict(pd.DataFrame({"image": [p.read_bytes() for p in good]}))
     np.testing.assert_allclose(
         table.filter(like="p_").to_numpy()[[0, 2]], direct.drop(columns="label").to_numpy(), atol=1e-6
     )
