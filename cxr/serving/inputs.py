@@ -21,6 +21,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from cxr.model.preprocess import MAX_PIXELS
+
 IMAGE_COLUMN = "image"
 
 _BASE64 = re.compile(r"^[A-Za-z0-9+/=_-]+$")
@@ -147,12 +149,13 @@ def _refused(name: str, root: Path | None) -> str:
     return f"{name}: neither base64-encoded image data nor an image file in the folder this server reads from"
 
 
-def load_one(item: Any, size: int, name: str, root: Path | None = None) -> np.ndarray:
-    """One input image as a ``size`` x ``size`` uint8 gray array; errors name the position (or the path).
+def load_one(item: Any, size: int, name: str, root: Path | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """One input image as a ``size`` x ``size`` uint8 gray array; errors name the position.
 
-    A path (a string or a ``Path``) is read only when it lies in ``root``; anything else is decoded as it is.
+    A path (a string or a ``Path``) is read only when it lies in ``root``; anything else is decoded as it is. An
+    image of more than ``max_pixels`` pixels is refused, encoded ones from their header before any decoding.
     """
-    from cxr.model.preprocess import decode
+    from cxr.model.preprocess import check_pixels, decode
 
     if isinstance(item, (str, Path)):
         # A file wins over base64: a short name like "abcdefgh" is valid base64 but meant as a file.
@@ -162,22 +165,23 @@ def load_one(item: Any, size: int, name: str, root: Path | None = None) -> np.nd
                 data = path.read_bytes()
             except OSError:
                 raise ValueError(_refused(name, root)) from None
-            return decode(data, size, name)
+            return decode(data, size, name, max_pixels)
         data = _from_base64(item) if isinstance(item, str) else None
         if data is None:
             raise ValueError(_refused(name, root))
-        return decode(data, size, name)
+        return decode(data, size, name, max_pixels)
     if isinstance(item, (bytes, bytearray, memoryview)):
-        return decode(bytes(item), size, name)
+        return decode(bytes(item), size, name, max_pixels)
     if isinstance(item, (np.ndarray, list)):
         array = np.asarray(item)
         if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)) or array.size == 0:
             raise ValueError(f"{name}: an image array must be H x W or H x W x 3, got shape {array.shape}")
+        check_pixels(array.shape[1], array.shape[0], name, max_pixels)
         if array.dtype != np.uint8:
             if not np.issubdtype(array.dtype, np.number) or array.min() < 0 or array.max() > 255:
                 raise ValueError(f"{name}: an image array must hold uint8 values 0..255 (got {array.dtype})")
             array = array.astype(np.uint8)
-        return decode(array, size, name)
+        return decode(array, size, name, max_pixels)
     raise ValueError(
         f"{name}: unsupported image type {type(item).__name__} (expected bytes, a base64 string or a uint8 array)"
     )

@@ -146,7 +146,7 @@ def predict(
         for i in range(start, min(start + CHUNK, len(files))):
             try:
                 # Read here, handed to the model as pixels: the model itself reads no files (see cxr/serving/inputs.py).
-                images.append(load_image(files[i], clf.image_size))
+                images.append(load_image(files[i], clf.image_size, clf.max_pixels))
                 kept.append(i)
             except (ValueError, OSError) as err:
                 failed[str(files[i])] = str(err)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cxr.model.inference import read_temperature
+from cxr.model.preprocess import MAX_PIXELS
 from cxr.serving.inputs import IMAGE_COLUMN, IMAGE_ROOT_ENV, BadImage, as_items, image_root, item_name, load_one
 
 if TYPE_CHECKING:
@@ -81,15 +82,18 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
         self.temperature = read_temperature(Path(calibration)) if calibration else 1.0
         config = context.model_config or {}
         self.batch_size = int(config.get("batch_size", DEFAULT_BATCH_SIZE))
+        # download.max_pixels when it was registered (versions from before: ingestion's default).
+        self.max_pixels = int(config.get("max_pixels", MAX_PIXELS))
         # Read when the model is loaded: the serving process's setting, fixed for its life.
         self.image_root = image_root()
         log.info(
-            "loaded %s for %s at %d px, T=%.3f on %s; image files read from %s",
+            "loaded %s for %s at %d px, T=%.3f on %s; images up to %s pixels; image files read from %s",
             self.arch,
             list(self.classes),
             self.image_size,
             self.temperature,
             self.device,
+            f"{self.max_pixels:,}",
             self.image_root or f"nowhere ({IMAGE_ROOT_ENV} is not set)",
         )
 
@@ -100,7 +104,10 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
             if not items:
                 return np.zeros((0, self.image_size, self.image_size), np.uint8)
             return np.stack(
-                [load_one(x, self.image_size, item_name(x, i), self.image_root) for i, x in enumerate(items)]
+                [
+                    load_one(x, self.image_size, item_name(x, i), self.image_root, self.max_pixels)
+                    for i, x in enumerate(items)
+                ]
             )
         except BadImage:
             raise
@@ -180,8 +187,12 @@ def log_pyfunc(
     name: str = "model",
     batch_size: int = DEFAULT_BATCH_SIZE,
     metadata: dict | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> mlflow.models.model.ModelInfo:
-    """Log the classifier as an MLflow pyfunc model in the active run (starts one when none is active)."""
+    """Log the classifier as an MLflow pyfunc model in the active run (starts one when none is active).
+
+    ``max_pixels`` travels in the model's config: the largest image it decodes (``download.max_pixels``).
+    """
     import cxr
     from cxr.model.inference import load_checkpoint
 
@@ -201,7 +212,7 @@ def log_pyfunc(
         signature=signature(classes),
         input_example=example,
         pip_requirements=pinned_requirements(),
-        model_config={"batch_size": int(batch_size)},
+        model_config={"batch_size": int(batch_size), "max_pixels": int(max_pixels)},
         metadata={
             "classes": classes,
             "image_size": int(meta["image_size"]),

@@ -25,6 +25,7 @@ import pytest
 import torch
 import yaml
 from conftest import tiny_params
+from serving_support import big_png
 
 from cxr.core.config import parse_settings
 from cxr.model.networks import build_model
@@ -313,3 +314,12 @@ def test_a_configured_folder_is_the_only_one_read(rooted_server) -> None:
         assert status == 400, body
         answers.add(body["message"].replace(name, "<path>"))
     assert len(answers) == 1, answers
+
+
+def test_an_image_above_the_pixel_limit_is_refused_from_its_header(server) -> None:
+    """A 390 KB PNG of 20000 x 20000 pixels is refused by position with both numbers, not decoded (400 million px)."""
+    good = base64.b64encode(png_images(1)[0]).decode("ascii")
+    big = base64.b64encode(big_png(20000, 20000)).decode("ascii")
+    status, body = post(server["url"] + "/invocations", {"inputs": {"image": [good, big]}})
+    assert status == 400, body
+    assert "image[1]: too large (20000x20000 = 400,000,000 pixels, above the limit of 25,000,000)" in body["message"]

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from serving_support import (
     CLASSES,
+    big_png,
     make_images,
     store_fixture,  # noqa: F401 - the fixture store (one logged pyfunc model, temperature 2)
 )
@@ -94,3 +95,20 @@ def test_predict_reports_a_bad_file_and_classifies_the_rest(store, tmp_path: Pat
         predict(store["model_uri"], [folder], tmp_path / "pred.xlsx")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         predict(store["model_uri"], [tmp_path / "nowhere"], out)
+
+
+def test_predict_refuses_an_image_above_the_pixel_limit(store, tmp_path: Path) -> None:
+    """The model's limit (download.max_pixels when registered) holds for local files too, checked before decoding."""
+    from cxr.serving.predict import predict
+
+    folder = tmp_path / "in"
+    make_images(folder, n=1)
+    big = folder / "big.png"
+    big.write_bytes(big_png(5001, 5000))
+    result = predict(store["model_uri"], [folder], tmp_path / "pred.csv", tracking_uri=store["uri"])
+    assert result.predicted == 1 and list(result.failed) == [str(big)]
+    table = pd.read_csv(result.out)
+    assert table["label"].isna().tolist() == [True, False]
+    assert table.loc[0, "error"] == (
+        f"{big}: too large (5001x5000 = 25,005,000 pixels, above the limit of 25,000,000); not decoded"
+    )

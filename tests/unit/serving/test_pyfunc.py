@@ -18,6 +18,7 @@ import torch
 from conftest import REPO
 from serving_support import (
     CLASSES,
+    big_png,
     make_checkpoint,
     make_images,
     store_fixture,  # noqa: F401 - the fixture store (one logged pyfunc model, temperature 2)
@@ -131,6 +132,30 @@ def test_bad_inputs_are_named(store) -> None:
         model.unwrap_python_model().predict(None, [np.zeros((2, 3, 4, 5), np.uint8)])
     with pytest.raises(ValueError, match=r"image\[0\]: cannot be decoded"):
         model.predict(pd.DataFrame({"image": [store["images"][0].read_bytes()[:60]]}))
+
+
+def test_an_image_above_the_pixel_limit_is_refused_by_position(store) -> None:
+    """The limit travels in the model's config (download.max_pixels, 25 million by default) and is read from the
+    image's header, before decoding; the error names the image and both numbers."""
+    from mlflow.pyfunc import PythonModelContext
+
+    from cxr.serving.pyfunc import CxrClassifier
+
+    assert store["model"].model_config["max_pixels"] == 25_000_000
+    good, big = store["images"][0].read_bytes(), big_png(5001, 5000)
+    too_large = r"image\[1\]: too large \(5001x5000 = 25,005,000 pixels, above the limit of 25,000,000\); not decoded"
+    for request in ([good, big], [good, base64.b64encode(big).decode("ascii")]):
+        with pytest.raises(ValueError, match=too_large):
+            store["model"].predict(pd.DataFrame({"image": request}))
+    clf = CxrClassifier()
+    config = {"max_pixels": 64 * 64}
+    clf.load_context(PythonModelContext(artifacts={"checkpoint": str(store["checkpoint"])}, model_config=config))
+    assert len(clf.predict(None, [big_png(64, 64), np.zeros((64, 64), np.uint8)])) == 2
+    for image in (big_png(65, 64), np.zeros((64, 65), np.uint8)):
+        with pytest.raises(
+            ValueError, match=r"image\[0\]: too large \(65x64 = 4,160 pixels, above the limit of 4,096\)"
+        ):
+            clf.predict(None, [image])
 
 
 def test_the_served_model_reads_no_files(store, tmp_path: Path) -> None:
