@@ -33,13 +33,49 @@ IMAGE_ROOT_ENV = "CXR_SERVE_IMAGE_ROOT"
 _MAX_PATH = 4096
 
 
+#: The longest error message a client reads: a position and a reason, never a request's values.
+MAX_MESSAGE = 400
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, an ellipsis marking the cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class BadImage(mlflow.exceptions.MlflowException, ValueError):
-    """An input that is not a readable image: the scoring server answers it with HTTP 400 and this message."""
+    """An input that is not a readable image: the scoring server answers it with HTTP 400 and this message.
+
+    The message stays as given. MLflow's scoring server rewrites the message of any MlflowException from predict to
+    "Failed to predict data '<the whole request>'. Error: <message>": a request of many MB came back in its answer
+    (and went to the server's log), base64 images, paths and all. The reason names the image by its position.
+    """
 
     def __init__(self, message: str) -> None:
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+        super().__init__(shorten(message, MAX_MESSAGE), error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        """The reason, as first given."""
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if "_message" not in self.__dict__:  # set by MlflowException.__init__; later rewrites are ignored
+            self._message = value
+
+
+def _no_image_field(names: Sequence[Any]) -> str:
+    """The answer to a request without an ``image`` field: the field it needs and, when seen, the names it has."""
+    given = ""
+    if len(names):
+        shown = ", ".join(repr(shorten(str(n), 40)) for n in list(names)[:5])
+        given = f" (it has {shown}{f' and {len(names) - 5} more' if len(names) > 5 else ''})"
+    return (
+        f"no {IMAGE_COLUMN!r} field in the request{given}: send the images as "
+        f'{{"inputs": {{"{IMAGE_COLUMN}": [...]}}}}, {{"inputs": [...]}} or a dataframe with an "{IMAGE_COLUMN}" column'
+    )
 
 
 def _expand(values: Sequence[Any]) -> list:
@@ -64,19 +100,33 @@ def _expand(values: Sequence[Any]) -> list:
     return out
 
 
+def _cells(values: list) -> list:
+    """The images of a column: ``{"image": []}`` arrives as one row holding an empty list, which is no image."""
+    if len(values) == 1:
+        only = values[0]
+        if (isinstance(only, (list, tuple)) and not only) or (isinstance(only, np.ndarray) and only.shape == (0,)):
+            return []
+    return _expand(values)
+
+
 def as_items(model_input: Any) -> list:
-    """The images of a request as a list: a DataFrame's ``image`` column, a Series, a list, or one image."""
+    """The images of a request as a list: a DataFrame's ``image`` column, a Series, a list, or one image.
+
+    A request without images is an empty list (answered with no rows, as an empty DataFrame is). A request without
+    the ``image`` field is a ValueError naming that field and the names it has, never their values; through MLflow
+    the model sees no names (MLflow drops the fields the signature does not declare).
+    """
     if isinstance(model_input, pd.DataFrame):
         if IMAGE_COLUMN in model_input.columns:
-            return _expand(list(model_input[IMAGE_COLUMN]))
-        if model_input.shape[1] == 1:  # a list given straight to the Python model arrives as one unnamed column
-            return _expand(list(model_input.iloc[:, 0]))
-        raise ValueError(f"input has no {IMAGE_COLUMN!r} column (columns: {list(model_input.columns)})")
+            return _cells(list(model_input[IMAGE_COLUMN]))
+        if list(model_input.columns) == [0]:  # a list given straight to the Python model: one unnamed column
+            return _cells(list(model_input.iloc[:, 0]))
+        raise ValueError(_no_image_field(list(model_input.columns)))
     if isinstance(model_input, pd.Series):
-        return _expand(list(model_input))
+        return _cells(list(model_input))
     if isinstance(model_input, dict):
         if IMAGE_COLUMN not in model_input:
-            raise ValueError(f"input has no {IMAGE_COLUMN!r} key (keys: {sorted(model_input)})")
+            raise ValueError(_no_image_field(list(model_input)))
         value = model_input[IMAGE_COLUMN]
         return _expand(list(value)) if isinstance(value, (list, tuple)) else [value]
     if isinstance(model_input, np.ndarray) and model_input.dtype != object:
@@ -149,13 +199,33 @@ def _refused(name: str, root: Path | None) -> str:
     return f"{name}: neither base64-encoded image data nor an image file in the folder this server reads from"
 
 
+def _as_array(item: np.ndarray | list, name: str, max_pixels: int) -> np.ndarray:
+    """An image given as numbers, checked: H x W or H x W x 1/3/4, at most ``max_pixels``, finite values 0..255."""
+    from cxr.model.preprocess import check_pixels
+
+    try:
+        array = np.asarray(item)
+    except (ValueError, TypeError):  # rows of unequal length
+        raise ValueError(f"{name}: an image array must be H x W or H x W x 3 (its rows differ in length)") from None
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)) or array.size == 0:
+        raise ValueError(f"{name}: an image array must be H x W or H x W x 3, got shape {array.shape}")
+    check_pixels(array.shape[1], array.shape[0], name, max_pixels)
+    if array.dtype != np.uint8:
+        if array.dtype.kind not in "iuf":
+            raise ValueError(f"{name}: an image array must hold uint8 values 0..255 (got {array.dtype})")
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
+            raise ValueError(f"{name}: an image array must hold uint8 values 0..255 (got {array.dtype} outside them)")
+        array = array.astype(np.uint8)
+    return array
+
+
 def load_one(item: Any, size: int, name: str, root: Path | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """One input image as a ``size`` x ``size`` uint8 gray array; errors name the position.
 
     A path (a string or a ``Path``) is read only when it lies in ``root``; anything else is decoded as it is. An
     image of more than ``max_pixels`` pixels is refused, encoded ones from their header before any decoding.
     """
-    from cxr.model.preprocess import check_pixels, decode
+    from cxr.model.preprocess import decode
 
     if isinstance(item, (str, Path)):
         # A file wins over base64: a short name like "abcdefgh" is valid base64 but meant as a file.
@@ -173,15 +243,7 @@ def load_one(item: Any, size: int, name: str, root: Path | None = None, max_pixe
     if isinstance(item, (bytes, bytearray, memoryview)):
         return decode(bytes(item), size, name, max_pixels)
     if isinstance(item, (np.ndarray, list)):
-        array = np.asarray(item)
-        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)) or array.size == 0:
-            raise ValueError(f"{name}: an image array must be H x W or H x W x 3, got shape {array.shape}")
-        check_pixels(array.shape[1], array.shape[0], name, max_pixels)
-        if array.dtype != np.uint8:
-            if not np.issubdtype(array.dtype, np.number) or array.min() < 0 or array.max() > 255:
-                raise ValueError(f"{name}: an image array must hold uint8 values 0..255 (got {array.dtype})")
-            array = array.astype(np.uint8)
-        return decode(array, size, name, max_pixels)
+        return decode(_as_array(item, name, max_pixels), size, name, max_pixels)
     raise ValueError(
         f"{name}: unsupported image type {type(item).__name__} (expected bytes, a base64 string or a uint8 array)"
     )

@@ -98,22 +98,24 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
         )
 
     def preprocess(self, model_input: Any) -> np.ndarray:
-        """The request's images as one (N, size, size) uint8 stack."""
+        """The request's images as one (N, size, size) uint8 stack; an input that is no image is a BadImage."""
         try:
             items = as_items(model_input)
-            if not items:
-                return np.zeros((0, self.image_size, self.image_size), np.uint8)
-            return np.stack(
-                [
-                    load_one(x, self.image_size, item_name(x, i), self.image_root, self.max_pixels)
-                    for i, x in enumerate(items)
-                ]
-            )
-        except BadImage:
-            raise
-        except (ValueError, OSError) as err:
-            # Any other exception reaches an HTTP client as a bare "unexpected error"; this one as a 400 and its reason.
+        except ValueError as err:
             raise BadImage(str(err)) from None
+        images = [self.read_one(item, item_name(item, i)) for i, item in enumerate(items)]
+        return np.stack(images) if images else np.zeros((0, self.image_size, self.image_size), np.uint8)
+
+    def read_one(self, item: Any, name: str) -> np.ndarray:
+        """One image at the model's size, or a BadImage naming it and why (HTTP 400, no traceback)."""
+        try:
+            return load_one(item, self.image_size, name, self.image_root, self.max_pixels)
+        except (ValueError, OSError) as err:
+            text = str(err)
+            raise BadImage(text if text.startswith(f"{name}: ") else f"{name}: {text}") from None
+        except Exception as err:  # a decoder's or numpy's own failure on an odd input: still that input's fault
+            log.warning("%s: cannot be read as an image", name, exc_info=True)
+            raise BadImage(f"{name}: cannot be read as an image ({type(err).__name__})") from None
 
     def input_tensor(self, images: np.ndarray) -> torch.Tensor:
         """Normalised model input (N, 1, H, W) on the model's device."""
@@ -176,7 +178,9 @@ def signature(classes: Sequence[str]) -> mlflow.models.ModelSignature:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, Schema
 
-    inputs = Schema([ColSpec(AnyType(), IMAGE_COLUMN)])
+    # Optional: a request without it then reaches the model, which names the field it needs. Required, MLflow
+    # refuses it first, with the whole request twice in the message (a 76 KB answer to a 38 KB request).
+    inputs = Schema([ColSpec(AnyType(), IMAGE_COLUMN, required=False)])
     outputs = Schema([*(ColSpec("double", prob_column(c)) for c in classes), ColSpec("string", "label")])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
