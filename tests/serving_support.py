@@ -7,6 +7,8 @@ tests/registry_support.py for why this is not a folder conftest.py.
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -59,6 +61,19 @@ def make_images(folder: Path, n: int = 4, seed: int = 1) -> list[Path]:
         cv2.imwrite(str(path), bgr)
         paths.append(path)
     return paths
+
+
+def big_png(width: int, height: int) -> bytes:
+    """A valid black gray PNG of ``width`` x ``height``, compressed row by row: 20000 x 20000 is 390 KB."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (width + 1)  # filter byte 0, then the row's pixels
+    body = b"".join([*(packer.compress(row) for _ in range(height)), packer.flush()])
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module", name="store")

@@ -217,7 +217,13 @@ def _log_run(settings: Settings, paths: ResolvedPaths, inputs: _Inputs, params_f
         if extra.is_file():
             mlflow.log_artifact(str(extra), "pipeline")
     mlflow.log_text(inputs.card, "model_card.md")
-    return log_pyfunc(paths.best_checkpoint, paths.calibration, name="model", batch_size=settings.evaluate.batch_size)
+    return log_pyfunc(
+        paths.best_checkpoint,
+        paths.calibration,
+        name="model",
+        batch_size=settings.evaluate.batch_size,
+        max_pixels=settings.download.max_pixels,
+    )
 
 
 def register(

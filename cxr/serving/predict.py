@@ -132,7 +132,8 @@ def predict(
     files = collect_images(inputs)
     model = load_model(model_uri, tracking_uri)
 
-    from cxr.serving.pyfunc import load_one, to_frame
+    from cxr.model.preprocess import load_image
+    from cxr.serving.pyfunc import to_frame
 
     clf = model.unwrap_python_model()
     prob_columns = [f"p_{c}" for c in clf.classes]
@@ -144,7 +145,8 @@ def predict(
         images, kept = [], []
         for i in range(start, min(start + CHUNK, len(files))):
             try:
-                images.append(load_one(files[i], clf.image_size, str(files[i])))
+                # Read here, handed to the model as pixels: the model itself reads no files (see cxr/serving/inputs.py).
+                images.append(load_image(files[i], clf.image_size, clf.max_pixels))
                 kept.append(i)
             except (ValueError, OSError) as err:
                 failed[str(files[i])] = str(err)

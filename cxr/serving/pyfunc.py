@@ -1,7 +1,8 @@
 """The served model: an MLflow pyfunc that takes images and returns calibrated class probabilities.
 
-Inputs, one image each: a file path, encoded bytes (PNG, JPEG), a base64 string of those bytes, or a
-uint8 array (H x W gray or H x W x 3 RGB); in a DataFrame column ``image`` or a list. The output has
+Inputs, one image each: encoded bytes (PNG, JPEG), a base64 string of those bytes, or a uint8 array (H x W gray
+or H x W x 3 RGB); in a DataFrame column ``image`` or a list. A file path only where the serving process allows
+a folder (``CXR_SERVE_IMAGE_ROOT``, see cxr/serving/inputs.py). The output has
 one column ``p_<class>`` per class, in the checkpoint's order, and ``label``. Decoding, resizing,
 normalisation, the class order and the temperature all travel inside the logged model, so a client
 sends raw images and nothing else.
@@ -10,10 +11,8 @@ sends raw images and nothing else.
 from __future__ import annotations
 
 import base64
-import binascii
 import importlib.metadata
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,13 +22,14 @@ import numpy as np
 import pandas as pd
 
 from cxr.model.inference import read_temperature
+from cxr.model.preprocess import MAX_PIXELS
+from cxr.serving.inputs import IMAGE_COLUMN, IMAGE_ROOT_ENV, BadImage, as_items, image_root, item_name, load_one
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
 
-IMAGE_COLUMN = "image"
 CHECKPOINT_ARTIFACT = "checkpoint"
 CALIBRATION_ARTIFACT = "calibration"
 DEFAULT_BATCH_SIZE = 32
@@ -45,17 +45,6 @@ SERVING_REQUIREMENTS: tuple[str, ...] = (
     "opencv-python-headless",
     "cloudpickle",
 )
-
-_BASE64 = re.compile(r"^[A-Za-z0-9+/=_-]+$")
-
-
-class BadImage(mlflow.exceptions.MlflowException, ValueError):
-    """An input that is not a readable image: the scoring server answers it with HTTP 400 and this message."""
-
-    def __init__(self, message: str) -> None:
-        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-
-        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def prob_column(label: str) -> str:
@@ -73,125 +62,6 @@ def pinned_requirements(names: Sequence[str] = SERVING_REQUIREMENTS) -> list[str
             raise RuntimeError(f"{name} is not installed; the served model needs it") from None
         pins.append(f"{name}=={version.split('+')[0]}")
     return pins
-
-
-def _expand(values: Sequence[Any]) -> list:
-    """Cells as images: a cell holding a list of paths, bytes or base64 strings is that many images.
-
-    MLflow turns ``{"image": ["<base64>", ...]}`` (the JSON ``inputs`` form, or a dict given to pyfunc) into a
-    one-row frame whose cell is the whole list. A list of strings or bytes is never one image (an image given
-    as numbers is an array), so expanding it is unambiguous.
-    """
-    out: list = []
-    for value in values:
-        if isinstance(value, np.ndarray) and value.dtype == object and value.ndim == 1:
-            value = list(value)
-        if (
-            isinstance(value, (list, tuple))
-            and value
-            and all(isinstance(v, (str, bytes, bytearray, Path)) for v in value)
-        ):
-            out.extend(value)
-        else:
-            out.append(value)
-    return out
-
-
-def as_items(model_input: Any) -> list:
-    """The images of a request as a list: a DataFrame's ``image`` column, a Series, a list, or one image."""
-    if isinstance(model_input, pd.DataFrame):
-        if IMAGE_COLUMN in model_input.columns:
-            return _expand(list(model_input[IMAGE_COLUMN]))
-        if model_input.shape[1] == 1:  # a list given straight to the Python model arrives as one unnamed column
-            return _expand(list(model_input.iloc[:, 0]))
-        raise ValueError(f"input has no {IMAGE_COLUMN!r} column (columns: {list(model_input.columns)})")
-    if isinstance(model_input, pd.Series):
-        return _expand(list(model_input))
-    if isinstance(model_input, dict):
-        if IMAGE_COLUMN not in model_input:
-            raise ValueError(f"input has no {IMAGE_COLUMN!r} key (keys: {sorted(model_input)})")
-        value = model_input[IMAGE_COLUMN]
-        return _expand(list(value)) if isinstance(value, (list, tuple)) else [value]
-    if isinstance(model_input, np.ndarray) and model_input.dtype != object:
-        # One array is one image (H x W or H x W x 3); a stack of gray images is (N, H, W).
-        if model_input.ndim == 2 or (model_input.ndim == 3 and model_input.shape[2] in (3, 4)):
-            return [model_input]
-        if model_input.ndim in (3, 4):
-            return list(model_input)
-        raise ValueError(f"an image array must be H x W or H x W x 3, got shape {model_input.shape}")
-    if isinstance(model_input, (str, bytes, bytearray, memoryview, Path)):
-        return [model_input]
-    if isinstance(model_input, (list, tuple, np.ndarray)):
-        return list(model_input)
-    raise ValueError(
-        f"unsupported input type {type(model_input).__name__}; send a DataFrame with an "
-        f"{IMAGE_COLUMN!r} column or a list of images"
-    )
-
-
-def _from_base64(text: str) -> bytes | None:
-    """Bytes of a base64 (or data-URI) string, or None when it is not base64."""
-    if text.startswith("data:") and "," in text:
-        text = text.split(",", 1)[1]
-    compact = "".join(text.split())  # base64.encodebytes wraps lines
-    if len(compact) < 8 or not _BASE64.match(compact):
-        return None
-    try:
-        if "-" in compact or "_" in compact:
-            return base64.urlsafe_b64decode(compact + "=" * (-len(compact) % 4))
-        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-
-
-def load_one(item: Any, size: int, name: str) -> np.ndarray:
-    """One input image as a ``size`` x ``size`` uint8 gray array; errors name the file or the position."""
-    from cxr.model.preprocess import decode, load_image
-
-    if isinstance(item, Path):
-        return load_image(item, size)
-    if isinstance(item, str):
-        path = Path(item)
-        # A file wins over base64: a short name like "abcdefgh" is valid base64 but meant as a file.
-        try:
-            is_file = len(item) < 4096 and path.is_file()
-        except OSError:
-            is_file = False
-        if is_file:
-            return load_image(path, size)
-        data = _from_base64(item)
-        shown = item if len(item) <= 80 else item[:77] + "..."
-        if data is None:
-            raise ValueError(f"{name}: {shown!r} is neither an existing file nor base64-encoded image data")
-        try:
-            return decode(data, size, name)
-        except ValueError:
-            raise ValueError(
-                f"{name}: {shown!r} is neither an existing file nor a base64-encoded image "
-                "(it decodes from base64, but not to a PNG or JPEG)"
-            ) from None
-    if isinstance(item, (bytes, bytearray, memoryview)):
-        return decode(bytes(item), size, name)
-    if isinstance(item, (np.ndarray, list)):
-        array = np.asarray(item)
-        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)) or array.size == 0:
-            raise ValueError(f"{name}: an image array must be H x W or H x W x 3, got shape {array.shape}")
-        if array.dtype != np.uint8:
-            if not np.issubdtype(array.dtype, np.number) or array.min() < 0 or array.max() > 255:
-                raise ValueError(f"{name}: an image array must hold uint8 values 0..255 (got {array.dtype})")
-            array = array.astype(np.uint8)
-        return decode(array, size, name)
-    raise ValueError(
-        f"{name}: unsupported image type {type(item).__name__} "
-        "(expected a path, bytes, a base64 string or a uint8 array)"
-    )
-
-
-def item_name(item: Any, index: int) -> str:
-    """How an error refers to an input: its path when it is one, else its position."""
-    if isinstance(item, Path):
-        return str(item)
-    return f"image[{index}]"
 
 
 class CxrClassifier(mlflow.pyfunc.PythonModel):
@@ -212,27 +82,40 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
         self.temperature = read_temperature(Path(calibration)) if calibration else 1.0
         config = context.model_config or {}
         self.batch_size = int(config.get("batch_size", DEFAULT_BATCH_SIZE))
+        # download.max_pixels when it was registered (versions from before: ingestion's default).
+        self.max_pixels = int(config.get("max_pixels", MAX_PIXELS))
+        # Read when the model is loaded: the serving process's setting, fixed for its life.
+        self.image_root = image_root()
         log.info(
-            "loaded %s for %s at %d px, T=%.3f on %s",
+            "loaded %s for %s at %d px, T=%.3f on %s; images up to %s pixels; image files read from %s",
             self.arch,
             list(self.classes),
             self.image_size,
             self.temperature,
             self.device,
+            f"{self.max_pixels:,}",
+            self.image_root or f"nowhere ({IMAGE_ROOT_ENV} is not set)",
         )
 
     def preprocess(self, model_input: Any) -> np.ndarray:
-        """The request's images as one (N, size, size) uint8 stack."""
+        """The request's images as one (N, size, size) uint8 stack; an input that is no image is a BadImage."""
         try:
             items = as_items(model_input)
-            if not items:
-                return np.zeros((0, self.image_size, self.image_size), np.uint8)
-            return np.stack([load_one(x, self.image_size, item_name(x, i)) for i, x in enumerate(items)])
-        except BadImage:
-            raise
-        except (ValueError, OSError) as err:
-            # Any other exception reaches an HTTP client as a bare "unexpected error"; this one as a 400 and its reason.
+        except ValueError as err:
             raise BadImage(str(err)) from None
+        images = [self.read_one(item, item_name(item, i)) for i, item in enumerate(items)]
+        return np.stack(images) if images else np.zeros((0, self.image_size, self.image_size), np.uint8)
+
+    def read_one(self, item: Any, name: str) -> np.ndarray:
+        """One image at the model's size, or a BadImage naming it and why (HTTP 400, no traceback)."""
+        try:
+            return load_one(item, self.image_size, name, self.image_root, self.max_pixels)
+        except (ValueError, OSError) as err:
+            text = str(err)
+            raise BadImage(text if text.startswith(f"{name}: ") else f"{name}: {text}") from None
+        except Exception as err:  # a decoder's or numpy's own failure on an odd input: still that input's fault
+            log.warning("%s: cannot be read as an image", name, exc_info=True)
+            raise BadImage(f"{name}: cannot be read as an image ({type(err).__name__})") from None
 
     def input_tensor(self, images: np.ndarray) -> torch.Tensor:
         """Normalised model input (N, 1, H, W) on the model's device."""
@@ -295,7 +178,9 @@ def signature(classes: Sequence[str]) -> mlflow.models.ModelSignature:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import AnyType, ColSpec, Schema
 
-    inputs = Schema([ColSpec(AnyType(), IMAGE_COLUMN)])
+    # Optional: a request without it then reaches the model, which names the field it needs. Required, MLflow
+    # refuses it first, with the whole request twice in the message (a 76 KB answer to a 38 KB request).
+    inputs = Schema([ColSpec(AnyType(), IMAGE_COLUMN, required=False)])
     outputs = Schema([*(ColSpec("double", prob_column(c)) for c in classes), ColSpec("string", "label")])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
@@ -306,8 +191,12 @@ def log_pyfunc(
     name: str = "model",
     batch_size: int = DEFAULT_BATCH_SIZE,
     metadata: dict | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> mlflow.models.model.ModelInfo:
-    """Log the classifier as an MLflow pyfunc model in the active run (starts one when none is active)."""
+    """Log the classifier as an MLflow pyfunc model in the active run (starts one when none is active).
+
+    ``max_pixels`` travels in the model's config: the largest image it decodes (``download.max_pixels``).
+    """
     import cxr
     from cxr.model.inference import load_checkpoint
 
@@ -327,7 +216,7 @@ def log_pyfunc(
         signature=signature(classes),
         input_example=example,
         pip_requirements=pinned_requirements(),
-        model_config={"batch_size": int(batch_size)},
+        model_config={"batch_size": int(batch_size), "max_pixels": int(max_pixels)},
         metadata={
             "classes": classes,
             "image_size": int(meta["image_size"]),

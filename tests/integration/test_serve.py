@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -24,6 +25,7 @@ import pytest
 import torch
 import yaml
 from conftest import tiny_params
+from serving_support import big_png
 
 from cxr.core.config import parse_settings
 from cxr.model.networks import build_model
@@ -106,32 +108,24 @@ def registered_project(root: Path, tracking: str) -> tuple[str, str]:
     return result.model_name, result.version
 
 
-@pytest.fixture(scope="module")
-def server(module_tmp: Path) -> Iterator[dict]:
-    """`mlflow models serve -m models:/<name>@champion --env-manager local` on a free 127.0.0.1 port."""
-    import mlflow
-
-    root = module_tmp
-    tracking = f"sqlite:///{root / 'mlflow.db'}"
-    name, version = registered_project(root / "project", tracking)
-    client = mlflow.MlflowClient(tracking)
-    client.set_registered_model_alias(name, "champion", version)
-
+@contextmanager
+def serving(registry: dict, log: Path, env: dict[str, str]) -> Iterator[str]:
+    """`mlflow models serve -m models:/<name>@champion --env-manager local` on a free 127.0.0.1 port: its URL."""
     port = free_port()
     env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking,
+        **{k: v for k, v in os.environ.items() if k != "CXR_SERVE_IMAGE_ROOT"},
+        "MLFLOW_TRACKING_URI": registry["tracking"],
         "MLFLOW_ENABLE_TELEMETRY": "false",
         "DO_NOT_TRACK": "1",
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        **env,
     }
-    log = root / "serve.log"
     cmd = [
         str(BIN / "mlflow"),
         "models",
         "serve",
         "-m",
-        f"models:/{name}@champion",
+        registry["uri"],
         "--env-manager",
         "local",
         "--host",
@@ -142,7 +136,9 @@ def server(module_tmp: Path) -> Iterator[dict]:
         "1",
     ]
     with log.open("wb") as fh:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=registry["root"], env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START_S
@@ -158,11 +154,43 @@ def server(module_tmp: Path) -> Iterator[dict]:
             if time.monotonic() > deadline:
                 pytest.fail(f"{url}/ping did not answer within {SERVER_START_S}s:\n{tail(log)}")
             time.sleep(1)
-        mlflow.set_tracking_uri(tracking)
-        yield {"url": url, "model": mlflow.pyfunc.load_model(f"models:/{name}@champion"), "root": root, "log": log}
+        yield url
     finally:
         stop(proc)
         assert proc.poll() is not None, "the server did not stop"
+
+
+@pytest.fixture(scope="module")
+def registry(module_tmp: Path) -> dict:
+    """A registered version with the champion alias, in a sqlite store under the module's folder."""
+    import mlflow
+
+    root = module_tmp
+    tracking = f"sqlite:///{root / 'mlflow.db'}"
+    name, version = registered_project(root / "project", tracking)
+    mlflow.MlflowClient(tracking).set_registered_model_alias(name, "champion", version)
+    return {"root": root, "tracking": tracking, "uri": f"models:/{name}@champion"}
+
+
+@pytest.fixture(scope="module")
+def server(registry: dict) -> Iterator[dict]:
+    """The champion served as `make serve` serves it (no image folder set)."""
+    import mlflow
+
+    log = registry["root"] / "serve.log"
+    with serving(registry, log, {}) as url:
+        mlflow.set_tracking_uri(registry["tracking"])
+        yield {"url": url, "model": mlflow.pyfunc.load_model(registry["uri"]), "root": registry["root"], "log": log}
+
+
+@pytest.fixture(scope="module")
+def rooted_server(registry: dict) -> Iterator[dict]:
+    """The champion served with CXR_SERVE_IMAGE_ROOT naming a folder: requests may name files in it."""
+    folder = registry["root"] / "incoming"
+    folder.mkdir()
+    log = registry["root"] / "serve-rooted.log"
+    with serving(registry, log, {"CXR_SERVE_IMAGE_ROOT": str(folder)}) as url:
+        yield {"url": url, "folder": folder, "root": registry["root"], "log": log}
 
 
 def png_images(n: int = 3) -> list[bytes]:
@@ -248,3 +276,68 @@ def test_served_model_rejects_a_bad_image_by_position(server) -> None:
         assert status == 400, body
         # The reason is in the message a client reads, not only in a stack trace.
         assert re.search(r"image\[1\]: .*(neither|cannot be decoded)", body["message"]), body["message"][-500:]
+
+
+def test_the_server_reads_no_files(server) -> None:
+    """A request naming a file on the server is refused, in the same words whether that file exists or not."""
+    present = server["root"] / "on-server.png"
+    present.write_bytes(png_images(1)[0])
+    # Each file that exists, and a name just as long, of the same letters, that names nothing.
+    for path, missing in (
+        (present, present.with_name("no-server.png")),
+        (Path("/etc/hostname"), Path("/etc/hostnamz")),
+    ):
+        answers = []
+        for name in (str(path), str(missing)):
+            status, body = post(server["url"] + "/invocations", {"inputs": {"image": [name]}})
+            assert status == 400, body
+            assert name not in body["message"]
+            answers.append(body["message"])
+        assert answers[0] == answers[1], answers
+
+
+def test_a_configured_folder_is_the_only_one_read(rooted_server) -> None:
+    """With CXR_SERVE_IMAGE_ROOT set, a file in that folder is read like its bytes; anything else is refused alike."""
+    folder, url = rooted_server["folder"], rooted_server["url"] + "/invocations"
+    image = png_images(1)[0]
+    (folder / "scan.png").write_bytes(image)
+    outside = rooted_server["root"] / "outside.png"
+    outside.write_bytes(image)
+    (folder / "link.png").symlink_to(outside)
+    b64 = base64.b64encode(image).decode("ascii")
+    status, body = post(url, {"inputs": {"image": [b64, str(folder / "scan.png"), "scan.png"]}})
+    assert status == 200, body
+    probs = pd.DataFrame(body["predictions"]).filter(like="p_").to_numpy()
+    np.testing.assert_allclose(probs[1:], probs[[0, 0]], atol=1e-9)
+    answers = set()
+    for name in (str(outside), str(outside.with_name("missing.png")), str(folder / "link.png"), "../outside.png"):
+        status, body = post(url, {"inputs": {"image": [name]}})
+        assert status == 400, body
+        answers.add(body["message"].replace(name, "<path>"))
+    assert len(answers) == 1, answers
+
+
+def test_an_image_above_the_pixel_limit_is_refused_from_its_header(server) -> None:
+    """A 390 KB PNG of 20000 x 20000 pixels is refused by position with both numbers, not decoded (400 million px)."""
+    good = base64.b64encode(png_images(1)[0]).decode("ascii")
+    big = base64.b64encode(big_png(20000, 20000)).decode("ascii")
+    status, body = post(server["url"] + "/invocations", {"inputs": {"image": [good, big]}})
+    assert status == 400, body
+    assert "image[1]: too large (20000x20000 = 400,000,000 pixels, above the limit of 25,000,000)" in body["message"]
+
+
+def test_errors_name_the_field_or_the_image_and_repeat_no_value(server) -> None:
+    """The issue's requests (a 38 KB value): a wrong field, an empty list, a bad image. Short 400s, or no rows."""
+    value = "Q" * 38_000
+    url = server["url"] + "/invocations"
+    for payload in ({"inputs": {"img": [value]}}, {"dataframe_split": {"columns": ["img"], "data": [[value]]}}):
+        status, body = post(url, payload)
+        assert status == 400, str(body)[:300]
+        assert body["message"].startswith("no 'image' field in the request: send the images as"), body["message"][:300]
+        assert len(json.dumps(body)) < 500
+    assert post(url, {"inputs": {"image": []}}) == (200, {"predictions": []})
+    good = base64.b64encode(png_images(1)[0]).decode("ascii")
+    status, body = post(url, {"inputs": {"image": [good, value]}})
+    assert status == 400, str(body)[:300]
+    assert body["message"] == "image[1]: cannot be decoded as an image (not a PNG or JPEG with a readable header)"
+    assert "stack_trace" not in body

@@ -19,7 +19,11 @@ from cxr.core.config import parse_settings
 
 def fake_project(root: Path) -> tuple:
     """The files the register step reads, without running the pipeline."""
-    settings = parse_settings(tiny_params(base={"classes": CLASSES}, evaluate={"positive_class": "COVID"}))
+    settings = parse_settings(
+        tiny_params(
+            base={"classes": CLASSES}, evaluate={"positive_class": "COVID"}, download={"max_pixels": 12_000_000}
+        )
+    )
     paths = settings.paths(root)
     (root / "params.yaml").parent.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(settings.model_dump(mode="json")))
@@ -127,6 +131,7 @@ def test_register_logs_the_pyfunc_with_lineage_and_a_model_card(tmp_path: Path, 
     assert client.get_run(result.run_id).data.metrics["data/skipped_files"] == 0
     model = mlflow.pyfunc.load_model(f"models:/{result.model_name}/{result.version}")
     assert model.unwrap_python_model().temperature == 1.5
+    assert model.unwrap_python_model().max_pixels == settings.download.max_pixels == 12_000_000  # ingestion's limit
     out = model.predict(pd.DataFrame({"image": [np.full((30, 30), 128, np.uint8)]}))
     assert list(out.columns) == ["p_Normal", "p_COVID", "p_Viral Pneumonia", "label"]
 

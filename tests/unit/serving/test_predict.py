@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from serving_support import (
     CLASSES,
+    big_png,
     make_images,
     store_fixture,  # noqa: F401 - the fixture store (one logged pyfunc model, temperature 2)
 )
@@ -36,7 +37,7 @@ def test_predict_writes_csv_and_json_with_gradcam(store, tmp_path: Path) -> None
     assert table["error"].isna().all()
     assert list(table["path"]) == [str(p) for p in nested] + [str(single)]
     np.testing.assert_allclose(table.filter(like="p_").sum(axis=1), 1.0, atol=1e-6)
-    direct = store["model"].predict(pd.DataFrame({"image": [str(p) for p in nested]}))
+    direct = store["model"].predict(pd.DataFrame({"image": [p.read_bytes() for p in nested]}))
     np.testing.assert_allclose(
         table.filter(like="p_").to_numpy()[:2], direct.drop(columns="label").to_numpy(), atol=1e-6
     )
@@ -77,7 +78,7 @@ def test_predict_reports_a_bad_file_and_classifies_the_rest(store, tmp_path: Pat
     assert table.loc[1, ["p_Normal", "p_COVID", "p_Viral Pneumonia", "gradcam"]].isna().all()
     assert "img0_bad.jpg: cannot be decoded" in table.loc[1, "error"] and table["error"].isna().sum() == 2
     assert len(list((tmp_path / "cams").glob("*.png"))) == 2
-    direct = store["model"].predict(pd.DataFrame({"image": [str(p) for p in good]}))
+    direct = store["model"].predict(pd.DataFrame({"image": [p.read_bytes() for p in good]}))
     np.testing.assert_allclose(
         table.filter(like="p_").to_numpy()[[0, 2]], direct.drop(columns="label").to_numpy(), atol=1e-6
     )
@@ -94,3 +95,20 @@ def test_predict_reports_a_bad_file_and_classifies_the_rest(store, tmp_path: Pat
         predict(store["model_uri"], [folder], tmp_path / "pred.xlsx")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         predict(store["model_uri"], [tmp_path / "nowhere"], out)
+
+
+def test_predict_refuses_an_image_above_the_pixel_limit(store, tmp_path: Path) -> None:
+    """The model's limit (download.max_pixels when registered) holds for local files too, checked before decoding."""
+    from cxr.serving.predict import predict
+
+    folder = tmp_path / "in"
+    make_images(folder, n=1)
+    big = folder / "big.png"
+    big.write_bytes(big_png(5001, 5000))
+    result = predict(store["model_uri"], [folder], tmp_path / "pred.csv", tracking_uri=store["uri"])
+    assert result.predicted == 1 and list(result.failed) == [str(big)]
+    table = pd.read_csv(result.out)
+    assert table["label"].isna().tolist() == [True, False]
+    assert table.loc[0, "error"] == (
+        f"{big}: too large (5001x5000 = 25,005,000 pixels, above the limit of 25,000,000); not decoded"
+    )

@@ -18,6 +18,7 @@ import torch
 from conftest import REPO
 from serving_support import (
     CLASSES,
+    big_png,
     make_checkpoint,
     make_images,
     store_fixture,  # noqa: F401 - the fixture store (one logged pyfunc model, temperature 2)
@@ -38,7 +39,7 @@ def reference_logits(checkpoint: Path, images: list[np.ndarray]) -> np.ndarray:
 
 def test_probabilities_sum_to_one_in_the_checkpoint_class_order(store) -> None:
     paths = store["images"]
-    out = store["model"].predict(pd.DataFrame({"image": [str(p) for p in paths]}))
+    out = store["model"].predict(pd.DataFrame({"image": [p.read_bytes() for p in paths]}))
     assert list(out.columns) == ["p_Normal", "p_COVID", "p_Viral Pneumonia", "label"]
     probs = out[["p_Normal", "p_COVID", "p_Viral Pneumonia"]].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
@@ -51,7 +52,7 @@ def test_probabilities_sum_to_one_in_the_checkpoint_class_order(store) -> None:
     assert len(set(out["label"])) > 1 or np.ptp(probs, axis=0).max() > 1e-3  # the images are told apart
 
 
-def test_path_bytes_base64_and_arrays_give_the_same_answer(store) -> None:
+def test_bytes_base64_and_arrays_give_the_same_answer(store) -> None:
     from cxr.serving.pyfunc import to_frame
 
     path = store["images"][2]
@@ -60,8 +61,8 @@ def test_path_bytes_base64_and_arrays_give_the_same_answer(store) -> None:
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
     inputs = [
-        str(path),
         raw,
+        bytearray(raw),
         base64.b64encode(raw).decode(),
         base64.encodebytes(raw).decode(),
         "data:image/png;base64," + base64.b64encode(raw).decode(),
@@ -72,7 +73,7 @@ def test_path_bytes_base64_and_arrays_give_the_same_answer(store) -> None:
     probs = out.drop(columns="label").to_numpy()
     for i in range(1, len(inputs)):
         np.testing.assert_allclose(probs[i], probs[0], atol=2e-3, err_msg=f"input {i} differs")
-    # The same pixels reach the network: path, bytes, base64 and RGB identical; gray within rounding.
+    # The same pixels reach the network: bytes, base64 and RGB identical; gray within rounding.
     clf = store["model"].unwrap_python_model()
     pixels = clf.preprocess(to_frame(inputs)).astype(int)
     for i in range(1, len(inputs)):
@@ -80,7 +81,7 @@ def test_path_bytes_base64_and_arrays_give_the_same_answer(store) -> None:
     # BGR given as if it were RGB swaps red and blue: other pixels (the channel order is honoured).
     assert np.abs(clf.preprocess([bgr]).astype(int) - pixels[0]).max() > 10
     # A mapping {"image": [...]} works through pyfunc too (what the scoring server makes of JSON "inputs").
-    for listed in ({"image": [str(path), raw]}, {"image": [str(path), base64.b64encode(raw).decode()]}):
+    for listed in ({"image": [raw, raw]}, {"image": [raw, base64.b64encode(raw).decode()]}):
         np.testing.assert_allclose(
             store["model"].predict(listed).drop(columns="label").to_numpy(), probs[:2], atol=1e-9
         )
@@ -95,7 +96,7 @@ def test_calibration_temperature_is_applied(store) -> None:
     raw = CxrClassifier()
     raw.load_context(PythonModelContext(artifacts={"checkpoint": str(store["checkpoint"])}, model_config={}))
     assert raw.temperature == 1.0
-    paths = [str(p) for p in store["images"]]
+    paths = [p.read_bytes() for p in store["images"]]
     p1 = raw.predict(None, pd.DataFrame({"image": paths})).drop(columns="label").to_numpy()
     p2 = store["model"].predict(pd.DataFrame({"image": paths})).drop(columns="label").to_numpy()
     assert store["model"].unwrap_python_model().temperature == 2.0
@@ -108,7 +109,7 @@ def test_calibration_temperature_is_applied(store) -> None:
 
 def test_batches_give_the_same_answer_as_one_pass(store) -> None:
     clf = store["model"].unwrap_python_model()
-    images = clf.preprocess([str(p) for p in store["images"]])
+    images = clf.preprocess([p.read_bytes() for p in store["images"]])
     whole = clf.logits(images)
     old = clf.batch_size
     try:
@@ -119,20 +120,102 @@ def test_batches_give_the_same_answer_as_one_pass(store) -> None:
     np.testing.assert_allclose(batched, whole, atol=1e-4)
 
 
-def test_bad_inputs_are_named(store, tmp_path: Path) -> None:
+def test_bad_inputs_are_named(store) -> None:
     model = store["model"]
     with pytest.raises(ValueError, match=r"image\[1\]: cannot be decoded"):
-        model.predict(pd.DataFrame({"image": [str(store["images"][0]), b"not an image at all"]}))
-    with pytest.raises(ValueError, match="missing.png.*neither an existing file nor base64"):
-        model.predict(pd.DataFrame({"image": [str(tmp_path / "missing.png")]}))
-    with pytest.raises(ValueError, match=r"image\[0\]: 'notAFileNorAnImage' is neither.*not to a PNG"):
+        model.predict(pd.DataFrame({"image": [store["images"][0].read_bytes(), b"not an image at all"]}))
+    with pytest.raises(ValueError, match=r"image\[0\]: cannot be decoded"):  # base64 of something else
         model.predict(pd.DataFrame({"image": ["notAFileNorAnImage"]}))
+    with pytest.raises(ValueError, match=r"image\[0\]: not base64-encoded image data"):
+        model.predict(pd.DataFrame({"image": ["no base64: spaces, dots."]}))
     with pytest.raises(ValueError, match=r"image\[0\]: an image array must be H x W"):
         model.unwrap_python_model().predict(None, [np.zeros((2, 3, 4, 5), np.uint8)])
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(store["images"][0].read_bytes()[:60])
-    with pytest.raises(ValueError, match="broken.png: cannot be decoded"):
-        model.predict(pd.DataFrame({"image": [str(broken)]}))
+    with pytest.raises(ValueError, match=r"image\[0\]: cannot be decoded"):
+        model.predict(pd.DataFrame({"image": [store["images"][0].read_bytes()[:60]]}))
+
+
+def test_an_image_above_the_pixel_limit_is_refused_by_position(store) -> None:
+    """The limit travels in the model's config (download.max_pixels, 25 million by default) and is read from the
+    image's header, before decoding; the error names the image and both numbers."""
+    from mlflow.pyfunc import PythonModelContext
+
+    from cxr.serving.pyfunc import CxrClassifier
+
+    assert store["model"].model_config["max_pixels"] == 25_000_000
+    good, big = store["images"][0].read_bytes(), big_png(5001, 5000)
+    too_large = r"image\[1\]: too large \(5001x5000 = 25,005,000 pixels, above the limit of 25,000,000\); not decoded"
+    for request in ([good, big], [good, base64.b64encode(big).decode("ascii")]):
+        with pytest.raises(ValueError, match=too_large):
+            store["model"].predict(pd.DataFrame({"image": request}))
+    clf = CxrClassifier()
+    config = {"max_pixels": 64 * 64}
+    clf.load_context(PythonModelContext(artifacts={"checkpoint": str(store["checkpoint"])}, model_config=config))
+    assert len(clf.predict(None, [big_png(64, 64), np.zeros((64, 64), np.uint8)])) == 2
+    for image in (big_png(65, 64), np.zeros((64, 65), np.uint8)):
+        with pytest.raises(
+            ValueError, match=r"image\[0\]: too large \(65x64 = 4,160 pixels, above the limit of 4,096\)"
+        ):
+            clf.predict(None, [image])
+
+
+def test_the_served_model_reads_no_files(store, tmp_path: Path) -> None:
+    """A path in a request is not opened: a file that exists and one that does not get the same answer."""
+    present = store["images"][0]
+    absent = tmp_path / "img9.png"
+    clf = store["model"].unwrap_python_model()
+    messages = set()
+    for request in ([str(present)], [str(absent)], [present], [absent]):
+        with pytest.raises(ValueError) as err:
+            store["model"].predict(pd.DataFrame({"image": request}))
+        messages.add(str(err.value).replace(str(request[0]), "<path>"))
+        with pytest.raises(ValueError, match="reads no files"):
+            clf.predict(None, request)
+    assert len(messages) == 1, messages
+    assert "this server reads no files" in messages.pop()
+
+
+def test_paths_are_read_only_inside_the_configured_folder(store, tmp_path: Path, monkeypatch) -> None:
+    """With CXR_SERVE_IMAGE_ROOT set, a file in that folder is read; nothing else is, and every refusal reads alike."""
+    from mlflow.pyfunc import PythonModelContext
+
+    from cxr.serving.pyfunc import CxrClassifier
+
+    folder = tmp_path / "incoming"
+    (folder / "sub").mkdir(parents=True)
+    inside = folder / "sub" / "x.png"
+    inside.write_bytes(store["images"][1].read_bytes())
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(store["images"][2].read_bytes())
+    (folder / "link.png").symlink_to(outside)  # in the folder, pointing out of it
+    (folder / "out").symlink_to(tmp_path)
+    (folder / "dir.png").mkdir()
+    monkeypatch.setenv("CXR_SERVE_IMAGE_ROOT", str(folder))
+    clf = CxrClassifier()
+    clf.load_context(PythonModelContext(artifacts={"checkpoint": str(store["checkpoint"])}, model_config={}))
+    expected = clf.predict(None, [inside.read_bytes()]).drop(columns="label").to_numpy()
+    for name in (str(inside), "sub/x.png", inside, f"{folder}/sub/../sub/x.png"):
+        np.testing.assert_allclose(clf.predict(None, [name]).drop(columns="label").to_numpy(), expected, atol=1e-9)
+    refused = [
+        str(outside),  # exists, outside
+        str(tmp_path / "nothing.png"),  # does not exist, outside
+        str(folder / "nothing.png"),  # does not exist, inside
+        str(folder / "link.png"),
+        str(folder / "out" / "outside.png"),
+        str(folder / "sub" / ".." / ".." / "outside.png"),
+        "../outside.png",
+        str(folder / "dir.png"),  # not a file
+        outside,
+    ]
+    messages = set()
+    for name in refused:
+        with pytest.raises(ValueError) as err:
+            clf.predict(None, [name])
+        messages.add(str(err.value).replace(str(name), "<path>"))
+    assert len(messages) == 1, messages
+    assert "nor an image file in the folder this server reads from" in messages.pop()
+    monkeypatch.setenv("CXR_SERVE_IMAGE_ROOT", str(inside))
+    with pytest.raises(ValueError, match="CXR_SERVE_IMAGE_ROOT=.*not a folder"):
+        clf.load_context(PythonModelContext(artifacts={"checkpoint": str(store["checkpoint"])}, model_config={}))
 
 
 def test_pins_strip_local_version_suffixes(monkeypatch, store) -> None:
@@ -163,12 +246,12 @@ def test_loads_in_a_fresh_process(store) -> None:
         "import sys, mlflow, pandas as pd\n"
         f"mlflow.set_tracking_uri({store['uri']!r})\n"
         f"m = mlflow.pyfunc.load_model({store['model_uri']!r})\n"
-        f"print(m.predict(pd.DataFrame({{'image': [{str(image)!r}]}})).to_json(orient='records'))\n"
+        f"print(m.predict(pd.DataFrame({{'image': [open({str(image)!r}, 'rb').read()]}})).to_json(orient='records'))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=store["root"], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])[0]
-    here = store["model"].predict(pd.DataFrame({"image": [str(image)]})).iloc[0]
+    here = store["model"].predict(pd.DataFrame({"image": [image.read_bytes()]})).iloc[0]
     assert got["label"] == here["label"]
     for c in CLASSES:
         assert got[f"p_{c}"] == pytest.approx(here[f"p_{c}"], abs=1e-6)
@@ -186,7 +269,7 @@ def test_the_served_model_imports_no_training_code(tmp_path: Path) -> None:
         "clf = CxrClassifier()\n"
         f"ctx = types.SimpleNamespace(artifacts={{'checkpoint': {str(ckpt)!r}}}, model_config={{}})\n"
         "clf.load_context(ctx)\n"
-        f"out = clf.predict(ctx, pd.DataFrame({{'image': [{str(image)!r}]}}))\n"
+        f"out = clf.predict(ctx, pd.DataFrame({{'image': [open({str(image)!r}, 'rb').read()]}}))\n"
         "assert len(out) == 1\n"
         "print(sorted(m for m in sys.modules if m.startswith('cxr.')))\n"
     )
