@@ -291,6 +291,8 @@ def predict(
     res = _run(step, model or f"models:/{s.base.model_name}@champion", inputs, out, gradcam, tracking_uri(r))
     unreadable = f"; {len(res.failed)} unreadable, see the error column" if res.failed else ""
     typer.echo(f"predictions in {res.out}: {res.predicted} images classified{unreadable}")
+    if res.warning:
+        typer.echo(f"warning: {res.warning}", err=True)
 
 
 @app.command()
