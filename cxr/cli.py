@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from cxr.core.config import Settings, load_settings
-from cxr.core.logs import quiet_clients
+from cxr.core.logs import LOG_FORMAT, quiet_clients
 from cxr.core.sections import ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Chest X-ray classification pipeline.")
@@ -55,7 +55,7 @@ def setup(params: Path, root: Path | None) -> tuple[Settings, Path]:
         raise typer.Exit(2) from None
     logging.basicConfig(
         level=settings.base.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     quiet_clients(settings.base.log_level)
@@ -291,6 +291,8 @@ def predict(
     res = _run(step, model or f"models:/{s.base.model_name}@champion", inputs, out, gradcam, tracking_uri(r))
     unreadable = f"; {len(res.failed)} unreadable, see the error column" if res.failed else ""
     typer.echo(f"predictions in {res.out}: {res.predicted} images classified{unreadable}")
+    if res.warning:
+        typer.echo(f"warning: {res.warning}", err=True)
 
 
 @app.command()

@@ -11,6 +11,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from cxr.core.config import load_settings
+from cxr.core.logs import relayed
 from cxr.ops.dvc import DvcError, DvcLockBusy, StageKilled, has_remote, is_hint, run_dvc, stream_command
 
 # Time limits (seconds). Generous on purpose: they exist to free a hung worker (a stalled download,
@@ -68,13 +69,15 @@ def tracking_task(name: str):
 
 
 def stream_dvc(args: list[str], root: Path, logger: logging.Logger | logging.LoggerAdapter) -> str:
-    """``run_dvc`` with DVC's output streamed line by line into ``logger``; its advice only at DEBUG."""
+    """``run_dvc`` with DVC's output streamed line by line into ``logger``: a stage's log lines at their own
+    level without their own time stamp (the logger adds one), DVC's advice only at DEBUG."""
     logger.info("running `dvc %s` in %s", " ".join(args), root)
     remote = has_remote(root)
 
     def emit(line: str) -> None:
         if line.strip():
-            logger.log(logging.DEBUG if is_hint(line, remote) else logging.INFO, "%s", line)
+            level, text = relayed(line)
+            logger.log(logging.DEBUG if is_hint(line, remote) else level, "%s", text)
 
     return run_dvc(args, root, on_line=emit)
 

@@ -335,13 +335,16 @@ DRIFT_TESTS = 5
 
 
 class Drift(Section):
-    """The drift check: the images new since the champion's data against the champion's validation images."""
+    """The drift check: the images new since the champion's data against the champion's held-out images."""
 
     enabled: bool = True
     #: The whole check's false-alarm rate: each of its (up to five) tests flags drift below alpha / tests.
     alpha: float = Field(0.01, gt=0, lt=1)
-    #: Images per side at most (a seeded sample), for the features and the tests.
+    #: New images at most (a seeded sample), for the features and the tests.
     max_images: int = Field(400, ge=10)
+    #: The champion's held-out (validation and test) images at most: the larger the fixed reference, the less
+    #: its own sampling luck weighs on every later check.
+    reference_images: int = Field(800, ge=10)
     #: Permutations of each test: the smallest p-value one can report is 1 / (permutations + 1).
     permutations: int = Field(2000, ge=50)
     #: Refuse to promote a new version to champion while drift is flagged.

@@ -223,6 +223,7 @@ def _log_run(settings: Settings, paths: ResolvedPaths, inputs: _Inputs, params_f
         name="model",
         batch_size=settings.evaluate.batch_size,
         max_pixels=settings.download.max_pixels,
+        data_source=settings.download.source,
     )
 
 

@@ -65,11 +65,13 @@ class ModelUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class PredictResult:
-    """The table written, how many images were classified, and the files that could not be read (path: why)."""
+    """The table written, how many images were classified, the files that could not be read (path: why) and what
+    the user must know about the model (trained on synthetic images), if anything."""
 
     out: Path
     predicted: int
     failed: dict[str, str]
+    warning: str | None = None
 
 
 def check_output(out: Path) -> Path:
@@ -116,6 +118,28 @@ def load_model(model_uri: str, tracking_uri: str | None = None):
         raise ModelUnavailable(f"{model_uri}: cannot be loaded from {uri}: {first}") from None
 
 
+def data_source(model, model_uri: str, tracking_uri: str | None = None) -> str | None:
+    """``download.source`` of the data the model was trained on: from the logged model, else (versions logged
+    before it travelled with the model) the registry version's ``data_source`` tag; None when unknown."""
+    source = (model.metadata.metadata or {}).get("data_source")
+    if source or not model_uri.startswith("models:/"):
+        return source
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name, _, ref = model_uri.removeprefix("models:/").partition("@")
+    client = mlflow.MlflowClient(tracking_uri)
+    try:
+        if ref:
+            mv = client.get_model_version_by_alias(name, ref)
+        else:
+            name, _, version = name.rpartition("/")
+            mv = client.get_model_version(name, version)
+    except (MlflowException, ValueError):
+        return None
+    return (mv.tags or {}).get("data_source")
+
+
 def predict(
     model_uri: str,
     inputs: Sequence[Path],
@@ -133,7 +157,10 @@ def predict(
     model = load_model(model_uri, tracking_uri)
 
     from cxr.model.preprocess import load_image
-    from cxr.serving.pyfunc import to_frame
+    from cxr.serving.pyfunc import source_warning, to_frame
+
+    # The model logs it when it loads (the served model too); the result carries it for the caller to repeat.
+    warning = source_warning(data_source(model, model_uri, tracking_uri))
 
     clf = model.unwrap_python_model()
     prob_columns = [f"p_{c}" for c in clf.classes]
@@ -174,7 +201,7 @@ def predict(
     _write_table([rows[i] for i in range(len(files))], columns, out)
     predicted = len(files) - len(failed)
     log.info("%d images classified with %s into %s; %d unreadable", predicted, model_uri, out, len(failed))
-    return PredictResult(out, predicted, failed)
+    return PredictResult(out, predicted, failed, warning)
 
 
 def _gradcam(clf, images: np.ndarray, result, files: Sequence[Path], names: list[str], folder: Path) -> None:

@@ -33,6 +33,18 @@ log = logging.getLogger(__name__)
 CHECKPOINT_ARTIFACT = "checkpoint"
 CALIBRATION_ARTIFACT = "calibration"
 DEFAULT_BATCH_SIZE = 32
+#: ``download.source`` of a model trained on generated images (see cxr/data/synthetic.py).
+SYNTHETIC_SOURCE = "synthetic"
+SYNTHETIC_WARNING = (
+    "this model was trained on synthetic images, not radiographs: its probabilities for real chest X-rays "
+    "mean nothing, however confident (up to 0.9998 for a wrong class has been seen)"
+)
+
+
+def source_warning(data_source: str | None) -> str | None:
+    """The warning a model trained on ``data_source`` carries, or None."""
+    return SYNTHETIC_WARNING if data_source == SYNTHETIC_SOURCE else None
+
 
 #: Distributions the served model imports: it decodes images and runs the model (cxr.model) and imports no
 #: training, configuration or tracking code; mlflow unpickles it with cloudpickle.
@@ -86,6 +98,8 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
         self.max_pixels = int(config.get("max_pixels", MAX_PIXELS))
         # Read when the model is loaded: the serving process's setting, fixed for its life.
         self.image_root = image_root()
+        # download.source when it was registered (None for versions from before it was recorded).
+        self.data_source: str | None = config.get("data_source")
         log.info(
             "loaded %s for %s at %d px, T=%.3f on %s; images up to %s pixels; image files read from %s",
             self.arch,
@@ -96,6 +110,9 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
             f"{self.max_pixels:,}",
             self.image_root or f"nowhere ({IMAGE_ROOT_ENV} is not set)",
         )
+        warning = source_warning(self.data_source)
+        if warning:
+            log.warning("%s", warning)
 
     def preprocess(self, model_input: Any) -> np.ndarray:
         """The request's images as one (N, size, size) uint8 stack; an input that is no image is a BadImage."""
@@ -192,10 +209,13 @@ def log_pyfunc(
     batch_size: int = DEFAULT_BATCH_SIZE,
     metadata: dict | None = None,
     max_pixels: int = MAX_PIXELS,
+    data_source: str | None = None,
 ) -> mlflow.models.model.ModelInfo:
     """Log the classifier as an MLflow pyfunc model in the active run (starts one when none is active).
 
     ``max_pixels`` travels in the model's config: the largest image it decodes (``download.max_pixels``).
+    ``data_source`` (``download.source``) travels in its config and metadata: a model trained on synthetic
+    images says so in the log of whoever loads it, and ``cxr predict`` prints it.
     """
     import cxr
     from cxr.model.inference import load_checkpoint
@@ -216,11 +236,16 @@ def log_pyfunc(
         signature=signature(classes),
         input_example=example,
         pip_requirements=pinned_requirements(),
-        model_config={"batch_size": int(batch_size), "max_pixels": int(max_pixels)},
+        model_config={
+            "batch_size": int(batch_size),
+            "max_pixels": int(max_pixels),
+            **({"data_source": str(data_source)} if data_source else {}),
+        },
         metadata={
             "classes": classes,
             "image_size": int(meta["image_size"]),
             "arch": str(meta["arch"]),
+            **({"data_source": str(data_source)} if data_source else {}),
             **(metadata or {}),
         },
     )
@@ -234,6 +259,7 @@ __all__ = [
     "as_items",
     "load_one",
     "signature",
+    "source_warning",
     "to_frame",
     "IMAGE_COLUMN",
     "BadImage",

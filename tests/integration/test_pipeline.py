@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -235,3 +236,7 @@ def test_a_run_log_shows_progress_and_no_request_lines(tmp_path: Path) -> None:
         assert any(what in line and " img/s, ETA " in line for line in log.splitlines()), what
     for noise in ("HTTP Request", "To track the changes with git", "Use `dvc push`", "dvc config core.autostage"):
         assert noise not in log, noise
+    # A stage's lines are relayed with one time stamp, the flow's, and at their own level.
+    stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+    epochs = [line for line in log.splitlines() if "cxr.training.loop: epoch 1/2" in line]
+    assert epochs and all(len(stamp.findall(line)) == 1 for line in epochs), epochs[:3]

@@ -103,6 +103,31 @@ def test_predict_without_champion_or_registry_fails_in_one_line(tmp_path: Path) 
     assert not (root / "predictions.csv").exists()
 
 
+@pytest.mark.slow  # a fresh process importing MLflow and torch
+def test_predict_with_a_model_trained_on_synthetic_images_ends_on_a_warning(tmp_path: Path) -> None:
+    import mlflow
+    from serving_support import make_checkpoint
+
+    from cxr.serving.pyfunc import log_pyfunc
+
+    root = predict_project(tmp_path / "p")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=exp):
+        info = log_pyfunc(make_checkpoint(tmp_path / "best.pt"), None, data_source="synthetic")
+    client = mlflow.MlflowClient(uri)
+    client.create_registered_model("cxr-classifier")
+    mv = client.create_model_version("cxr-classifier", info.model_uri)
+    client.set_registered_model_alias("cxr-classifier", "champion", mv.version)
+
+    proc = cxr(["predict", "new.png"], root, {"MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "predictions in predictions.csv: 1 images classified"
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("warning: this model was trained on synthetic images, not radiographs"), proc.stderr
+
+
 def test_predict_refuses_a_wrong_output_suffix_before_loading_anything(tmp_path: Path) -> None:
     """The refusal comes before MLflow or torch is even imported, let alone the model loaded."""
     root = predict_project(tmp_path / "p")

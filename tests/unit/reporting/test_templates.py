@@ -95,3 +95,13 @@ def test_templates_ship_with_the_package() -> None:
         f for f in on_disk if not any(fnmatch.fnmatchcase(f, g) and f.count("/") == g.count("/") for g in globs)
     ]
     assert on_disk and not unshipped, f"templates a wheel would leave out: {unshipped}"
+
+
+@pytest.mark.parametrize("source", ["synthetic", "local"])
+def test_the_model_card_warns_first_when_the_model_saw_only_synthetic_images(source: str) -> None:
+    params = tiny_params(download={"source": source, "local": {"path": "/data/cxr"}})
+    card = model_card(parse_settings(params), {"classes": ["COVID", "Normal"]}, {"n": 4}, {}, {})
+    warned = "**Warning: trained on synthetic images, not radiographs.**" in card
+    assert warned == (source == "synthetic")
+    if warned:  # before any other section: the first thing a reader of the registry sees
+        assert card.index("Warning: trained on synthetic") < card.index("## Intended use")

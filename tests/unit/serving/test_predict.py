@@ -112,3 +112,49 @@ def test_predict_refuses_an_image_above_the_pixel_limit(store, tmp_path: Path) -
     assert table.loc[0, "error"] == (
         f"{big}: too large (5001x5000 = 25,005,000 pixels, above the limit of 25,000,000); not decoded"
     )
+
+
+def test_a_model_trained_on_synthetic_images_says_so_when_loaded_and_to_predict(store, tmp_path: Path, caplog) -> None:
+    import logging
+
+    import mlflow
+
+    from cxr.serving.predict import predict
+    from cxr.serving.pyfunc import SYNTHETIC_WARNING, log_pyfunc
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "cxr.serving.pyfunc"]
+
+    mlflow.set_tracking_uri(store["uri"])
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("t").experiment_id):
+        info = log_pyfunc(store["checkpoint"], None, data_source="synthetic")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cxr.serving.pyfunc"):
+        loaded = mlflow.pyfunc.load_model(info.model_uri)
+    assert loaded.metadata.metadata["data_source"] == "synthetic"
+    assert warnings() == [SYNTHETIC_WARNING]  # the served model's log says it when it loads
+    result = predict(info.model_uri, store["images"][:1], tmp_path / "p.csv", tracking_uri=store["uri"])
+    assert result.warning == SYNTHETIC_WARNING and "synthetic images, not radiographs" in result.warning
+    # A model that says nothing of its data (or was trained on real images) carries no warning.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cxr.serving.pyfunc"):
+        plain = predict(store["model_uri"], store["images"][:1], tmp_path / "q.csv", tracking_uri=store["uri"])
+    assert plain.warning is None and warnings() == []
+
+
+def test_a_registered_version_from_before_the_model_carried_its_source_is_warned_by_its_tag(
+    store, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    from cxr.serving.predict import predict
+    from cxr.serving.pyfunc import SYNTHETIC_WARNING
+
+    client = MlflowClient(store["uri"])
+    name = "legacy-synthetic"
+    client.create_registered_model(name)
+    mv = client.create_model_version(name, store["model_uri"], tags={"data_source": "synthetic"})
+    client.set_registered_model_alias(name, "champion", mv.version)
+    for uri in (f"models:/{name}@champion", f"models:/{name}/{mv.version}"):
+        result = predict(uri, store["images"][:1], tmp_path / "p.csv", tracking_uri=store["uri"])
+        assert result.warning == SYNTHETIC_WARNING, uri
