@@ -124,7 +124,8 @@ def evaluate(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> N
 
     s, r = setup(params, root)
     res = _run(step, s.base, s.evaluate, s.paths(r), s.train.device)
-    typer.echo(f"test accuracy {res.accuracy:.4f}, macro AUC {res.macro_auc}")
+    auc = "n/a" if res.macro_auc is None else f"{res.macro_auc:.4f}"
+    typer.echo(f"test accuracy {res.accuracy:.4f}, macro AUC {auc}")
 
 
 @app.command()

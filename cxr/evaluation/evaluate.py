@@ -226,6 +226,7 @@ def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "aut
         _write_reports(out, paths, metrics, cm, classes, calibration, test, t_labels, t_probs)
         _save_figures(out, paths.eval_reports, cm, classes, t_labels, t_probs)
         replace_dir(build, headline)
-    log.info("test accuracy %.4f (n=%d), macro AUC %s", m["accuracy"], len(t_labels), m.get("macro_auc"))
+    auc = "n/a" if m.get("macro_auc") is None else f"{m['macro_auc']:.4f}"
+    log.info("test accuracy %.4f (n=%d), macro AUC %s", m["accuracy"], len(t_labels), auc)
     log.info("shortcut probes: %s", metrics["probes"]["summary"])
     return EvalResult(paths.metrics_full, float(m["accuracy"]), m.get("macro_auc"))
