@@ -24,7 +24,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $@
 
-venv: $(VENV)/.installed  ## create .venv and install the project
+# `dvc plots show` and `dvc plots diff` write a page that draws with Vega. .dvc/config (plots.html_template) points
+# DVC at this template, which carries Vega's builds inlined instead of DVC's CDN links, so the page draws offline.
+# cxr/ops/vega.py fetches them with npm from its registry, at pinned versions checked by hash. Git-ignored:
+# third-party code is fetched at set-up, never committed.
+VEGA_TEMPLATE := build/vega/plots.html
+
+$(VEGA_TEMPLATE): cxr/ops/vega.py | $(VENV)/.installed
+	$(PY) -m cxr.ops.vega $@
+
+venv: $(VENV)/.installed $(VEGA_TEMPLATE)  ## create .venv, install the project, fetch Vega for dvc plots (npm)
 
 # PostgreSQL (the MLflow server test) and Chromium (the report test) from Debian; tests skip without them.
 sysdeps:  ## install PostgreSQL and Chromium when missing (Debian, as root)

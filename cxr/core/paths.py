@@ -89,5 +89,6 @@ class ResolvedPaths(BaseModel):
         "eval_reports", "predictions.csv", "Per-image test predictions (a DVC plot; the gate pairs models by these)."
     )
     roc_points = _inside("eval_reports", "roc.csv", "ROC curve points per class (a DVC plot).")
+    pr_points = _inside("eval_reports", "pr.csv", "Precision-recall curve points per class (a DVC plot).")
     confusion = _inside("eval_reports", "confusion_matrix.json", "Confusion counts with the class order.")
     cam_metrics_full = _inside("gradcam_reports", "metrics.json", "Every Grad-CAM measure, per class included.")

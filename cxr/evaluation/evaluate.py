@@ -148,7 +148,7 @@ def _write_reports(
     labels: np.ndarray,
     probs: np.ndarray,
 ) -> None:
-    """The metrics files, calibration.json (what serving reads), predictions.csv and the ROC points."""
+    """The metrics files, calibration.json (what serving reads), predictions.csv and the ROC and PR points."""
     from cxr.evaluation import figures
 
     out.write_json(paths.metrics_full, metrics)
@@ -162,6 +162,9 @@ def _write_reports(
     )
     out.write_csv(paths.predictions, columns, (dict(zip(columns, row, strict=True)) for row in rows))
     out.write_csv(paths.roc_points, ["class", "fpr", "tpr", "threshold"], figures.roc_points(labels, probs, classes))
+    out.write_csv(
+        paths.pr_points, ["class", "recall", "precision", "threshold"], figures.pr_points(labels, probs, classes)
+    )
 
 
 def _save_figures(

@@ -2,8 +2,8 @@
 
 Every ``plot_*`` function returns a new :class:`matplotlib.figure.Figure` and never
 touches pyplot's global state, so it is safe in worker processes and threads. The
-caller saves it (``fig.savefig(path, dpi=150)``). ``roc_points`` returns plain rows
-for the ROC plot file DVC draws.
+caller saves it (``fig.savefig(path, dpi=150)``). ``roc_points`` and ``pr_points`` return
+plain rows for the ROC and precision-recall plot files DVC draws (a ``class`` column, one curve each).
 """
 
 from __future__ import annotations
@@ -48,6 +48,25 @@ def _roc_curves(
             continue
         fpr, tpr, thr = roc_curve(pos, p[:, c])
         yield name, fpr, tpr, thr
+
+
+def _pr_curves(
+    y: np.ndarray, p: np.ndarray, classes: Sequence[str], caller: str
+) -> Iterator[tuple[int, str, np.ndarray, np.ndarray, np.ndarray]]:
+    """(index, name, precision, recall, thresholds) of each class's one-vs-rest precision-recall curve.
+
+    sklearn's order: thresholds rising, recall falling, ending at (recall 0, precision 1) with no threshold. A
+    class without positives is logged and skipped.
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    for c, name in enumerate(classes):
+        pos = y == c
+        if not pos.any():
+            logger.warning("%s: class %r skipped (no positives)", caller, name)
+            continue
+        precision, recall, thr = precision_recall_curve(pos, p[:, c])
+        yield c, name, precision, recall, thr
 
 
 def _curve_figure() -> tuple[Figure, Axes]:
@@ -129,16 +148,12 @@ def plot_roc(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> F
 
 def plot_pr(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> Figure:
     """One-vs-rest precision-recall curve per class with average precision and prevalence lines."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve
+    from sklearn.metrics import average_precision_score
 
     y, p = _one_vs_rest(y_true, probs, classes)
     fig, ax = _curve_figure()
-    for c, name in enumerate(classes):
+    for c, name, precision, recall, _ in _pr_curves(y, p, classes, "PR"):
         pos = y == c
-        if not pos.any():
-            logger.warning("PR: class %r skipped (no positives)", name)
-            continue
-        precision, recall, _ = precision_recall_curve(pos, p[:, c])
         ap = average_precision_score(pos, p[:, c])
         (line,) = ax.step(recall, precision, where="post", lw=1.5, label=f"{name} (AP={ap:.3f})")
         ax.axhline(pos.mean(), color=line.get_color(), lw=0.7, ls=":")
@@ -195,5 +210,22 @@ def roc_points(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) ->
         rows.extend(
             {"class": str(name), "fpr": float(f), "tpr": float(t), "threshold": float(h)}
             for f, t, h in zip(fpr, tpr, thr, strict=True)
+        )
+    return rows
+
+
+def pr_points(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> list[dict]:
+    """Rows {class, recall, precision, threshold} of one-vs-rest precision-recall curves, each from recall 0 up.
+
+    Each curve runs in the order it is drawn (thresholds falling), from sklearn's end point at recall 0, whose
+    threshold is none (nothing flagged) and is written as 1.0, as ``roc_points`` writes the infinite one.
+    """
+    y, p = _one_vs_rest(y_true, probs, classes)
+    rows: list[dict] = []
+    for _, name, precision, recall, thr in _pr_curves(y, p, classes, "pr_points"):
+        thr = np.append(thr, 1.0)
+        rows.extend(
+            {"class": str(name), "recall": float(r), "precision": float(q), "threshold": float(h)}
+            for r, q, h in zip(recall[::-1], precision[::-1], thr[::-1], strict=True)
         )
     return rows

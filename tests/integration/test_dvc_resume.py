@@ -1,8 +1,8 @@
 """A `dvc repro` whose training is killed after its best epoch resumes to the uninterrupted result.
 
-DVC deletes a stage's cached outputs (``models/best.pt``) before it reruns the stage, and keeps only the
-``persist`` ones (``models/last.pt``). The rerun must therefore give back ``best.pt`` even when no later
-epoch improves on it: the same checkpoint and metrics as a run that was never killed.
+DVC deletes a stage's cached outputs (``models/best.pt``) before it reruns the stage; the resume point
+(``models/last.pt``) is not an output, so DVC leaves it alone. The rerun must therefore give back ``best.pt``
+even when no later epoch improves on it: the same checkpoint and metrics as a run that was never killed.
 """
 
 from __future__ import annotations

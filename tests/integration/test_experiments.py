@@ -1,8 +1,10 @@
-"""Hyperparameter search: `cxr tune` on the validation split, and a queued DVC grid mirrored into MLflow."""
+"""Hyperparameter search: `cxr tune` on the validation split, a queued DVC grid mirrored into MLflow, and an
+experiment applied (and the baseline restored) leaving nothing to rerun."""
 
 from __future__ import annotations
 
 import csv
+import difflib
 import os
 import shutil
 import subprocess
@@ -15,7 +17,7 @@ from conftest import REPO, make_project, tiny_params
 
 from cxr.core.config import load_settings
 from cxr.core.paths import CACHE_DIR_ENV
-from cxr.ops.dvc import dvc_env
+from cxr.ops.dvc import dvc_env, run_dvc
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +65,35 @@ def committed(module_tmp: Path) -> Path:
 
 def _project(committed: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(committed, tmp_path / "p", symlinks=True))
+
+
+def _git(root: Path, *args: str) -> None:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
+    subprocess.run(["git", *args], cwd=root, check=True, env={**env, "GIT_COMMITTER_EMAIL": "t@t"})
+
+
+def _replace(dst: dict, src: dict) -> None:
+    """Make the round-trip mapping ``dst`` equal ``src`` in place, so that its layout and comments stay."""
+    for key in [k for k in dst if k not in src]:
+        del dst[key]
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _replace(dst[key], value)
+        elif dst.get(key) != value:
+            dst[key] = value
+
+
+def _real_layout(root: Path) -> str:
+    """The project's params.yaml as a user has it (its comments and layout), holding the tiny project's values."""
+    from dvc.utils.serialize import modify_yaml
+
+    path = root / "params.yaml"
+    values = yaml.safe_load(path.read_text())
+    path.write_text((REPO / "params.yaml").read_text())
+    with modify_yaml(path) as data:
+        _replace(data, values)
+    assert yaml.safe_load(path.read_text()) == values
+    return path.read_text()
 
 
 def test_tune_two_trials_on_validation_only(committed: Path, tmp_path: Path, monkeypatch) -> None:
@@ -137,3 +168,33 @@ def test_queued_grid_runs_and_is_logged_to_mlflow(committed: Path, tmp_path: Pat
     assert all("test/accuracy" in c.data.metrics and "epoch/val_loss" in c.data.metrics for c in children)
     # Logging again adds nothing.
     assert "MLflow: 0 runs logged" in _cxr(root, "sweep", "--log-only", "--name", "lr-grid")
+
+
+def test_an_applied_experiment_and_the_baseline_leave_nothing_to_rerun(committed: Path, tmp_path: Path) -> None:
+    """`dvc exp run -S` edits one line of params.yaml; after `dvc exp apply` (or a return to the baseline)
+    `dvc status` is clean and `dvc repro` reruns nothing: the training's resume point, which DVC does not track,
+    is not taken for a changed output."""
+    root = _project(committed, tmp_path)
+    baseline = _real_layout(root)
+    run_dvc(["repro"], root)
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "baseline")
+
+    run_dvc(["exp", "run", "-S", "train.lr=0.001", "-n", "lr-high"], root)
+    experiment = (root / "params.yaml").read_text()
+    changed = [d for d in difflib.ndiff(baseline.splitlines(), experiment.splitlines()) if d[:2] in ("- ", "+ ")]
+    assert [d[:10] for d in changed] == ["-   lr: 0.", "+   lr: 0."], changed
+    assert (root / "models" / "last.pt").is_file()  # the experiment's resume point, left in the workspace
+
+    for back, params in (
+        (["exp", "apply", "HEAD"], baseline),  # back to the baseline
+        (["exp", "apply", "lr-high"], experiment),
+        (["checkout", "--force"], baseline),  # ... or back by git and dvc checkout
+    ):
+        if back[0] == "checkout":
+            _git(root, "checkout", "HEAD", "--", ".")
+        run_dvc(back, root)
+        assert (root / "params.yaml").read_text() == params
+        assert run_dvc(["status"], root).strip() == "Data and pipelines are up to date.", back
+        out = run_dvc(["repro"], root)
+        assert "Running stage" not in out and "Data and pipelines are up to date." in out, (back, out)
