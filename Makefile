@@ -35,20 +35,23 @@ $(VEGA_TEMPLATE): cxr/ops/vega.py | $(VENV)/.installed
 
 venv: $(VENV)/.installed $(VEGA_TEMPLATE)  ## create .venv, install the project, fetch Vega for dvc plots (npm)
 
-# PostgreSQL (the MLflow server test) and Chromium (the report test) from Debian; tests skip without them.
-sysdeps:  ## install PostgreSQL and Chromium when missing (Debian, as root)
+# PostgreSQL (the MLflow server test), Chromium (the report and plots tests) and npm (Vega for dvc plots) from
+# Debian; the server and browser tests skip without them, and the Vega step says what is missing.
+sysdeps:  ## install PostgreSQL, Chromium and npm when missing (Debian, as root)
 	@need=""; ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
 	command -v chromium >/dev/null 2>&1 || need="$$need chromium"; \
+	command -v npm >/dev/null 2>&1 || need="$$need npm"; \
 	if [ -z "$$need" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing$$need"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$need >/dev/null; \
 	else echo "sysdeps: cannot install$$need (needs root and apt-get); the tests that use them will be skipped"; fi
 
-run: venv  ## the whole pipeline as a Prefect flow on the embedded synthetic data
+# The pipeline needs no Vega: only `dvc plots` pages draw with it.
+run: $(VENV)/.installed  ## the whole pipeline as a Prefect flow on the embedded synthetic data
 	$(PY) -m cxr run
 
-repro: venv  ## fetch the data, then reproduce the DVC stages
+repro: $(VENV)/.installed  ## fetch the data, then reproduce the DVC stages
 	$(PY) -m cxr download
 	$(PY) -m dvc repro
 
@@ -64,7 +67,7 @@ format: venv  ## ruff: fix what can be fixed and format the tree
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-test: venv sysdeps lint  ## ruff, then every test that runs on a CPU (CI runs this)
+test: sysdeps venv lint  ## ruff, then every test that runs on a CPU (CI runs this)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test-fast: venv  ## the tests not marked slow
