@@ -47,3 +47,31 @@ def cam_headline(m: Mapping[str, Any]) -> dict[str, Any]:
     """The Grad-CAM headline: the share of CAM energy inside the lungs, the pointing game's hit rate."""
     row = {"lungs": m.get("lung_energy"), "point": m.get("pointing_game")}
     return {k: _r(v) for k, v in row.items() if v is not None}
+
+
+#: The test file's short keys and the full metrics' names for them (``metrics_full.json``'s, MLflow's ``test/...``).
+TEST_NAMES: dict[str, tuple[str, ...]] = {
+    "acc": ("accuracy",),
+    "auc": ("macro_auc",),
+    "f1": ("macro_f1",),
+    "ece": ("calibration", "ece"),
+}
+#: A class's or the positive class's short keys and their full names.
+RATE_NAMES: dict[str, str] = {"sens": "sensitivity", "spec": "specificity"}
+
+
+def as_full(row: str, figures: Mapping[str, Any]) -> dict[str, Any]:
+    """One headline file's figures (``row`` is its name without ``.json``) nested as ``metrics_full.json`` holds
+    them, so that ``flat_metrics`` gives them the names the pipeline's MLflow runs use (``test/accuracy``,
+    ``test/COVID/sensitivity``, ``test/binary/sensitivity``) wherever they were read from."""
+    out: dict[str, Any] = {}
+    if row == "test":
+        for short, value in figures.items():
+            *parents, leaf = TEST_NAMES.get(short, (short,))
+            node = out
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = value
+        return out
+    rates = {RATE_NAMES.get(k, k): v for k, v in figures.items()}
+    return {"binary": rates} if row.endswith("_vs_rest") else {"per_class": {row: rates}}

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.core.config import Settings
+from cxr.evaluation.headline import as_full
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,8 @@ def list_experiments(root: Path) -> list[Experiment]:
 
 
 def _metric_files(exp: Experiment, paths) -> list[tuple[str, dict]]:
-    """(MLflow key prefix, figures) of an experiment's metrics files: ``test/`` for the headline folder's
-    ``test.json``, ``test/<row>/`` for its other files (a class, the positive class against the rest), ``train/``."""
+    """(MLflow key prefix, figures) of an experiment's metrics files: the headline folder's files under ``test/``
+    with the full names the pipeline's runs log (``test/accuracy``, ``test/COVID/sensitivity``), ``train/``."""
     root = paths.root
     headline, train = paths.metrics.relative_to(root).as_posix(), paths.train_metrics.relative_to(root).as_posix()
     out = []
@@ -104,8 +105,7 @@ def _metric_files(exp: Experiment, paths) -> list[tuple[str, dict]]:
         if file == train:
             out.append(("train/", figures))
         elif file.startswith(headline + "/"):
-            row = Path(file).stem
-            out.append(("test/" if row == "test" else f"test/{row}/", figures))
+            out.append(("test/", as_full(Path(file).stem, figures)))
     return out
 
 

@@ -84,7 +84,8 @@ def test_flow_then_dvc_agree(tmp_path: Path, prefect_harness, monkeypatch) -> No
         assert set(PER_CLASS_KEYS) <= set(metrics["per_class"][cls])
     assert "binary" in metrics and "temperature" in metrics["calibration"]
     shown = dvc(root, "metrics", "show", "--json")
-    assert "accuracy" in shown
+    [workspace] = json.loads(shown).values()  # keyed by revision: "" is the work tree
+    assert "acc" in workspace["data"]["reports/metrics/test.json"]["data"]
     # The headline table is readable as typed, without arguments: it fits a 160-column screen and has a row per
     # file (the test split, each class, COVID against the rest, Grad-CAM, training) with every headline figure.
     table = dvc(root, "metrics", "show")
