@@ -76,8 +76,15 @@ test-fast: venv  ## the tests not marked slow
 bench: venv  ## benchmarks: writes benchmarks/results.json
 	$(PY) -m benchmarks
 
-ui: venv  ## the MLflow UI on the project's store (http://127.0.0.1:5000)
-	$(PY) -m mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+# The link printed opens the project's experiment on the model-training view (MLflow 3.17's UI starts a new
+# browser on its GenAI view); without params or a store yet it is the experiment list's.
+PORT ?= 5000
+UI_LINK := from pathlib import Path; from cxr.core.config import load_settings; from cxr.ops.tracking import ui_link; \
+  print(ui_link(Path.cwd(), load_settings(Path("params.yaml")).base.experiment, $(PORT)))
+
+ui: venv  ## the MLflow UI on the project's store: make ui [PORT=5000], then open the link it prints
+	@echo "MLflow UI, model training: $$($(PY) -c '$(UI_LINK)' 2>/dev/null || echo http://127.0.0.1:$(PORT))"
+	$(PY) -m mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)
 
 serve: venv  ## serve the champion model over HTTP (http://127.0.0.1:5001/invocations)
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} $(PY) -m mlflow models serve \

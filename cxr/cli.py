@@ -108,12 +108,20 @@ def train(
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint when it matches.")] = True,
+    track: Annotated[
+        bool, typer.Option(help="Log each epoch to a live MLflow run as it ends (best-effort: a warning when down).")
+    ] = True,
 ) -> None:
     """Train and keep the best checkpoint on validation."""
+    from cxr.ops.trainrun import live_training
     from cxr.training.loop import train as step
 
     s, r = setup(params, root)
-    res = _run(step, s.train, s.base, s.paths(r), resume)
+    paths = s.paths(r)
+    with live_training(s, r, resume, track) as live:
+        res = _run(step, s.train, s.base, paths, resume, live.log_epoch if live.active else None)
+        summary = {"best_epoch": res.best_epoch, "best_score": res.best_score, "epochs": res.epochs_run}
+        live.record_result(paths.history, res.best_checkpoint, {**summary, "images_per_s": res.images_per_s})
     typer.echo(f"best epoch {res.best_epoch}: {s.train.monitor}={res.best_score:.4f} ({res.images_per_s:.0f} img/s)")
 
 

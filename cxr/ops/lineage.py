@@ -5,11 +5,14 @@ Light on purpose (no DVC, MLflow or torch import): the report stage and the regi
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import subprocess
 from pathlib import Path
 
 import yaml
+
+from cxr.core.paths import Paths, ResolvedPaths
 
 #: The DVC file that versions the raw data.
 DATA_DVC = "data.dvc"
@@ -34,11 +37,43 @@ def file_hash(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
-def git_commit(root: Path) -> tuple[str, bool]:
-    """The checked-out commit and whether the work tree has uncommitted changes."""
+#: What the pipeline writes in the work tree besides its outputs under ``base.paths``: the DVC files its steps
+#: rewrite, and the MLflow and Prefect stores it keeps in the project by default.
+PIPELINE_FILES: tuple[str, ...] = ("dvc.lock", DATA_DVC, "mlflow.db", "mlartifacts", "mlruns", ".prefect")
+
+
+def pipeline_writes(paths: ResolvedPaths) -> list[str]:
+    """What a pipeline run writes in the work tree, as git glob pathspecs relative to the root: ``PIPELINE_FILES``,
+    each output under ``base.paths``, and beside it the ``.gitignore`` DVC keeps (``data/.gitignore`` lists
+    ``/raw``) and the step's own locks and staging (``data/.raw.pid``, ``reports/.metrics-*``)."""
+    root = paths.root.resolve()
+    found = {glob.escape(f) for f in PIPELINE_FILES}
+    for path in paths.model_dump(exclude={"root"}).values():
+        try:
+            rel = Path(path).resolve().relative_to(root)
+        except ValueError:  # outside the project (a cache moved by CXR_CACHE_DIR)
+            continue
+        parent = "" if rel.parent == Path(".") else glob.escape(rel.parent.as_posix()) + "/"
+        found.update({glob.escape(rel.as_posix()), f"{parent}.{glob.escape(rel.name)}*"})
+        if parent:  # the project's own .gitignore is not DVC's to keep
+            found.add(f"{parent}.gitignore")
+    return sorted(found)
+
+
+def git_commit(root: Path, paths: ResolvedPaths | None = None) -> tuple[str, bool]:
+    """The checked-out commit and whether the code differs from it: uncommitted changes, untracked files included,
+    to anything but what the pipeline itself writes (``pipeline_writes``; ``paths`` default: ``base.paths``'
+    defaults under ``root``).
+
+    A fresh run rewrites ``dvc.lock``, ``data.dvc`` and its metrics files before it registers: counting those, every
+    run from a clean checkout would say dirty.
+    """
+    spec = [".", *(f":(exclude,glob){p}" for p in pipeline_writes(paths or Paths().resolve(root)))]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True)
+        # Every untracked file by name: a folder shown whole would hide an excluded output among new code.
+        status = ["git", "status", "--porcelain", "--untracked-files=all", "--", *spec]
+        dirty = subprocess.run(status, cwd=root, capture_output=True, text=True, check=True)
         return sha.stdout.strip(), bool(dirty.stdout.strip())
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "unknown", False

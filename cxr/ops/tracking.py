@@ -59,12 +59,49 @@ def artifact_location(uri: str, root: Path) -> str | None:
     return (root / "mlartifacts").resolve().as_uri()
 
 
+#: The experiment tag MLflow 3's UI reads for the kind of work an experiment holds, and the kind for trained
+#: models (the UI's enum in mlflow/server/js: ``genai_development`` opens on traces, this one on training runs).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+
+
 def ensure_experiment(mlflow, name: str, root: Path, uri: str) -> str:
-    """The id of experiment ``name``, created with its artifact location when new."""
+    """The id of experiment ``name``, created with its artifact location when new, and marked as model training.
+
+    An existing experiment is marked too (older ones have no kind, and the UI may have guessed GenAI): the
+    project's experiment holds training runs only.
+    """
     exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    return mlflow.create_experiment(name, artifact_location=artifact_location(uri, root))
+    if exp is None:
+        return mlflow.create_experiment(
+            name, artifact_location=artifact_location(uri, root), tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+        )
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+    return exp.experiment_id
+
+
+#: MLflow 3.17's UI opens every experiment on the view its UI-wide switch holds (a new browser: GenAI, with traces
+#: and token usage), whatever the experiment's kind; this query in the link selects the model-training view.
+UI_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_link(root: Path, experiment: str, port: int, host: str = "127.0.0.1") -> str:
+    """The link that opens ``experiment`` of the project's sqlite store (``mlflow.db``) in the MLflow UI on its
+    model-training view: its runs, their metrics and datasets; the experiment list before the store has it."""
+    import sqlite3
+    from contextlib import closing
+
+    base = f"http://{host}:{port}/#/experiments"
+    db = root / "mlflow.db"
+    row = None
+    if db.is_file():  # read-only, without MLflow: the UI's server owns the store
+        try:
+            with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as con:
+                row = con.execute("SELECT experiment_id FROM experiments WHERE name = ?", (experiment,)).fetchone()
+        except sqlite3.Error:
+            row = None
+    return f"{base}/{row[0]}?{UI_TRAINING_VIEW}" if row else f"{base}?{UI_TRAINING_VIEW}"
 
 
 def sanitize_key(key: str) -> str:

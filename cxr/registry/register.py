@@ -14,6 +14,7 @@ from cxr.core.io import read_csv, read_json
 from cxr.core.paths import ResolvedPaths
 from cxr.ops.lineage import data_version, file_hash, flatten, git_commit
 from cxr.ops.tracking import check_tracking, ensure_experiment, tracking_uri
+from cxr.registry.provenance import link_training_run, log_datasets, pipeline_datasets
 from cxr.reporting.modelcard import metric_tags, model_card, version_description
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ class RegisterResult:
     tracking_uri: str
     #: False when a version made from the same inputs already existed: nothing was registered.
     new: bool = True
+    #: The live run that trained the model (``cxr train``), nested under ``run_id``; None when there is none.
+    train_run_id: str | None = None
 
     def summary(self) -> str:
         """What was registered, or why nothing was: the same words on the command line and in the flow."""
@@ -142,6 +145,8 @@ class _Inputs:
     data_report: dict
     lineage: dict[str, str]
     card: str
+    #: (dataset, context) pairs: the raw data at its DVC version and the manifest's splits.
+    datasets: list
 
 
 def _read_inputs(settings: Settings, paths: ResolvedPaths) -> _Inputs:
@@ -158,7 +163,7 @@ def _read_inputs(settings: Settings, paths: ResolvedPaths) -> _Inputs:
             raise FileNotFoundError(f"{path}: not found; run the {step} step first")
     metrics = read_json(paths.metrics_full)
     cam = read_json(paths.cam_metrics_full, {})
-    commit, dirty = git_commit(root)
+    commit, dirty = git_commit(root, paths)
     lineage = {
         "git_commit": commit,
         "git_dirty": str(dirty).lower(),
@@ -170,7 +175,8 @@ def _read_inputs(settings: Settings, paths: ResolvedPaths) -> _Inputs:
     }
     meta = {k: v for k, v in load_checkpoint(paths.best_checkpoint).items() if k != "model"}
     data_report = read_json(paths.data_report, {})
-    return _Inputs(metrics, cam, data_report, lineage, model_card(settings, meta, metrics, cam, lineage, data_report))
+    card = model_card(settings, meta, metrics, cam, lineage, data_report)
+    return _Inputs(metrics, cam, data_report, lineage, card, pipeline_datasets(paths))
 
 
 def _log_run(settings: Settings, paths: ResolvedPaths, inputs: _Inputs, params_file: Path | None):
@@ -183,6 +189,7 @@ def _log_run(settings: Settings, paths: ResolvedPaths, inputs: _Inputs, params_f
 
     mlflow.set_tag("registration", "new version")
     mlflow.set_tags(inputs.lineage)
+    log_datasets(mlflow.MlflowClient(), mlflow.active_run().info.run_id, inputs.datasets)
     mlflow.log_params(
         {
             k: json.dumps(v) if isinstance(v, (list, dict)) else v
@@ -227,6 +234,42 @@ def _log_run(settings: Settings, paths: ResolvedPaths, inputs: _Inputs, params_f
     )
 
 
+def _link_training(client, exp_id: str, run_id: str, paths: ResolvedPaths, inputs: _Inputs) -> str | None:
+    """Nest the live training run under the pipeline run; a failure is logged, not raised (the run is complete)."""
+    try:
+        return link_training_run(client, exp_id, run_id, paths.best_checkpoint, inputs.datasets)
+    except Exception:  # noqa: BLE001 - the version exists; failing now would make a retry register another
+        log.exception("the live training run could not be linked to run %s", run_id)
+        return None
+
+
+def _record_unchanged(client, exp_id: str, uri: str, paths: ResolvedPaths, inputs: _Inputs, same) -> RegisterResult:
+    """A short run that says the inputs equal those of version ``same``, and points to it; nothing registered."""
+    import mlflow
+
+    lineage, name = inputs.lineage, same.name
+    # The run is still recorded, so a schedule's history shows it ran and found nothing new.
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"unchanged-{lineage['git_commit'][:8]}") as run:
+        mlflow.set_tags(
+            {
+                **lineage,
+                "registration": "unchanged",
+                "same_as_version": str(same.version),
+                "same_as_run_id": same.run_id or "",
+            }
+        )
+        log_datasets(client, run.info.run_id, inputs.datasets)
+    log.info(
+        "inputs %s equal those of %s version %s: nothing registered (MLflow run %s)",
+        lineage["inputs_hash"],
+        name,
+        same.version,
+        run.info.run_id,
+    )
+    train_id = _link_training(client, exp_id, run.info.run_id, paths, inputs)
+    return RegisterResult(run.info.run_id, name, str(same.version), uri, False, train_id)
+
+
 def register(
     settings: Settings, paths: ResolvedPaths, params_file: Path | None = None, force: bool = False
 ) -> RegisterResult:
@@ -234,7 +277,8 @@ def register(
 
     When a version made from the same data, params and code exists, a short run records that and points to it,
     and nothing is registered (``force`` registers anyway). ``params_file`` is the file the settings were read
-    from (logged with the run); default ``params.yaml`` at the root.
+    from (logged with the run); default ``params.yaml`` at the root. The live run of the training (``cxr train``)
+    is nested under the run.
     """
     import mlflow
 
@@ -247,24 +291,7 @@ def register(
     client = mlflow.MlflowClient()
     same = None if force else find_version_by_inputs(client, name, lineage["inputs_hash"])
     if same is not None:
-        # The run is still recorded, so a schedule's history shows it ran and found nothing new.
-        with mlflow.start_run(experiment_id=exp_id, run_name=f"unchanged-{commit[:8]}") as run:
-            mlflow.set_tags(
-                {
-                    **lineage,
-                    "registration": "unchanged",
-                    "same_as_version": str(same.version),
-                    "same_as_run_id": same.run_id or "",
-                }
-            )
-        log.info(
-            "inputs %s equal those of %s version %s: nothing registered (MLflow run %s)",
-            lineage["inputs_hash"],
-            name,
-            same.version,
-            run.info.run_id,
-        )
-        return RegisterResult(run.info.run_id, name, str(same.version), uri, new=False)
+        return _record_unchanged(client, exp_id, uri, paths, inputs, same)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"pipeline-{commit[:8]}") as run:
         info = _log_run(settings, paths, inputs, params_file)
     # The version is created only once the run has finished with every artifact in place.
@@ -275,4 +302,5 @@ def register(
     )
     log.info("MLflow run %s; registered %s version %s", run_id, name, mv.version)
     _log_registered_report(client, settings, paths, run_id, str(mv.version))
-    return RegisterResult(run_id, name, str(mv.version), uri)
+    train_id = _link_training(client, exp_id, run_id, paths, inputs)
+    return RegisterResult(run_id, name, str(mv.version), uri, train_run_id=train_id)

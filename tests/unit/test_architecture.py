@@ -153,3 +153,19 @@ def test_test_modules_have_unique_names_and_one_conftest() -> None:
     assert sorted({n for n in names if names.count(n) > 1}) == []
     assert [f.relative_to(REPO).as_posix() for f in tests.rglob("conftest.py")] == ["tests/conftest.py"]
     assert not list(tests.rglob("__init__.py"))
+
+
+def test_the_training_code_imports_no_mlflow_prefect_or_dvc() -> None:
+    """Every module of cxr/training, in a fresh process: it runs on bare GPU machines. `cxr train` wires the live
+    MLflow run (cxr.ops.trainrun) in from the command line, through the loop's ``on_epoch``."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import cxr.training\n"
+        "for m in pkgutil.walk_packages(cxr.training.__path__, 'cxr.training.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'prefect', 'dvc') "
+        "or m in ('cxr.ops.trainrun', 'cxr.ops.tracking')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", f"the training code imports {proc.stdout.strip()}"

@@ -199,3 +199,65 @@ def test_artifacts_go_beside_the_store_not_into_the_working_folder(tmp_path: Pat
     assert not (project / "mlruns").exists() and list(elsewhere.iterdir()) == []
     readme = (REPO / "README.md").read_text()
     assert "`mlflow.db`, `mlartifacts/`" in readme
+
+
+def test_the_pipeline_run_shows_its_datasets_and_the_live_training_run_nested(tmp_path: Path, monkeypatch) -> None:
+    """The run page's Datasets (the data version as digest) and one pipeline run holding the training's live run;
+    on an unchanged rerun, a retrained checkpoint's run goes under the short run."""
+    import mlflow
+
+    from cxr.ops.trainrun import start_live_run
+    from cxr.registry import register as reg
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    settings, paths = fake_project(tmp_path / "p")
+    client = mlflow.MlflowClient(uri)
+
+    def train_live() -> str:
+        live = start_live_run(uri, paths.root, settings.base.experiment, {}, {})
+        live.log_epoch({"epoch": 1, "val_loss": 0.5})
+        live.record_result(paths.history, paths.best_checkpoint, {"best_epoch": 1})
+        live.end("FINISHED")
+        return live.run_id
+
+    trained = train_live()
+    result = reg.register(settings, paths)
+    assert result.train_run_id == trained
+    assert client.get_run(trained).data.tags["mlflow.parentRunId"] == result.run_id
+    run = client.get_run(result.run_id)
+    assert run.data.tags["cxr.train_run_id"] == trained
+    inputs = {(i.dataset.name, i.dataset.digest): [t.value for t in i.tags] for i in run.inputs.dataset_inputs}
+    assert inputs == {("data/raw", "abc123.dir"): ["source"]}  # no split manifest in this project
+    assert "mlflow.parentRunId" not in run.data.tags  # the pipeline run is the top one
+    kind = client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"]
+    assert kind == "custom_model_development"
+
+    retrained = train_live()  # e.g. `dvc repro --force`: the same checkpoint again
+    again = reg.register(settings, paths)
+    assert not again.new and again.train_run_id == retrained
+    assert client.get_run(retrained).data.tags["mlflow.parentRunId"] == again.run_id
+    assert client.get_run(trained).data.tags["mlflow.parentRunId"] == result.run_id
+    assert [i.dataset.digest for i in client.get_run(again.run_id).inputs.dataset_inputs] == ["abc123.dir"]
+
+
+def test_git_dirty_leaves_out_what_the_pipeline_writes(tmp_path: Path, monkeypatch) -> None:
+    """A clean checkout whose pipeline has just rewritten dvc.lock, data.dvc and the metrics registers as clean."""
+    import subprocess
+
+    from cxr.registry import register as reg
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    settings, paths = fake_project(tmp_path / "p")
+    (paths.root / "cxr").mkdir()
+    (paths.root / "cxr" / "code.py").write_text("x = 1\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "init"]):
+        subprocess.run([*git, *args], cwd=paths.root, check=True)
+    (paths.root / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (paths.root / "data.dvc").write_text(yaml.safe_dump({"outs": [{"path": "data/raw", "md5": "fed321.dir"}]}))
+    paths.metrics_full.write_text(paths.metrics_full.read_text().replace("0.75", "0.76"))
+    first = reg._read_inputs(settings, paths).lineage
+    assert first["git_dirty"] == "false" and len(first["git_commit"]) == 40
+    (paths.root / "cxr" / "code.py").write_text("x = 2\n")
+    assert reg._read_inputs(settings, paths).lineage["git_dirty"] == "true"
