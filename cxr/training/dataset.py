@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Sampler
 
 from cxr.core.paths import ResolvedPaths
 from cxr.core.sections import Augment, Base, Train
@@ -38,9 +38,6 @@ class AugmentedImages(CachedImages):
         params = draw_params(self.augment, index if seed is None else seed)
         if self.defer:
             return image, label, torch.from_numpy(params)
-        if cv2.getNumThreads() != 1 and get_worker_info() is not None:
-            # One process per core already: OpenCV's own pool in every worker would oversubscribe the CPU.
-            cv2.setNumThreads(1)
         return torch.from_numpy(apply_cpu(image[0].numpy(), params)).unsqueeze(0), label
 
 
@@ -122,6 +119,11 @@ def build_data(
     # Each rank takes an interleaved share of every global batch, so the global batch (and the
     # gradient DDP averages) is the one a single process would see.
     per_rank = cfg.batch_size // world
+    if cfg.num_workers > 0 and not on_device(cfg.augment_backend, device):
+        # One process per core already: OpenCV's own pool in every worker would oversubscribe the CPU. Set
+        # here, before the workers fork: set in a forked worker, it can hang for good once this process's
+        # pool has run (OpenCV's pthreads pool; more than half the time in a test of 30 forks).
+        cv2.setNumThreads(1)
     train_loader = DataLoader(
         AugmentedImages(x_train, y_train, cfg.augment, defer=on_device(cfg.augment_backend, device)),
         batch_size=per_rank,
