@@ -1,14 +1,14 @@
-"""The train-time preset as per-sample parameters, applied per image on the CPU or to whole batches on the device.
+"""The built-in augmentation steps applied fast: per image on the CPU, or to whole batches on the device.
 
-``cxr.data.train_transform`` (an Albumentations ``Compose``) is the reference definition of the preset:
-affine (rotation, shift, scale), brightness/contrast, gamma, CLAHE, horizontal flip, each with its own
-probability. Both paths here draw the same parameters the same way from one seed per sample
-(``draw_params``, a pure function of the seed the sampler hands over), so resuming, the number of loader
-workers and DDP sharding change nothing, and the two paths are the same augmentation sample by sample:
+``cxr.training.transforms.preset_compose`` (an Albumentations ``Compose``) is what trains; its built-in steps
+(affine, brightness/contrast, gamma, CLAHE, horizontal flip, each with its own probability) are reproduced
+here. ``draw_params`` draws what that ``Compose`` draws for a sample's seed (Albumentations' own sampling, in
+its order, from the same generator), a pure function of the seed the sampler hands over, so resuming, the
+number of loader workers and DDP sharding change nothing, and every path is the same augmentation:
 
 - ``apply_cpu``: one uint8 image in a DataLoader worker: the OpenCV warp ``A.Affine`` runs and one lookup
   table holding Albumentations' brightness/contrast and gamma tables, without ``Compose``'s per-call
-  overhead. The tests hold it to ``A.Compose`` pixel for pixel, given the parameters ``Compose`` drew.
+  overhead. The tests hold it to the seeded ``Compose`` pixel for pixel.
 - ``apply_batch``: a uint8 batch on the training device. The warp and CLAHE are Kornia's
   (``warp_affine``, ``equalize_clahe``); brightness, contrast and gamma are Albumentations' uint8 lookup
   tables rebuilt per sample and applied with one gather, so they match the CPU path exactly.
@@ -19,10 +19,13 @@ cannot be seeded per sample; hence the parameters are drawn here and Kornia's fu
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+from cxr.training.transforms import CLAHE_CLIP, CLAHE_GRID, gamma_step
 
 if TYPE_CHECKING:
     import torch
@@ -32,39 +35,37 @@ if TYPE_CHECKING:
 #: The parameter vector of one sample, in this order; a step that is not applied holds its identity value.
 PARAMS: tuple[str, ...] = ("angle", "tx", "ty", "sx", "sy", "alpha", "beta", "gamma", "clip", "flip")
 IDENTITY: np.ndarray = np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
-#: ``A.CLAHE(clip_limit=2.0)`` draws its clip limit from (1, 2); the tile grid is fixed.
-CLAHE_CLIP: tuple[float, float] = (1.0, 2.0)
-CLAHE_GRID: tuple[int, int] = (8, 8)
-_DRAWS = 14
 
 
 def draw_params(aug: Augment, seed: int) -> np.ndarray:
-    """One sample's parameters (float64, ``PARAMS`` order) from its seed, with the preset's ranges and probabilities."""
-    import torch
+    """What ``preset_compose(aug)`` seeded with ``seed`` draws (float64, ``PARAMS`` order): its very numbers.
 
-    # A torch generator seeded per sample costs ~20 us (NumPy's default_rng ~150 us); a fixed slot per value.
-    u = torch.rand(_DRAWS, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64).numpy()
+    Albumentations 2.0.8's sampling of the built-in steps, replayed from the Python generator
+    ``transforms.seed_compose`` gives the ``Compose`` (they draw nothing from the NumPy one): ~10 us a
+    sample, against ~50 us for calling the steps' own sampling methods. The tests hold it to the seeded
+    ``Compose`` draw for draw.
+    """
+    r = random.Random(int(seed))
+    r.random()  # Compose's own coin: drawn even at p=1
 
-    def between(lo: float, hi: float, x: float) -> float:
-        return lo + (hi - lo) * x
+    def applies(p: float) -> bool:  # BasicTransform.should_apply
+        return p >= 1 or (p > 0 and r.random() < p)
 
     out = IDENTITY.copy()
-    if u[0] < aug.p:  # A.Affine: rotate, translate_percent (x and y apart), scale (x and y apart: keep_ratio=False)
-        r, s, k = aug.rotate_deg, aug.shift, aug.scale
-        out[0:5] = (
-            between(-r, r, u[1]),
-            between(-s, s, u[2]),
-            between(-s, s, u[3]),
-            between(1 - k, 1 + k, u[4]),
-            between(1 - k, 1 + k, u[5]),
-        )
-    if u[6] < aug.p:  # A.RandomBrightnessContrast: alpha = 1 + contrast, beta = brightness (times 255: by max)
-        out[5:7] = (1.0 + between(-aug.contrast, aug.contrast, u[7]), between(-aug.brightness, aug.brightness, u[8]))
-    if u[9] < aug.p:  # A.RandomGamma
-        out[7] = between(aug.gamma[0], aug.gamma[1], u[10])
-    if u[11] < aug.clahe:
-        out[8] = between(*CLAHE_CLIP, u[12])
-    if u[13] < aug.hflip:
+    if applies(aug.p):  # A.Affine: translate x, y (percent); shear x, y (fixed at 0); scale x, y; rotate
+        s, k = aug.shift, aug.scale
+        tx, ty = r.uniform(-s, s), r.uniform(-s, s)
+        r.uniform(0.0, 0.0), r.uniform(0.0, 0.0)
+        sx, sy = r.uniform(1 - k, 1 + k), r.uniform(1 - k, 1 + k)
+        out[0:5] = r.uniform(-aug.rotate_deg, aug.rotate_deg), tx, ty, sx, sy
+    if applies(aug.p):  # A.RandomBrightnessContrast: alpha = 1 + contrast, then beta = brightness (times 255)
+        alpha = 1.0 + r.uniform(-aug.contrast, aug.contrast)
+        out[5:7] = alpha, r.uniform(-aug.brightness, aug.brightness)
+    if gamma_step(aug) and applies(aug.p):  # A.RandomGamma, its limits in percent
+        out[7] = r.uniform(aug.gamma[0] * 100, aug.gamma[1] * 100) / 100.0
+    if aug.clahe > 0 and applies(aug.clahe):
+        out[8] = r.uniform(*CLAHE_CLIP)
+    if aug.hflip > 0 and applies(aug.hflip):
         out[9] = 1.0
     return out
 
