@@ -15,17 +15,29 @@ number of loader workers and DDP sharding change nothing, and every path is the 
 
 Kornia's augmentation classes draw their parameters from the global torch generator per batch, which
 cannot be seeded per sample; hence the parameters are drawn here and Kornia's functional ops apply them.
+A transform outside the built-in steps runs only through the ``Compose``: ``choose_path`` decides which path
+applies the augmentation, once, for the train step.
 """
 
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
 
-from cxr.training.transforms import CLAHE_CLIP, CLAHE_GRID, gamma_step
+from cxr.core.sections import ConfigError
+from cxr.training.transforms import (
+    CLAHE_CLIP,
+    CLAHE_GRID,
+    added_steps,
+    apply_compose,
+    check_extra,
+    gamma_step,
+    preset_compose,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -203,12 +215,49 @@ def on_device(backend: str, device: torch.device) -> bool:
     return backend == "device"
 
 
+@dataclass(frozen=True)
+class AugmentPath:
+    """Which path applies the train augmentation (``fast``, ``compose`` or ``device``), and why, in words."""
+
+    name: Literal["fast", "compose", "device"]
+    why: str
+
+
+def choose_path(aug: Augment, backend: str, device: torch.device, size: int = 64) -> AugmentPath:
+    """Where and by what the train augmentation runs: the one place that decides it.
+
+    Only the built-in steps: on the device when ``on_device`` says so (Kornia, whole batches), else the fast
+    CPU path (``apply_cpu``, the faster of the two CPU paths in ``make bench``, with the ``Compose``'s draws
+    and pixels). Any other step (``train.augment.extra``, or one added to ``preset_compose``): the whole
+    ``Compose`` in the loader workers; ``device`` is then refused (Kornia runs the built-in steps only) and
+    ``auto`` stays on the CPU. Bad extra steps stop here (``ConfigError`` naming the key), ``size`` being the
+    training image size they are tried on.
+    """
+    check_extra(aug, size)
+    added = added_steps(preset_compose(aug), aug)
+    if not added:
+        if on_device(backend, device):
+            return AugmentPath("device", f"the built-in steps on {device.type}, on whole batches (Kornia)")
+        return AugmentPath("fast", "the built-in steps in the loader workers, by the fast CPU path (apply_cpu)")
+    steps = ", ".join(added)
+    if backend == "device":
+        raise ConfigError(
+            f"train.augment_backend 'device' runs only the built-in augmentation steps (Kornia), and the "
+            f"augmentation also holds {steps}: set train.augment_backend to cpu or auto"
+        )
+    why = f"the Albumentations Compose in the loader workers, for {steps} besides the built-in steps"
+    if on_device(backend, device):
+        why += f" (augment_backend auto stays off {device.type}: the device path runs the built-in steps only)"
+    return AugmentPath("compose", why)
+
+
 def preview_figure(image: np.ndarray, augment: Augment, n: int = 6, seed: int = 0):
     """The original 2-D uint8 image and ``n`` seeded draws of the train augmentations, by both paths.
 
-    Top row: the CPU path (loader workers, ``cxr.training.presets.apply_cpu``); bottom row: the device path
-    (whole batches, ``cxr.training.presets.apply_batch``, run here on CPU tensors). Column ``i`` uses the
-    sample seed ``seed + i`` in both rows, as training would for that sample.
+    Top row: the CPU path (loader workers): ``apply_cpu``, or the whole ``Compose`` when it holds more than the
+    built-in steps; bottom row: the device path (whole batches, ``apply_batch``, run here on CPU tensors),
+    which applies the built-in steps only. Column ``i`` uses the sample seed ``seed + i`` in both rows, as
+    training would for that sample.
     """
     import torch
     from matplotlib.figure import Figure
@@ -219,12 +268,18 @@ def preview_figure(image: np.ndarray, augment: Augment, n: int = 6, seed: int = 
     if n < 1:
         raise ValueError(f"n must be >= 1, got n={n}")
     params = np.stack([draw_params(augment, seed + i) for i in range(n)])
-    cpu = [apply_cpu(image.copy(), p) for p in params]
+    compose = preset_compose(augment)
+    added = added_steps(compose, augment)
+    if added:
+        cpu = [apply_compose(compose, image.copy(), seed + i) for i in range(n)]
+    else:
+        cpu = [apply_cpu(image.copy(), p) for p in params]
     batch = torch.from_numpy(np.repeat(image[None, None], n, axis=0))
     device = apply_batch(batch, torch.from_numpy(params), clahe=augment.clahe > 0)[:, 0].numpy()
     fig = Figure(figsize=(2.0 * (n + 1), 4.6), layout="constrained")
     axes = fig.subplots(2, n + 1, squeeze=False)
-    for row, (name, tiles) in enumerate((("CPU path", cpu), ("device path", list(device)))):
+    names = ("CPU: Compose", "device: built-ins only") if added else ("CPU path", "device path")
+    for row, (name, tiles) in enumerate(zip(names, (cpu, list(device)), strict=True)):
         titled = [("original", image)] + [(f"{name} #{i + 1}", t) for i, t in enumerate(tiles)]
         for col, (title, tile) in enumerate(titled):
             ax = axes[row, col]
@@ -235,7 +290,7 @@ def preview_figure(image: np.ndarray, augment: Augment, n: int = 6, seed: int = 
         f"Train augmentations, the same seeds by both paths (p={augment.p}, rotate ±{augment.rotate_deg}°, "
         f"shift ±{augment.shift}, scale ±{augment.scale}, brightness ±{augment.brightness}, "
         f"contrast ±{augment.contrast}, gamma {augment.gamma[0]}-{augment.gamma[1]}, clahe p={augment.clahe}, "
-        f"hflip p={augment.hflip})",
+        f"hflip p={augment.hflip}{'; then ' + ', '.join(added) if added else ''})",
         fontsize=8,
     )
     return fig
