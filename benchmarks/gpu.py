@@ -300,7 +300,7 @@ def reference_style(src: Path, manifest_rows, device, px: int, batch: int, n: in
     import torch
     from torch import nn
 
-    from benchmarks.input import _reference_loader
+    from benchmarks.reference import reference_loader
     from cxr.model.networks import build_model
 
     _torch_defaults()  # the notebook's: no cuDNN autotuner, no deterministic algorithms
@@ -314,7 +314,7 @@ def reference_style(src: Path, manifest_rows, device, px: int, batch: int, n: in
     criterion = nn.CrossEntropyLoss()
     seen = 0
     with timer() as t:
-        for x, y in _reference_loader(paths, labels, px, batch):
+        for x, y in reference_loader(paths, labels, px, batch):
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad()
             loss = criterion(model(x), y)
