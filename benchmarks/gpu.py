@@ -246,13 +246,13 @@ def loader_start(paths, cfg, seed: int, device) -> float:
     from cxr.data.manifest import read_manifest
     from cxr.model.cache import decoded_cache
     from cxr.training.dataset import SeededSampler
-    from cxr.training.presets import on_device
+    from cxr.training.presets import choose_path
 
     train_m = read_manifest(paths.manifest).select("train")
     images = decoded_cache(train_m, paths.raw, paths.cache, cfg.image_size, workers=max(1, cfg.num_workers))
     labels = train_m.labels(CLASSES)
     loader = DataLoader(
-        AugmentedImages(images, labels, cfg.augment, defer=on_device(cfg.augment_backend, device)),
+        AugmentedImages(images, labels, cfg.augment, choose_path(cfg.augment, cfg.augment_backend, device).name),
         batch_size=cfg.batch_size,
         sampler=SeededSampler(len(labels), seed),
         drop_last=True,
@@ -300,7 +300,7 @@ def reference_style(src: Path, manifest_rows, device, px: int, batch: int, n: in
     import torch
     from torch import nn
 
-    from benchmarks.input import _reference_loader
+    from benchmarks.reference import reference_loader
     from cxr.model.networks import build_model
 
     _torch_defaults()  # the notebook's: no cuDNN autotuner, no deterministic algorithms
@@ -314,7 +314,7 @@ def reference_style(src: Path, manifest_rows, device, px: int, batch: int, n: in
     criterion = nn.CrossEntropyLoss()
     seen = 0
     with timer() as t:
-        for x, y in _reference_loader(paths, labels, px, batch):
+        for x, y in reference_loader(paths, labels, px, batch):
             x, y = x.to(device), y.to(device)
             optimizer.zero_grad()
             loss = criterion(model(x), y)

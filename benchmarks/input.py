@@ -2,16 +2,19 @@
 
 Reference style: PIL open per image, torchvision Resize/RandomRotation(20)/RandomHorizontalFlip/ToTensor/
 Normalize, a DataLoader with no workers, fp32. Ours: ``cxr.model.cache.decoded_cache`` (decode once into a
-uint8 memory map), ``CachedImages`` with the preset on the CPU (``cxr.training.presets.apply_cpu``),
-``SeededSampler``, a DataLoader with one worker per core, and ``to_input`` for the float conversion
-and normalisation.
+uint8 memory map), ``AugmentedImages`` with the preset on the CPU by the path that trains by default
+(``cxr.training.presets.choose_path``: the fast path, ``apply_cpu``), ``SeededSampler``, a DataLoader with
+one worker per core, and ``to_input`` for the float conversion and normalisation.
 
 (a) the pipeline alone (batches made model-ready, no model), in interleaved rounds (reference, ours in
-one process, ours with workers, and again) so that a shared machine's drifting load falls on all three
-alike. The headline ``input_pipeline_speedup_vs_reference`` is per core: ours in one process against
+one process by each CPU path, ours with workers, and again) so that a shared machine's drifting load falls
+on all alike. The headline ``input_pipeline_speedup_vs_reference`` is per core: ours in one process against
 the reference in one process. Dividing the with-workers figure by the worker count instead assumes the
 workers had every core to themselves while the main process (which normalises the batches) had none,
 and on a shared machine it swings with whoever else runs (recorded 3.04 and 1.74 on the same code).
+``input_pipeline_speedup_vs_reference_compose`` is the headline with the whole Albumentations ``Compose``
+(the CPU path when ``train.augment.extra`` holds anything), and ``augment_fast_path_speedup_vs_compose``
+the two CPU paths' augmentation alone, per image, in interleaved rounds.
 (b) whole training steps of ResNet-18 (``cxr.training.loop.train_one_epoch`` for ours) against the same
 model's forward + backward + step on ready tensors, which gives ``train_step_overhead``.
 """
@@ -26,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import Figure, Outcome, Row, synthetic_dataset, timer
+from benchmarks.reference import drain_reference, reference_loader, reference_steps
 from cxr.training.dataset import AugmentedImages
 
 CLASSES: tuple[str, ...] = ("COVID", "Normal", "Lung_Opacity", "Viral Pneumonia")
@@ -66,52 +70,18 @@ def _manifest(src: Path, paths: list[Path], labels: np.ndarray):
     return Manifest(tuple(rows))
 
 
-class ReferenceImages:
-    """The reference notebooks' dataset: open the file with PIL and run torchvision transforms, per image."""
-
-    def __init__(self, paths: list[Path], labels: np.ndarray, size: int) -> None:
-        from torchvision import transforms as T
-
-        from cxr.model.preprocess import GRAY_MEAN, GRAY_STD
-
-        self.paths, self.labels = paths, labels
-        # One gray channel (not RGB) so that both sides feed the same 1-channel model.
-        self.transform = T.Compose(
-            [
-                T.Resize((size, size)),
-                T.RandomRotation(20),
-                T.RandomHorizontalFlip(),
-                T.ToTensor(),
-                T.Normalize([GRAY_MEAN], [GRAY_STD]),
-            ]
-        )
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as im:
-            x = self.transform(im.convert("L"))
-        return x, int(self.labels[i])
-
-
-def _reference_loader(paths: list[Path], labels: np.ndarray, size: int, batch: int):
-    from torch.utils.data import DataLoader
-
-    return DataLoader(ReferenceImages(paths, labels, size), batch_size=batch, shuffle=True, num_workers=0)
-
-
-def _our_loader(images: np.ndarray, labels: np.ndarray, aug, batch: int, workers: int):
+def _our_loader(images: np.ndarray, labels: np.ndarray, aug, batch: int, workers: int, path: str = "fast"):
     """The training loader exactly as ``cxr.training.loop.train`` builds it (pinned memory only with CUDA, as there)."""
+    import cv2
     import torch
     from torch.utils.data import DataLoader
 
     from cxr.training.dataset import SeededSampler
 
+    if workers:  # as build_data: before the workers fork
+        cv2.setNumThreads(1)
     return DataLoader(
-        AugmentedImages(images, labels, aug),
+        AugmentedImages(images, labels, aug, path),
         batch_size=batch,
         sampler=SeededSampler(len(labels), 0, True),
         drop_last=True,
@@ -133,11 +103,28 @@ def _drain_ours(loader, channels_last: bool) -> int:
     return n
 
 
-def _drain_reference(loader) -> int:
-    n = 0
-    for x, _labels in loader:
-        n += len(x)
-    return n
+def _augment_ms(images: np.ndarray, aug, rounds: int) -> tuple[float, float, list[float]]:
+    """ms per image of the augmentation alone by the fast path and by the ``Compose``, in interleaved rounds.
+
+    Both from the same per-sample seeds, as the loader workers run them; (fast, compose, per-round ratios).
+    """
+    from cxr.training.presets import apply_cpu, draw_params
+    from cxr.training.transforms import apply_compose, preset_compose
+
+    compose = preset_compose(aug)
+    fast_s = compose_s = 0.0
+    ratios = []
+    for _round in range(rounds):
+        with timer() as tf:
+            for i, image in enumerate(images):
+                apply_cpu(np.array(image), draw_params(aug, i))
+        with timer() as tc:
+            for i, image in enumerate(images):
+                apply_compose(compose, np.array(image), i)
+        fast_s, compose_s = fast_s + tf["s"], compose_s + tc["s"]
+        ratios.append(tc["s"] / tf["s"])
+    n = len(images) * rounds
+    return 1000 * fast_s / n, 1000 * compose_s / n, ratios
 
 
 def _model(channels_last: bool):
@@ -182,24 +169,6 @@ def _ready_steps(model, cfg, batches: list, steps: int) -> float:
     return t["s"]
 
 
-def _reference_steps(model, loader, lr: float) -> tuple[float, int]:
-    """The reference notebooks' loop: batches from the loader, forward, backward, step. (seconds, images)."""
-    import torch
-    from torch import nn
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    criterion = nn.CrossEntropyLoss()
-    n = 0
-    with timer() as t:
-        for x, y in loader:
-            optimizer.zero_grad()
-            loss = criterion(model(x), y)
-            loss.backward()
-            optimizer.step()
-            n += len(x)
-    return t["s"], n
-
-
 def run(size: str, work: Path) -> Outcome:
     """Run the input-pipeline and training-step benchmark at ``size`` with scratch space under ``work``."""
     import torch
@@ -210,6 +179,7 @@ def run(size: str, work: Path) -> Outcome:
     from cxr.model.cache import decoded_cache
     from cxr.model.preprocess import to_input
     from cxr.training.loop import train_one_epoch
+    from cxr.training.presets import choose_path
 
     sz = SIZES[size]
     workers = os.cpu_count() or 1
@@ -224,33 +194,41 @@ def run(size: str, work: Path) -> Outcome:
     )
     batch = sz["batch"]
 
-    # (a) The pipeline alone: one epoch over the subset each, model-ready float batches out, in rounds.
-    ref_loader = _reference_loader(paths, labels, sz["pipe_px"], batch)
+    # (a) The pipeline alone: one epoch over the subset each, model-ready float batches out, in rounds. Both
+    # CPU paths on the built-in steps (the fast one cannot run others); the headline is the one that trains.
+    default = choose_path(cfg.augment, "cpu", torch.device("cpu"), sz["pipe_px"]).name
+    builtin = cfg.augment.model_copy(update={"extra": []})
+    ref_loader = reference_loader(paths, labels, sz["pipe_px"], batch)
     with timer() as t_cache:
         cached = decoded_cache(manifest, src, cache_dir, sz["pipe_px"], workers=workers)
-    loader = _our_loader(cached, labels, cfg.augment, batch, workers)
-    loader0 = _our_loader(cached, labels, cfg.augment, batch, 0)
+    loader = _our_loader(cached, labels, builtin, batch, workers, default)
+    one_core = {path: _our_loader(cached, labels, builtin, batch, 0, path) for path in ("fast", "compose")}
     _drain_ours(loader, cfg.channels_last)  # first epoch starts the (persistent) workers
-    t_ref = t_ours = t_ours0 = 0.0
-    n_ref = n_ours = n_ours0 = 0
-    one_core_ratios = []
+    t_ref = t_ours = 0.0
+    n_ref = n_ours = 0
+    t0, n0 = {"fast": 0.0, "compose": 0.0}, {"fast": 0, "compose": 0}
+    ratios: dict[str, list[float]] = {"fast": [], "compose": []}
     for _round in range(sz["rounds"]):
         with timer() as tr:
-            n = _drain_reference(ref_loader)
+            n = drain_reference(ref_loader)
         n_ref, t_ref = n_ref + n, t_ref + tr["s"]
-        with timer() as t0:
-            n0 = _drain_ours(loader0, cfg.channels_last)
-        n_ours0, t_ours0 = n_ours0 + n0, t_ours0 + t0["s"]
+        for path, one in one_core.items():
+            with timer() as t_one:
+                n_one = _drain_ours(one, cfg.channels_last)
+            n0[path], t0[path] = n0[path] + n_one, t0[path] + t_one["s"]
+            ratios[path].append((n_one / t_one["s"]) / (n / tr["s"]))
         with timer() as tw:
             n_ours += _drain_ours(loader, cfg.channels_last)
         t_ours += tw["s"]
-        one_core_ratios.append((n0 / t0["s"]) / (n / tr["s"]))
     del loader
+    one_core_ratios = ratios[default]
     ref_ips = n_ref / t_ref
     ours_ips = n_ours / t_ours
-    ours0_ips = n_ours0 / t_ours0
+    ours0_ips = n0[default] / t0[default]
+    compose0_ips = n0["compose"] / t0["compose"]
     speedup_raw = ours_ips / ref_ips
     speedup_per_core = ours0_ips / ref_ips
+    fast_ms, compose_ms, aug_ratios = _augment_ms(cached, builtin, sz["rounds"])
 
     # (b) Whole training steps at train_px, against the same model's steps on ready tensors.
     steps = sz["steps"]
@@ -288,8 +266,8 @@ def run(size: str, work: Path) -> Outcome:
 
     ref_model = _model(False)
     ref_paths = [paths[i] for i in idx]
-    ref_train = _reference_loader(ref_paths, labs, sz["train_px"], batch)
-    t_ref_steps, n_ref_steps = _reference_steps(ref_model, ref_train, cfg.lr)
+    ref_train = reference_loader(ref_paths, labs, sz["train_px"], batch)
+    t_ref_steps, n_ref_steps = reference_steps(ref_model, ref_train, cfg.lr)
     ref_step_ips = n_ref_steps / t_ref_steps
     ours_step_ips = n_step_images / t_whole
     ready_ips = n_step_images / t_ready
@@ -297,7 +275,13 @@ def run(size: str, work: Path) -> Outcome:
     out = Outcome("input")
     out.rows = [
         Row(f"(a) ours: cache + {workers} workers, {sz['pipe_px']} px", ours_ips, "img/s", ref_ips, speedup_raw),
-        Row("(a) ours, no workers (1 core): the per-core figure", ours0_ips, "img/s", ref_ips, speedup_per_core),
+        Row(
+            f"(a) ours, no workers (1 core), {default} path: the per-core figure",
+            ours0_ips,
+            "img/s",
+            ref_ips,
+            speedup_per_core,
+        ),
         Row(
             f"(a) ours with workers / {workers} workers",
             ours_ips / workers,
@@ -305,6 +289,15 @@ def run(size: str, work: Path) -> Outcome:
             ref_ips,
             speedup_raw / workers,
         ),
+        Row("(a) ours, no workers, the whole Compose", compose0_ips, "img/s", ref_ips, compose0_ips / ref_ips),
+        Row(
+            f"(a) augmentation alone, {sz['pipe_px']} px: fast path",
+            fast_ms,
+            "ms/img",
+            compose_ms,
+            compose_ms / fast_ms,
+        ),
+        Row("(a) augmentation alone: the Compose", compose_ms, "ms/img"),
         Row("(a) reference: PIL + torchvision, no workers", ref_ips, "img/s"),
         Row(f"(a) decoded cache build ({len(paths)} images, once)", t_cache["s"], "s"),
         Row(
@@ -319,6 +312,9 @@ def run(size: str, work: Path) -> Outcome:
     ]
     out.figures = [
         Figure("input_pipeline_speedup_vs_reference", speedup_per_core, (">=", 3)),
+        Figure("input_pipeline_speedup_vs_reference_compose", compose0_ips / ref_ips, (">=", 3)),
+        # Below 1, the Compose would be the faster CPU path for the built-in steps too: choose_path should say so.
+        Figure("augment_fast_path_speedup_vs_compose", compose_ms / fast_ms, (">", 1)),
         Figure("train_step_overhead", overhead, ("<=", 1.10)),
     ]
     out.extra = {
@@ -329,6 +325,14 @@ def run(size: str, work: Path) -> Outcome:
         "input_pipeline_speedup_vs_reference_per_worker": speedup_raw / workers,
         "input_pipeline_speedup_round_min": min(one_core_ratios),
         "input_pipeline_speedup_round_max": max(one_core_ratios),
+        "input_default_cpu_path": default,
+        "input_compose_no_workers_images_per_s": compose0_ips,
+        "input_pipeline_speedup_compose_round_min": min(ratios["compose"]),
+        "input_pipeline_speedup_compose_round_max": max(ratios["compose"]),
+        "augment_fast_path_ms_per_image": fast_ms,
+        "augment_compose_ms_per_image": compose_ms,
+        "augment_fast_path_speedup_round_min": min(aug_ratios),
+        "augment_fast_path_speedup_round_max": max(aug_ratios),
         "input_cache_build_s": t_cache["s"],
         "input_workers": workers,
         "train_step_reference_images_per_s": ref_step_ips,
@@ -345,6 +349,10 @@ def run(size: str, work: Path) -> Outcome:
         f"per core: ours in one process (no workers) against the reference in one process, in {sz['rounds']} "
         f"interleaved rounds whose ratios ranged {min(one_core_ratios):.2f} to {max(one_core_ratios):.2f}; "
         f"the with-workers figure also counts the {workers} cores the workers may have had",
+        f"both CPU paths on the built-in steps ({default} trains by default): the whole Compose's per-core ratios "
+        f"ranged {min(ratios['compose']):.2f} to {max(ratios['compose']):.2f}; the augmentation alone, "
+        f"{sz['pipe_px']} px, one image at a time from its seed, Compose / fast ranged {min(aug_ratios):.2f} to "
+        f"{max(aug_ratios):.2f} over the rounds",
         "the reference decodes the PNG every time; ours decodes once into the cache (its build is a separate row)",
         f"train_step_overhead = whole steps ({steps} x {batch}, cxr.training.loop.train_one_epoch, "
         "loader workers starting "

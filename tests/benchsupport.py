@@ -17,6 +17,10 @@ KEYS: dict[str, tuple[str, ...]] = {
     "ingest": ("ingest_images_per_s_per_core", "dvc_add_full_s", "dvc_noop_repro_full_s"),
     "input": (
         "input_pipeline_speedup_vs_reference",
+        "input_pipeline_speedup_vs_reference_compose",
+        "augment_fast_path_speedup_vs_compose",
+        "augment_fast_path_ms_per_image",
+        "augment_compose_ms_per_image",
         "train_step_overhead",
         "train_step_reference_images_per_s",
         "train_step_ours_images_per_s",

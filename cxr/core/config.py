@@ -46,6 +46,12 @@ class Settings(Section):
         pos = self.evaluate.positive_class
         if pos is not None and pos not in labels:
             raise ValueError(f"evaluate.positive_class {pos!r} is not one of base.classes {list(labels)}")
+        extra = ", ".join(e["name"] for e in self.train.augment.extra)
+        if self.train.augment_backend == "device" and extra:
+            raise ValueError(
+                f"train.augment_backend 'device' runs only the built-in augmentation steps (Kornia), not "
+                f"train.augment.extra ({extra}): set train.augment_backend to cpu or auto"
+            )
         for cls in self.registry.min_sensitivity:
             if cls not in labels:
                 raise ValueError(f"registry.min_sensitivity names {cls!r}, which is not one of base.classes")
@@ -81,7 +87,8 @@ def _short(text: str, limit: int = MAX_MESSAGE) -> str:
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid params"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
+        # A list item reads as in the file's terms: train.augment.extra[1], not train.augment.extra.1.
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e["loc"]).lstrip(".")
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         lines.append(f"  {_short(key, 120)}: {_short(msg)}")
     return "\n".join(lines)

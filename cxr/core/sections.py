@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cxr.core.archs import SUPPORTED_ARCHS
 from cxr.core.paths import Paths
@@ -144,8 +144,19 @@ class Split(Section):
     workers: int = Field(2, ge=1)
 
 
+def _extra_transform(entry: dict[str, Any]) -> dict[str, Any]:
+    """One ``train.augment.extra`` entry's shape; the training step builds it (Albumentations is not imported here)."""
+    name = entry.get("name")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(
+            "needs name: the class name of an Albumentations transform (e.g. GaussNoise), "
+            "and its keyword arguments beside it"
+        )
+    return entry
+
+
 class Augment(Section):
-    """Train-time augmentation (Albumentations); eval preprocessing is fixed."""
+    """Train-time augmentation (an Albumentations ``Compose``); eval preprocessing is fixed."""
 
     rotate_deg: float = Field(10.0, ge=0, le=45)
     shift: float = Field(0.05, ge=0, le=0.3)
@@ -157,6 +168,10 @@ class Augment(Section):
     #: Off by default: a flip moves the heart to the wrong side.
     hflip: float = Field(0.0, ge=0, le=1)
     p: float = Field(0.5, ge=0, le=1)
+    #: Albumentations transforms applied after the built-in steps, each ``{name: ClassName, **kwargs}``,
+    #: e.g. ``{name: GaussNoise, p: 0.2, std_range: [0.01, 0.03]}``. Any entry makes the whole ``Compose``
+    #: the CPU path (the device path runs the built-in steps only).
+    extra: list[Annotated[dict[str, Any], AfterValidator(_extra_transform)]] = Field(default_factory=list)
 
     @field_validator("gamma")
     @classmethod

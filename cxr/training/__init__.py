@@ -1,1 +1,2 @@
-"""Training: the augmentation presets (CPU and device paths), batches, the loop, checkpoints and resume."""
+"""Training: the augmentation (an Albumentations ``Compose``; its fast CPU and device paths), batches, the loop,
+checkpoints and resume."""

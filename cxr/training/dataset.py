@@ -2,46 +2,63 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Sampler
 
 from cxr.core.paths import ResolvedPaths
 from cxr.core.sections import Augment, Base, Train
 from cxr.data.manifest import Manifest, read_manifest
 from cxr.model.cache import CachedImages, decoded_cache
 from cxr.training.optim import class_weights
-from cxr.training.presets import apply_cpu, draw_params, on_device
+from cxr.training.presets import apply_cpu, choose_path, draw_params
+from cxr.training.transforms import apply_compose, preset_compose
+
+log = logging.getLogger(__name__)
 
 
 class AugmentedImages(CachedImages):
-    """Samples from the decoded cache, augmented with parameters drawn from a seed the sampler hands over.
+    """Samples from the decoded cache, augmented from a seed the sampler hands over, by one path (``choose_path``).
 
-    On the CPU (``defer=False``) the preset is applied here, in the loader workers (``presets.apply_cpu``).
-    With ``defer``, a sample is (uint8 image, label, parameters) and the training loop applies the parameters
-    to the whole batch on its device (``presets.apply_batch``): the workers then only copy rows of the cache.
+    ``fast`` (the built-in steps, ``presets.apply_cpu``) and ``compose`` (the whole Albumentations ``Compose``,
+    ``transforms.apply_compose``) augment here, in the loader workers. With ``device``, a sample is (uint8 image,
+    label, parameters) and the training loop applies the parameters to the whole batch on its device
+    (``presets.apply_batch``): the workers then only copy rows of the cache.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, augment: Augment, defer: bool = False) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        augment: Augment,
+        path: Literal["fast", "compose", "device"] = "fast",
+    ) -> None:
+        if augment.extra and path != "compose":
+            raise ValueError(f"train.augment.extra runs only through the Compose path, not {path!r} (choose_path)")
         super().__init__(images, labels)
         self.augment = augment
-        self.defer = defer
+        self.path = path
+        self.compose = preset_compose(augment) if path == "compose" else None
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
         index, seed = item if isinstance(item, tuple) else (item, None)
         image, label = super().__getitem__(index)
         # Seeding per sample makes augmentation independent of workers, order, resumption and device.
-        params = draw_params(self.augment, index if seed is None else seed)
-        if self.defer:
-            return image, label, torch.from_numpy(params)
-        if cv2.getNumThreads() != 1 and get_worker_info() is not None:
-            # One process per core already: OpenCV's own pool in every worker would oversubscribe the CPU.
-            cv2.setNumThreads(1)
-        return torch.from_numpy(apply_cpu(image[0].numpy(), params)).unsqueeze(0), label
+        seed = index if seed is None else seed
+        if self.path == "device":
+            return image, label, torch.from_numpy(draw_params(self.augment, seed))
+        pixels = image[0].numpy()
+        if self.compose is not None:
+            out = apply_compose(self.compose, pixels, seed)
+        else:
+            out = apply_cpu(pixels, draw_params(self.augment, seed))
+        return torch.from_numpy(out).unsqueeze(0), label
 
 
 class SeededSampler(Sampler):
@@ -104,6 +121,10 @@ def build_data(
     cfg: Train, base: Base, paths: ResolvedPaths, device: torch.device, rank: int = 0, world: int = 1
 ) -> TrainData:
     """Read the train and valid splits into the decoded cache and wrap them in the loaders of process ``rank``."""
+    # First: a bad augmentation setting stops here, before any image is read.
+    path = choose_path(cfg.augment, cfg.augment_backend, device, cfg.image_size)
+    if rank == 0:
+        log.info("augmentation: %s", path.why)
     classes = base.labels
     manifest = read_manifest(paths.manifest)
     train_m, valid_m = manifest.select("train"), manifest.select("valid")
@@ -122,8 +143,13 @@ def build_data(
     # Each rank takes an interleaved share of every global batch, so the global batch (and the
     # gradient DDP averages) is the one a single process would see.
     per_rank = cfg.batch_size // world
+    if cfg.num_workers > 0 and path.name != "device":
+        # One process per core already: OpenCV's own pool in every worker would oversubscribe the CPU. Set
+        # here, before the workers fork: set in a forked worker, it can hang for good once this process's
+        # pool has run (OpenCV's pthreads pool; more than half the time in a test of 30 forks).
+        cv2.setNumThreads(1)
     train_loader = DataLoader(
-        AugmentedImages(x_train, y_train, cfg.augment, defer=on_device(cfg.augment_backend, device)),
+        AugmentedImages(x_train, y_train, cfg.augment, path.name),
         batch_size=per_rank,
         sampler=sampler,
         drop_last=len(sampler) > per_rank,

@@ -1,28 +1,43 @@
-"""The train-time preset as per-sample parameters, applied per image on the CPU or to whole batches on the device.
+"""The built-in augmentation steps applied fast: per image on the CPU, or to whole batches on the device.
 
-``cxr.data.train_transform`` (an Albumentations ``Compose``) is the reference definition of the preset:
-affine (rotation, shift, scale), brightness/contrast, gamma, CLAHE, horizontal flip, each with its own
-probability. Both paths here draw the same parameters the same way from one seed per sample
-(``draw_params``, a pure function of the seed the sampler hands over), so resuming, the number of loader
-workers and DDP sharding change nothing, and the two paths are the same augmentation sample by sample:
+``cxr.training.transforms.preset_compose`` (an Albumentations ``Compose``) is what trains; its built-in steps
+(affine, brightness/contrast, gamma, CLAHE, horizontal flip, each with its own probability) are reproduced
+here. ``draw_params`` draws what that ``Compose`` draws for a sample's seed (Albumentations' own sampling, in
+its order, from the same generator), a pure function of the seed the sampler hands over, so resuming, the
+number of loader workers and DDP sharding change nothing, and every path is the same augmentation:
 
 - ``apply_cpu``: one uint8 image in a DataLoader worker: the OpenCV warp ``A.Affine`` runs and one lookup
   table holding Albumentations' brightness/contrast and gamma tables, without ``Compose``'s per-call
-  overhead. The tests hold it to ``A.Compose`` pixel for pixel, given the parameters ``Compose`` drew.
+  overhead. The tests hold it to the seeded ``Compose`` pixel for pixel.
 - ``apply_batch``: a uint8 batch on the training device. The warp and CLAHE are Kornia's
   (``warp_affine``, ``equalize_clahe``); brightness, contrast and gamma are Albumentations' uint8 lookup
   tables rebuilt per sample and applied with one gather, so they match the CPU path exactly.
 
 Kornia's augmentation classes draw their parameters from the global torch generator per batch, which
 cannot be seeded per sample; hence the parameters are drawn here and Kornia's functional ops apply them.
+A transform outside the built-in steps runs only through the ``Compose``: ``choose_path`` decides which path
+applies the augmentation, once, for the train step.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
+
+from cxr.core.sections import ConfigError
+from cxr.training.transforms import (
+    CLAHE_CLIP,
+    CLAHE_GRID,
+    added_steps,
+    apply_compose,
+    check_extra,
+    gamma_step,
+    preset_compose,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -32,39 +47,37 @@ if TYPE_CHECKING:
 #: The parameter vector of one sample, in this order; a step that is not applied holds its identity value.
 PARAMS: tuple[str, ...] = ("angle", "tx", "ty", "sx", "sy", "alpha", "beta", "gamma", "clip", "flip")
 IDENTITY: np.ndarray = np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
-#: ``A.CLAHE(clip_limit=2.0)`` draws its clip limit from (1, 2); the tile grid is fixed.
-CLAHE_CLIP: tuple[float, float] = (1.0, 2.0)
-CLAHE_GRID: tuple[int, int] = (8, 8)
-_DRAWS = 14
 
 
 def draw_params(aug: Augment, seed: int) -> np.ndarray:
-    """One sample's parameters (float64, ``PARAMS`` order) from its seed, with the preset's ranges and probabilities."""
-    import torch
+    """What ``preset_compose(aug)`` seeded with ``seed`` draws (float64, ``PARAMS`` order): its very numbers.
 
-    # A torch generator seeded per sample costs ~20 us (NumPy's default_rng ~150 us); a fixed slot per value.
-    u = torch.rand(_DRAWS, generator=torch.Generator().manual_seed(int(seed)), dtype=torch.float64).numpy()
+    Albumentations 2.0.8's sampling of the built-in steps, replayed from the Python generator
+    ``transforms.seed_compose`` gives the ``Compose`` (they draw nothing from the NumPy one): ~10 us a
+    sample, against ~50 us for calling the steps' own sampling methods. The tests hold it to the seeded
+    ``Compose`` draw for draw.
+    """
+    r = random.Random(int(seed))
+    r.random()  # Compose's own coin: drawn even at p=1
 
-    def between(lo: float, hi: float, x: float) -> float:
-        return lo + (hi - lo) * x
+    def applies(p: float) -> bool:  # BasicTransform.should_apply
+        return p >= 1 or (p > 0 and r.random() < p)
 
     out = IDENTITY.copy()
-    if u[0] < aug.p:  # A.Affine: rotate, translate_percent (x and y apart), scale (x and y apart: keep_ratio=False)
-        r, s, k = aug.rotate_deg, aug.shift, aug.scale
-        out[0:5] = (
-            between(-r, r, u[1]),
-            between(-s, s, u[2]),
-            between(-s, s, u[3]),
-            between(1 - k, 1 + k, u[4]),
-            between(1 - k, 1 + k, u[5]),
-        )
-    if u[6] < aug.p:  # A.RandomBrightnessContrast: alpha = 1 + contrast, beta = brightness (times 255: by max)
-        out[5:7] = (1.0 + between(-aug.contrast, aug.contrast, u[7]), between(-aug.brightness, aug.brightness, u[8]))
-    if u[9] < aug.p:  # A.RandomGamma
-        out[7] = between(aug.gamma[0], aug.gamma[1], u[10])
-    if u[11] < aug.clahe:
-        out[8] = between(*CLAHE_CLIP, u[12])
-    if u[13] < aug.hflip:
+    if applies(aug.p):  # A.Affine: translate x, y (percent); shear x, y (fixed at 0); scale x, y; rotate
+        s, k = aug.shift, aug.scale
+        tx, ty = r.uniform(-s, s), r.uniform(-s, s)
+        r.uniform(0.0, 0.0), r.uniform(0.0, 0.0)
+        sx, sy = r.uniform(1 - k, 1 + k), r.uniform(1 - k, 1 + k)
+        out[0:5] = r.uniform(-aug.rotate_deg, aug.rotate_deg), tx, ty, sx, sy
+    if applies(aug.p):  # A.RandomBrightnessContrast: alpha = 1 + contrast, then beta = brightness (times 255)
+        alpha = 1.0 + r.uniform(-aug.contrast, aug.contrast)
+        out[5:7] = alpha, r.uniform(-aug.brightness, aug.brightness)
+    if gamma_step(aug) and applies(aug.p):  # A.RandomGamma, its limits in percent
+        out[7] = r.uniform(aug.gamma[0] * 100, aug.gamma[1] * 100) / 100.0
+    if aug.clahe > 0 and applies(aug.clahe):
+        out[8] = r.uniform(*CLAHE_CLIP)
+    if aug.hflip > 0 and applies(aug.hflip):
         out[9] = 1.0
     return out
 
@@ -202,12 +215,49 @@ def on_device(backend: str, device: torch.device) -> bool:
     return backend == "device"
 
 
+@dataclass(frozen=True)
+class AugmentPath:
+    """Which path applies the train augmentation (``fast``, ``compose`` or ``device``), and why, in words."""
+
+    name: Literal["fast", "compose", "device"]
+    why: str
+
+
+def choose_path(aug: Augment, backend: str, device: torch.device, size: int = 64) -> AugmentPath:
+    """Where and by what the train augmentation runs: the one place that decides it.
+
+    Only the built-in steps: on the device when ``on_device`` says so (Kornia, whole batches), else the fast
+    CPU path (``apply_cpu``, the faster of the two CPU paths in ``make bench``, with the ``Compose``'s draws
+    and pixels). Any other step (``train.augment.extra``, or one added to ``preset_compose``): the whole
+    ``Compose`` in the loader workers; ``device`` is then refused (Kornia runs the built-in steps only) and
+    ``auto`` stays on the CPU. Bad extra steps stop here (``ConfigError`` naming the key), ``size`` being the
+    training image size they are tried on.
+    """
+    check_extra(aug, size)
+    added = added_steps(preset_compose(aug), aug)
+    if not added:
+        if on_device(backend, device):
+            return AugmentPath("device", f"the built-in steps on {device.type}, on whole batches (Kornia)")
+        return AugmentPath("fast", "the built-in steps in the loader workers, by the fast CPU path (apply_cpu)")
+    steps = ", ".join(added)
+    if backend == "device":
+        raise ConfigError(
+            f"train.augment_backend 'device' runs only the built-in augmentation steps (Kornia), and the "
+            f"augmentation also holds {steps}: set train.augment_backend to cpu or auto"
+        )
+    why = f"the Albumentations Compose in the loader workers, for {steps} besides the built-in steps"
+    if on_device(backend, device):
+        why += f" (augment_backend auto stays off {device.type}: the device path runs the built-in steps only)"
+    return AugmentPath("compose", why)
+
+
 def preview_figure(image: np.ndarray, augment: Augment, n: int = 6, seed: int = 0):
     """The original 2-D uint8 image and ``n`` seeded draws of the train augmentations, by both paths.
 
-    Top row: the CPU path (loader workers, ``cxr.training.presets.apply_cpu``); bottom row: the device path
-    (whole batches, ``cxr.training.presets.apply_batch``, run here on CPU tensors). Column ``i`` uses the
-    sample seed ``seed + i`` in both rows, as training would for that sample.
+    Top row: the CPU path (loader workers): ``apply_cpu``, or the whole ``Compose`` when it holds more than the
+    built-in steps; bottom row: the device path (whole batches, ``apply_batch``, run here on CPU tensors),
+    which applies the built-in steps only. Column ``i`` uses the sample seed ``seed + i`` in both rows, as
+    training would for that sample.
     """
     import torch
     from matplotlib.figure import Figure
@@ -218,12 +268,18 @@ def preview_figure(image: np.ndarray, augment: Augment, n: int = 6, seed: int = 
     if n < 1:
         raise ValueError(f"n must be >= 1, got n={n}")
     params = np.stack([draw_params(augment, seed + i) for i in range(n)])
-    cpu = [apply_cpu(image.copy(), p) for p in params]
+    compose = preset_compose(augment)
+    added = added_steps(compose, augment)
+    if added:
+        cpu = [apply_compose(compose, image.copy(), seed + i) for i in range(n)]
+    else:
+        cpu = [apply_cpu(image.copy(), p) for p in params]
     batch = torch.from_numpy(np.repeat(image[None, None], n, axis=0))
     device = apply_batch(batch, torch.from_numpy(params), clahe=augment.clahe > 0)[:, 0].numpy()
     fig = Figure(figsize=(2.0 * (n + 1), 4.6), layout="constrained")
     axes = fig.subplots(2, n + 1, squeeze=False)
-    for row, (name, tiles) in enumerate((("CPU path", cpu), ("device path", list(device)))):
+    names = ("CPU: Compose", "device: built-ins only") if added else ("CPU path", "device path")
+    for row, (name, tiles) in enumerate(zip(names, (cpu, list(device)), strict=True)):
         titled = [("original", image)] + [(f"{name} #{i + 1}", t) for i, t in enumerate(tiles)]
         for col, (title, tile) in enumerate(titled):
             ax = axes[row, col]
@@ -234,7 +290,7 @@ def preview_figure(image: np.ndarray, augment: Augment, n: int = 6, seed: int = 
         f"Train augmentations, the same seeds by both paths (p={augment.p}, rotate ±{augment.rotate_deg}°, "
         f"shift ±{augment.shift}, scale ±{augment.scale}, brightness ±{augment.brightness}, "
         f"contrast ±{augment.contrast}, gamma {augment.gamma[0]}-{augment.gamma[1]}, clahe p={augment.clahe}, "
-        f"hflip p={augment.hflip})",
+        f"hflip p={augment.hflip}{'; then ' + ', '.join(added) if added else ''})",
         fontsize=8,
     )
     return fig

@@ -39,3 +39,33 @@ def test_device_augmentation_does_not_depend_on_the_workers(tmp_path: Path) -> N
     # The loader path draws the same parameters; only bilinear rounding differs, so the runs stay close.
     hc, _ = _train(augment_backend="cpu", num_workers=0)
     assert abs(float(hc[0]["train_loss"]) - float(h0[0]["train_loss"])) < 0.05 * float(h0[0]["train_loss"])
+
+
+def test_an_extra_step_trains_through_the_compose(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A step from train.augment.extra reaches the model (in a loader worker); the train step says which path ran."""
+    import logging
+
+    from cxr.data.download import download
+    from cxr.data.split import split
+    from cxr.training.loop import train
+
+    root = make_project(tmp_path / "project", tiny_params(train={"epochs": 1, "num_workers": 1}))
+    s = load_settings(root / "params.yaml")
+    paths = s.paths(root)
+    download(s.base, s.download, paths)
+    split(s.base, s.split, paths)
+
+    def first_loss(**augment) -> tuple[float, list[str]]:
+        caplog.clear()
+        cfg = s.train.model_copy(update={"augment": s.train.augment.model_copy(update=augment)})
+        with caplog.at_level(logging.INFO, logger="cxr.training.dataset"):
+            train(cfg, s.base, paths, resume=False)
+        with (root / "reports" / "train" / "history.csv").open() as fh:
+            loss = float(next(csv.DictReader(fh))["train_loss"])
+        return loss, [r.getMessage() for r in caplog.records if r.name == "cxr.training.dataset"]
+
+    plain, said = first_loss()
+    assert len(said) == 1 and "fast CPU path" in said[0]
+    inverted, said = first_loss(extra=[{"name": "InvertImg", "p": 1.0}])
+    assert len(said) == 1 and "Albumentations Compose" in said[0] and "InvertImg" in said[0]
+    assert inverted != plain  # the model saw the inverted images

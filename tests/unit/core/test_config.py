@@ -201,3 +201,14 @@ def test_an_error_never_echoes_a_value_whole(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(_params_file(tmp_path, yaml.safe_dump(params)))
     assert "tune.space" in str(err.value) and len(str(err.value)) < 1000
+
+
+def test_extra_augmentation_steps_are_checked_when_params_load() -> None:
+    """Their shape, and that the device path (built-in steps only) is not asked to run them; Albumentations
+    itself checks each step in the train step (tests/unit/training/test_transforms.py)."""
+    noise = {"name": "GaussNoise", "p": 0.2, "std_range": [0.01, 0.03]}
+    with pytest.raises(ConfigError, match=r"train.augment_backend 'device'.*train.augment.extra \(GaussNoise\)"):
+        parse_settings({"train": {"augment": {"extra": [noise]}, "augment_backend": "device"}}, "params.yaml")
+    with pytest.raises(ConfigError, match=r"train.augment.extra\[0\]: .*needs name"):
+        parse_settings({"train": {"augment": {"extra": [{"p": 0.5}]}}}, "params.yaml")
+    assert parse_settings({"train": {"augment": {"extra": [noise]}}}).train.augment.extra == [noise]
