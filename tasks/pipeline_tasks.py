@@ -111,7 +111,8 @@ def repro_stage(stage: str, root: str) -> bool:
     """Run one ``dvc.yaml`` stage through DVC (which skips it when nothing changed); True when it ran.
 
     A stage that failed on its own is not retried. One whose process was killed (out of memory, a
-    pre-empted machine) is: training then resumes from ``last.pt``, which DVC keeps (``persist``).
+    pre-empted machine) is: training then resumes from ``models/last.pt``, which is not a DVC output, so DVC
+    leaves it in place.
     A busy DVC repository lock is retried too. DVC records nothing in ``dvc.lock`` for a failed stage.
     """
     logger = get_run_logger()
