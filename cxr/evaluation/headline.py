@@ -12,8 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-#: Decimals shown: the table's columns stay narrow; the full files keep every digit.
-DIGITS = 4
+#: Decimals shown: no wider than the short keys, so the table stays within 160 columns whatever the figures
+#: (``tests/unit/evaluation/test_headline.py`` checks the widest case); the full files keep every digit.
+DIGITS = 3
 
 
 def _r(value: Any) -> Any:

@@ -282,7 +282,7 @@ def write_summary(path: Path, state: TrainState, mean_speed: float) -> None:
     best = state.history[state.best_epoch - 1] if state.best_epoch else {}
     row = {"val_acc": best.get("val_accuracy"), "val_f1": best.get("val_macro_f1"), "val_loss": best.get("val_loss")}
     summary = {k: round(float(v), 4) for k, v in row.items() if v is not None}
-    summary.update(epoch=state.best_epoch, epochs=len(state.history), img_s=round(mean_speed, 1))
+    summary.update(epoch=state.best_epoch, epochs=len(state.history), img_s=round(mean_speed))
     write_json(path, summary)
 
 

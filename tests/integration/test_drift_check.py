@@ -1,4 +1,4 @@
-"""The drift check against a real registered champion: no champion, then the test split against its data.
+"""The drift check against a registered champion: none, then no new data, then new images against its held-out ones.
 
 The champion is made by the project's own steps, called in-process (download, split, train, evaluate,
 register, promote): how those steps run as commands is tested elsewhere; here they only set up the check.
@@ -60,7 +60,8 @@ def test_drift_check_against_the_champion(tmp_path: Path, monkeypatch) -> None:
     split(settings.base, settings.split, paths)
     report = drift(settings, paths, uri)
     assert report.status == "checked" and report.champion_version == "1"
-    assert report.n_reference == 16 and report.n_current == 16  # the champion's 16 valid; the 4 x 4 new
+    # The champion's held-out images (16 valid and 16 test of its 80) against the 4 x 4 new ones.
+    assert report.n_reference == 32 and report.n_current == 16
     assert {"embedding_mmd", "class_mix", "intensity", "image_size", "image_mode"} <= set(report.tests)
     assert report.alpha_per_test == pytest.approx(settings.drift.alpha / len(report.tests))
     assert read_report(paths.drift) == report and report.mlflow_run_id
