@@ -58,7 +58,7 @@ def test_a_sweep_logs_the_headline_under_the_names_a_pipeline_run_logs() -> None
 def test_the_table_fits_160_columns_with_the_widest_figures(tmp_path: Path) -> None:
     """Every figure at its widest (all digits used, the longest class name, a GPU's speed, 100 epochs): the
     table as DVC prints it stays within one 160-column screen, whatever a run measures."""
-    classes = yaml.safe_load(Path("params.yaml").read_text())["base"]["classes"]
+    classes = yaml.safe_load((Path(__file__).parents[3] / "params.yaml").read_text())["base"]["classes"]
     widest = 0.123456789
     full = {
         "accuracy": widest,
