@@ -61,7 +61,10 @@ def test_an_extra_transform_changes_what_training_sees() -> None:
 def _epoch(ds: AugmentedImages, workers: int, epoch: int) -> torch.Tensor:
     sampler = SeededSampler(len(ds), seed=3)
     sampler.set_epoch(epoch)
-    loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=workers)
+    # Spawned workers: fresh processes that inherit nothing from this one (a forked worker would also carry
+    # whatever the tests run before in this process left behind, which is not what this test is about).
+    context = "spawn" if workers else None
+    loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=workers, multiprocessing_context=context)
     return torch.cat([x for x, _y in loader])
 
 
