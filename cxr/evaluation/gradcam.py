@@ -19,7 +19,8 @@ from cxr.data.masks import lesion_mask_path, lung_mask_path, read_mask
 from cxr.data.rawstore import RawStore, replace_dir, temp_dir
 from cxr.evaluation.headline import cam_headline
 from cxr.model.cache import decoded_cache
-from cxr.model.inference import load_trained, pick_device, read_temperature, softmax
+from cxr.model.calibrate import Calibrator, read_calibration
+from cxr.model.inference import load_trained, pick_device
 from cxr.model.preprocess import to_input
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,14 @@ def select_cases(labels: np.ndarray, probs: np.ndarray, k: int, per_class: int) 
     return out
 
 
-def _served_temperature(paths: ResolvedPaths) -> float:
-    """The temperature evaluation chose on validation (the probabilities a user of the served model sees), else 1."""
+def _served_calibration(paths: ResolvedPaths) -> Calibrator:
+    """The calibration evaluation chose on validation (the probabilities a user of the served model sees), else none."""
     if paths.calibration.is_file():
-        return read_temperature(paths.calibration)
+        return read_calibration(paths.calibration)
     log.warning(
         "%s: not found (run the evaluate step first); the galleries show uncalibrated probabilities", paths.calibration
     )
-    return 1.0
+    return Calibrator()
 
 
 def _by_class(values: np.ndarray, labels: np.ndarray, classes: Sequence[str], present_only: bool = False) -> dict:
@@ -191,7 +192,7 @@ def gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "auto"
         stride=cfg.stride,
         desc="Grad-CAM on the test split",
     )
-    probs = softmax(logits, _served_temperature(paths))
+    probs = _served_calibration(paths).probabilities(logits)
 
     layer = cfg.target_layer or _layer_name(model, arch, cfg.stride)
     metrics: dict = {"method": cfg.method, "target_layer": layer, "images": len(test)}
