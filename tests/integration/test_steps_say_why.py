@@ -106,6 +106,11 @@ def test_without_lung_masks_the_metrics_and_the_log_say_why(project, monkeypatch
     gradcam.gradcam(s.base, s.gradcam, paths, "cpu")
     metrics = json.loads((paths.gradcam_reports / "metrics.json").read_text())
     assert metrics["lung_mask_images"] == 8 and "lung_energy_absent" not in metrics
+    # Each explanation figure with its interval over the test images, drawn as the evaluate step draws its own.
+    for key in ("lung_energy", "pointing_game"):
+        assert metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"], key
+    assert metrics["lung_energy_ci_high"] > metrics["lung_energy_ci_low"]
+    assert metrics["bootstrap"] == {"n_boot": 1000, "ci": 0.95, "seed": s.base.seed, "stratified": True}
 
 
 def test_evaluation_writes_all_its_outputs_or_none(project, monkeypatch) -> None:
