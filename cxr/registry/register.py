@@ -259,7 +259,7 @@ def _logged_run(settings: Settings, paths: ResolvedPaths, inputs: _Inputs, param
             _mark_failed(run_id)
         if not uri.startswith(("http://", "https://")):
             raise
-        reason = " ".join(str(err).split())[:400]
+        reason = " ".join(str(err).split())[:700]
         raise ArtifactStoreUnavailable(
             f"MLflow tracking server {uri} could not store the files of {where}; its artifact store "
             f"(--artifacts-destination) may be down or refusing, its log says which: {reason}; no model version "

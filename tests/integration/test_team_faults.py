@@ -215,8 +215,9 @@ def tracking(tmp_path: Path, s3: Process, monkeypatch) -> Iterator[dict]:
         backend = pg.create_database(MLFLOW_DATABASE)
         env = {"MLFLOW_S3_ENDPOINT_URL": s3.url, **S3_CREDENTIALS}
         server = start_mlflow(backend, MLFLOW_ARTIFACTS, tmp_path / "mlflow.log", env=env)
-        # The client's own retries of a failing request (7, minutes of back-off by default) would hide the error.
-        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        # One retry without back-off: the client's default (7 retries, minutes of back-off) would only delay the error.
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
         state = {"s3": s3, "mlflow": server, "backend": backend, "env": env, "log": tmp_path / "mlflow.log"}
         try:
@@ -287,3 +288,35 @@ def test_tracking_server_restarted_between_two_runs_loses_nothing(trained: Path,
     second = register(trained, force=True)
     assert int(second.version) == int(first.version) + 1
     assert [v.version for v in client.search_model_versions(f"name='{NAME}'")].count(first.version) == 1
+
+
+def test_an_artifact_bucket_that_does_not_exist_leaves_no_version(
+    trained: Path, s3: Process, tmp_path: Path, monkeypatch
+) -> None:
+    from mlflow import MlflowClient
+
+    from cxr.registry.register import ArtifactStoreUnavailable
+
+    why = postgres_unavailable()
+    if why:
+        pytest.skip(why)
+    pytest.importorskip("psycopg2", reason="psycopg2-binary is needed for a PostgreSQL backend store")
+    with postgres_cluster() as pg:
+        backend = pg.create_database(MLFLOW_DATABASE)
+        env = {"MLFLOW_S3_ENDPOINT_URL": s3.url, **S3_CREDENTIALS}
+        server = start_mlflow(backend, "s3://no-such-bucket/mlflow", tmp_path / "mlflow.log", env=env)
+        try:
+            monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+            monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+            with pytest.raises(ArtifactStoreUnavailable) as info:
+                register(trained)
+            print(f"\n[artifact bucket that does not exist]\n{info.value}")
+            assert server.url in str(info.value) and "no model version was registered" in str(info.value)
+            assert MlflowClient(server.url).search_model_versions(f"name='{NAME}'") == []
+            assert "NoSuchBucket" in (tmp_path / "mlflow.log").read_text()  # the server's log says which
+        finally:
+            stop_process(server, timeout_s=5)
+            import mlflow
+
+            mlflow.set_tracking_uri(None)
