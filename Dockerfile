@@ -38,10 +38,11 @@ FROM base AS build
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone, so a code change does not reinstall torch.
+# Dependencies first, from pyproject.toml alone, so a code change does not reinstall torch. The team extra: the S3
+# clients for a DVC remote and MLflow artifacts in an object store, and PostgreSQL's driver (compose.yaml).
 COPY pyproject.toml README.md ./
 RUN mkdir -p cxr tasks flows && touch cxr/__init__.py tasks/__init__.py flows/__init__.py \
-    && pip install --extra-index-url "$TORCH_INDEX_URL" .
+    && pip install --extra-index-url "$TORCH_INDEX_URL" ".[team]"
 COPY cxr ./cxr
 COPY tasks ./tasks
 COPY flows ./flows

@@ -21,7 +21,7 @@ help:  ## list the targets
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,team]"
 	@touch $@
 
 # `dvc plots show` and `dvc plots diff` write a page that draws with Vega. .dvc/config (plots.html_template) points

@@ -25,7 +25,7 @@ from benchmarks.common import (
 )
 
 #: Other names accepted on the command line.
-ALIASES: dict[str, str] = {"train": "input", "cam": "gradcam", "serving": "pyfunc", "recipe": "quality"}
+ALIASES: dict[str, str] = {"train": "input", "explain": "cam", "serving": "pyfunc", "recipe": "quality"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         help="training runs side by side, each in its own process (quality); the others run one "
         "at a time. Without --threads, each process gets its share of the cores",
     )
+    parser.add_argument(
+        "--project",
+        type=Path,
+        default=None,
+        help="a trained project folder (params.yaml, its model and test split) for the benchmarks that explain a "
+        "trained model (cam), instead of training one",
+    )
     args = parser.parse_args(argv)
 
     if args.results is None:  # a smoke run never overwrites the recorded full-size figures
@@ -80,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         module = importlib.import_module(f"benchmarks.{name}")
         try:
-            options = {"jobs": args.jobs} if "jobs" in inspect.signature(module.run).parameters else {}
+            accepted = inspect.signature(module.run).parameters
+            options = {k: v for k, v in (("jobs", args.jobs), ("project", args.project)) if k in accepted}
             outcome = module.run(args.size, args.work, **options)
         except Exception as err:  # one failing benchmark must not hide the others' figures
             logging.getLogger("benchmarks").exception("benchmark %s failed", name)

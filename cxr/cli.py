@@ -142,7 +142,8 @@ def gradcam(params: ParamsOpt = Path("params.yaml"), root: RootOpt = None) -> No
     from cxr.evaluation.gradcam import gradcam
 
     s, r = setup(params, root)
-    res = _run(gradcam, s.base, s.gradcam, s.paths(r), s.train.device)
+    # The evaluate step's resamples and level: every figure of the test split has its interval drawn alike.
+    res = _run(gradcam, s.base, s.gradcam, s.paths(r), s.train.device, s.evaluate.n_boot, s.evaluate.ci)
     typer.echo(f"{res.images} overlays in {res.folder}")
 
 

@@ -14,7 +14,15 @@ from cxr.ops.dvc import pipeline_stages
 from cxr.ops.notify import notify_failure
 from cxr.ops.tracking import check_tracking, tracking_uri
 from cxr.reporting.summary import data_report_markdown, metrics_markdown
-from tasks.pipeline_tasks import FLOW_TIMEOUT_S, check_drift, download_data, gate_version, register_model, repro_stage
+from tasks.pipeline_tasks import (
+    FLOW_TIMEOUT_S,
+    check_drift,
+    download_data,
+    gate_version,
+    push_outputs,
+    register_model,
+    repro_stage,
+)
 
 #: Fixed artifact keys: each run adds a version, so the UI shows the history of each.
 METRICS_ARTIFACT = "cxr-test-metrics"
@@ -54,7 +62,7 @@ def pipeline(params: str = "params.yaml", root: str = ".") -> dict:
     # registration never run, and DVC records nothing for the failed stage.
     ran = {stage: repro_stage(stage, str(root_path)) for stage in pipeline_stages(root_path)}
     publish_data_report(paths.data_report, data["data_version"])
-    result: dict = {"data": data, "stages_ran": ran}
+    result: dict = {"data": data, "stages_ran": ran, "pushed": push_outputs(str(root_path))}
     # Before the gate, which holds a passing version back on drift (drift.block_promotion) from this report.
     result["drift"] = check_drift(params_path, str(root_path)) if settings.drift.enabled else None
     if settings.registry.enabled:

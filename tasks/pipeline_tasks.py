@@ -12,7 +12,17 @@ from prefect.artifacts import create_markdown_artifact
 
 from cxr.core.config import load_settings
 from cxr.core.logs import relayed
-from cxr.ops.dvc import DvcError, DvcLockBusy, StageKilled, has_remote, is_hint, run_dvc, stream_command
+from cxr.ops.dvc import (
+    DvcError,
+    DvcLockBusy,
+    StageKilled,
+    describe_remote,
+    has_remote,
+    is_hint,
+    push,
+    run_dvc,
+    stream_command,
+)
 
 # Time limits (seconds). Generous on purpose: they exist to free a hung worker (a stalled download,
 # a deadlocked DataLoader), not to police slow hardware. Full data on a CPU is the slow case.
@@ -122,6 +132,29 @@ def repro_stage(stage: str, root: str) -> bool:
     return ran
 
 
+@task(
+    name="dvc-push",
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=_transient,
+    timeout_seconds=DOWNLOAD_TIMEOUT_S,
+)
+def push_outputs(root: str) -> bool:
+    """Push the stages' outputs and the run-cache to the default DVC remote, when one is set; True when pushed.
+
+    Teammates then ``dvc pull`` the outputs of a committed ``dvc.lock`` instead of reproducing them, and
+    ``dvc repro`` takes a stage's outputs from the run-cache. An unreachable store is retried; a refusing one
+    (no credentials, no such bucket) fails the run with the remote's name and endpoint.
+    """
+    logger = get_run_logger()
+    if not has_remote(Path(root)):
+        logger.info("no DVC remote configured: outputs stay in the local DVC cache")
+        return False
+    push(Path(root), run_cache=True)
+    logger.info("pushed the outputs and the run-cache to DVC %s", describe_remote(Path(root)))
+    return True
+
+
 @tracking_task("drift")
 def check_drift(params: str, root: str) -> dict:
     """The drift step (report, MLflow run, notice on drift); publish the report."""
@@ -177,6 +210,7 @@ __all__ = [
     "check_drift",
     "download_data",
     "repro_stage",
+    "push_outputs",
     "register_model",
     "gate_version",
     "DvcError",

@@ -26,6 +26,7 @@ KEYS: dict[str, tuple[str, ...]] = {
         "train_step_ours_images_per_s",
     ),
     "gradcam": ("gradcam_batched_speedup",),
+    "cam": ("cam_pointing_game", "cam_lung_energy", "cam_ms_per_image", "cam_baseline_ms_per_image"),
     "pyfunc": ("pyfunc_batch_overhead", "pyfunc_single_latency_ms"),
     "flow": ("flow_overhead_vs_dvc_repro", "flow_overhead_first_run_vs_dvc_repro"),
     "drift": (

@@ -140,6 +140,8 @@ def tracking_under_tmp(session_tracking_uri: str, monkeypatch) -> None:
 #: order changes; what passes does not.
 LONGEST_FIRST = (
     "tests/model/test_pointing.py",
+    "tests/integration/test_team_faults.py",
+    "tests/integration/test_two_machines.py",
     "tests/integration/test_flow_benchmark.py",
     "tests/integration/test_pipeline.py",
     "tests/integration/test_experiments.py",

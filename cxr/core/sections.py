@@ -240,9 +240,23 @@ class Evaluate(Section):
 class GradCam(Section):
     """Explanations on test images."""
 
-    method: Literal["gradcam", "gradcam++", "eigencam"] = "gradcam"
+    #: The library's CAM method (``cxr.evaluation.cam.METHODS``; compared in ``python -m benchmarks cam``).
+    method: Literal[
+        "gradcam",
+        "gradcam++",
+        "hirescam",
+        "xgradcam",
+        "layercam",
+        "eigencam",
+        "eigengradcam",
+        "gradcam-elementwise",
+    ] = "eigengradcam"
+    #: The library's smoothing: the mean map of six flipped and rescaled copies (six passes); the first principal
+    #: component of the weighted activations instead of their sum.
+    aug_smooth: bool = False
+    eigen_smooth: bool = False
     #: The CAM's cell in input pixels: 32 reads the family's last block; 16 or 8 an earlier stage, for a finer map.
-    stride: Literal[8, 16, 32] = 8
+    stride: Literal[8, 16, 32] = 16
     #: Dotted name of the module the CAM reads (e.g. ``layer3.1.conv2``), overriding ``stride``.
     target_layer: str | None = Field(None, min_length=1)
     per_class: int = Field(4, ge=1)

@@ -17,7 +17,7 @@ from cxr.core.paths import ResolvedPaths
 from cxr.core.sections import Base, Download
 from cxr.data.rawindex import IndexEntry, build_index, from_ingestion, index_path, write_index
 from cxr.data.rawstore import SKIPPED_FILE, RawStore, pack, temp_dir
-from cxr.ops.dvc import DvcError, has_remote, run_dvc, stage_status, track_raw
+from cxr.ops.dvc import DvcError, RemoteError, has_remote, push, run_dvc, stage_status, track_raw
 from cxr.ops.lineage import DATA_DVC, read_data_dvc
 
 log = logging.getLogger(__name__)
@@ -278,6 +278,23 @@ def _put_back(raw: Path, old: Path | None, record: Path, before: bytes | None) -
     log.info("put %s and %s back as they were before this download", raw, record)
 
 
+def _push(root: Path, version: str) -> None:
+    """Push the data version to the default DVC remote, when one is set.
+
+    The version stays in ``data.dvc`` and the local cache when the push fails: the error names the remote,
+    and the next download (even one with nothing new to fetch) pushes it.
+    """
+    if not has_remote(root):
+        return
+    try:
+        push(root, (DATA_DVC,))
+    except RemoteError as err:
+        raise type(err)(
+            f"{err}\n(data version {version} is kept in data.dvc and the local DVC cache; the next download pushes it)"
+        ) from None
+    log.info("pushed data version %s to the default DVC remote", version)
+
+
 def download(base: Base, cfg: Download, paths: ResolvedPaths) -> DownloadResult:
     """Make ``data/raw`` match the params, then version it in ``data.dvc`` (and push when a remote is set)."""
     root, raw = paths.root, paths.raw
@@ -287,6 +304,8 @@ def download(base: Base, cfg: Download, paths: ResolvedPaths) -> DownloadResult:
         if _up_to_date(root, raw, fingerprint):
             log.info("data/raw is up to date with the params (%s); nothing to download", fingerprint)
             version = read_data_dvc(root)["outs"][0]["md5"]
+            # A push that failed last time (the store was down) happens now; one already done transfers nothing.
+            _push(root, version)
             return DownloadResult(raw, version, fingerprint, True, _counts(raw, base.folders))
         with temp_dir(raw.parent, f".{raw.name}-") as staging, temp_dir(raw.parent, f".{raw.name}-loose-") as loose:
             known = _fill(loose, base, cfg, root)
@@ -296,9 +315,7 @@ def download(base: Base, cfg: Download, paths: ResolvedPaths) -> DownloadResult:
             shutil.rmtree(loose)
             log.info("packed %d class folders into %s", len(archives), ", ".join(a.name for a in archives))
             version = _install(staging, raw, root, {**desc, "fingerprint": fingerprint})
-        if has_remote(root):
-            run_dvc(["push", "--quiet", DATA_DVC], root)
-            log.info("pushed data version %s to the default DVC remote", version)
+        _push(root, version)
         counts = _counts(raw, base.folders)
     log.info("data/raw now holds %s (data version %s)", counts, version)
     return DownloadResult(raw, version, fingerprint, False, counts)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,7 +23,18 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("gradcam", "gradcam++", "eigencam")
+#: The library's CAM methods that fit a CNN classifier at the cost of one forward and one backward pass (Score-CAM
+#: and Ablation-CAM, a forward pass per channel, do not), by the names ``gradcam.method`` accepts.
+METHODS = (
+    "gradcam",
+    "gradcam++",
+    "hirescam",
+    "xgradcam",
+    "layercam",
+    "eigencam",
+    "eigengradcam",
+    "gradcam-elementwise",
+)
 
 
 #: Per family, the module whose output is the last one at a finer stride than the last block's 32
@@ -82,9 +94,19 @@ def target_layers(
 
 def _cam_class(method: str) -> type:
     """Map a method name to the pytorch_grad_cam class."""
-    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus
+    import pytorch_grad_cam as lib
 
-    classes = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "gradcampp": GradCAMPlusPlus, "eigencam": EigenCAM}
+    classes = {
+        "gradcam": lib.GradCAM,
+        "gradcam++": lib.GradCAMPlusPlus,
+        "gradcampp": lib.GradCAMPlusPlus,
+        "hirescam": lib.HiResCAM,
+        "xgradcam": lib.XGradCAM,
+        "layercam": lib.LayerCAM,
+        "eigencam": lib.EigenCAM,
+        "eigengradcam": lib.EigenGradCAM,
+        "gradcam-elementwise": lib.GradCAMElementWise,
+    }
     key = method.lower().strip()
     if key not in classes:
         raise ValueError(f"unknown CAM method {method!r}; expected one of {METHODS}")
@@ -164,6 +186,44 @@ def _prepared_for_cams(model: torch.nn.Module, layers: list[torch.nn.Module]) ->
             p.grad = g
 
 
+@dataclass(frozen=True)
+class Smoothing:
+    """The library's smoothing options: ``aug`` averages the maps of six test-time variants of each image
+    (horizontal flip x intensity 0.9, 1, 1.1; six passes), ``eigen`` keeps the first principal component of the
+    weighted activations instead of their sum."""
+
+    aug: bool = False
+    eigen: bool = False
+
+
+def _one_batch(
+    model: torch.nn.Module,
+    layers: list[torch.nn.Module],
+    cam_cls: type,
+    batch: torch.Tensor,
+    targets: list[int] | None,
+    smoothing: Smoothing,
+) -> tuple[np.ndarray | None, torch.Tensor]:
+    """One batch's raw maps (None when the library swallowed an error) and its logits."""
+    import torch
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    logits = None
+    if smoothing.aug:
+        # Each variant would otherwise explain its own prediction, and the logits would be the last variant's.
+        with torch.no_grad():
+            logits = model(batch)
+        if targets is None:
+            targets = logits.argmax(dim=1).tolist()
+    cam_targets = None if targets is None else [ClassifierOutputTarget(t) for t in targets]
+    result = None
+    with cam_cls(model=model, target_layers=layers) as cam:
+        result = cam(input_tensor=batch, targets=cam_targets, aug_smooth=smoothing.aug, eigen_smooth=smoothing.eigen)
+        if logits is None and result is not None:
+            logits = cam.outputs
+    return result, logits
+
+
 def _cams_by_batch(
     model: torch.nn.Module,
     layers: list[torch.nn.Module],
@@ -171,12 +231,11 @@ def _cams_by_batch(
     images: torch.Tensor,
     targets: list[int] | None,
     batch_size: int,
-    return_logits: bool,
+    smoothing: Smoothing,
     desc: str | None = None,
-) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The raw maps (B, H, W) float32, batch by batch, and each batch's logits when ``return_logits``."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The raw maps (B, H, W) float32, batch by batch, and the logits (B, K)."""
     import torch
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from cxr.ops.progress import Progress
 
@@ -192,18 +251,15 @@ def _cams_by_batch(
             # A copy: the caller's tensor is never touched.
             batch = images[start:stop].detach().to(device=device, dtype=dtype, copy=True)
             batch = batch.contiguous(memory_format=torch.channels_last)
-            cam_targets = None if targets is None else [ClassifierOutputTarget(t) for t in targets[start:stop]]
-            result = None
-            with cam_cls(model=model, target_layers=layers) as cam:
-                result = cam(input_tensor=batch, targets=cam_targets)
-                if return_logits and result is not None:
-                    logits.append(cam.outputs.detach().float().cpu().numpy())
+            part = None if targets is None else targets[start:stop]
+            result, z = _one_batch(model, layers, cam_cls, batch, part, smoothing)
             if result is None:  # the library's __exit__ swallows IndexError (e.g. a bad target index)
                 raise ValueError(f"CAM computation failed for images {start}:{stop} (target index out of range?)")
             out[start:stop] = np.asarray(result, dtype=np.float32).reshape(stop - start, h, w)
+            logits.append(z.detach().float().cpu().numpy())
             progress.update(stop - start)
             del batch
-    return out, logits
+    return out, np.concatenate(logits)
 
 
 def compute_cams(
@@ -217,6 +273,7 @@ def compute_cams(
     layer: str | None = None,
     stride: int = 32,
     desc: str | None = None,
+    smoothing: Smoothing = Smoothing(),
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Batched CAMs (B,H,W) float32 in [0,1] for class indices (None: predicted class) via the library's CAM context.
 
@@ -226,7 +283,9 @@ def compute_cams(
     target layer's output is made a leaf), so the backward pass runs through the head only, and
     channels-last convolutions. ``return_logits`` also returns the model's outputs (B, K) from the
     same forward pass, so a caller that needs predictions does not run the model twice. ``layer``
-    and ``stride`` choose the target layer (:func:`target_layers`; by default the family's last block).
+    and ``stride`` choose the target layer (:func:`target_layers`; by default the family's last block);
+    ``method`` is one of :data:`METHODS`, ``smoothing`` the library's options (:class:`Smoothing`). With ``aug``
+    smoothing every variant explains the class predicted for the image itself, and the logits are the image's.
     With ``desc``, the progress is shown (:class:`cxr.ops.progress.Progress`).
 
     For the duration of the call the model's hooks, ``requires_grad`` flags and memory format
@@ -241,8 +300,8 @@ def compute_cams(
         empty = np.zeros((0, h, w), dtype=np.float32)
         return (empty, np.zeros((0, 0), dtype=np.float32)) if return_logits else empty
     with _prepared_for_cams(model, layers):
-        out, logits = _cams_by_batch(model, layers, cam_cls, images, targets, batch_size, return_logits, desc)
+        out, logits = _cams_by_batch(model, layers, cam_cls, images, targets, batch_size, smoothing, desc)
     np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
     np.clip(out, 0.0, 1.0, out=out)
     logger.debug("computed %d %s CAMs (%s) at %dx%d", n, method, arch, h, w)
-    return (out, np.concatenate(logits)) if return_logits else out
+    return (out, logits) if return_logits else out

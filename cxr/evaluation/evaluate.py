@@ -17,9 +17,10 @@ from cxr.core.paths import ResolvedPaths
 from cxr.core.sections import Base, Evaluate
 from cxr.data.manifest import Manifest, read_manifest
 from cxr.data.rawstore import replace_dir, temp_dir
+from cxr.evaluation.calibrate import CalibrationChoice, choose_calibration
 from cxr.evaluation.headline import headline_files
 from cxr.model.cache import CachedImages, decoded_cache
-from cxr.model.inference import load_trained, pick_device, predict, softmax
+from cxr.model.inference import load_trained, pick_device, predict
 
 log = logging.getLogger(__name__)
 
@@ -31,33 +32,6 @@ class EvalResult:
     metrics: Path
     accuracy: float
     macro_auc: float | None
-
-
-@dataclass(frozen=True)
-class TemperatureChoice:
-    """The temperature fitted on validation and the cross-validated check that decides whether it is used."""
-
-    fitted: float
-    check: dict[str, Any]
-
-    @property
-    def applied(self) -> bool:
-        """Whether scaling helped on held-out validation folds."""
-        return self.check["helps"]
-
-    @property
-    def temperature(self) -> float:
-        """The temperature serving and the figures use: the fitted one only when it helps."""
-        return self.fitted if self.applied else 1.0
-
-    def record(self) -> dict[str, Any]:
-        """The choice as the metrics and calibration.json report it."""
-        return {
-            "temperature": self.temperature,
-            "temperature_fitted": self.fitted,
-            "temperature_applied": self.applied,
-            "criterion": self.check["criterion"],
-        }
 
 
 def split_logits(
@@ -85,24 +59,6 @@ def _score_splits(
     )
 
 
-def choose_temperature(logits: np.ndarray, labels: np.ndarray, seed: int) -> TemperatureChoice:
-    """Fit a temperature on validation logits and check by cross-validation on validation whether it helps."""
-    from cxr.stats.calibration import fit_temperature, temperature_check
-
-    choice = TemperatureChoice(float(fit_temperature(logits, labels)), temperature_check(logits, labels, seed=seed))
-    check = choice.check
-    # Serving and every figure use the temperature only when it helps on held-out validation folds.
-    log.info(
-        "temperature %.3f fitted on validation, %s: 5-fold cross-validated NLL on validation %.4f scaled vs %.4f "
-        "unscaled (applied only when scaling lowers it)",
-        choice.fitted,
-        "applied" if choice.applied else "not applied",
-        check["valid_cv_nll_scaled"],
-        check["valid_cv_nll_unscaled"],
-    )
-    return choice
-
-
 def _positive_threshold(
     classes: Sequence[str], positive: str | None, labels: np.ndarray, probs: np.ndarray
 ) -> float | None:
@@ -116,24 +72,27 @@ def _positive_threshold(
 
 
 def _calibration_summary(
-    choice: TemperatureChoice, labels: np.ndarray, logits: np.ndarray, probs: np.ndarray
+    choice: CalibrationChoice, labels: np.ndarray, logits: np.ndarray, cfg: Evaluate, seed: int
 ) -> dict[str, Any]:
-    """The temperature choice and the test calibration it gives, against none and against the fitted one."""
-    from cxr.stats.calibration import calibration
+    """The calibration chosen on validation and what it gives on test: ECE with its interval, Brier, the
+    reliability bins' counts; beside it every candidate's test ECE (reported, never used for the choice)."""
+    from cxr.evaluation.calibrate import held_out_figures
+    from cxr.stats.calibration import calibration, ece_with_ci
 
-    cal = calibration(labels, probs)
-    uncal = calibration(labels, softmax(logits))
-    # Reported, never used for any choice: what the fitted temperature does to held-out (test) calibration.
-    fitted_ece = calibration(labels, softmax(logits, choice.fitted))["ece"]
+    def ece(probs: np.ndarray) -> dict[str, Any]:
+        return ece_with_ci(labels, probs, n_boot=cfg.n_boot, seed=seed, ci=cfg.ci)
+
+    methods = held_out_figures(choice, labels, logits, ece)
+    served = calibration(labels, choice.calibrator.probabilities(logits))
+    record = {k: v for k, v in choice.record().items() if k not in ("vector", "isotonic")}  # the map: calibration.json
     return {
-        **choice.record(),
-        "valid_cv_nll_scaled": choice.check["valid_cv_nll_scaled"],
-        "valid_cv_nll_unscaled": choice.check["valid_cv_nll_unscaled"],
-        "ece": cal["ece"],
-        "brier": cal["brier"],
-        "ece_uncalibrated": uncal["ece"],
-        "ece_at_fitted_temperature": fitted_ece,
-        "fitted_worsens_test_ece": bool(fitted_ece > uncal["ece"]),
+        **record,
+        **methods[choice.method],
+        "brier": served["brier"],
+        "ece_uncalibrated": methods["none"]["ece"],
+        "methods": methods,
+        "n_bins": served["n_bins"],
+        "bin_count": served["bin_count"],
     }
 
 
@@ -168,7 +127,13 @@ def _write_reports(
 
 
 def _save_figures(
-    out: StagedOutputs, folder: Path, cm: list[list[int]], classes: Sequence[str], labels: np.ndarray, probs: np.ndarray
+    out: StagedOutputs,
+    folder: Path,
+    cm: list[list[int]],
+    classes: Sequence[str],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    ece_ci: tuple[float | None, float | None],
 ) -> None:
     """The confusion matrix, ROC, precision-recall and reliability figures as PNGs in ``out``."""
     from cxr.evaluation import figures
@@ -177,7 +142,7 @@ def _save_figures(
         "confusion_matrix.png": figures.plot_confusion_matrix(np.asarray(cm), classes),
         "roc.png": figures.plot_roc(labels, probs, classes),
         "precision_recall.png": figures.plot_pr(labels, probs, classes),
-        "reliability.png": figures.plot_reliability(labels, probs),
+        "reliability.png": figures.plot_reliability(labels, probs, ece_ci=ece_ci),
     }
     for name, fig in figs.items():
         with out.path(folder / name) as tmp:
@@ -200,15 +165,16 @@ def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "aut
     size = int(meta["image_size"])
     test, (v_logits, v_labels), (t_logits, t_labels) = _score_splits(model, classes, paths, size, cfg.batch_size)
 
-    choice = choose_temperature(v_logits, v_labels, base.seed)
-    v_probs, t_probs = softmax(v_logits, choice.temperature), softmax(t_logits, choice.temperature)
+    choice = choose_calibration(v_logits, v_labels, base.seed)
+    v_probs, t_probs = choice.calibrator.probabilities(v_logits), choice.calibrator.probabilities(t_logits)
     pos = cfg.positive_class
     threshold = _positive_threshold(classes, pos, v_labels, v_probs)
     m = classification_metrics(t_labels, t_probs, classes, pos, threshold, cfg.n_boot, base.seed, cfg.ci)
     cm = m.pop("confusion_matrix")
+    cal = _calibration_summary(choice, t_labels, t_logits, cfg, base.seed)
     metrics = {
         **m,
-        "calibration": _calibration_summary(choice, t_labels, t_logits, t_probs),
+        "calibration": cal,
         "valid_accuracy": float((v_probs.argmax(1) == v_labels).mean()),
     }
     # The shortcut audit: a model that keys on the source archive scores very differently per source.
@@ -225,9 +191,9 @@ def evaluate(base: Base, cfg: Evaluate, paths: ResolvedPaths, device: str = "aut
     with temp_dir(headline.parent, f".{headline.name}-") as build, staged_outputs() as out:
         for name, row in headline_files(metrics).items():
             write_json(build / name, row)
-        calibration = {**choice.record(), "positive_class": pos, "threshold": threshold}
+        calibration = {**choice.record(), "positive_class": pos, "threshold": threshold}  # what serving applies
         _write_reports(out, paths, metrics, cm, classes, calibration, test, t_labels, t_probs)
-        _save_figures(out, paths.eval_reports, cm, classes, t_labels, t_probs)
+        _save_figures(out, paths.eval_reports, cm, classes, t_labels, t_probs, (cal["ece_ci_low"], cal["ece_ci_high"]))
         replace_dir(build, headline)
     auc = "n/a" if m.get("macro_auc") is None else f"{m['macro_auc']:.4f}"
     log.info("test accuracy %.4f (n=%d), macro AUC %s", m["accuracy"], len(t_labels), auc)

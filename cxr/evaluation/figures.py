@@ -161,8 +161,14 @@ def plot_pr(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> Fi
     return fig
 
 
-def plot_reliability(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> Figure:
-    """Reliability diagram of top-1 confidence vs accuracy with a confidence histogram; ECE in the title."""
+def plot_reliability(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    n_bins: int = 15,
+    ece_ci: tuple[float | None, float | None] = (None, None),
+) -> Figure:
+    """Reliability diagram of top-1 confidence vs accuracy over a histogram of the bins' image counts (each bar
+    labelled with its count: a bin of three images says little); ECE, with its interval when given, in the title."""
     from cxr.stats.calibration import calibration
 
     cal = calibration(y_true, probs, n_bins=n_bins)
@@ -193,11 +199,15 @@ def plot_reliability(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) ->
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("Accuracy")
-    ax.set_title(f"Reliability (ECE={cal['ece']:.3f}, Brier={cal['brier']:.3f})")
+    lo, hi = ece_ci
+    interval = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
+    ax.set_title(f"Reliability (ECE={cal['ece']:.3f}{interval}, Brier={cal['brier']:.3f})")
     ax.legend(loc="upper left", fontsize=8)
-    hx.bar(centres, count, width=width, color="grey", edgecolor="black")
+    bars = hx.bar(centres, count, width=width, color="grey", edgecolor="black")
+    hx.bar_label(bars, labels=[f"{int(c)}" if c else "" for c in count], fontsize=7, padding=1)
+    hx.set_ylim(0, max(1.0, float(count.max())) * 1.25)  # room for the labels
     hx.set_xlabel("Confidence (max probability)")
-    hx.set_ylabel("Count")
+    hx.set_ylabel("Images")
     return fig
 
 

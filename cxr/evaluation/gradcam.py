@@ -19,7 +19,8 @@ from cxr.data.masks import lesion_mask_path, lung_mask_path, read_mask
 from cxr.data.rawstore import RawStore, replace_dir, temp_dir
 from cxr.evaluation.headline import cam_headline
 from cxr.model.cache import decoded_cache
-from cxr.model.inference import load_trained, pick_device, read_temperature, softmax
+from cxr.model.calibrate import Calibrator, read_calibration
+from cxr.model.inference import load_trained, pick_device
 from cxr.model.preprocess import to_input
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,30 @@ def select_cases(labels: np.ndarray, probs: np.ndarray, k: int, per_class: int) 
     return out
 
 
-def _served_temperature(paths: ResolvedPaths) -> float:
-    """The temperature evaluation chose on validation (the probabilities a user of the served model sees), else 1."""
+def _served_calibration(paths: ResolvedPaths) -> Calibrator:
+    """The calibration evaluation chose on validation (the probabilities a user of the served model sees), else none."""
     if paths.calibration.is_file():
-        return read_temperature(paths.calibration)
+        return read_calibration(paths.calibration)
     log.warning(
         "%s: not found (run the evaluate step first); the galleries show uncalibrated probabilities", paths.calibration
     )
-    return 1.0
+    return Calibrator()
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """How the explanation figures' intervals are drawn: the evaluate step's resamples and level, the base seed."""
+
+    n_boot: int = 1000
+    ci: float = 0.95
+    seed: int = 0
+
+    def put(self, out: dict, name: str, values: np.ndarray, labels: np.ndarray) -> None:
+        """``name`` (the mean of the finite ``values``) and its interval into ``out``, images resampled per class."""
+        from cxr.stats.bootstrap import bootstrap_mean, put_with_ci
+
+        point, samples = bootstrap_mean(values, labels, self.n_boot, self.seed)
+        put_with_ci(out, name, point, samples, self.ci)
 
 
 def _by_class(values: np.ndarray, labels: np.ndarray, classes: Sequence[str], present_only: bool = False) -> dict:
@@ -80,7 +97,9 @@ def _by_class(values: np.ndarray, labels: np.ndarray, classes: Sequence[str], pr
     return {c: _mean(values[labels == i]) for i, c in enumerate(classes) if not present_only or (labels == i).any()}
 
 
-def _lung_metrics(cams: np.ndarray, lungs: list, labels: np.ndarray, classes: Sequence[str], raw: Path) -> dict:
+def _lung_metrics(
+    cams: np.ndarray, lungs: list, labels: np.ndarray, classes: Sequence[str], raw: Path, boot: Intervals
+) -> dict:
     """Share of CAM energy inside the lungs against the lungs' area; or, without lung masks, why it is missing."""
     from cxr.evaluation.localisation import energy_inside
 
@@ -95,15 +114,19 @@ def _lung_metrics(cams: np.ndarray, lungs: list, labels: np.ndarray, classes: Se
         return {"lung_energy_absent": absent}
     m = np.stack([lm for lm in lungs if lm is not None])
     energy = energy_inside(cams[has_lung], m)
+    out: dict = {}
+    boot.put(out, "lung_energy", energy, labels[has_lung])
     return {
-        "lung_energy": _mean(energy),
+        **out,
         "lung_area_fraction": _mean(m.reshape(len(m), -1).mean(1)),
         "lung_energy_per_class": _by_class(energy, labels[has_lung], classes),
         "lung_mask_images": int(has_lung.sum()),
     }
 
 
-def _lesion_metrics(cams: np.ndarray, lesions: list, labels: np.ndarray, classes: Sequence[str]) -> dict:
+def _lesion_metrics(
+    cams: np.ndarray, lesions: list, labels: np.ndarray, classes: Sequence[str], boot: Intervals
+) -> dict:
     """The pointing game against chance, IoU and energy inside the lesions; empty without lesion masks."""
     from cxr.evaluation.localisation import energy_inside, iou_at_top, pointing_game
 
@@ -115,25 +138,47 @@ def _lesion_metrics(cams: np.ndarray, lesions: list, labels: np.ndarray, classes
     # A uniformly random peak lands in the lesion with probability equal to its area fraction.
     area = m.reshape(len(m), -1).mean(1)
     lesion_labels = labels[has_lesion]
-    return {
-        "pointing_game": _mean(hits),
-        "pointing_game_images": int(has_lesion.sum()),
-        "pointing_game_chance": _mean(area),
-        "pointing_game_per_class": _by_class(hits, lesion_labels, classes, present_only=True),
-        "pointing_game_chance_per_class": _by_class(area, lesion_labels, classes, present_only=True),
-        "lesion_iou": _mean(iou_at_top(cams[has_lesion], m)),
-        "lesion_energy": _mean(energy_inside(cams[has_lesion], m)),
-    }
+    out: dict = {}
+    boot.put(out, "pointing_game", hits, lesion_labels)
+    out.update(
+        {
+            "pointing_game_images": int(has_lesion.sum()),
+            "pointing_game_chance": _mean(area),
+            "pointing_game_per_class": _by_class(hits, lesion_labels, classes, present_only=True),
+            "pointing_game_chance_per_class": _by_class(area, lesion_labels, classes, present_only=True),
+        }
+    )
+    boot.put(out, "lesion_iou", iou_at_top(cams[has_lesion], m), lesion_labels)
+    boot.put(out, "lesion_energy", energy_inside(cams[has_lesion], m), lesion_labels)
+    return out
 
 
-def localisation_metrics(
-    cams: np.ndarray, rows: Sequence[dict[str, str]], labels: np.ndarray, classes: Sequence[str], raw: Path, size: int
-) -> dict:
-    """Where the maps of the test images fall: inside the lungs (where masked) and on the lesions (where known)."""
+def read_masks(rows: Sequence[dict[str, str]], raw: Path, size: int) -> tuple[list, list]:
+    """The lung masks and the lesion masks of ``rows`` at ``size`` (None where an image has none)."""
     with RawStore(raw) as store:
         lungs = [read_mask(store, lung_mask_path(r), size) for r in rows]
         lesions = [read_mask(store, lesion_mask_path(r), size) for r in rows]
-    return {**_lung_metrics(cams, lungs, labels, classes, raw), **_lesion_metrics(cams, lesions, labels, classes)}
+    return lungs, lesions
+
+
+def localisation_metrics(
+    cams: np.ndarray,
+    rows: Sequence[dict[str, str]],
+    labels: np.ndarray,
+    classes: Sequence[str],
+    raw: Path,
+    size: int,
+    boot: Intervals = Intervals(),
+    masks: tuple[list, list] | None = None,
+) -> dict:
+    """Where the maps of the test images fall: inside the lungs (where masked) and on the lesions (where known),
+    each mean with its bootstrap interval over the images. ``masks``: :func:`read_masks`' answer, read once."""
+    lungs, lesions = masks if masks is not None else read_masks(rows, raw, size)
+    return {
+        **_lung_metrics(cams, lungs, labels, classes, raw, boot),
+        **_lesion_metrics(cams, lesions, labels, classes, boot),
+        "bootstrap": {"n_boot": boot.n_boot, "ci": boot.ci, "seed": boot.seed, "stratified": True},
+    }
 
 
 def write_overlays(
@@ -167,9 +212,12 @@ def write_overlays(
     return written
 
 
-def gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "auto") -> GradCamResult:
-    """CAMs for every test image; overlays and a gallery per class; lung-energy and lesion-pointing metrics."""
-    from cxr.evaluation.cam import compute_cams
+def gradcam(
+    base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "auto", n_boot: int = 1000, ci: float = 0.95
+) -> GradCamResult:
+    """CAMs for every test image; overlays and a gallery per class; lung-energy and lesion-pointing metrics, each with
+    its bootstrap interval (``n_boot`` resamples at level ``ci``: the evaluate step's, so every test figure has one)."""
+    from cxr.evaluation.cam import Smoothing, compute_cams
 
     ensure_writable(paths.gradcam_reports.parent, paths.cam_metrics.parent)  # before the minutes of work
     model, meta = load_trained(paths.best_checkpoint, pick_device(device))
@@ -190,12 +238,20 @@ def gradcam(base: Base, cfg: GradCam, paths: ResolvedPaths, device: str = "auto"
         layer=cfg.target_layer,
         stride=cfg.stride,
         desc="Grad-CAM on the test split",
+        smoothing=Smoothing(cfg.aug_smooth, cfg.eigen_smooth),
     )
-    probs = softmax(logits, _served_temperature(paths))
+    probs = _served_calibration(paths).probabilities(logits)
 
     layer = cfg.target_layer or _layer_name(model, arch, cfg.stride)
-    metrics: dict = {"method": cfg.method, "target_layer": layer, "images": len(test)}
-    metrics.update(localisation_metrics(cams, test.rows, labels, classes, paths.raw, size))
+    metrics: dict = {
+        "method": cfg.method,
+        "aug_smooth": cfg.aug_smooth,
+        "eigen_smooth": cfg.eigen_smooth,
+        "target_layer": layer,
+        "images": len(test),
+    }
+    boot = Intervals(n_boot, ci, base.seed)
+    metrics.update(localisation_metrics(cams, test.rows, labels, classes, paths.raw, size, boot))
     out = paths.gradcam_reports
     # The folder is built aside and swapped in, with the headline file: a failure leaves the old outputs whole.
     with temp_dir(out.parent, f".{out.name}-") as build, staged_outputs() as staged:

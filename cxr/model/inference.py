@@ -6,7 +6,6 @@ imports the training loop, and this module imports nothing from it either.
 
 from __future__ import annotations
 
-import json
 import pickle
 from contextlib import nullcontext
 from pathlib import Path
@@ -115,17 +114,3 @@ def predict(
             progress.update(len(y))
     model.train(was_training)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
-
-
-def read_temperature(path: Path) -> float:
-    """The ``temperature`` of a calibration.json written by the evaluate step."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: calibration file not found; run the evaluate step first") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    t = data.get("temperature") if isinstance(data, dict) else None
-    if not isinstance(t, (int, float)) or isinstance(t, bool) or not np.isfinite(t) or t <= 0:
-        raise ValueError(f"{path}: 'temperature' must be a positive number, got {t!r}")
-    return float(t)

@@ -33,6 +33,26 @@ class StageKilled(DvcError):
     """A stage's process was killed by a signal (worth retrying: training resumes from its last checkpoint)."""
 
 
+class RemoteError(DvcError):
+    """DVC's remote refused a transfer (no such bucket, no or wrong credentials): a retry does not help."""
+
+
+class RemoteUnreachable(RemoteError, ConnectionError):
+    """DVC's remote did not answer (its object store is down or unreachable): worth retrying."""
+
+
+# botocore's and DVC's words for an endpoint that does not answer, and for a store that answers "no".
+_UNREACHABLE = re.compile(
+    r"Could not connect to the endpoint URL|EndpointConnectionError|Connection refused|Connect timeout|"
+    r"Read timeout on endpoint|Name or service not known|Temporary failure in name resolution",
+    re.IGNORECASE,
+)
+_REFUSED = re.compile(
+    r"Unable to locate credentials|NoCredentialsError|NoSuchBucket|bucket does not exist|InvalidAccessKeyId|"
+    r"SignatureDoesNotMatch|AccessDenied|Access Denied|Forbidden",
+    re.IGNORECASE,
+)
+
 # DVC refuses to run while another process holds the repository lock; that clears when the other run ends.
 _DVC_LOCK = re.compile(r"Unable to acquire lock|lock is held|is busy", re.IGNORECASE)
 # DVC reports a stage killed by SIGKILL/SIGTERM as a negative exit code (or 128+N through a shell).
@@ -158,6 +178,51 @@ def track_raw(root: Path, raw_rel: str, meta: dict) -> str:
 def has_remote(root: Path) -> bool:
     """Whether a DVC remote is configured."""
     return bool(run_dvc(["remote", "list"], root).strip())
+
+
+def remote_config(root: Path, name: str | None = None) -> dict[str, str]:
+    """The settings of remote ``name`` (default: the default remote) from every config level, plus its ``name``."""
+    pairs = dict(line.split("=", 1) for line in run_dvc(["config", "--list"], root).splitlines() if "=" in line.strip())
+    name = name or pairs.get("core.remote", "")
+    prefix = f"remote.{name}."
+    return {"name": name, **{k[len(prefix) :]: v for k, v in pairs.items() if k.startswith(prefix)}}
+
+
+def describe_remote(root: Path) -> str:
+    """The default remote in words: its name, URL and the endpoint its object store answers on."""
+    try:
+        cfg = remote_config(root)
+    except DvcError:
+        return "the default DVC remote"
+    url = cfg.get("url", "?")
+    endpoint = cfg.get("endpointurl") or ("the provider's default endpoint" if "://" in url else "a local folder")
+    return f"remote '{cfg.get('name') or '?'}' ({url}) at {endpoint}"
+
+
+def transfer(action: str, root: Path, args: list[str], on_line: Callable[[str], None] | None = None) -> str:
+    """``dvc push`` or ``dvc pull`` with ``args``; a failure on the remote's side names the remote and its endpoint.
+
+    An unreachable store raises :class:`RemoteUnreachable` (a ConnectionError: worth a retry), a store that
+    refuses (no credentials, no such bucket) :class:`RemoteError`; other failures stay :class:`DvcError`.
+    """
+    try:
+        return run_dvc([action, *args], root, on_line)
+    except DvcLockBusy:
+        raise
+    except DvcError as err:
+        text = str(err)
+        cls = RemoteUnreachable if _UNREACHABLE.search(text) else RemoteError if _REFUSED.search(text) else None
+        if cls is None:
+            raise
+        what = "unreachable" if cls is RemoteUnreachable else "refused the transfer"
+        reason = next((ln.strip() for ln in text.splitlines() if _UNREACHABLE.search(ln) or _REFUSED.search(ln)), text)
+        reason = re.sub(r"^ERROR:\s*(unexpected error - )?", "", reason)
+        raise cls(f"object store of DVC {describe_remote(root)} {what} during `dvc {action}`: {reason}") from None
+
+
+def push(root: Path, targets: tuple[str, ...] = (), run_cache: bool = False, on_line=None) -> str:
+    """``dvc push`` of ``targets`` (all when empty), with the run-cache when ``run_cache``: see :func:`transfer`."""
+    return transfer("push", root, [*(["--run-cache"] if run_cache else []), *targets], on_line)
 
 
 def stage_status(root: Path, *targets: str) -> dict:

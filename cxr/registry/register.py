@@ -13,11 +13,15 @@ from cxr.core.config import Settings
 from cxr.core.io import read_csv, read_json
 from cxr.core.paths import ResolvedPaths
 from cxr.ops.lineage import data_version, file_hash, flatten, git_commit
-from cxr.ops.tracking import check_tracking, ensure_experiment, tracking_uri
+from cxr.ops.tracking import TrackingUnavailable, check_tracking, ensure_experiment, tracking_uri
 from cxr.registry.provenance import link_training_run, log_datasets, pipeline_datasets
 from cxr.reporting.modelcard import metric_tags, model_card, version_description
 
 log = logging.getLogger(__name__)
+
+
+class ArtifactStoreUnavailable(TrackingUnavailable):
+    """The tracking server answers but cannot store a run's files (its artifact store is down or refuses)."""
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,49 @@ def _log_run(settings: Settings, paths: ResolvedPaths, inputs: _Inputs, params_f
     )
 
 
+def _logged_run(settings: Settings, paths: ResolvedPaths, inputs: _Inputs, params_file, exp_id: str, uri: str):
+    """:func:`_log_run` in a new run; returns the logged model's info and the run.
+
+    A failure to store the run's files (the server's artifact store down or refusing) raises
+    :class:`ArtifactStoreUnavailable` naming the server and the run, which ends FAILED with no version made
+    from it: a retry logs a new run.
+    """
+    import mlflow
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    where, run_id = "a new run", None
+    try:
+        with mlflow.start_run(experiment_id=exp_id, run_name=f"pipeline-{inputs.lineage['git_commit'][:8]}") as run:
+            where, run_id = f"run {run.info.run_id} (artifact root {run.info.artifact_uri})", run.info.run_id
+            return _log_run(settings, paths, inputs, params_file), run
+    except (MlflowException, requests.RequestException) as err:
+        if run_id is not None:
+            _mark_failed(run_id)
+        if not uri.startswith(("http://", "https://")):
+            raise
+        reason = " ".join(str(err).split())[:700]
+        raise ArtifactStoreUnavailable(
+            f"MLflow tracking server {uri} could not store the files of {where}; its artifact store "
+            f"(--artifacts-destination) may be down or refusing, its log says which: {reason}; no model version "
+            "was registered (the run is marked FAILED; the next registration logs a new one)"
+        ) from err
+
+
+def _mark_failed(run_id: str) -> None:
+    """End a run that a failed upload left RUNNING as FAILED (the context manager does not always get to)."""
+    import mlflow
+
+    try:
+        if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
+            mlflow.end_run("FAILED")
+        client = mlflow.MlflowClient()
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "FAILED")
+    except Exception:  # noqa: BLE001 - the upload's error is the one to report
+        log.warning("run %s could not be marked FAILED", run_id, exc_info=True)
+
+
 def _link_training(client, exp_id: str, run_id: str, paths: ResolvedPaths, inputs: _Inputs) -> str | None:
     """Nest the live training run under the pipeline run; a failure is logged, not raised (the run is complete)."""
     try:
@@ -285,15 +332,14 @@ def register(
     name, uri = settings.base.model_name, tracking_uri(paths.root)
     check_tracking(uri)
     inputs = _read_inputs(settings, paths)
-    lineage, commit = inputs.lineage, inputs.lineage["git_commit"]
+    lineage = inputs.lineage
     mlflow.set_tracking_uri(uri)
     exp_id = ensure_experiment(mlflow, settings.base.experiment, paths.root, uri)
     client = mlflow.MlflowClient()
     same = None if force else find_version_by_inputs(client, name, lineage["inputs_hash"])
     if same is not None:
         return _record_unchanged(client, exp_id, uri, paths, inputs, same)
-    with mlflow.start_run(experiment_id=exp_id, run_name=f"pipeline-{commit[:8]}") as run:
-        info = _log_run(settings, paths, inputs, params_file)
+    info, run = _logged_run(settings, paths, inputs, params_file, exp_id, uri)
     # The version is created only once the run has finished with every artifact in place.
     run_id = run.info.run_id
     tags = {**lineage, "mlflow_run_id": run_id, **metric_tags(inputs.metrics, settings.evaluate.positive_class)}

@@ -4,7 +4,7 @@ Inputs, one image each: encoded bytes (PNG, JPEG), a base64 string of those byte
 or H x W x 3 RGB); in a DataFrame column ``image`` or a list. A file path only where the serving process allows
 a folder (``CXR_SERVE_IMAGE_ROOT``, see cxr/serving/inputs.py). The output has
 one column ``p_<class>`` per class, in the checkpoint's order, and ``label``. Decoding, resizing,
-normalisation, the class order and the temperature all travel inside the logged model, so a client
+normalisation, the class order and the calibration map all travel inside the logged model, so a client
 sends raw images and nothing else.
 """
 
@@ -21,7 +21,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from cxr.model.inference import read_temperature
+from cxr.model.calibrate import Calibrator, read_calibration
 from cxr.model.preprocess import MAX_PIXELS
 from cxr.serving.inputs import IMAGE_COLUMN, IMAGE_ROOT_ENV, BadImage, as_items, image_root, item_name, load_one
 
@@ -80,7 +80,7 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
     """Chest X-ray classifier: raw images in, calibrated probabilities per class and a label out."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        """Load the checkpoint (weights only) and the temperature from the model's artifacts."""
+        """Load the checkpoint (weights only) and the calibration the evaluate step chose from the model's artifacts."""
         import torch
 
         from cxr.model.inference import load_trained
@@ -91,7 +91,7 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
         self.image_size = int(meta["image_size"])
         self.arch = str(meta["arch"])
         calibration = context.artifacts.get(CALIBRATION_ARTIFACT)
-        self.temperature = read_temperature(Path(calibration)) if calibration else 1.0
+        self.calibrator = read_calibration(Path(calibration)) if calibration else Calibrator()
         config = context.model_config or {}
         self.batch_size = int(config.get("batch_size", DEFAULT_BATCH_SIZE))
         # download.max_pixels when it was registered (versions from before: ingestion's default).
@@ -101,11 +101,11 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
         # download.source when it was registered (None for versions from before it was recorded).
         self.data_source: str | None = config.get("data_source")
         log.info(
-            "loaded %s for %s at %d px, T=%.3f on %s; images up to %s pixels; image files read from %s",
+            "loaded %s for %s at %d px, calibration %s on %s; images up to %s pixels; image files read from %s",
             self.arch,
             list(self.classes),
             self.image_size,
-            self.temperature,
+            self.calibrator.method,
             self.device,
             f"{self.max_pixels:,}",
             self.image_root or f"nowhere ({IMAGE_ROOT_ENV} is not set)",
@@ -153,12 +153,15 @@ class CxrClassifier(mlflow.pyfunc.PythonModel):
                 out.append(self.model(batch).float().cpu().numpy())
         return np.concatenate(out)
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Calibrated probabilities (N, K): softmax of logits / temperature."""
-        from cxr.model.inference import softmax
+    @property
+    def temperature(self) -> float:
+        """The temperature applied (1 unless the calibration chosen is temperature scaling)."""
+        return self.calibrator.temperature
 
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (N, K): the evaluate step's calibration map applied to the logits."""
         logits = self.logits(images).astype(np.float64)
-        return softmax(logits, self.temperature) if len(logits) else logits
+        return self.calibrator.probabilities(logits) if len(logits) else logits
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict | None = None
@@ -225,7 +228,7 @@ def log_pyfunc(
     classes = [str(c) for c in meta["classes"]]
     artifacts = {CHECKPOINT_ARTIFACT: str(checkpoint)}
     if calibration is not None:
-        read_temperature(calibration)  # fail here, not when the model is first served
+        read_calibration(calibration)  # fail here, not when the model is first served
         artifacts[CALIBRATION_ARTIFACT] = str(calibration)
     example = pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(example_png()).decode("ascii")]})
     return mlflow.pyfunc.log_model(

@@ -89,3 +89,24 @@ def put_with_ci(out: dict, name: str, point: Any, samples: np.ndarray, ci: float
     out[name] = p
     out[f"{name}_ci_low"] = lo
     out[f"{name}_ci_high"] = hi
+
+
+def bootstrap_mean(
+    values: np.ndarray, strata: np.ndarray, n_boot: int, seed: int, stratified: bool = True
+) -> tuple[float | None, np.ndarray]:
+    """The mean of the finite ``values`` and its ``n_boot`` bootstrap replicates (for :func:`put_with_ci`).
+
+    Items are resampled within each stratum (the true class, as the classification metrics are), so a class's
+    share of the items stays what it is; NaN items (a score undefined for that image) are left out first.
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    s = np.asarray(strata).reshape(-1)
+    if v.shape != s.shape:
+        raise ValueError(f"values has {v.size} items but strata has {s.size}")
+    keep = np.isfinite(v)
+    v, s = v[keep], s[keep]
+    if v.size == 0:
+        return None, np.empty(0)
+    rng = np.random.default_rng(seed)
+    samples = [w @ v / w.sum(axis=1) for w in resample_weights(s, max(0, int(n_boot)), rng, stratified)]
+    return float(v.mean()), (np.concatenate(samples) if samples else np.empty(0))

@@ -337,9 +337,18 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
 
 
 def start_mlflow(
-    backend_uri: str, artifacts: Path, log: Path, port: int | None = None, timeout_s: float = 180.0
+    backend_uri: str,
+    artifacts: Path | str,
+    log: Path,
+    port: int | None = None,
+    timeout_s: float = 180.0,
+    env: dict[str, str] | None = None,
 ) -> Process:
-    """``mlflow server`` on 127.0.0.1 with a database backend and proxied artifacts; returns once /health is OK."""
+    """``mlflow server`` on 127.0.0.1 with a database backend and proxied artifacts; returns once /health is OK.
+
+    ``artifacts`` is a folder or an object store URI (``s3://bucket/prefix``, with the store's endpoint and
+    credentials in ``env``).
+    """
     port = port or free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     cmd = [
@@ -356,7 +365,7 @@ def start_mlflow(
         "--workers",
         "1",
     ]
-    proc = start_process("mlflow server", cmd, log)
+    proc = start_process("mlflow server", cmd, log, env)
     proc.url = f"http://{LOOPBACK}:{port}"
     try:
         wait_for_http(proc.url + "/health", timeout_s, proc)
@@ -367,11 +376,87 @@ def start_mlflow(
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_uri: str, artifacts: Path, log: Path) -> Iterator[Process]:
+def mlflow_server(
+    backend_uri: str, artifacts: Path | str, log: Path, env: dict[str, str] | None = None
+) -> Iterator[Process]:
     """A running MLflow tracking server, stopped by PID on exit."""
-    proc = start_mlflow(backend_uri, artifacts, log)
+    proc = start_mlflow(backend_uri, artifacts, log, env=env)
     try:
         yield proc
     finally:
         # uvicorn's graceful shutdown waits on clients' keep-alive connections; the database has committed.
         stop_process(proc, timeout_s=5)
+
+
+# ------------------------------------------------------------------------------------------------ object store
+
+#: Credentials for the S3 store in the tests (moto accepts any; real stores check them).
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "cxr-test",
+    "AWS_SECRET_ACCESS_KEY": "cxr-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def s3_unavailable() -> str | None:
+    """Why an S3 store and its clients cannot run here (the ``team`` extra is missing), or None when they can."""
+    import importlib.util
+
+    missing = [m for m in ("moto", "boto3", "dvc_s3", "flask") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"{', '.join(missing)} missing: install the team extra and moto[server] (pip install -e '.[dev,team]')"
+    return None
+
+
+def start_s3(log: Path, port: int | None = None, timeout_s: float = 60.0) -> Process:
+    """moto's S3 server (a real S3 HTTP endpoint, in memory) on 127.0.0.1; returns once it answers.
+
+    Its buckets live in the process: a stop loses them, a restart on the same ``port`` is an empty store.
+    """
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)]
+    proc = start_process("s3 (moto)", cmd, log, S3_CREDENTIALS)
+    proc.url = f"http://{LOOPBACK}:{port}"
+    try:
+        wait_for_http(proc.url + "/moto-api/", timeout_s, proc)
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
+
+
+@contextlib.contextmanager
+def s3_server(log: Path) -> Iterator[Process]:
+    """A running S3 store, stopped by PID on exit."""
+    proc = start_s3(log)
+    try:
+        yield proc
+    finally:
+        stop_process(proc, timeout_s=5)
+
+
+def create_bucket(endpoint: str, bucket: str) -> None:
+    """Create ``bucket`` on the S3 store at ``endpoint``."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, **_boto_credentials())
+    s3.create_bucket(Bucket=bucket)
+
+
+def list_objects(endpoint: str, bucket: str, prefix: str = "") -> dict[str, int]:
+    """Every object under ``prefix`` in ``bucket``: key to size."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, **_boto_credentials())
+    out: dict[str, int] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        out.update({o["Key"]: int(o["Size"]) for o in page.get("Contents", [])})
+    return out
+
+
+def _boto_credentials() -> dict[str, str]:
+    return {
+        "aws_access_key_id": S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        "region_name": S3_CREDENTIALS["AWS_DEFAULT_REGION"],
+    }

@@ -84,7 +84,16 @@ def _fake_outputs(root: Path) -> tuple:
     paths.gradcam_reports.mkdir(parents=True)
     (paths.gradcam_reports / "gallery-COVID.png").write_bytes(PNG_1PX)
     (paths.gradcam_reports / "metrics.json").write_text(
-        json.dumps({"method": "gradcam", "images": 4, "pointing_game": 0.3, "pointing_game_chance": 0.05})
+        json.dumps(
+            {
+                "method": "gradcam",
+                "images": 4,
+                "pointing_game": 0.3,
+                "pointing_game_ci_low": 0.1,
+                "pointing_game_ci_high": 0.5,
+                "pointing_game_chance": 0.05,
+            }
+        )
     )
     return settings, paths
 
@@ -101,7 +110,7 @@ def test_report_is_self_contained_and_escaped(tmp_path: Path) -> None:
     assert "<b>site</b>" not in page and "&lt;b&gt;site&lt;/b&gt;" in page
     assert page.count('src="data:image/png;base64,') == 2
     assert not EXTERNAL.search(page)
-    assert "6.0x chance" in page  # pointing game 0.3 against chance 0.05
+    assert '0.300 <span class="ci">[0.100, 0.500]</span> (6.0x chance)' in page  # pointing game 0.3, chance 0.05
     assert '0.750 <span class="ci">[0.500, 1.000]</span>' in page
     assert "No data report" in page  # a missing input says so instead of failing
     md = metrics_markdown(json.loads(paths.metrics_full.read_text()))
@@ -210,16 +219,21 @@ def test_report_shows_lineage_training_curves_params_and_why_a_measure_is_absent
     settings, paths = _fake_outputs(tmp_path)
     metrics = json.loads(paths.metrics_full.read_text())
     metrics["calibration"] = {
+        "method": "none",
         "temperature": 1.0,
         "temperature_fitted": 0.843,
-        "temperature_applied": False,
-        "criterion": "5-fold cross-validated NLL on the validation split improves over no scaling",
-        "valid_cv_nll_scaled": 0.51,
-        "valid_cv_nll_unscaled": 0.5,
+        "criterion": "the method with the lowest 5-fold cross-validated NLL on the validation split",
+        "valid_cv_nll": {"none": 0.5, "temperature": 0.51, "vector": 0.52, "isotonic": 0.6},
         "ece": 0.023,
+        "ece_ci_low": 0.011,
+        "ece_ci_high": 0.048,
         "ece_uncalibrated": 0.023,
-        "ece_at_fitted_temperature": 0.042,
-        "fitted_worsens_test_ece": True,
+        "methods": {
+            "none": {"ece": 0.023, "ece_ci_low": 0.011, "ece_ci_high": 0.048, "nll": 0.4},
+            "temperature": {"ece": 0.042, "ece_ci_low": 0.03, "ece_ci_high": 0.061, "nll": 0.41},
+        },
+        "n_bins": 3,
+        "bin_count": [0.0, 3.0, 1.0],
         "brier": 0.2,
     }
     paths.metrics_full.write_text(json.dumps(metrics))
@@ -253,8 +267,11 @@ def test_report_shows_lineage_training_curves_params_and_why_a_measure_is_absent
     assert "selected epoch (on validation)</td><td>2</td>" in page
     assert "git commit" in page and "not registered yet" in page
     assert "not measured: no lung masks in data/raw for the 4 test images" in page
-    assert "makes held-out (test) calibration worse" in page and "0.023 unscaled, 0.042 scaled" in page
-    assert "applied only when 5-fold cross-validated NLL" in page and "raw softmax" in page
+    # The calibration applied, its test ECE with the interval, every method compared and the reliability bins' counts.
+    assert "Applied (served, and used for every test figure): <b>none</b>, chosen as the method with" in page
+    assert '<td>test ECE as served</td><td>0.023 <span class="ci">[0.011, 0.048]</span></td>' in page
+    assert '<td>temperature</td><td>0.510</td><td>0.042 <span class="ci">[0.030, 0.061]</span></td>' in page
+    assert "<td>none (applied)</td>" in page and "(3 bins of top-1 confidence, low to high): 0, 3, 1." in page
     assert "<code>COVID/images/&lt;big&gt;.png</code></td><td>too large (10000x10000)</td>" in page
     # A parameter table, one row per key, instead of a JSON dump.
     assert "<pre>" not in page

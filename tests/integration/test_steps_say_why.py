@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import make_project, tiny_params
 
@@ -39,25 +40,50 @@ def project(module_tmp: Path):
     return s, paths
 
 
-@pytest.mark.parametrize("helps", [False, True])
-def test_evaluation_and_serving_apply_the_temperature_only_when_it_helps_on_validation(
-    project, monkeypatch, helps: bool
-) -> None:
+@pytest.mark.parametrize(
+    "cv",
+    [
+        {"none": 1.0, "temperature": 0.9, "vector": 0.8, "isotonic": 1.1},
+        {"none": 0.7, "temperature": 0.9, "vector": 0.8, "isotonic": 1.1},
+    ],
+    ids=["vector-helps", "none-helps"],
+)
+def test_evaluation_and_serving_apply_the_calibration_chosen_on_validation(project, monkeypatch, cv: dict) -> None:
+    """The method with the lowest cross-validated NLL is applied when it beats none; the served model, given the
+    checkpoint and calibration.json as registration logs them, answers each test image with the probabilities of
+    predictions.csv."""
+    import types
+
+    import pandas as pd
+
+    from cxr.data.manifest import read_manifest
+    from cxr.data.rawstore import RawStore
+    from cxr.evaluation import calibrate
     from cxr.evaluation.evaluate import evaluate
-    from cxr.model.inference import read_temperature
-    from cxr.stats import calibration as metrics_module
+    from cxr.serving.pyfunc import CxrClassifier
 
     s, paths = project
-    real = metrics_module.temperature_check
-    monkeypatch.setattr(metrics_module, "temperature_check", lambda *a, **k: {**real(*a, **k), "helps": helps})
+    monkeypatch.setattr(calibrate, "cross_validated_nll", lambda *a, **k: dict(cv))
     evaluate(s.base, s.evaluate, paths, "cpu")
     cal = json.loads(paths.metrics_full.read_text())["calibration"]
-    assert cal["temperature_applied"] is helps and cal["criterion"] == metrics_module.TEMPERATURE_CRITERION
-    assert cal["temperature_fitted"] != 1.0
-    assert cal["temperature"] == (cal["temperature_fitted"] if helps else 1.0)
-    # What serving reads: the applied temperature.
-    assert read_temperature(paths.calibration) == pytest.approx(cal["temperature"])
-    assert cal["fitted_worsens_test_ece"] == (cal["ece_at_fitted_temperature"] > cal["ece_uncalibrated"])
+    chosen = "vector" if cv["none"] > cv["vector"] else "none"
+    assert cal["method"] == chosen and cal["criterion"] == calibrate.CRITERION and cal["valid_cv_nll"] == cv
+    assert set(cal["methods"]) == {"none", "temperature", "vector", "isotonic"}
+    assert cal["ece"] == cal["methods"][chosen]["ece"] and cal["ece_uncalibrated"] == cal["methods"]["none"]["ece"]
+    assert cal["ece_ci_low"] <= cal["ece"] <= cal["ece_ci_high"] and sum(cal["bin_count"]) == 8
+    assert json.loads(paths.calibration.read_text())["method"] == chosen
+
+    clf = CxrClassifier()
+    artifacts = {"checkpoint": str(paths.best_checkpoint), "calibration": str(paths.calibration)}
+    clf.load_context(types.SimpleNamespace(artifacts=artifacts, model_config={}))
+    test = read_manifest(paths.manifest).select("test")
+    with RawStore(paths.raw) as store:
+        images = [store.read(r["path"]) for r in test.rows]
+    served = clf.predict(None, pd.DataFrame({"image": images}))
+    evaluated = pd.read_csv(paths.predictions)
+    columns = [c for c in evaluated.columns if c.startswith("p_")]
+    np.testing.assert_allclose(served[columns].to_numpy(), evaluated[columns].to_numpy(), atol=2e-6)
+    assert list(served["label"]) == list(evaluated["predicted"])
 
 
 def test_without_lung_masks_the_metrics_and_the_log_say_why(project, monkeypatch, caplog) -> None:
@@ -80,6 +106,11 @@ def test_without_lung_masks_the_metrics_and_the_log_say_why(project, monkeypatch
     gradcam.gradcam(s.base, s.gradcam, paths, "cpu")
     metrics = json.loads((paths.gradcam_reports / "metrics.json").read_text())
     assert metrics["lung_mask_images"] == 8 and "lung_energy_absent" not in metrics
+    # Each explanation figure with its interval over the test images, drawn as the evaluate step draws its own.
+    for key in ("lung_energy", "pointing_game"):
+        assert metrics[f"{key}_ci_low"] <= metrics[key] <= metrics[f"{key}_ci_high"], key
+    assert metrics["lung_energy_ci_high"] > metrics["lung_energy_ci_low"]
+    assert metrics["bootstrap"] == {"n_boot": 1000, "ci": 0.95, "seed": s.base.seed, "stratified": True}
 
 
 def test_evaluation_writes_all_its_outputs_or_none(project, monkeypatch) -> None:

@@ -52,3 +52,17 @@ def test_drift_benchmark_runs_tiny_through_the_pipeline_steps(work: Path, tmp_pa
     data = run_tiny("drift", work, tmp_path, capsys)
     for key in KEYS["drift"]:
         assert 0.0 <= data[key] <= 1.0, key
+
+
+@pytest.mark.slow
+def test_cam_benchmark_runs_tiny_on_a_model_the_pipeline_trained(work: Path, tmp_path: Path, capsys) -> None:
+    """Every round, ROAD on the shortlist, every key written; the table names the choice and the noise floor."""
+    data = run_tiny("cam", work, tmp_path, capsys)
+    for key in KEYS["cam"]:
+        assert isinstance(data[key], (int, float)) and data[key] >= 0, key
+    assert data["cam_method"] and data["cam_stride"] in (8, 16, 32) and data["cam_configs"] >= 8
+    assert data["cam_noise_road"] is not None and data["cam_baseline_road"] is not None
+    assert data["cam_pointing_game_ci_low"] <= data["cam_pointing_game"] <= data["cam_pointing_game_ci_high"]
+    table = (work / "cam-tiny-table.md").read_text()
+    assert "(chosen)" in table or "(previous default)" in table
+    assert table.splitlines()[-1].startswith("| noise |")

@@ -10,7 +10,7 @@ torchvision = pytest.importorskip("torchvision")
 pytest.importorskip("pytorch_grad_cam")
 
 # After the skips, which name what is missing.
-from cxr.evaluation.cam import compute_cams, target_layers  # noqa: E402
+from cxr.evaluation.cam import METHODS, Smoothing, compute_cams, target_layers  # noqa: E402
 
 SIZE = 64
 
@@ -34,7 +34,7 @@ def images() -> torch.Tensor:
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("arch", ["resnet18", "densenet121"])
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "eigencam"])
+@pytest.mark.parametrize("method", METHODS)
 def test_compute_cams(models, images, method, arch, batch) -> None:
     model = models[arch]
     training = batch == 3  # exercise restoring both modes
@@ -56,7 +56,7 @@ def test_compute_cams(models, images, method, arch, batch) -> None:
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "densenet121"])
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "eigencam"])
+@pytest.mark.parametrize("method", METHODS)
 def test_batched_maps_are_the_librarys_one_image_at_a_time(models, images, method, arch) -> None:
     """Frozen parameters, a leaf at the target layer and channels-last change the cost, not the maps."""
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -74,6 +74,44 @@ def test_batched_maps_are_the_librarys_one_image_at_a_time(models, images, metho
     np.testing.assert_allclose(cams, reference, atol=2e-4)
     with torch.no_grad():
         np.testing.assert_allclose(logits, model(images).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_every_method_the_settings_accept_is_computed() -> None:
+    from typing import get_args
+
+    from cxr.core.sections import GradCam
+
+    assert set(get_args(GradCam.model_fields["method"].annotation)) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_smoothing_is_the_librarys_and_explains_the_images_own_prediction(models, images, method) -> None:
+    """``aug``: the library's mean over flipped and rescaled copies, each explaining the class predicted for the image
+    itself (left to itself, the library would explain each copy's own prediction); the logits are the image's.
+    ``eigen``: the library's principal component of the weighted activations."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cxr.evaluation.cam import _cam_class
+
+    model = models["resnet18"].eval()
+    with torch.no_grad():
+        logits = model(images)
+    predicted = logits.argmax(1).tolist()
+    for smoothing in (Smoothing(aug=True), Smoothing(eigen=True), Smoothing(aug=True, eigen=True)):
+        cams, got = compute_cams(
+            model, images, None, "resnet18", method, batch_size=2, return_logits=True, smoothing=smoothing
+        )
+        with _cam_class(method)(model=model, target_layers=target_layers(model, "resnet18")) as cam:
+            reference = cam(
+                input_tensor=images,
+                targets=[ClassifierOutputTarget(t) for t in predicted],
+                aug_smooth=smoothing.aug,
+                eigen_smooth=smoothing.eigen,
+            )
+        np.testing.assert_allclose(cams, np.clip(reference, 0, 1), atol=2e-4)
+        np.testing.assert_allclose(got, logits.numpy(), rtol=1e-4, atol=1e-4)
+    plain = compute_cams(model, images, None, "resnet18", method)
+    assert not np.allclose(plain, compute_cams(model, images, None, "resnet18", method, smoothing=Smoothing(aug=True)))
 
 
 def test_compute_cams_default_targets_and_no_grad_context(models, images) -> None:

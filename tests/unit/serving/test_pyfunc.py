@@ -107,6 +107,49 @@ def test_calibration_temperature_is_applied(store) -> None:
     assert (p2.max(axis=1) <= p1.max(axis=1) + 1e-9).all()
 
 
+ISOTONIC = {"x": [0.0, 0.3, 0.6, 1.0], "y": [0.05, 0.2, 0.7, 0.95]}
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"method": "vector", "temperature": 1.0, "vector": {"scale": [0.5, 1.5, 1.0], "bias": [0.4, -0.2, 0.0]}},
+        {"method": "isotonic", "temperature": 1.0, "isotonic": [ISOTONIC] * 3},
+        {"method": "none", "temperature": 1.0},
+    ],
+    ids=lambda r: r["method"],
+)
+def test_the_calibration_evaluation_chose_travels_inside_the_logged_model(store, tmp_path: Path, record) -> None:
+    """Whichever map the evaluate step wrote to calibration.json, the logged model applies it to its logits; the
+    file is copied at logging, so a later evaluation does not change a registered version."""
+    import mlflow
+
+    from cxr.model.calibrate import Calibrator
+    from cxr.serving.pyfunc import log_pyfunc
+
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(json.dumps({**record, "positive_class": "COVID", "threshold": 0.5}))
+    mlflow.set_tracking_uri(store["uri"])
+    with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("t").experiment_id):
+        info = log_pyfunc(store["checkpoint"], calibration)
+    calibration.write_text(json.dumps({"temperature": 9.0}))
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    images = [p.read_bytes() for p in store["images"]]
+    probs = model.predict(pd.DataFrame({"image": images})).drop(columns="label").to_numpy()
+    expected = Calibrator.from_record(record).probabilities(reference_logits(store["checkpoint"], images))
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert model.unwrap_python_model().calibrator.method == record["method"]
+
+
+def test_a_calibration_file_that_cannot_be_applied_is_refused_when_logged(store, tmp_path: Path) -> None:
+    from cxr.serving.pyfunc import log_pyfunc
+
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(json.dumps({"method": "vector", "vector": {"scale": [1.0], "bias": []}}))
+    with pytest.raises(ValueError, match="vector.bias"):
+        log_pyfunc(store["checkpoint"], calibration)
+
+
 def test_batches_give_the_same_answer_as_one_pass(store) -> None:
     clf = store["model"].unwrap_python_model()
     images = clf.preprocess([p.read_bytes() for p in store["images"]])
