@@ -11,6 +11,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from cxr.core.paths import ResolvedPaths
+from cxr.core.search import Tune
 from cxr.core.sections import (
     Base,
     ConfigError,
@@ -22,7 +23,6 @@ from cxr.core.sections import (
     Section,
     Split,
     Train,
-    Tune,
     check_split_fits,
 )
 

@@ -24,7 +24,8 @@ import yaml
 from cxr.core.config import Settings
 from cxr.core.io import write_csv, write_text
 from cxr.core.paths import ResolvedPaths
-from cxr.core.sections import Range, Train
+from cxr.core.search import Range
+from cxr.core.sections import Train
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ import optuna
 import pytest
 from pydantic import ValidationError
 
-from cxr.core.sections import Range, Train
+from cxr.core.search import Range
+from cxr.core.sections import Train
 from cxr.experiments.tune import TuneResult, apply, direction, nested, suggest
 
 
