@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 
 #: Loggers of the HTTP clients Prefect and MLflow use: a line per request at INFO (the Prefect API's included).
 CLIENT_LOGGERS: tuple[str, ...] = ("httpx", "httpcore", "urllib3")
+#: MLflow draws a progress bar for each artifact download: on a terminal it shows, in a log file it is noise.
+ARTIFACT_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 def quiet_clients(level: str) -> None:
-    """HTTP request lines only with ``base.log_level: DEBUG``: at INFO they drown the pipeline's own lines."""
+    """HTTP request lines only with ``base.log_level: DEBUG``: at INFO they drown the pipeline's own lines. No
+    MLflow download bars when stderr is not a terminal (a log file, DVC under Prefect, CI), unless the user set
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` themselves."""
     for name in CLIENT_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+    if not sys.stderr.isatty():
+        os.environ.setdefault(ARTIFACT_BAR_ENV, "false")
 
 
 #: The format of the ``cxr`` command's log lines (stderr): what a stage run by DVC writes.
