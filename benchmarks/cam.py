@@ -2,7 +2,7 @@
 
 On the default model (trained here by the pipeline's own steps on the default synthetic data, ``params.yaml`` as
 it is, or taken from a trained project with ``--project``) and its test split, the CAM methods the library offers
-that fit a CNN classifier at the cost of one backward pass (``cxr.evaluation.cam.METHODS``) explain the predicted
+that fit a CNN classifier at the cost of one backward pass (``cxr.core.sections.CAM_METHODS``) explain the predicted
 class of each test image, in three rounds so that a full run stays within minutes on one thread: every method at
 the gradcam step's stride (8); the best ``top_methods`` of them at the other strides (16, 32); the best
 ``top_methods`` so far with the library's smoothing (``aug_smooth``; ``eigen_smooth`` where the method sums
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmarks.common import REPO, Figure, Outcome, Row, git_dvc_repo
+from benchmarks.common import REPO, Figure, Outcome, Row, trained_project
 
 SIZES: dict[str, dict] = {
     "full": {"road_images": 48, "percentiles": (20, 80), "top_methods": 2, "shortlist": 3, "batch": 16},
@@ -85,9 +85,9 @@ NOISE = Config("noise", 0)
 
 def first_round() -> list[Config]:
     """Every method at the gradcam step's stride, plain."""
-    from cxr.evaluation.cam import METHODS
+    from cxr.core.sections import CAM_METHODS
 
-    return [Config(method, BASELINE.stride) for method in METHODS]
+    return [Config(method, BASELINE.stride) for method in CAM_METHODS]
 
 
 def stride_round(best: list[Config]) -> list[Config]:
@@ -118,23 +118,12 @@ def _params(size: str) -> dict:
 def _project(work: Path, size: str, project: Path | None):
     """The settings and paths of a trained project: ``project`` as it is, else one trained here by the pipeline's
     own steps on the default data (download, split, train)."""
-    from cxr.core.config import load_settings, parse_settings
-    from cxr.data.download import download
-    from cxr.data.split import split
-    from cxr.training.loop import train
+    from cxr.core.config import load_settings
 
     if project is not None:
         s = load_settings(project / "params.yaml")
         return s, s.paths(project)
-    root = git_dvc_repo(work / f"cam-{size}")
-    params = _params(size)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    s = parse_settings(params)
-    paths = s.paths(root)
-    download(s.base, s.download, paths)
-    split(s.base, s.split, paths)
-    train(s.train, s.base, paths, resume=False)
-    return s, paths
+    return trained_project(work / f"cam-{size}", _params(size))
 
 
 @dataclass

@@ -259,3 +259,23 @@ def git_dvc_repo(root: Path) -> Path:
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True, env=env)
     subprocess.run(["git", "commit", "-qm", "init"], cwd=root, check=True, env=env)
     return root
+
+
+def trained_project(root: Path, params: dict):
+    """A fresh git + DVC project at ``root`` with ``params``, trained by the pipeline's own steps (download, split,
+    train): (settings, paths)."""
+    import yaml
+
+    from cxr.core.config import parse_settings
+    from cxr.data.download import download
+    from cxr.data.split import split
+    from cxr.training.loop import train
+
+    root = git_dvc_repo(root)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    s = parse_settings(params)
+    paths = s.paths(root)
+    download(s.base, s.download, paths)
+    split(s.base, s.split, paths)
+    train(s.train, s.base, paths, resume=False)
+    return s, paths

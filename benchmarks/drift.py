@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmarks.common import REPO, Figure, Outcome, Row, git_dvc_repo
+from benchmarks.common import REPO, Figure, Outcome, Row, trained_project
 
 SIZES: dict[str, dict] = {
     "full": {"per_class": 500, "new_seeds": (101, 102), "null": 200, "this": 100, "splits": 50, "shift": 50},
@@ -97,20 +97,7 @@ def _params(size: str) -> dict:
 
 def _champion(work: Path, size: str):
     """A project trained on the default data by the pipeline's own steps: (settings, paths)."""
-    from cxr.core.config import parse_settings
-    from cxr.data.download import download
-    from cxr.data.split import split
-    from cxr.training.loop import train
-
-    root = git_dvc_repo(work / "champion")
-    params = _params(size)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    s = parse_settings(params)
-    paths = s.paths(root)
-    download(s.base, s.download, paths)
-    split(s.base, s.split, paths)
-    train(s.train, s.base, paths, resume=False)
-    return s, paths
+    return trained_project(work / "champion", _params(size))
 
 
 def _decoded(data: list[bytes], px: int) -> tuple[np.ndarray, list[str], list[str]]:

@@ -237,20 +237,25 @@ class Evaluate(Section):
     batch_size: int = Field(64, ge=1)
 
 
+#: The library's CAM methods that fit a CNN classifier at the cost of one forward and one backward pass (Score-CAM
+#: and Ablation-CAM, a forward pass per channel, do not), by the names ``gradcam.method`` accepts.
+CAM_METHODS = (
+    "gradcam",
+    "gradcam++",
+    "hirescam",
+    "xgradcam",
+    "layercam",
+    "eigencam",
+    "eigengradcam",
+    "gradcam-elementwise",
+)
+
+
 class GradCam(Section):
     """Explanations on test images."""
 
-    #: The library's CAM method (``cxr.evaluation.cam.METHODS``; compared in ``python -m benchmarks cam``).
-    method: Literal[
-        "gradcam",
-        "gradcam++",
-        "hirescam",
-        "xgradcam",
-        "layercam",
-        "eigencam",
-        "eigengradcam",
-        "gradcam-elementwise",
-    ] = "eigengradcam"
+    #: The library's CAM method (one of ``CAM_METHODS``; compared in ``python -m benchmarks cam``).
+    method: Literal[CAM_METHODS] = "eigengradcam"
     #: The library's smoothing: the mean map of six flipped and rescaled copies (six passes); the first principal
     #: component of the weighted activations instead of their sum.
     aug_smooth: bool = False

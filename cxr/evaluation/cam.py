@@ -18,23 +18,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cxr.core.sections import CAM_METHODS
+
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
-
-#: The library's CAM methods that fit a CNN classifier at the cost of one forward and one backward pass (Score-CAM
-#: and Ablation-CAM, a forward pass per channel, do not), by the names ``gradcam.method`` accepts.
-METHODS = (
-    "gradcam",
-    "gradcam++",
-    "hirescam",
-    "xgradcam",
-    "layercam",
-    "eigencam",
-    "eigengradcam",
-    "gradcam-elementwise",
-)
 
 
 #: Per family, the module whose output is the last one at a finer stride than the last block's 32
@@ -109,7 +98,7 @@ def _cam_class(method: str) -> type:
     }
     key = method.lower().strip()
     if key not in classes:
-        raise ValueError(f"unknown CAM method {method!r}; expected one of {METHODS}")
+        raise ValueError(f"unknown CAM method {method!r}; expected one of {CAM_METHODS}")
     return classes[key]
 
 
@@ -284,7 +273,7 @@ def compute_cams(
     channels-last convolutions. ``return_logits`` also returns the model's outputs (B, K) from the
     same forward pass, so a caller that needs predictions does not run the model twice. ``layer``
     and ``stride`` choose the target layer (:func:`target_layers`; by default the family's last block);
-    ``method`` is one of :data:`METHODS`, ``smoothing`` the library's options (:class:`Smoothing`). With ``aug``
+    ``method`` is one of :data:`CAM_METHODS`, ``smoothing`` the library's options (:class:`Smoothing`). With ``aug``
     smoothing every variant explains the class predicted for the image itself, and the logits are the image's.
     With ``desc``, the progress is shown (:class:`cxr.ops.progress.Progress`).
 

@@ -40,7 +40,7 @@ def test_ties_go_to_the_quicker_map() -> None:
 
 
 def test_the_rounds_cover_every_method_then_strides_then_smoothing() -> None:
-    from cxr.evaluation.cam import METHODS
+    from cxr.core.sections import CAM_METHODS as METHODS
 
     assert {c.method for c in first_round()} == set(METHODS) and {c.stride for c in first_round()} == {8}
     assert stride_round([Config("layercam", 8)]) == [Config("layercam", 16), Config("layercam", 32)]

@@ -10,7 +10,8 @@ torchvision = pytest.importorskip("torchvision")
 pytest.importorskip("pytorch_grad_cam")
 
 # After the skips, which name what is missing.
-from cxr.evaluation.cam import METHODS, Smoothing, compute_cams, target_layers  # noqa: E402
+from cxr.core.sections import CAM_METHODS as METHODS  # noqa: E402
+from cxr.evaluation.cam import Smoothing, compute_cams, target_layers  # noqa: E402
 
 SIZE = 64
 
