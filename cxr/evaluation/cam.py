@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 #: Per family, the module whose output is the last one at a finer stride than the last block's 32
 #: (the output of a ``Sequential`` stage is that of its last block). Torchvision's layouts.
 FINER_LAYERS: dict[str, dict[int, str]] = {
-    "resnet": {8: "layer2", 16: "layer3"},
     "densenet": {8: "features.denseblock2", 16: "features.denseblock3"},
     "efficientnet": {8: "features.3", 16: "features.5"},
     "convnext": {8: "features.3", 16: "features.5"},
@@ -57,7 +56,8 @@ def target_layers(
 
     ``stride`` 32 (the usual choice): the last conv block (resnet* -> ``layer4[-1]``;
     densenet*/efficientnet*/convnext* -> ``features[-1]``). 16 or 8: the last stage at that stride
-    (:data:`FINER_LAYERS`), a finer map for lesions that are small next to a 32-pixel cell, at the price
+    (a ResNet's from its convolutions: ``layer4`` when trained at ``train.output_stride`` 16; the others'
+    from :data:`FINER_LAYERS`), a finer map for lesions that are small next to a 32-pixel cell, at the price
     of less abstract features. ``layer``: the dotted name of any submodule instead (``layer3.1.conv2``).
     ValueError for an unknown family, stride or name.
     """
@@ -74,9 +74,17 @@ def target_layers(
     if stride not in STRIDES:
         raise ValueError(f"gradcam.stride must be one of {STRIDES}, got {stride!r}")
     try:
+        if family == "resnet":
+            from cxr.model.networks import resnet_stage_strides
+
+            # From the model, not the table: a ResNet trained at output stride 16 has layer4 at 16.
+            at = [name for name, s in resnet_stage_strides(model).items() if s == stride]
+            if stride == 32 or at:
+                return [getattr(model, at[-1] if at else "layer4")[-1]]
+            raise ValueError(f"gradcam.stride {stride}: this model has no stage at that stride")
         if stride != 32:
             return [model.get_submodule(FINER_LAYERS[family][stride])]
-        return [model.layer4[-1]] if family == "resnet" else [model.features[-1]]
+        return [model.features[-1]]
     except (AttributeError, IndexError, TypeError) as exc:
         raise ValueError(f"model does not have the expected layout for arch {arch!r}: {exc}") from exc
 

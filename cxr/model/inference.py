@@ -66,11 +66,16 @@ def load_checkpoint(path: Path) -> dict:
     return state
 
 
+def output_stride(meta: dict) -> int:
+    """The output stride a checkpoint's model was trained at (32 where the checkpoint predates the setting)."""
+    return int((meta.get("params") or {}).get("output_stride", 32))
+
+
 def load_trained(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """The model of a checkpoint, in eval mode, with its metadata (classes, arch, image size)."""
     state = load_checkpoint(path)
     try:
-        model = build_model(state["arch"], len(state["classes"]), None)
+        model = build_model(state["arch"], len(state["classes"]), None, output_stride=output_stride(state))
         model.load_state_dict(state["model"])
     except (RuntimeError, ValueError, TypeError) as err:
         raise CheckpointError(

@@ -98,16 +98,55 @@ def _pretrained_state(arch: str, weights: str, timeout_s: float) -> dict[str, to
     return spec.get_state_dict(progress=False, check_hash=True)
 
 
-def build_model(arch: str, num_classes: int, weights: str | None = None, timeout_s: float = 5.0) -> nn.Module:
-    """A torchvision classifier with a 1-channel stem and a ``num_classes`` head."""
+def _keep_last_resolution(model: nn.Module) -> None:
+    """A ResNet whose last stage keeps the previous stage's resolution (output stride 16): its first block's
+    strided convolution and shortcut step by 1. The weights keep their shapes (ImageNet ones still load)."""
+    first = model.layer4[0]
+    strided = first.conv2 if first.conv2.stride != (1, 1) else first.conv1  # Bottleneck strides in conv2
+    strided.stride = (1, 1)
+    if first.downsample is not None:
+        first.downsample[0].stride = (1, 1)
+
+
+def resnet_stage_strides(model: nn.Module) -> dict[str, int]:
+    """Each ResNet stage's output stride (``layer1`` ... ``layer4``), from its convolutions' strides."""
+    stride, out = 4, {}  # the stem: a stride-2 convolution and a stride-2 max pool
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        stride *= max(m.stride[0] for m in getattr(model, name)[0].modules() if isinstance(m, nn.Conv2d))
+        out[name] = stride
+    return out
+
+
+def build_model(
+    arch: str, num_classes: int, weights: str | None = None, timeout_s: float = 5.0, output_stride: int = 32
+) -> nn.Module:
+    """A torchvision classifier with a 1-channel stem and a ``num_classes`` head; ``output_stride`` 16 (resnet*
+    only) keeps the last stage at the previous one's resolution."""
     import torchvision
 
     if arch not in SUPPORTED_ARCHS:
         raise ValueError(f"unknown arch {arch!r}; supported: {sorted(SUPPORTED_ARCHS)}")
+    if output_stride not in (16, 32) or (output_stride == 16 and not arch.startswith("resnet")):
+        raise ValueError(f"output_stride {output_stride!r}: 32, or 16 for resnet* only (arch {arch!r})")
     model = torchvision.models.get_model(arch, weights=None)
     if weights:
         model.load_state_dict(_pretrained_state(arch, weights, timeout_s))
         log.info("loaded pretrained weights %s for %s", weights, arch)
     _to_gray_input(model, arch)
     _replace_head(model, arch, num_classes)
+    if output_stride == 16:
+        _keep_last_resolution(model)
     return model
+
+
+def pooled_features(model: nn.Module, arch: str) -> tuple[nn.Module, nn.Linear, bool]:
+    """Where a class activation map is read: the module whose output the classifier pools, the linear classifier
+    on the pooled features, and whether a ReLU comes between (DenseNet's forward applies one). ValueError for a
+    head that is not one linear layer on pooled features (ConvNeXt normalises first)."""
+    if arch.startswith("resnet"):
+        return model.layer4, model.fc, False
+    if arch.startswith("densenet"):
+        return model.features, model.classifier, True
+    if arch.startswith("efficientnet"):
+        return model.features, model.classifier[-1], False
+    raise ValueError(f"{arch}: its classifier is not one linear layer on pooled features")

@@ -173,3 +173,15 @@ def test_a_named_target_layer_gives_a_finer_map(models, images) -> None:
     assert not np.allclose(fine, compute_cams(resnet, images[:2], [0, 1], arch="resnet18"), atol=0.05)
     with pytest.raises(ValueError, match="gradcam.target_layer 'layer9'.*layer4"):
         target_layers(resnet, "resnet18", "layer9")
+
+
+def test_a_resnet_trained_at_output_stride_16_is_explained_at_its_last_stage() -> None:
+    """``train.output_stride`` 16: layer4 is at stride 16, so stride 16 reads it (8 x 8 at 128 px), not layer3."""
+    from cxr.model.networks import build_model
+
+    model = build_model("resnet18", 4, output_stride=16).eval()
+    assert target_layers(model, "resnet18", stride=16) == [model.layer4[-1]]
+    assert target_layers(model, "resnet18", stride=32) == [model.layer4[-1]]  # the last block, as ever
+    assert target_layers(model, "resnet18", stride=8) == [model.layer2[-1]]
+    maps = compute_cams(model, torch.randn(2, 1, 128, 128), [0, 1], arch="resnet18", stride=16)
+    assert maps.shape == (2, 128, 128)

@@ -45,3 +45,33 @@ def test_missing_weights_fail_fast_with_advice(tmp_path: Path, monkeypatch) -> N
 def test_unknown_arch() -> None:
     with pytest.raises(ValueError, match="vgg11"):
         build_model("vgg11", 4)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_output_stride_16_keeps_the_last_stage_at_the_previous_resolution(arch: str) -> None:
+    from cxr.model.networks import resnet_stage_strides
+
+    coarse, fine = build_model(arch, 3), build_model(arch, 3, output_stride=16)
+    assert resnet_stage_strides(coarse) == {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
+    assert resnet_stage_strides(fine) == {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 16}
+    # The same weights fit both (a checkpoint or ImageNet weights load either way); only the map is finer.
+    fine.load_state_dict(coarse.state_dict())
+    seen = []
+    fine.layer4.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[-2:])))
+    with torch.no_grad():
+        assert fine.eval()(torch.zeros(1, 1, 128, 128)).shape == (1, 3)
+    assert seen == [(8, 8)]
+    with pytest.raises(ValueError, match="resnet"):
+        build_model("densenet121", 3, output_stride=16)
+
+
+def test_a_checkpoint_loads_at_the_output_stride_it_was_trained_at(tmp_path: Path) -> None:
+    from cxr.model.inference import load_trained
+
+    model = build_model("resnet18", 3, output_stride=16)
+    state = {"model": model.state_dict(), "arch": "resnet18", "classes": ["a", "b", "c"], "image_size": 64}
+    torch.save({**state, "params": {"output_stride": 16}}, tmp_path / "fine.pt")
+    torch.save(state, tmp_path / "old.pt")  # written before the setting existed: stride 32
+    fine, _ = load_trained(tmp_path / "fine.pt")
+    old, _ = load_trained(tmp_path / "old.pt")
+    assert fine.layer4[0].conv1.stride == (1, 1) and old.layer4[0].conv1.stride == (2, 2)
