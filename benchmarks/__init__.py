@@ -6,4 +6,15 @@
 """
 
 #: The benchmarks in the order ``python -m benchmarks`` runs them (module names under this package).
-BENCHMARKS: tuple[str, ...] = ("ingest", "input", "gradcam", "cam", "pyfunc", "flow", "drift", "gpu", "quality")
+BENCHMARKS: tuple[str, ...] = (
+    "ingest",
+    "input",
+    "gradcam",
+    "cam",
+    "levers",
+    "pyfunc",
+    "flow",
+    "drift",
+    "gpu",
+    "quality",
+)

@@ -4,8 +4,8 @@ On the default model (trained here by the pipeline's own steps on the default sy
 it is, or taken from a trained project with ``--project``) and its test split, the CAM methods the library offers
 that fit a CNN classifier at the cost of one backward pass (``cxr.core.sections.CAM_METHODS``) explain the predicted
 class of each test image, in three rounds so that a full run stays within minutes on one thread: every method at
-the gradcam step's stride (8); the best ``top_methods`` of them at the other strides (16, 32); the best
-``top_methods`` so far with the library's smoothing (``aug_smooth``; ``eigen_smooth`` where the method sums
+the gradcam step's stride (``gradcam.stride``; and the baseline, Grad-CAM at 8); the best ``top_methods`` of them
+at the other strides (of 8, 16, 32); the best ``top_methods`` so far with the library's smoothing (``aug_smooth``; ``eigen_smooth`` where the method sums
 weighted activations). Each is scored:
 
 * **localisation**, as the gradcam step scores it (``cxr.evaluation.gradcam.localisation_metrics``): the pointing
@@ -83,11 +83,11 @@ BASELINE = Config("gradcam", 8)
 NOISE = Config("noise", 0)
 
 
-def first_round() -> list[Config]:
-    """Every method at the gradcam step's stride, plain."""
+def first_round(stride: int = BASELINE.stride) -> list[Config]:
+    """Every method at ``stride`` (the gradcam step's, ``gradcam.stride``), plain."""
     from cxr.core.sections import CAM_METHODS
 
-    return [Config(method, BASELINE.stride) for method in CAM_METHODS]
+    return [Config(method, stride) for method in CAM_METHODS]
 
 
 def stride_round(best: list[Config]) -> list[Config]:
@@ -142,6 +142,7 @@ class Subject:
     masks: tuple
     boot: object
     road: np.ndarray  # indices of the stratified sample ROAD scores
+    stride: int  # the gradcam step's (gradcam.stride): the first round's
     results: dict = field(default_factory=dict)
 
 
@@ -168,7 +169,10 @@ def _subject(s, paths, road_images: int) -> Subject:
     )
     boot = Intervals(s.evaluate.n_boot, s.evaluate.ci, s.base.seed)
     masks = read_masks(test.rows, paths.raw, size)
-    return Subject(model, meta["arch"], x, labels, predicted, test.rows, classes, size, paths.raw, masks, boot, road)
+    return Subject(
+        model, meta["arch"], x, labels, predicted, test.rows, classes, size, paths.raw, masks, boot, road,
+        s.gradcam.stride,
+    )  # fmt: skip
 
 
 def _cams(sub: Subject, config: Config, batch: int) -> tuple[np.ndarray, float]:
@@ -275,7 +279,7 @@ def evaluate_all(sub: Subject, size: str) -> dict[Config, dict]:
             maps[config] = cams[sub.road]  # only the ROAD sample is kept
             print(f"  {config.name}: {_brief(results[config])}", file=sys.stderr, flush=True)  # a long run's progress
 
-    measure_all([NOISE, *first_round()])
+    measure_all([NOISE, *first_round(sub.stride), BASELINE])
     measure_all(stride_round(_ranked(results)[: sz["top_methods"]]))
     measure_all(smoothing_round(_ranked(results)[: sz["top_methods"]]))
     ranked = _ranked(results)

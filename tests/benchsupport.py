@@ -27,6 +27,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     ),
     "gradcam": ("gradcam_batched_speedup",),
     "cam": ("cam_pointing_game", "cam_lung_energy", "cam_ms_per_image", "cam_baseline_ms_per_image"),
+    "levers": ("lever_pointing_game", "lever_lung_energy", "lever_none_accuracy", "lever_none_real_dev_accuracy"),
     "pyfunc": ("pyfunc_batch_overhead", "pyfunc_single_latency_ms"),
     "flow": ("flow_overhead_vs_dvc_repro", "flow_overhead_first_run_vs_dvc_repro"),
     "drift": (

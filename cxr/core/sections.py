@@ -219,6 +219,16 @@ class Train(Section):
     #: Where augmentation runs: ``cpu`` in the DataLoader workers, ``device`` on whole batches on the training
     #: device, ``auto`` on the device when it is a GPU (the same parameters per sample either way).
     augment_backend: Literal["auto", "cpu", "device"] = "auto"
+    #: The stride of the last block's feature map: 32 (torchvision's), or 16 (ResNets only: the last stage keeps
+    #: the previous one's resolution, four times the cells for a map to place a lesion in, for about 1.6x the
+    #: compute).
+    output_stride: Literal[16, 32] = 32
+    #: Weight of the lung-attention loss added to the cross-entropy: the share of the true class's activation map
+    #: (the last block's, weighted by the classifier as CAM weighs it) that lies outside the image's lung mask
+    #: (``<FOLDER>/masks/<name>``, moved with the image by the augmentation); 0: off. Images without a mask add
+    #: nothing. Needs a classifier that is one linear layer on pooled features (resnet*, densenet*,
+    #: efficientnet*) and no mixup.
+    lung_attention: float = Field(0.0, ge=0)
 
     @field_validator("arch")
     @classmethod
@@ -226,6 +236,25 @@ class Train(Section):
         if v not in SUPPORTED_ARCHS:
             raise ValueError(f"unknown arch {v!r}; supported: {sorted(SUPPORTED_ARCHS)}")
         return v
+
+    @model_validator(mode="after")
+    def _levers_fit(self) -> Train:
+        if self.output_stride != 32 and not self.arch.startswith("resnet"):
+            raise ValueError(
+                f"output_stride {self.output_stride} is for resnet* only, not {self.arch}: set output_stride: 32"
+            )
+        if self.lung_attention > 0:
+            if self.arch.startswith("convnext"):
+                raise ValueError(
+                    f"lung_attention needs a classifier that is one linear layer on pooled features, which "
+                    f"{self.arch} lacks (its head normalises first): set lung_attention: 0, or use resnet*, "
+                    "densenet* or efficientnet*"
+                )
+            if self.mixup > 0:
+                raise ValueError(
+                    "lung_attention and mixup cannot both be on (a mixed image has two lung fields): set one to 0"
+                )
+        return self
 
 
 class Evaluate(Section):

@@ -17,7 +17,7 @@ from cxr.core.sections import Augment, Base, Train
 from cxr.data.manifest import Manifest, read_manifest
 from cxr.model.cache import CachedImages, decoded_cache
 from cxr.training.optim import class_weights
-from cxr.training.presets import apply_cpu, choose_path, draw_params
+from cxr.training.presets import apply_cpu, choose_path, draw_params, geometric
 from cxr.training.transforms import apply_compose, preset_compose
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,10 @@ class AugmentedImages(CachedImages):
     ``transforms.apply_compose``) augment here, in the loader workers. With ``device``, a sample is (uint8 image,
     label, parameters) and the training loop applies the parameters to the whole batch on its device
     (``presets.apply_batch``): the workers then only copy rows of the cache.
+
+    ``masks`` (uint8 (N, H, W), 255 inside the lungs; the lung-attention loss's): each sample ends with its mask
+    (1, H, W), moved as its image is (``presets.geometric``: the same warp and flip, no intensity step); on the
+    device path the loop moves it with the batch.
     """
 
     def __init__(
@@ -38,12 +42,16 @@ class AugmentedImages(CachedImages):
         labels: np.ndarray,
         augment: Augment,
         path: Literal["fast", "compose", "device"] = "fast",
+        masks: np.ndarray | None = None,
     ) -> None:
         if augment.extra and path != "compose":
             raise ValueError(f"train.augment.extra runs only through the Compose path, not {path!r} (choose_path)")
+        if masks is not None and masks.shape != images.shape[:1] + images.shape[-2:]:
+            raise ValueError(f"lung masks {masks.shape} do not match the images {images.shape}")
         super().__init__(images, labels)
         self.augment = augment
         self.path = path
+        self.masks = masks
         self.compose = preset_compose(augment) if path == "compose" else None
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
@@ -51,14 +59,40 @@ class AugmentedImages(CachedImages):
         image, label = super().__getitem__(index)
         # Seeding per sample makes augmentation independent of workers, order, resumption and device.
         seed = index if seed is None else seed
+        mask = None if self.masks is None else self.masks[index]
         if self.path == "device":
-            return image, label, torch.from_numpy(draw_params(self.augment, seed))
+            out: tuple = (image, label, torch.from_numpy(draw_params(self.augment, seed)))
+            return out if mask is None else (*out, torch.from_numpy(np.array(mask)).unsqueeze(0))
         pixels = image[0].numpy()
         if self.compose is not None:
-            out = apply_compose(self.compose, pixels, seed)
+            if mask is None:
+                pixels = apply_compose(self.compose, pixels, seed)
+            else:
+                pixels, mask = apply_compose(self.compose, pixels, seed, np.array(mask))
         else:
-            out = apply_cpu(pixels, draw_params(self.augment, seed))
-        return torch.from_numpy(out).unsqueeze(0), label
+            params = draw_params(self.augment, seed)
+            pixels = apply_cpu(pixels, params)
+            if mask is not None:
+                mask = apply_cpu(np.array(mask), geometric(params))
+        out = (torch.from_numpy(pixels).unsqueeze(0), label)
+        return out if mask is None else (*out, torch.from_numpy(mask).unsqueeze(0))
+
+
+def lung_masks(rows: list[dict[str, str]], raw, size: int) -> tuple[np.ndarray, int]:
+    """The lung masks of ``rows`` at ``size`` as uint8 (N, size, size), 255 inside the lungs, and how many images
+    have one; an image without a mask gets ones everywhere (nothing lies outside its lungs)."""
+    from cxr.data.masks import lung_mask_path, read_mask
+    from cxr.data.rawstore import RawStore
+
+    out = np.full((len(rows), size, size), 255, dtype=np.uint8)
+    found = 0
+    with RawStore(raw) as store:
+        for i, row in enumerate(rows):
+            m = read_mask(store, lung_mask_path(row), size)
+            if m is not None:
+                out[i] = np.where(m, 255, 0)
+                found += 1
+    return out, found
 
 
 class SeededSampler(Sampler):
@@ -135,6 +169,19 @@ def build_data(
     x_train = decoded_cache(train_m, paths.raw, paths.cache, cfg.image_size, workers=workers)
     x_valid = decoded_cache(valid_m, paths.raw, paths.cache, cfg.image_size, workers=workers)
 
+    masks = None
+    if cfg.lung_attention > 0:
+        masks, found = lung_masks(train_m.rows, paths.raw, cfg.image_size)
+        if rank == 0:
+            log_at = log.warning if found < len(masks) else log.info
+            log_at(
+                "lung attention (weight %g): %d of %d training images have a lung mask%s",
+                cfg.lung_attention,
+                found,
+                len(masks),
+                "; the others add nothing to it" if found < len(masks) else "",
+            )
+
     weights = class_weights(y_train, len(classes))
     sampler_weights = weights[y_train] if cfg.class_balance == "sampler" else None
     sampler = SeededSampler(len(y_train), base.seed, True, sampler_weights, rank, world)
@@ -149,7 +196,7 @@ def build_data(
         # pool has run (OpenCV's pthreads pool; more than half the time in a test of 30 forks).
         cv2.setNumThreads(1)
     train_loader = DataLoader(
-        AugmentedImages(x_train, y_train, cfg.augment, path.name),
+        AugmentedImages(x_train, y_train, cfg.augment, path.name, masks),
         batch_size=per_rank,
         sampler=sampler,
         drop_last=len(sampler) > per_rank,

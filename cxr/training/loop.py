@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -23,10 +24,11 @@ from cxr.model.networks import build_model
 from cxr.model.preprocess import to_input
 from cxr.ops.progress import Progress
 from cxr.stats.classification import macro_f1
+from cxr.training.attention import LungAttention
 from cxr.training.checkpoints import Parts, TrainState, exclusive, restore, save_checkpoint, save_epoch
 from cxr.training.dataset import TrainData, build_data
 from cxr.training.optim import lr_lambda, make_ema, make_optimizer, mix_batch, seed_everything
-from cxr.training.presets import apply_batch
+from cxr.training.presets import apply_batch, geometric
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +59,28 @@ def train_one_epoch(
     show: bool = True,
     ema: nn.Module | None = None,
     mix_rng: np.random.Generator | None = None,
+    attention: LungAttention | None = None,
 ) -> tuple[float, float, float]:
     """One pass over ``loader`` (updating ``ema``, an ``AveragedModel``, after each step); (mean loss, images/s, s).
 
-    With ``cfg.mixup`` > 0, ``mix_rng`` draws each batch's mixing weight and pairing.
+    With ``cfg.mixup`` > 0, ``mix_rng`` draws each batch's mixing weight and pairing. With ``attention`` (the
+    loader's samples then end with their lung masks), its loss is added to the cross-entropy.
     """
     model.train()
     total_loss, total_n = torch.zeros((), device=device), 0
     progress = Progress(len(loader.sampler), desc, logger=log, enabled=show)
+    # The rows come with their augmentation parameters when the batch is augmented on the device.
+    on_device = getattr(loader.dataset, "path", None) == "device"
+    if attention is not None and getattr(loader.dataset, "masks", None) is None:
+        raise ValueError("the lung-attention loss needs a loader whose samples carry their lung masks")
     for step, batch in enumerate(loader):
         images, labels = batch[0], batch[1]
-        if len(batch) == 3:  # the rows came with their augmentation parameters: augment the batch on the device
+        masks = batch[-1] if attention is not None else None
+        if on_device:
             params = batch[2].to(device, non_blocking=True)
             images = apply_batch(images.to(device, non_blocking=True), params, clahe=cfg.augment.clahe > 0)
+            if masks is not None:
+                masks = apply_batch(masks.to(device, non_blocking=True), geometric(params), clahe=False)
         x = to_input(images, device, cfg.channels_last)
         y = labels.to(device, non_blocking=True)
         if cfg.mixup > 0:
@@ -82,6 +93,8 @@ def train_one_epoch(
         else:
             with autocast(device, cfg.amp):
                 loss = criterion(model(x), y)
+        if attention is not None:
+            loss = loss + attention.loss(y, masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -150,7 +163,7 @@ def init_process(cfg: Train) -> Process:
 
 def build_parts(cfg: Train, k: int, steps_per_epoch: int, device: torch.device) -> Parts:
     """The model (``k`` classes), its optimiser, EMA, per-step learning-rate schedule and (disabled) scaler."""
-    model = build_model(cfg.arch, k, cfg.weights).to(device)
+    model = build_model(cfg.arch, k, cfg.weights, output_stride=cfg.output_stride).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
@@ -213,6 +226,7 @@ def run_epoch(
     cfg: Train,
     base: Base,
     proc: Process,
+    attention: LungAttention | None = None,
 ) -> dict:
     """Train one epoch through ``net`` and validate the scored weights: the epoch's history row."""
     data.sampler.set_epoch(epoch)
@@ -231,6 +245,7 @@ def run_epoch(
         proc.main,
         parts.ema,
         mix_rng,
+        attention,
     )
     if proc.distributed:
         t = torch.tensor([train_loss], device=proc.device)
@@ -302,24 +317,26 @@ def _fit(
     fingerprint = make_fingerprint(cfg, base, data.manifest, proc.world)
     state = resume_state(paths, fingerprint, parts, proc.main) if resume else TrainState()
     net = wrap(parts.model, cfg, proc)
+    attention = LungAttention(parts.model, cfg.arch, cfg.lung_attention) if cfg.lung_attention > 0 else None
 
     speeds: list[float] = []
-    for epoch in range(state.start_epoch, cfg.epochs):
-        row = run_epoch(epoch, net, parts, criterion, data, cfg, base, proc)
-        speeds.append(row["images_per_s"])
-        improved = state.record(row, cfg.monitor)
-        stop = cfg.patience is not None and state.stale >= cfg.patience
-        if proc.main:
-            _log_epoch(epoch, row, cfg, improved)
-            done = stop or epoch + 1 == cfg.epochs
-            save_epoch(paths, checkpoint_meta(epoch, row, cfg, base), parts, state, fingerprint, improved, done)
-            _write_history(paths.history, state.history)
-            if on_epoch is not None:
-                on_epoch(dict(row))
-        if stop:
+    with attention or contextlib.nullcontext():
+        for epoch in range(state.start_epoch, cfg.epochs):
+            row = run_epoch(epoch, net, parts, criterion, data, cfg, base, proc, attention)
+            speeds.append(row["images_per_s"])
+            improved = state.record(row, cfg.monitor)
+            stop = cfg.patience is not None and state.stale >= cfg.patience
             if proc.main:
-                log.info("early stop: %s did not improve for %d epochs", cfg.monitor, cfg.patience)
-            break
+                _log_epoch(epoch, row, cfg, improved)
+                done = stop or epoch + 1 == cfg.epochs
+                save_epoch(paths, checkpoint_meta(epoch, row, cfg, base), parts, state, fingerprint, improved, done)
+                _write_history(paths.history, state.history)
+                if on_epoch is not None:
+                    on_epoch(dict(row))
+            if stop:
+                if proc.main:
+                    log.info("early stop: %s did not improve for %d epochs", cfg.monitor, cfg.patience)
+                break
 
     mean_speed = float(np.mean(speeds)) if speeds else 0.0
     if proc.main:

@@ -82,6 +82,15 @@ def draw_params(aug: Augment, seed: int) -> np.ndarray:
     return out
 
 
+def geometric(params):
+    """The same parameters with the intensity steps (brightness/contrast, gamma, CLAHE) at identity: what moves a
+    sample's lung mask with it (NumPy ``(len(PARAMS),)`` or a torch batch ``(B, len(PARAMS))``, copied)."""
+    out = params.copy() if isinstance(params, np.ndarray) else params.clone()
+    for i in range(5, 9):
+        out[..., i] = IDENTITY[i]
+    return out
+
+
 def affine_matrix(params: np.ndarray, height: int, width: int) -> np.ndarray:
     """The 2x3 pixel matrix (source to destination) of ``A.Affine`` for one sample (its formula, tested against it)."""
     angle, tx, ty, sx, sy = (float(v) for v in params[:5])

@@ -159,14 +159,16 @@ def seed_compose(compose: A.Compose, seed: int) -> None:
     compose.set_random_state(np.random.default_rng(int(seed)), random.Random(int(seed)))
 
 
-def apply_compose(compose: A.Compose, image: np.ndarray, seed: int) -> np.ndarray:
-    """``compose`` on one 2-D uint8 image, seeded with the sample's seed; the same size and type come back."""
+def apply_compose(compose: A.Compose, image: np.ndarray, seed: int, mask: np.ndarray | None = None):
+    """``compose`` on one 2-D uint8 image, seeded with the sample's seed; the same size and type come back.
+    With ``mask`` (2-D uint8), (image, mask): the mask moved by the geometric steps, as Albumentations moves masks."""
     seed_compose(compose, seed)
-    out = compose(image=image)["image"]
+    result = compose(image=image) if mask is None else compose(image=image, mask=mask)
+    out = result["image"]
     if out.shape != image.shape or out.dtype != np.uint8:
         steps = ", ".join(type(t).__name__ for t in compose.transforms)
         raise ValueError(
             f"the train augmentation ({steps}) returned {out.dtype} {tuple(out.shape)} for a uint8 image "
             f"{tuple(image.shape)}: training needs a uint8 image of the input's size"
         )
-    return out
+    return out if mask is None else (out, np.ascontiguousarray(result["mask"]))

@@ -69,3 +69,38 @@ def test_an_extra_step_trains_through_the_compose(tmp_path: Path, caplog: pytest
     inverted, said = first_loss(extra=[{"name": "InvertImg", "p": 1.0}])
     assert len(said) == 1 and "Albumentations Compose" in said[0] and "InvertImg" in said[0]
     assert inverted != plain  # the model saw the inverted images
+
+
+def test_lung_attention_trains_by_the_loader_and_the_device_path(tmp_path: Path, caplog) -> None:
+    """The lung masks reach the loss by both paths (moved with their images), and the loss adds to the training
+    loss; the finer output stride the lever pairs with trains and loads."""
+    import logging
+
+    from cxr.data.download import download
+    from cxr.data.split import split
+    from cxr.model.inference import load_trained
+    from cxr.training.loop import train
+
+    # 64 px at output stride 16: a 4 x 4 map, where lungs and the rest fall in different cells.
+    params = tiny_params(train={"epochs": 1, "image_size": 64, "output_stride": 16, "num_workers": 0})
+    root = make_project(tmp_path / "project", params)
+    s = load_settings(root / "params.yaml")
+    paths = s.paths(root)
+    download(s.base, s.download, paths)
+    split(s.base, s.split, paths)
+
+    def first_loss(**changes) -> float:
+        train(s.train.model_copy(update=changes), s.base, paths, resume=False)
+        with (root / "reports" / "train" / "history.csv").open() as fh:
+            return float(next(csv.DictReader(fh))["train_loss"])
+
+    plain = first_loss()
+    with caplog.at_level(logging.INFO, logger="cxr.training.dataset"):
+        cpu = first_loss(lung_attention=5.0, augment_backend="cpu")
+    said = [r.getMessage() for r in caplog.records if "lung attention" in r.getMessage()]
+    assert said and "have a lung mask" in said[0] and "of" in said[0]
+    device = first_loss(lung_attention=5.0, augment_backend="device")
+    assert cpu > plain  # the attention term is part of the loss
+    assert abs(device - cpu) < 0.05 * cpu  # the same masks, moved by the other warp
+    model, meta = load_trained(paths.best_checkpoint)
+    assert meta["params"]["lung_attention"] == 5.0 and model.layer4[0].conv1.stride == (1, 1)

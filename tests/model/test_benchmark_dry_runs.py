@@ -66,3 +66,21 @@ def test_cam_benchmark_runs_tiny_on_a_model_the_pipeline_trained(work: Path, tmp
     table = (work / "cam-tiny-table.md").read_text()
     assert "(chosen)" in table or "(previous default)" in table
     assert table.splitlines()[-1].startswith("| noise |")
+
+
+@pytest.mark.slow
+def test_levers_benchmark_runs_tiny_on_synthetic_and_on_a_cxr_dev_look_alike(
+    work: Path, tmp_path: Path, capsys
+) -> None:
+    """Every lever trained by the pipeline's steps, the cxr-dev runs only where a lever changes anything there."""
+    from benchmarks.levers import LEVERS
+
+    data = run_tiny("levers", work, tmp_path, capsys, "--jobs", "2")
+    for key in KEYS["levers"]:
+        assert isinstance(data[key], (int, float)), key
+    assert data["lever_chosen"] in LEVERS and data["lever_explainer"]
+    assert data["lever_none_accuracy_ci_low"] <= data["lever_none_accuracy"] <= data["lever_none_accuracy_ci_high"]
+    # Without masks on cxr-dev, the lung-attention lever's figures there are those of the run without it.
+    assert data["lever_lung_attention_1_real_dev_accuracy"] == data["lever_none_real_dev_accuracy"]
+    table = (work / "levers-tiny-table.md").read_text()
+    assert "| none |" in table and "(no masks: the run of output stride 16)" in table
