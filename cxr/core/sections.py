@@ -222,13 +222,13 @@ class Train(Section):
     #: The stride of the last block's feature map: 32 (torchvision's), or 16 (ResNets only: the last stage keeps
     #: the previous one's resolution, four times the cells for a map to place a lesion in, for about 1.6x the
     #: compute).
-    output_stride: Literal[16, 32] = 32
+    output_stride: Literal[16, 32] = 16
     #: Weight of the lung-attention loss added to the cross-entropy: the share of the true class's activation map
     #: (the last block's, weighted by the classifier as CAM weighs it) that lies outside the image's lung mask
     #: (``<FOLDER>/masks/<name>``, moved with the image by the augmentation); 0: off. Images without a mask add
     #: nothing. Needs a classifier that is one linear layer on pooled features (resnet*, densenet*,
     #: efficientnet*) and no mixup.
-    lung_attention: float = Field(0.0, ge=0)
+    lung_attention: float = Field(1.0, ge=0)
 
     @field_validator("arch")
     @classmethod
@@ -284,7 +284,7 @@ class GradCam(Section):
     """Explanations on test images."""
 
     #: The library's CAM method (one of ``CAM_METHODS``; compared in ``python -m benchmarks cam``).
-    method: Literal[CAM_METHODS] = "eigengradcam"
+    method: Literal[CAM_METHODS] = "gradcam"
     #: The library's smoothing: the mean map of six flipped and rescaled copies (six passes); the first principal
     #: component of the weighted activations instead of their sum.
     aug_smooth: bool = False
