@@ -5,8 +5,8 @@ it is, or taken from a trained project with ``--project``) and its test split, t
 that fit a CNN classifier at the cost of one backward pass (``cxr.core.sections.CAM_METHODS``) explain the predicted
 class of each test image, in three rounds so that a full run stays within minutes on one thread: every method at
 the gradcam step's stride (``gradcam.stride``; and the baseline, Grad-CAM at 8); the best ``top_methods`` of them
-at the other strides (of 8, 16, 32); the best ``top_methods`` so far with the library's smoothing (``aug_smooth``; ``eigen_smooth`` where the method sums
-weighted activations). Each is scored:
+at the other strides (of 8, 16, 32); the best ``top_methods`` so far with the library's smoothing
+(``aug_smooth``; ``eigen_smooth`` where the method sums weighted activations). Each is scored:
 
 * **localisation**, as the gradcam step scores it (``cxr.evaluation.gradcam.localisation_metrics``): the pointing
   game on the known synthetic lesions and the share of the map's energy inside the lungs, with bootstrap 95%
