@@ -79,9 +79,11 @@ def target_layers(
 
             # From the model, not the table: a ResNet trained at output stride 16 has layer4 at 16.
             at = [name for name, s in resnet_stage_strides(model).items() if s == stride]
-            if stride == 32 or at:
-                return [getattr(model, at[-1] if at else "layer4")[-1]]
-            raise ValueError(f"gradcam.stride {stride}: this model has no stage at that stride")
+            if stride != 32 and not at:
+                raise ValueError(f"gradcam.stride {stride}: this model has no stage at that stride")
+            stage = at[-1] if at else "layer4"
+            # The last block when the stage is the last one (the usual CAM layer), else the whole stage.
+            return [model.layer4[-1]] if stage == "layer4" else [getattr(model, stage)]
         if stride != 32:
             return [model.get_submodule(FINER_LAYERS[family][stride])]
         return [model.features[-1]]

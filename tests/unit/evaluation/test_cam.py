@@ -182,6 +182,6 @@ def test_a_resnet_trained_at_output_stride_16_is_explained_at_its_last_stage() -
     model = build_model("resnet18", 4, output_stride=16).eval()
     assert target_layers(model, "resnet18", stride=16) == [model.layer4[-1]]
     assert target_layers(model, "resnet18", stride=32) == [model.layer4[-1]]  # the last block, as ever
-    assert target_layers(model, "resnet18", stride=8) == [model.layer2[-1]]
+    assert target_layers(model, "resnet18", stride=8) == [model.layer2]
     maps = compute_cams(model, torch.randn(2, 1, 128, 128), [0, 1], arch="resnet18", stride=16)
     assert maps.shape == (2, 128, 128)
