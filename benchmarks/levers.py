@@ -21,14 +21,13 @@ the one to make the default.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import Figure, Outcome, Row, setup_process, trained_project
+from benchmarks.common import Figure, Outcome, Row, trained_project
 
 #: The levers tried, by name: each sets every lever's train key, so a row means the same whatever params.yaml
 #: holds. ``none`` is the baseline of every comparison.
@@ -45,12 +44,6 @@ SEED = 0
 #: The train keys whose effect needs lung masks, and their value when off: cxr-dev has no masks, so there a
 #: lever is the same run as the lever without these.
 NEEDS_MASKS: dict[str, float] = {"lung_attention": 0.0}
-SIZES: dict[str, dict] = {
-    "full": {"real": True},
-    # Seconds: the cam benchmark's tiny synthetic project (64 px images, one epoch at 32 px), the quality
-    # benchmark's tiny look-alike of cxr-dev.
-    "tiny": {"real": True},
-}
 GOALS: dict[str, tuple[str, float]] = {"lever_pointing_game": (">=", 0.6), "lever_lung_energy": (">=", 0.6)}
 
 
@@ -85,11 +78,6 @@ def real_run(root: Path, source: Path, size: str, name: str) -> dict:
     return run_recipe(root, source, size, SEED, f"lever-{_key(name)}", train, keep_last=False)
 
 
-def _worker_init() -> None:
-    threads = os.environ.get("OMP_NUM_THREADS")
-    setup_process(int(threads) if threads else None)
-
-
 def real_twin(name: str) -> str:
     """The lever whose run on cxr-dev is lever ``name``'s: the first with the same settings once the keys that need
     lung masks are off (cxr-dev has none)."""
@@ -107,26 +95,23 @@ def real_levers() -> list[str]:
 
 def run_all(work: Path, size: str, jobs: int) -> tuple[dict[str, dict], dict[str, dict]]:
     """Every synthetic and real run, ``jobs`` at a time in their own (spawned) processes."""
-    from benchmarks.quality import prepare, split
+    from benchmarks.quality import prepare, split, worker_init
 
+    # cxr-dev (at the tiny size, the quality benchmark's look-alike of it) taken in and split once, before the
+    # runs read it side by side.
+    root, source, _ = prepare(work, size)
+    split(root, source, size, SEED)
     todo = [(synthetic_run, ("synthetic", n), (work, size, n)) for n in LEVERS]
-    if SIZES[size]["real"]:  # the data taken in and split once, before the runs read them side by side
-        root, source, _ = prepare(work, size)
-        split(root, source, size, SEED)
-        todo += [(real_run, ("real", n), (root, source, size, n)) for n in real_levers()]
+    todo += [(real_run, ("real", n), (root, source, size, n)) for n in real_levers()]
     if jobs <= 1:
         done = {key: fn(*args) for fn, key, args in todo}
     else:
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init) as pool:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=worker_init) as pool:
             futures = {key: pool.submit(fn, *args) for fn, key, args in todo}
             done = {k: f.result() for k, f in futures.items()}
     synthetic = {n: done["synthetic", n] for n in LEVERS}
-    real = {
-        n: {**done["real", real_twin(n)], **_real_flat(done["real", real_twin(n)])}
-        for n in LEVERS
-        if ("real", real_twin(n)) in done
-    }
+    real = {n: {**done["real", real_twin(n)], **_real_flat(done["real", real_twin(n)])} for n in LEVERS}
     return synthetic, real
 
 

@@ -236,7 +236,7 @@ def _probe(run: dict, *keys: str) -> float | None:
     return v
 
 
-def _worker_init() -> None:
+def worker_init() -> None:
     """A side-by-side run's process: the thread count ``--threads`` put in the environment, quiet logs."""
     threads = os.environ.get("OMP_NUM_THREADS")
     setup_process(int(threads) if threads else None)
@@ -257,7 +257,7 @@ def run_all(root: Path, source: Path, size: str, recipe: dict[str, dict], jobs: 
         }
     # spawn, not fork: the parent may hold torch's thread pools, which a forked child cannot use.
     pool = ProcessPoolExecutor(
-        max_workers=min(jobs, len(runs)), mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
+        max_workers=min(jobs, len(runs)), mp_context=multiprocessing.get_context("spawn"), initializer=worker_init
     )
     try:
         futures = {

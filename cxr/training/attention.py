@@ -3,9 +3,9 @@
 For a classifier that is one linear layer on pooled features, the class activation map of class ``c`` is
 ``ReLU(sum_k w[c, k] * A_k)`` over the last block's channels ``A_k`` (what Grad-CAM computes there, up to a
 constant, without a second backward pass). The loss is the share of that map's mass outside the image's lung
-mask (the mask averaged over each map cell), added to the cross-entropy with the weight ``train.lung_attention``:
-a model that decides from the ribs, the heart's edge or a corner label pays for it. Images without a mask come
-with a mask of ones and add nothing.
+mask (the part of each map cell outside the lungs), added to the cross-entropy with the weight
+``train.lung_attention``: a model that decides from the ribs, the heart's edge or a corner label pays for it.
+Images without a mask come with nothing marked outside and add nothing.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ class LungAttention:
         self._hook.remove()
         self._features = None
 
-    def outside_share(self, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Per image of the last forward pass, the share of its true class's map outside ``masks``
-        (uint8 (B, 1, H, W), 255 inside the lungs)."""
+    def outside_share(self, labels: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
+        """Per image of the last forward pass, the share of its true class's map on ``outside`` (uint8
+        (B, 1, H, W), 255 outside the lungs: ``cxr.training.dataset.outside_lungs``, moved with the image)."""
         if self._features is None:
             raise RuntimeError("LungAttention.outside_share before a forward pass through the model")
         a = self._features.float()
@@ -51,9 +51,9 @@ class LungAttention:
             a = torch.relu(a)
         w = self.head.weight.float()[labels]  # (B, C)
         cam = torch.relu(torch.einsum("bchw,bc->bhw", a, w))
-        lungs = nn.functional.adaptive_avg_pool2d(masks.to(a.device, torch.float32) / 255.0, cam.shape[-2:])[:, 0]
-        return (cam * (1.0 - lungs)).sum((1, 2)) / (cam.sum((1, 2)) + _EPS)
+        cells = nn.functional.adaptive_avg_pool2d(outside.to(a.device, torch.float32) / 255.0, cam.shape[-2:])[:, 0]
+        return (cam * cells).sum((1, 2)) / (cam.sum((1, 2)) + _EPS)
 
-    def loss(self, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    def loss(self, labels: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
         """``weight`` times the mean :meth:`outside_share` of the batch."""
-        return self.weight * self.outside_share(labels, masks).mean()
+        return self.weight * self.outside_share(labels, outside).mean()

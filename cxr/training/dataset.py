@@ -31,9 +31,10 @@ class AugmentedImages(CachedImages):
     label, parameters) and the training loop applies the parameters to the whole batch on its device
     (``presets.apply_batch``): the workers then only copy rows of the cache.
 
-    ``masks`` (uint8 (N, H, W), 255 inside the lungs; the lung-attention loss's): each sample ends with its mask
-    (1, H, W), moved as its image is (``presets.geometric``: the same warp and flip, no intensity step); on the
-    device path the loop moves it with the batch.
+    ``masks`` (uint8 (N, H, W), 255 outside the lungs: the lung-attention loss's, :func:`outside_lungs`): each
+    sample ends with its mask (1, H, W), moved as its image is (``presets.geometric``: the same warp and flip, no
+    intensity step); on the device path the loop moves it with the batch. What a warp brings in from beyond the
+    image's edge is 0 in the mask as in the image: padding is not anatomy outside the lungs.
     """
 
     def __init__(
@@ -78,19 +79,19 @@ class AugmentedImages(CachedImages):
         return out if mask is None else (*out, torch.from_numpy(mask).unsqueeze(0))
 
 
-def lung_masks(rows: list[dict[str, str]], raw, size: int) -> tuple[np.ndarray, int]:
-    """The lung masks of ``rows`` at ``size`` as uint8 (N, size, size), 255 inside the lungs, and how many images
-    have one; an image without a mask gets ones everywhere (nothing lies outside its lungs)."""
+def outside_lungs(rows: list[dict[str, str]], raw, size: int) -> tuple[np.ndarray, int]:
+    """Where ``rows``' images lie outside their lung masks, at ``size``: uint8 (N, size, size), 255 outside the
+    lungs, and how many images have a mask; an image without one is 0 everywhere (nothing to count against)."""
     from cxr.data.masks import lung_mask_path, read_mask
     from cxr.data.rawstore import RawStore
 
-    out = np.full((len(rows), size, size), 255, dtype=np.uint8)
+    out = np.zeros((len(rows), size, size), dtype=np.uint8)
     found = 0
     with RawStore(raw) as store:
         for i, row in enumerate(rows):
             m = read_mask(store, lung_mask_path(row), size)
             if m is not None:
-                out[i] = np.where(m, 255, 0)
+                out[i] = np.where(m, 0, 255)
                 found += 1
     return out, found
 
@@ -171,7 +172,7 @@ def build_data(
 
     masks = None
     if cfg.lung_attention > 0:
-        masks, found = lung_masks(train_m.rows, paths.raw, cfg.image_size)
+        masks, found = outside_lungs(train_m.rows, paths.raw, cfg.image_size)
         if rank == 0:
             log_at = log.warning if found < len(masks) else log.info
             log_at(

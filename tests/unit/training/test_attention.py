@@ -33,19 +33,20 @@ def test_the_share_outside_is_the_class_map_weighed_by_the_mask() -> None:
     with torch.no_grad():
         model.fc.weight.abs_()  # non-negative features, non-negative weights: a map that is nowhere all zero
     x, labels = torch.randn(4, 1, 128, 128), torch.tensor([0, 1, 2, 1])
-    masks = torch.from_numpy(_lungs(4, 128)).unsqueeze(1)
+    lungs = torch.from_numpy(_lungs(4, 128)).unsqueeze(1)
+    outside = 255 - lungs
     with LungAttention(model, "resnet18", 2.0) as att:
         model(x)
-        share = att.outside_share(labels, masks)
+        share = att.outside_share(labels, outside)
         a = att._features
         cam = torch.relu(torch.einsum("bchw,bc->bhw", a, model.fc.weight[labels]))
-        lungs = torch.nn.functional.adaptive_avg_pool2d(masks.float() / 255, a.shape[-2:])[:, 0]
-        want = (cam * (1 - lungs)).sum((1, 2)) / cam.sum((1, 2))
+        inside = torch.nn.functional.adaptive_avg_pool2d(lungs.float() / 255, a.shape[-2:])[:, 0]
+        want = (cam * (1 - inside)).sum((1, 2)) / cam.sum((1, 2))
         assert torch.allclose(share, want, atol=1e-5) and ((share > 0) & (share < 1)).all()
-        assert torch.allclose(att.loss(labels, masks), 2.0 * want.mean(), atol=1e-5)
-        # A mask of ones (an image without one) adds nothing; a mask of zeros puts the whole map outside.
-        assert torch.equal(att.outside_share(labels, torch.full_like(masks, 255)), torch.zeros(4))
-        assert torch.allclose(att.outside_share(labels, torch.zeros_like(masks)), torch.ones(4), atol=1e-4)
+        assert torch.allclose(att.loss(labels, outside), 2.0 * want.mean(), atol=1e-5)
+        # Nothing outside (an image without a mask) adds nothing; everything outside puts the whole map there.
+        assert torch.equal(att.outside_share(labels, torch.zeros_like(outside)), torch.zeros(4))
+        assert torch.allclose(att.outside_share(labels, torch.full_like(outside, 255)), torch.ones(4), atol=1e-4)
     assert not model.layer4._forward_hooks  # the hook is gone after the block
 
 
@@ -87,6 +88,27 @@ def test_a_mask_moves_with_its_image_and_never_with_the_intensity_steps() -> Non
     moved = apply_batch(mask.unsqueeze(0), geometric(params.unsqueeze(0)), clahe=False)[0, 0].numpy().astype(int)
     cpu = apply_cpu(masks[2].copy(), geometric(draw_params(MOVING, 7))).astype(int)
     assert (np.abs(moved - cpu) > 3).mean() < 1e-3  # the two warps' rounding, as for images
+
+
+def test_an_image_without_a_mask_adds_nothing_however_it_is_moved(tmp_path) -> None:
+    """What a warp brings in from beyond the edge is padding, not anatomy outside the lungs: 0 in every path."""
+    from cxr.training.dataset import outside_lungs
+
+    rows = [{"folder": "COVID", "path": "COVID/images/COVID-1.png"}]
+    (tmp_path / "COVID" / "images").mkdir(parents=True)
+    outside, found = outside_lungs(rows, tmp_path, 48)  # no COVID/masks/COVID-1.png
+    assert found == 0 and not outside.any()
+    images = np.full((1, 48, 48), 128, np.uint8)
+    for path in ("fast", "compose"):
+        ds = AugmentedImages(images, np.zeros(1, int), MOVING, path=path, masks=outside)
+        assert not any(ds[(0, seed)][2].any() for seed in range(8)), path
+    _image, _label, params, mask = AugmentedImages(images, np.zeros(1, int), MOVING, path="device", masks=outside)[
+        (0, 3)
+    ]
+    assert not apply_batch(mask.unsqueeze(0), geometric(params.unsqueeze(0)), clahe=False).any()
+    # With a mask, the padding a shift brings in is not counted outside either.
+    moved = apply_cpu(255 - _lungs(1, 48)[0], geometric(draw_params(MOVING, 3)))
+    assert moved[0].max() == 0 or moved[:, 0].max() == 0 or moved[-1].max() == 0 or moved[:, -1].max() == 0
 
 
 def test_masks_must_match_the_images() -> None:
