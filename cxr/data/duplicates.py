@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from cxr.data.hamming import brute_pairs, hash_words, indexed_pairs, use_index
+
 logger = logging.getLogger(__name__)
 
 #: Side of the dHash grid: 16 gives a 256-bit hash (16 rows x 16 horizontal differences).
@@ -21,8 +23,6 @@ DEFAULT_HASH_SIZE = 16
 #: one pair at 8 bits is a genuine near-duplicate the sample's own de-duplication missed). A 64-bit dHash
 #: does not separate chest X-rays: at 6 bits, 2.9% of distinct sample pairs collide.
 DEFAULT_THRESHOLD = 10
-
-_BLOCK_ROWS = 256
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -56,29 +56,6 @@ def fingerprint_bytes(data: bytes, hash_size: int = DEFAULT_HASH_SIZE) -> tuple[
         return sha256_bytes(data), pil_dhash(im, hash_size), (im.width, im.height), im.mode
 
 
-def _hash_words(phashes: Sequence[int]) -> np.ndarray:
-    """Pack non-negative integer hashes into an (n, words) uint64 array."""
-    values = [int(h) for h in phashes]
-    if any(v < 0 for v in values):
-        raise ValueError("hashes must be non-negative integers")
-    nbits = max((v.bit_length() for v in values), default=0)
-    nwords = max(1, -(-nbits // 64))
-    if nwords == 1:
-        return np.array(values, dtype=np.uint64).reshape(-1, 1)
-    raw = b"".join(v.to_bytes(8 * nwords, "big") for v in values)
-    return np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(-1, nwords)
-
-
-_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
-
-def _popcount(x: np.ndarray) -> np.ndarray:
-    """Per-element popcount of a uint64 array."""
-    if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(x)
-    return _POPCOUNT8[x.view(np.uint8)].reshape(*x.shape, 8).sum(axis=-1, dtype=np.uint8)
-
-
 class _UnionFind:
     """Minimal union-find with path halving."""
 
@@ -104,35 +81,33 @@ class _UnionFind:
                 self.parent[ra] = rb
 
 
-def near_pairs(phashes: Sequence[int], threshold: int) -> list[tuple[int, int]]:
-    """All index pairs (i < j) whose hashes differ in at most threshold bits (blocked numpy brute force)."""
+def near_pairs(phashes: Sequence[int], threshold: int, method: str = "auto") -> list[tuple[int, int]]:
+    """All index pairs (i < j) whose hashes differ in at most threshold bits, sorted.
+
+    method "index" searches a multi-index hash (n log n plus the candidates; see cxr.data.hamming), "brute"
+    compares every pair, "auto" takes the index unless the hashes are too short for this threshold. Both
+    return exactly the same pairs.
+    """
+    if method not in ("auto", "index", "brute"):
+        raise ValueError(f"near_pairs method must be auto, index or brute, got {method!r}")
     n = len(phashes)
     if n < 2 or threshold < 0:
         return []
-    words = _hash_words(phashes)
-    first = np.ascontiguousarray(words[:, 0])
-    pairs: list[tuple[int, int]] = []
-    for start in range(0, n, _BLOCK_ROWS):
-        stop = min(start + _BLOCK_ROWS, n)
-        # the first 64-bit word alone already exceeds the threshold for most pairs: filter on it
-        dist = _popcount(first[start:stop, None] ^ first[None, start:])
-        ii, jj = np.nonzero(dist <= threshold)
-        keep = jj > ii  # both offsets are `start`, so this is j > i globally
-        ii, jj = ii[keep] + start, jj[keep] + start
-        if words.shape[1] > 1 and ii.size:
-            total = dist[ii - start, jj - start].astype(np.uint16)
-            for w in range(1, words.shape[1]):
-                total += _popcount(words[ii, w] ^ words[jj, w])
-            close = total <= threshold
-            ii, jj = ii[close], jj[close]
-        pairs.extend(zip(ii.tolist(), jj.tolist(), strict=True))
-    return pairs
+    words, nbits = hash_words(phashes)
+    if method == "index" or (method == "auto" and use_index(nbits, threshold)):
+        ii, jj = indexed_pairs(words, nbits, threshold)
+    else:
+        ii, jj = brute_pairs(words, threshold)
+    return list(zip(ii.tolist(), jj.tolist(), strict=True))
 
 
-def group_duplicates(sha256s: Sequence[str], phashes: Sequence[int], threshold: int = DEFAULT_THRESHOLD) -> list[int]:
+def group_duplicates(
+    sha256s: Sequence[str], phashes: Sequence[int], threshold: int = DEFAULT_THRESHOLD, method: str = "auto"
+) -> list[int]:
     """Group ids: exact duplicates (same sha256) and near duplicates (phash Hamming distance <= threshold) share one.
 
     Grouping is transitive (union-find); ids are 0..k-1, numbered in order of first appearance, so deterministic.
+    method picks the pair search (see near_pairs); every method gives the same groups.
     """
     n = len(sha256s)
     if len(phashes) != n:
@@ -143,7 +118,7 @@ def group_duplicates(sha256s: Sequence[str], phashes: Sequence[int], threshold: 
         j = first.setdefault(digest, i)
         if j != i:
             uf.union(j, i)
-    pairs = near_pairs(phashes, threshold)
+    pairs = near_pairs(phashes, threshold, method)
     for i, j in pairs:
         uf.union(i, j)
     ids: dict[int, int] = {}

@@ -22,6 +22,7 @@ from cxr.data.duplicates import (
     near_pairs,
     sha256_bytes,
 )
+from cxr.data.hamming import hash_words, indexed_pairs
 
 SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "cxr-sample"
 needs_sample = pytest.mark.skipif(
@@ -201,3 +202,71 @@ def test_group_duplicates_at_full_dataset_size() -> None:
     assert all(groups[i] == groups[i + 1] for i in range(0, 2000, 2))
     assert groups[5000] == groups[7000]
     assert max(groups) + 1 == n - 1001
+
+
+def _pairs(found: tuple[np.ndarray, np.ndarray]) -> list[tuple[int, int]]:
+    """(i, j) arrays as the list near_pairs returns."""
+    return list(zip(found[0].tolist(), found[1].tolist(), strict=True))
+
+
+def _planted_hashes(bits: int, n: int, seed: int) -> list[int]:
+    """n hashes of the given width around a few centres (so many pairs fall near every threshold)."""
+    rng = np.random.default_rng(seed)
+    centres = [int.from_bytes(rng.bytes(bits // 8), "big") for _ in range(max(2, n // 8))]
+    out = []
+    for _ in range(n):
+        h = centres[rng.integers(len(centres))]
+        for b in rng.choice(bits, size=rng.integers(0, 14), replace=False):
+            h ^= 1 << int(b)
+        out.append(h)
+    return out
+
+
+@pytest.mark.parametrize(("bits", "seed"), [(64, 1), (256, 2), (256, 3), (100, 4)])
+def test_indexed_near_pairs_are_the_brute_force_pairs(bits: int, seed: int) -> None:
+    hashes = _planted_hashes(bits, 600, seed)
+    for threshold in (0, 1, 3, 6, 10, 15):
+        brute = near_pairs(hashes, threshold, method="brute")
+        assert near_pairs(hashes, threshold, method="index") == brute, (bits, threshold)
+        assert near_pairs(hashes, threshold) == brute
+        # small leaves send the larger buckets through the recursive search on the other bits
+        assert _pairs(indexed_pairs(*hash_words(hashes), threshold, leaf=8)) == brute, (bits, threshold)
+    assert len(near_pairs(hashes, 10, method="brute")) > 100  # the sets do reach the threshold
+
+
+def test_indexed_near_pairs_edge_cases() -> None:
+    # hashes of different bit lengths, duplicates, zeros; thresholds up to and past the width
+    hashes = [0, 0, 1, 3, 2**70, 2**70 + 1, 2**255, 7, 7, 2**64 - 1]
+    words, nbits = hash_words(hashes)
+    for threshold in (0, 1, 2, 5, 64, 255, 256, 300):
+        brute = near_pairs(hashes, threshold, method="brute")
+        assert near_pairs(hashes, threshold, method="index") == brute
+        assert _pairs(indexed_pairs(words, nbits, threshold, leaf=3)) == brute, threshold
+    assert near_pairs([5, 5], 0, method="index") == [(0, 1)]
+    assert near_pairs([5], 3, method="index") == []
+    with pytest.raises(ValueError, match="method"):
+        near_pairs([1, 2], 1, method="faiss")
+
+
+DEV = SAMPLE.parent / "cxr-dev"
+
+
+@pytest.fixture(scope="module", params=[SAMPLE, DEV], ids=["cxr-sample", "cxr-dev"])
+def real_prints(request: pytest.FixtureRequest) -> tuple[list[str], list[int]]:
+    """(sha256s, dHashes) of every image of a real set in ../shared, as the split computes them."""
+    root = request.param
+    if not (root / "manifest.csv").is_file():
+        pytest.skip(f"real CXR set not found at {root}")
+    with open(root / "manifest.csv", newline="") as fh:
+        prints = [fingerprint_bytes((root / r["relpath"]).read_bytes()) for r in csv.DictReader(fh)]
+    return [p[0] for p in prints], [p[1] for p in prints]
+
+
+def test_indexed_grouping_is_the_brute_force_grouping_on_real_images(real_prints: tuple[list[str], list[int]]) -> None:
+    shas, hashes = real_prints
+    for threshold in (0, 4, DEFAULT_THRESHOLD, 16, 24):
+        brute = near_pairs(hashes, threshold, method="brute")
+        assert near_pairs(hashes, threshold, method="index") == brute, threshold
+        assert group_duplicates(shas, hashes, threshold, "index") == group_duplicates(shas, hashes, threshold, "brute")
+        assert _pairs(indexed_pairs(*hash_words(hashes), threshold, leaf=8)) == brute, threshold
+    assert len(near_pairs(hashes, 24, method="brute")) > 0  # the widest threshold does find pairs
